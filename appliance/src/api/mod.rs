@@ -1,0 +1,190 @@
+//! The HTTP JSON API (`/v1/...`). The CLI, the dashboard and the tests all use it; it is the
+//! only way into a running appliance.
+
+pub mod client;
+pub mod server;
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::config::values::format_duration;
+use crate::daemon::{App, ReloadError, ReloadOutcome};
+use crate::state::{Event, HostRow, StateError};
+
+/// An error as the API returns it: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: status.as_u16(),
+            code: code.into(),
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody { error: self })).into_response()
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "state", e.to_string())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub started_ms: i64,
+    pub uptime_s: u64,
+    pub config: ConfigStatus,
+    pub state: StateStatus,
+    pub api: Vec<String>,
+    pub networks: Vec<NetworkStatus>,
+    pub hosts: Vec<HostRow>,
+    pub reservations: usize,
+    pub events: i64,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    pub path: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateStatus {
+    pub path: String,
+    pub schema: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub interface: String,
+    pub address: String,
+    pub dhcp_range: Option<String>,
+    pub lease_time: String,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub message: String,
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/reload", post(reload))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+        })
+        .with_state(app)
+}
+
+async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
+    let cfg = app.config();
+    let hosts = app.state.hosts().await?;
+    let events = app.state.event_count().await?;
+    let mut api = vec![format!("unix:{}", cfg.socket_path().display())];
+    if let Some(l) = cfg.api.listen {
+        api.push(format!("tcp:{l}"));
+    }
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        started_ms: app.started_ms,
+        uptime_s: app.uptime_secs(),
+        config: ConfigStatus {
+            path: app.config_path().display().to_string(),
+        },
+        state: StateStatus {
+            path: app.state.path().display().to_string(),
+            schema: app.state.schema_version(),
+        },
+        api,
+        networks: cfg
+            .networks
+            .iter()
+            .map(|n| NetworkStatus {
+                name: n.name.clone(),
+                interface: n.interface.clone(),
+                address: n.address.to_string(),
+                dhcp_range: n.dhcp_range.map(|(a, b)| format!("{a}-{b}")),
+                lease_time: format_duration(n.lease_time),
+                domain: n.domain.clone(),
+            })
+            .collect(),
+        hosts: hosts.into_iter().filter(|h| h.in_config).collect(),
+        reservations: cfg.reservations.len(),
+        events,
+        last_reload: app.last_reload(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(app): State<Arc<App>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let limit = q.limit.unwrap_or(50).min(10_000);
+    Ok(Json(app.state.events(limit).await?))
+}
+
+async fn reload(State(app): State<Arc<App>>) -> Result<Json<ReloadReply>, ApiError> {
+    match app.reload().await {
+        Ok(message) => Ok(Json(ReloadReply { message })),
+        Err(e) => {
+            let (status, code) = match &e {
+                ReloadError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_config"),
+                ReloadError::NeedsRestart(_) => (StatusCode::CONFLICT, "needs_restart"),
+                ReloadError::State(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state"),
+            };
+            let mut err = ApiError::new(
+                status,
+                code,
+                match &e {
+                    ReloadError::Config(errs) => format!(
+                        "the new config has {} problem(s); the running config stays",
+                        errs.0.len()
+                    ),
+                    other => other.to_string(),
+                },
+            );
+            err.details = e.details();
+            Err(err)
+        }
+    }
+}

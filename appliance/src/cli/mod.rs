@@ -1,0 +1,219 @@
+//! The `netmigrate` command line. `serve` runs the daemon and `check-config` works offline; every
+//! other verb is a client of the running daemon's API.
+
+mod show;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::api::client::{Client, ClientError, Endpoint};
+use crate::config::{Config, DEFAULT_STATE_DIR};
+use crate::Error;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netmigrate",
+    version,
+    about = "Lab-cluster gateway appliance (router, DHCP, DNS, FTP image store) and VM migration controller",
+    long_about = "netmigrate runs a lab cluster's network and moves its VMs.\n\n\
+`netmigrate serve` runs the appliance; the other commands talk to it over its API: the unix \
+socket STATE_DIR/api.sock (found with --config or --socket), or TCP with --url and a token.",
+    after_help = "Environment: RUST_LOG sets the log filter of `serve` (default \"info\"); \
+NETMIGRATE_CONFIG, NETMIGRATE_SOCKET, NETMIGRATE_URL and NETMIGRATE_TOKEN_FILE stand in for the options of the same name."
+)]
+pub struct Cli {
+    /// The config file: what `serve` runs, and where clients find the daemon's socket
+    /// (its state_dir).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "NETMIGRATE_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+
+    /// The daemon's API socket [default: /var/lib/netmigrate/api.sock].
+    #[arg(long, global = true, env = "NETMIGRATE_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Talk to the daemon over TCP (its `api.listen`), e.g. 10.0.0.1:7070; needs --token-file.
+    #[arg(long, global = true, env = "NETMIGRATE_URL", value_name = "HOST:PORT")]
+    url: Option<String>,
+
+    /// File holding the bearer token for --url.
+    #[arg(
+        long,
+        global = true,
+        env = "NETMIGRATE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    token_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the appliance in the foreground (systemd-friendly: logs to stderr, sd_notify,
+    /// SIGTERM/SIGINT stop it gracefully, SIGHUP reloads the config).
+    Serve,
+    /// Check a config file offline. Prints every problem as `FILE:LINE: key: what is wrong` and
+    /// exits 2, or prints a summary and exits 0.
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+    /// Show the running appliance: version, uptime, config, state, networks, hosts.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the newest events (starts, reloads, changes), oldest first.
+    Events {
+        /// How many events.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running appliance re-read its config file; a bad file is reported and the
+    /// running config stays (same as SIGHUP).
+    Reload,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::CheckConfig { file } => check_config(file),
+        Command::Serve => run_serve(&cli),
+        _ => run_client(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match &e {
+                Error::Client(ClientError::Api { details, .. }) if !details.is_empty() => {
+                    eprintln!("netmigrate: {e}");
+                    for d in details {
+                        eprintln!("{d}");
+                    }
+                }
+                Error::Config(errs) => {
+                    eprintln!("{e}");
+                    if errs.0.len() > 1 {
+                        eprintln!("{} problems found", errs.0.len());
+                    }
+                }
+                _ => eprintln!("netmigrate: {e}"),
+            }
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn check_config(file: &Path) -> Result<(), Error> {
+    let cfg = Config::load(file).map_err(Error::Config)?;
+    print!("{}: ok\n{}", file.display(), cfg.summary());
+    Ok(())
+}
+
+fn run_serve(cli: &Cli) -> Result<(), Error> {
+    let Some(config) = &cli.config else {
+        return Err(Error::Invalid(
+            "serve needs a config file: netmigrate serve --config FILE".into(),
+        ));
+    };
+    use std::io::IsTerminal;
+    // State and logs hold leases and keys' paths: nothing the daemon creates is world-readable.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o027) };
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.clone());
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("netmigrate")
+        .build()
+        .map_err(|e| Error::Io("starting the runtime".into(), e))?;
+    rt.block_on(crate::daemon::serve(&config))
+}
+
+/// Where the daemon's API is, from the options, the config or the default.
+fn endpoint(cli: &Cli) -> Result<Endpoint, Error> {
+    if let Some(url) = &cli.url {
+        let Some(tf) = &cli.token_file else {
+            return Err(Error::Invalid(
+                "--url needs --token-file (the API's bearer token)".into(),
+            ));
+        };
+        let token = std::fs::read_to_string(tf)
+            .map_err(|e| Error::Io(format!("reading {}", tf.display()), e))?
+            .trim()
+            .to_string();
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        return Ok(Endpoint::Tcp { addr, token });
+    }
+    if let Some(s) = &cli.socket {
+        return Ok(Endpoint::Unix(s.clone()));
+    }
+    if let Some(c) = &cli.config {
+        let cfg = Config::load(c).map_err(Error::Config)?;
+        return Ok(Endpoint::Unix(cfg.socket_path()));
+    }
+    Ok(Endpoint::Unix(
+        Path::new(DEFAULT_STATE_DIR).join("api.sock"),
+    ))
+}
+
+fn run_client(cli: &Cli) -> Result<(), Error> {
+    let client = Client::new(endpoint(cli)?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io("starting the runtime".into(), e))?;
+    rt.block_on(async {
+        match &cli.command {
+            Command::Status { json } => {
+                let v: serde_json::Value = client.get("/v1/status").await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                } else {
+                    let s = serde_json::from_value(v)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    print!("{}", show::status(&s));
+                }
+            }
+            Command::Events { limit, json } => {
+                let v: serde_json::Value = client.get(&format!("/v1/events?limit={limit}")).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                } else {
+                    let evs: Vec<crate::state::Event> = serde_json::from_value(v)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    print!("{}", show::events(&evs));
+                }
+            }
+            Command::Reload => {
+                let r: crate::api::ReloadReply = client.post("/v1/reload", None).await?;
+                println!("{}", r.message);
+            }
+            Command::Serve | Command::CheckConfig { .. } => unreachable!("handled in main"),
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,133 @@
+//! Human-readable renderings of API answers: short, aligned, one fact per line.
+
+use crate::api::Status;
+use crate::state::Event;
+
+/// "2026-11-25 17:02:03Z" from unix milliseconds (UTC; no time-zone database needed).
+pub fn timestamp(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn uptime(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+pub fn status(s: &Status) -> String {
+    let mut o = format!(
+        "netmigrate {}  pid {}  up {} (since {})\n",
+        s.version,
+        s.pid,
+        uptime(s.uptime_s),
+        timestamp(s.started_ms)
+    );
+    o.push_str(&format!("config    {}\n", s.config.path));
+    if let Some(r) = &s.last_reload {
+        o.push_str(&format!(
+            "reload    {} at {}: {}\n",
+            if r.ok { "ok" } else { "REFUSED" },
+            timestamp(r.at_ms),
+            r.message.lines().next().unwrap_or("")
+        ));
+    }
+    o.push_str(&format!(
+        "state     {} (schema {})\n",
+        s.state.path, s.state.schema
+    ));
+    o.push_str(&format!("api       {}\n", s.api.join(", ")));
+    o.push_str(&format!("events    {}\n", s.events));
+    o.push_str(&format!(
+        "\nNETWORK  INTERFACE  ADDRESS          DHCP RANGE                 LEASE  DOMAIN\n"
+    ));
+    if s.networks.is_empty() {
+        o.push_str("(none configured)\n");
+    }
+    for n in &s.networks {
+        o.push_str(&format!(
+            "{:<8} {:<10} {:<16} {:<26} {:<6} {}\n",
+            n.name,
+            n.interface,
+            n.address,
+            n.dhcp_range.as_deref().unwrap_or("-"),
+            n.lease_time,
+            n.domain.as_deref().unwrap_or("-")
+        ));
+    }
+    o.push_str(&format!("reservations: {}\n", s.reservations));
+    o.push_str(
+        "\nHOST       ADDRESS          HYPERVISOR  SSH                  BRIDGE    HOST KEY\n",
+    );
+    if s.hosts.is_empty() {
+        o.push_str("(none configured)\n");
+    }
+    for h in &s.hosts {
+        o.push_str(&format!(
+            "{:<10} {:<16} {:<11} {:<20} {:<9} {}\n",
+            h.name,
+            h.address,
+            h.hypervisor,
+            format!("{}@:{}", h.ssh_user, h.ssh_port),
+            h.bridge,
+            if h.host_key.is_some() {
+                "pinned"
+            } else {
+                "not pinned"
+            }
+        ));
+    }
+    o
+}
+
+pub fn events(evs: &[Event]) -> String {
+    let mut o = String::new();
+    for e in evs {
+        o.push_str(&format!(
+            "{}  {:<5}  {:<16} {}{}\n",
+            timestamp(e.at_ms),
+            format!("{:?}", e.level).to_lowercase(),
+            e.kind,
+            e.subject
+                .as_deref()
+                .map(|s| format!("[{s}] "))
+                .unwrap_or_default(),
+            e.message
+        ));
+    }
+    if evs.is_empty() {
+        o.push_str("(no events)\n");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_civil_dates() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00Z");
+        assert_eq!(timestamp(1_795_800_123_000), "2026-11-27 17:22:03Z");
+        assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
+}

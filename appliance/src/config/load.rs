@@ -1,0 +1,729 @@
+//! Reads the typed config out of the TOML tree, then checks what spans several sections
+//! (reservations against networks, uniqueness). Every problem is kept; none stops the reading.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use toml::de::DeTable;
+
+use super::reader::{check, Located, Problems, Table};
+use super::values::{self, Mac};
+use super::*;
+
+const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "api",
+    "network",
+    "reservation",
+    "dns",
+    "ftp",
+    "router",
+    "host",
+];
+
+pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+    let mut p = Problems::new(path, src);
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+
+    let (doc, parse_errors) = DeTable::parse_recoverable(src);
+    for e in parse_errors {
+        let span = e.span().unwrap_or(0..0);
+        let msg = e.message().trim().replace('\n', "; ");
+        p.at(&span, "", format!("TOML syntax error: {msg}"));
+    }
+    // With a syntax error the tree is partial; reporting "missing key" on top would mislead.
+    if !p.list.is_empty() {
+        return Err(finish(p));
+    }
+
+    let root = Table::new("", doc.span(), doc.get_ref());
+    let mut cx = Cx { p, base };
+
+    let state_dir = root
+        .string(&mut cx.p, "state_dir")
+        .map(|s| cx.path(&s.value))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    if let Ok(meta) = std::fs::metadata(&state_dir) {
+        if !meta.is_dir() {
+            let span = root.get("state_dir").map(|v| v.span()).unwrap_or(0..0);
+            cx.p.at(
+                &span,
+                "state_dir",
+                format!("`{}` exists and is not a directory", state_dir.display()),
+            );
+        }
+    }
+
+    let api = root
+        .table(&mut cx.p, "api")
+        .map(|t| cx.api(t))
+        .unwrap_or_default();
+    let networks: Vec<_> = root
+        .tables(&mut cx.p, "network")
+        .into_iter()
+        .filter_map(|t| cx.network(t))
+        .collect();
+    let reservations: Vec<_> = root
+        .tables(&mut cx.p, "reservation")
+        .into_iter()
+        .filter_map(|t| cx.reservation(t))
+        .collect();
+    let dns = root
+        .table(&mut cx.p, "dns")
+        .map(|t| cx.dns(t))
+        .unwrap_or_default();
+    let ftp = root
+        .table(&mut cx.p, "ftp")
+        .map(|t| cx.ftp(t))
+        .unwrap_or_default();
+    let router = root.table(&mut cx.p, "router").and_then(|t| cx.router(t));
+    let hosts: Vec<_> = root
+        .tables(&mut cx.p, "host")
+        .into_iter()
+        .filter_map(|t| cx.host(t))
+        .collect();
+    root.finish(&mut cx.p, TOP_KEYS);
+
+    cx.check_networks(&networks);
+    cx.check_reservations(&networks, &reservations);
+    cx.check_hosts(&hosts);
+    if let Some(r) = &router {
+        if let Some(n) = networks
+            .iter()
+            .find(|n| n.value.interface == r.value.uplink)
+        {
+            cx.p.at(
+                &r.span,
+                "router.uplink",
+                format!(
+                    "`{}` is network `{}`'s interface; the uplink must be another interface",
+                    r.value.uplink, n.value.name
+                ),
+            );
+        }
+    }
+
+    if !cx.p.list.is_empty() {
+        return Err(finish(cx.p));
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        state_dir,
+        api,
+        networks: networks.into_iter().map(|n| n.value).collect(),
+        reservations: reservations.into_iter().map(|r| r.value).collect(),
+        dns,
+        ftp,
+        router: router.map(|r| r.value),
+        hosts: hosts.into_iter().map(|h| h.value).collect(),
+    })
+}
+
+fn finish(p: Problems) -> ConfigErrors {
+    let mut list = p.list;
+    list.sort_by(|a, b| a.line.cmp(&b.line).then(a.key.cmp(&b.key)));
+    ConfigErrors(list)
+}
+
+/// What the loader carries: the problems and the folder relative paths resolve against.
+struct Cx<'s> {
+    p: Problems<'s>,
+    base: PathBuf,
+}
+
+/// A parsed item with the spans of the fields that cross-checks point at.
+struct Item<T> {
+    value: T,
+    span: Range<usize>,
+    fields: HashMap<&'static str, Range<usize>>,
+}
+
+impl<T> Item<T> {
+    fn at(&self, field: &str) -> Range<usize> {
+        self.fields.get(field).cloned().unwrap_or(self.span.clone())
+    }
+}
+
+impl Cx<'_> {
+    fn path(&self, s: &str) -> PathBuf {
+        let p = PathBuf::from(s);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn secret_file(&mut self, v: Option<Located<String>>) -> Option<PathBuf> {
+        let v = v?;
+        let path = self.path(&v.value);
+        if let Err(m) = values::check_secret_file(&path) {
+            self.p.at(&v.span, &v.key, m);
+        }
+        Some(path)
+    }
+
+    fn api(&mut self, t: Table) -> ApiConfig {
+        let listen = t
+            .parse(&mut self.p, "listen", |s| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    format!("`{s}` is not an address with a port; write it like \"127.0.0.1:7070\"")
+                })
+            })
+            .map(|(a, _)| a);
+        let token = t.string(&mut self.p, "token_file");
+        let token_file = self.secret_file(token);
+        if listen.is_some() && token_file.is_none() {
+            self.p.at(
+                &t.span,
+                &t.key_path("token_file"),
+                "missing; a TCP listener needs a bearer token: set token_file to a file holding it (mode 600)",
+            );
+        }
+        t.finish(&mut self.p, &["listen", "token_file"]);
+        ApiConfig { listen, token_file }
+    }
+
+    fn network(&mut self, t: Table) -> Option<Item<Network>> {
+        let mut fields = HashMap::new();
+        let name = t.required_string(
+            &mut self.p,
+            "name",
+            "give the network a name, like name = \"lab\"",
+        );
+        let name = check(&mut self.p, name, |s| {
+            values::check_hostname(s).map(|_| s.to_string())
+        });
+        let iface = t.required_string(
+            &mut self.p,
+            "interface",
+            "name the interface this network is served on, like interface = \"eth1\"",
+        );
+        let iface = check(&mut self.p, iface, |s| {
+            values::check_interface_name(s).map(|_| s.to_string())
+        });
+        let addr = t.required_string(
+            &mut self.p,
+            "address",
+            "give the appliance's address with its prefix, like address = \"10.0.0.1/24\"",
+        );
+        let address = check(&mut self.p, addr, |s| {
+            let net: Ipv4Net = s.parse().map_err(|_| {
+                format!("`{s}` is not an IPv4 address with a prefix; write it like \"10.0.0.1/24\"")
+            })?;
+            if net.prefix_len() > 30 {
+                return Err(format!(
+                    "prefix /{} leaves no room for clients; use /30 or shorter",
+                    net.prefix_len()
+                ));
+            }
+            if net.addr() == net.network() || net.addr() == net.broadcast() {
+                return Err(format!(
+                    "{} is the {} address of {}; the appliance needs a host address, like \"{}/{}\"",
+                    net.addr(),
+                    if net.addr() == net.network() { "network" } else { "broadcast" },
+                    net.trunc(),
+                    Ipv4Addr::from(u32::from(net.network()) + 1),
+                    net.prefix_len()
+                ));
+            }
+            Ok(net)
+        });
+        let range = t.strings(&mut self.p, "dhcp_range");
+        let mut dhcp_range = None;
+        if let (Some(items), Some((net, _))) = (range, address.as_ref()) {
+            let span = t
+                .get("dhcp_range")
+                .map(|v| v.span())
+                .unwrap_or(t.span.clone());
+            let key = t.key_path("dhcp_range");
+            fields.insert("dhcp_range", span.clone());
+            if items.len() != 2 {
+                self.p.at(
+                    &span,
+                    &key,
+                    "expected two addresses, first and last, like [\"10.0.0.100\", \"10.0.0.199\"]",
+                );
+            } else {
+                let mut ends = Vec::new();
+                for it in &items {
+                    match it.value.parse::<Ipv4Addr>() {
+                        Ok(a) if !net.contains(&a) => self.p.at(
+                            &it.span,
+                            &it.key,
+                            format!(
+                                "{a} lies outside the network {}; pick addresses inside it",
+                                net.trunc()
+                            ),
+                        ),
+                        Ok(a) if a == net.network() || a == net.broadcast() => self.p.at(
+                            &it.span,
+                            &it.key,
+                            format!(
+                                "{a} is the network's {} address; it cannot be leased",
+                                if a == net.network() {
+                                    "network"
+                                } else {
+                                    "broadcast"
+                                }
+                            ),
+                        ),
+                        Ok(a) => ends.push(a),
+                        Err(_) => self.p.at(
+                            &it.span,
+                            &it.key,
+                            format!("`{}` is not an IPv4 address", it.value),
+                        ),
+                    }
+                }
+                if let [a, b] = ends[..] {
+                    if a > b {
+                        self.p.at(&span, &key, format!("the range runs backwards ({a} > {b}); write the lower address first"));
+                    } else if (a..=b).contains(&net.addr()) {
+                        self.p.at(&span, &key, format!("the range contains the appliance's own address {}; start or end it elsewhere", net.addr()));
+                    } else {
+                        dhcp_range = Some((a, b));
+                    }
+                }
+            }
+        }
+        let lease = t.parse(&mut self.p, "lease_time", |s| {
+            let d = values::parse_duration(s)?;
+            if d < Duration::from_secs(60) {
+                return Err(format!(
+                    "`{s}` is too short for a lease; use at least \"1m\""
+                ));
+            }
+            Ok(d)
+        });
+        let domain = t
+            .parse(&mut self.p, "domain", |s| {
+                values::check_domain(s).map(|_| s.trim_end_matches('.').to_string())
+            })
+            .map(|(d, _)| d);
+        let span = t.span.clone();
+        t.finish(
+            &mut self.p,
+            &[
+                "name",
+                "interface",
+                "address",
+                "dhcp_range",
+                "lease_time",
+                "domain",
+            ],
+        );
+        let (name, name_span) = name?;
+        let (address, _) = address?;
+        fields.insert("name", name_span);
+        // A bad interface is already reported; keep the network so that reservations naming
+        // it are still checked against its address.
+        let interface = match iface {
+            Some((i, span)) => {
+                fields.insert("interface", span);
+                i
+            }
+            None => String::new(),
+        };
+        Some(Item {
+            value: Network {
+                name,
+                interface,
+                address,
+                dhcp_range,
+                lease_time: lease
+                    .map(|(d, _)| d)
+                    .unwrap_or(Duration::from_secs(12 * 3600)),
+                domain,
+            },
+            span,
+            fields,
+        })
+    }
+
+    fn reservation(&mut self, t: Table) -> Option<Item<Reservation>> {
+        let mut fields = HashMap::new();
+        let network = t.required_string(
+            &mut self.p,
+            "network",
+            "name the [[network]] this reservation belongs to",
+        );
+        let mac = t.parse(&mut self.p, "mac", |s| s.parse::<Mac>());
+        let client_id = t.string(&mut self.p, "client_id");
+        let hostname = t.parse(&mut self.p, "hostname", |s| {
+            values::check_hostname(s).map(|_| s.to_string())
+        });
+        let ip = t.required_string(
+            &mut self.p,
+            "ip",
+            "give the reserved address, like ip = \"10.0.0.10\"",
+        );
+        let ip = check(&mut self.p, ip, |s| {
+            s.parse::<Ipv4Addr>()
+                .map_err(|_| format!("`{s}` is not an IPv4 address; write it like \"10.0.0.10\""))
+        });
+        let has_id =
+            t.get("mac").is_some() || t.get("client_id").is_some() || t.get("hostname").is_some();
+        if !has_id {
+            self.p.at(
+                &t.span,
+                &t.key_path("mac"),
+                "missing; a reservation needs mac, client_id or hostname to know whom it is for",
+            );
+        }
+        let span = t.span.clone();
+        t.finish(
+            &mut self.p,
+            &["network", "mac", "client_id", "hostname", "ip"],
+        );
+        let network = network?;
+        let (ip, ip_span) = ip?;
+        fields.insert("network", network.span.clone());
+        fields.insert("ip", ip_span);
+        if let Some((_, s)) = &mac {
+            fields.insert("mac", s.clone());
+        }
+        if let Some((_, s)) = &hostname {
+            fields.insert("hostname", s.clone());
+        }
+        if !has_id {
+            return None;
+        }
+        Some(Item {
+            value: Reservation {
+                network: network.value,
+                mac: mac.map(|(m, _)| m),
+                client_id: client_id.map(|c| c.value),
+                hostname: hostname.map(|(h, _)| h),
+                ip,
+            },
+            span,
+            fields,
+        })
+    }
+
+    fn dns(&mut self, t: Table) -> DnsConfig {
+        let mut forwarders = Vec::new();
+        for f in t.strings(&mut self.p, "forwarders").unwrap_or_default() {
+            let parsed = f
+                .value
+                .parse::<SocketAddr>()
+                .or_else(|_| f.value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Ok(a) => forwarders.push(a),
+                Err(_) => self.p.at(
+                    &f.span,
+                    &f.key,
+                    format!("`{}` is not an IP address; write it like \"192.0.2.53\" or \"192.0.2.53:5353\"", f.value),
+                ),
+            }
+        }
+        let mut tsig_keys = Vec::new();
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        for k in t.tables(&mut self.p, "tsig_key") {
+            let name = k.required_string(
+                &mut self.p,
+                "name",
+                "name the key as clients will, like name = \"ddns\"",
+            );
+            let name = check(&mut self.p, name, |s| {
+                values::check_domain(s).map(|_| s.to_string())
+            });
+            let algo = k.parse(&mut self.p, "algorithm", |s| {
+                const ALGS: [&str; 3] = ["hmac-sha256", "hmac-sha384", "hmac-sha512"];
+                if ALGS.contains(&s) {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!(
+                        "`{s}` is not supported; use one of {}",
+                        ALGS.join(", ")
+                    ))
+                }
+            });
+            let secret = k.required_string(
+                &mut self.p,
+                "secret_file",
+                "point to a file holding the base64 secret (mode 600)",
+            );
+            let secret_file = self.secret_file(secret);
+            if let Some((n, span)) = &name {
+                if seen.insert(n.clone(), ()).is_some() {
+                    self.p.at(
+                        span,
+                        &k.key_path("name"),
+                        format!("a TSIG key named `{n}` is already defined; names must be unique"),
+                    );
+                }
+            }
+            k.finish(&mut self.p, &["name", "algorithm", "secret_file"]);
+            if let (Some((name, _)), Some(secret_file)) = (name, secret_file) {
+                tsig_keys.push(TsigKey {
+                    name,
+                    algorithm: algo.map(|(a, _)| a).unwrap_or_else(|| "hmac-sha256".into()),
+                    secret_file,
+                });
+            }
+        }
+        t.finish(&mut self.p, &["forwarders", "tsig_key"]);
+        DnsConfig {
+            forwarders,
+            tsig_keys,
+        }
+    }
+
+    fn ftp(&mut self, t: Table) -> FtpConfig {
+        let mut ftp = FtpConfig::default();
+        if let Some(arr) = t.array(&mut self.p, "passive_ports") {
+            let ports: Vec<Option<i64>> = arr
+                .value
+                .iter()
+                .map(|(_, v)| {
+                    v.get_ref()
+                        .as_integer()
+                        .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok())
+                })
+                .collect();
+            match ports[..] {
+                [Some(lo), Some(hi)] if (1024..=65535).contains(&lo) && (1024..=65535).contains(&hi) && lo <= hi => {
+                    ftp.passive_ports = (lo as u16, hi as u16);
+                }
+                _ => self.p.at(
+                    &arr.span,
+                    &arr.key,
+                    "expected two ports, lowest then highest, between 1024 and 65535, like [50000, 50100]",
+                ),
+            }
+        }
+        t.finish(&mut self.p, &["passive_ports"]);
+        ftp
+    }
+
+    fn router(&mut self, t: Table) -> Option<Located<RouterConfig>> {
+        let uplink = t.required_string(
+            &mut self.p,
+            "uplink",
+            "name the interface towards the outside, like uplink = \"eth0\"",
+        );
+        let uplink = check(&mut self.p, uplink, |s| {
+            values::check_interface_name(s).map(|_| s.to_string())
+        });
+        let nat = t
+            .boolean(&mut self.p, "nat")
+            .map(|b| b.value)
+            .unwrap_or(true);
+        t.finish(&mut self.p, &["uplink", "nat"]);
+        let (uplink, span) = uplink?;
+        Some(Located {
+            value: RouterConfig { uplink, nat },
+            key: "router.uplink".into(),
+            span,
+        })
+    }
+
+    fn host(&mut self, t: Table) -> Option<Item<HostConfig>> {
+        let mut fields = HashMap::new();
+        let name = t.required_string(
+            &mut self.p,
+            "name",
+            "give the host a name, like name = \"hostA\"",
+        );
+        let name = check(&mut self.p, name, |s| {
+            values::check_hostname(s).map(|_| s.to_string())
+        });
+        let address = t.required_string(
+            &mut self.p,
+            "address",
+            "give the address the appliance reaches it at over SSH",
+        );
+        let address = check(&mut self.p, address, |s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("`{s}` is not an IP address; write it like \"10.0.0.11\""))
+        });
+        let ssh_port = match t.integer(&mut self.p, "ssh_port") {
+            Some(p) if (1..=65535).contains(&p.value) => p.value as u16,
+            Some(p) => {
+                self.p.at(
+                    &p.span,
+                    &p.key,
+                    format!("{} is not a port; use 1 to 65535", p.value),
+                );
+                22
+            }
+            None => 22,
+        };
+        let ssh_user = t
+            .string(&mut self.p, "ssh_user")
+            .map(|u| u.value)
+            .unwrap_or_else(|| "root".into());
+        let key = t.required_string(
+            &mut self.p,
+            "ssh_key",
+            "point to the private key the appliance logs in with (mode 600)",
+        );
+        let ssh_key = self.secret_file(key);
+        let host_key = t
+            .parse(&mut self.p, "host_key", |s| {
+                values::check_public_key(s).map(|_| s.trim().to_string())
+            })
+            .map(|(k, _)| k);
+        let hv = t.parse(&mut self.p, "hypervisor", |s| match s {
+            "xen" => Ok(HypervisorKind::Xen),
+            "qemu" | "kvm" => Ok(HypervisorKind::Qemu),
+            _ => Err(format!(
+                "`{s}` is not a hypervisor netmigrate drives; use \"xen\" or \"qemu\""
+            )),
+        });
+        let bridge = t
+            .parse(&mut self.p, "bridge", |s| {
+                values::check_interface_name(s).map(|_| s.to_string())
+            })
+            .map(|(b, _)| b);
+        let span = t.span.clone();
+        t.finish(
+            &mut self.p,
+            &[
+                "name",
+                "address",
+                "ssh_port",
+                "ssh_user",
+                "ssh_key",
+                "host_key",
+                "hypervisor",
+                "bridge",
+            ],
+        );
+        let (name, name_span) = name?;
+        let (address, addr_span) = address?;
+        fields.insert("name", name_span);
+        fields.insert("address", addr_span);
+        let hypervisor = hv.map(|(h, _)| h).unwrap_or(HypervisorKind::Xen);
+        let bridge = bridge.unwrap_or_else(|| match hypervisor {
+            HypervisorKind::Xen => "xenbr0".into(),
+            HypervisorKind::Qemu => "br0".into(),
+        });
+        Some(Item {
+            value: HostConfig {
+                name,
+                address,
+                ssh_port,
+                ssh_user,
+                ssh_key: ssh_key?,
+                host_key,
+                hypervisor,
+                bridge,
+            },
+            span,
+            fields,
+        })
+    }
+
+    /// Reports the second and later items whose `key` repeats an earlier one's.
+    fn unique<T, K: std::hash::Hash + Eq + std::fmt::Display>(
+        &mut self,
+        section: &str,
+        items: &[Item<T>],
+        field: &'static str,
+        key: impl Fn(&T) -> Option<K>,
+    ) {
+        let mut seen: HashMap<K, usize> = HashMap::new();
+        for (i, it) in items.iter().enumerate() {
+            let Some(k) = key(&it.value) else { continue };
+            let msg = seen.get(&k).map(|first| {
+                let line = self.p.line_of(items[*first].at(field).start);
+                format!(
+                    "{k} is already used by {section}[{first}] (line {line}); each must be unique"
+                )
+            });
+            match msg {
+                Some(m) => {
+                    let span = it.at(field);
+                    self.p.at(&span, &format!("{section}[{i}].{field}"), m)
+                }
+                None => {
+                    seen.insert(k, i);
+                }
+            }
+        }
+    }
+
+    fn check_networks(&mut self, nets: &[Item<Network>]) {
+        self.unique("network", nets, "name", |n| Some(n.name.clone()));
+        self.unique("network", nets, "interface", |n| {
+            Some(n.interface.clone()).filter(|i| !i.is_empty())
+        });
+        for (i, a) in nets.iter().enumerate() {
+            for b in &nets[..i] {
+                let (x, y) = (a.value.address.trunc(), b.value.address.trunc());
+                if x.contains(&y.network()) || y.contains(&x.network()) {
+                    self.p.at(
+                        &a.span,
+                        &format!("network[{i}].address"),
+                        format!(
+                            "{x} overlaps network `{}` ({y}); networks must not overlap",
+                            b.value.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_reservations(&mut self, nets: &[Item<Network>], res: &[Item<Reservation>]) {
+        for (i, r) in res.iter().enumerate() {
+            let Some(net) = nets.iter().find(|n| n.value.name == r.value.network) else {
+                let names: Vec<_> = nets.iter().map(|n| format!("`{}`", n.value.name)).collect();
+                self.p.at(
+                    &r.at("network"),
+                    &format!("reservation[{i}].network"),
+                    format!(
+                        "no [[network]] is named `{}`; {}",
+                        r.value.network,
+                        if names.is_empty() {
+                            "define one first".to_string()
+                        } else {
+                            format!("known: {}", names.join(", "))
+                        }
+                    ),
+                );
+                continue;
+            };
+            let n = net.value.address;
+            let ip = r.value.ip;
+            let problem = if !n.contains(&ip) {
+                Some(format!(
+                    "{ip} lies outside network `{}` ({}); pick an address inside it",
+                    net.value.name,
+                    n.trunc()
+                ))
+            } else if ip == n.network() || ip == n.broadcast() {
+                Some(format!(
+                    "{ip} is the network's {} address",
+                    if ip == n.network() {
+                        "network"
+                    } else {
+                        "broadcast"
+                    }
+                ))
+            } else if ip == n.addr() {
+                Some(format!("{ip} is the appliance's own address"))
+            } else {
+                None
+            };
+            if let Some(m) = problem {
+                self.p.at(&r.at("ip"), &format!("reservation[{i}].ip"), m);
+            }
+        }
+        self.unique("reservation", res, "mac", |r| r.mac);
+        self.unique("reservation", res, "ip", |r| Some(r.ip));
+        self.unique("reservation", res, "hostname", |r| r.hostname.clone());
+    }
+
+    fn check_hosts(&mut self, hosts: &[Item<HostConfig>]) {
+        self.unique("host", hosts, "name", |h| Some(h.name.clone()));
+        self.unique("host", hosts, "address", |h| Some(h.address));
+    }
+}

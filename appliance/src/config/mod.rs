@@ -1,0 +1,256 @@
+//! The appliance's configuration: one TOML file, every key checked, every problem reported with
+//! its file, line and key path (`FILE:LINE: key.path: what is wrong`).
+
+mod load;
+mod reader;
+pub mod values;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+pub use values::Mac;
+
+/// Where the appliance keeps its state when the config does not say.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netmigrate";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file this was read from (relative paths inside it are resolved against its folder).
+    pub source: PathBuf,
+    pub state_dir: PathBuf,
+    pub api: ApiConfig,
+    pub networks: Vec<Network>,
+    pub reservations: Vec<Reservation>,
+    pub dns: DnsConfig,
+    pub ftp: FtpConfig,
+    pub router: Option<RouterConfig>,
+    pub hosts: Vec<HostConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApiConfig {
+    /// Optional TCP listener; the unix socket in state_dir is always there.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required on the TCP listener.
+    pub token_file: Option<PathBuf>,
+}
+
+/// One L2 segment the appliance serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub name: String,
+    pub interface: String,
+    /// The appliance's own address and the segment's prefix.
+    pub address: Ipv4Net,
+    pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
+    #[serde(serialize_with = "ser_duration")]
+    pub lease_time: Duration,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reservation {
+    pub network: String,
+    pub mac: Option<Mac>,
+    pub client_id: Option<String>,
+    pub hostname: Option<String>,
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DnsConfig {
+    pub forwarders: Vec<SocketAddr>,
+    pub tsig_keys: Vec<TsigKey>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TsigKey {
+    pub name: String,
+    pub algorithm: String,
+    pub secret_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FtpConfig {
+    pub passive_ports: (u16, u16),
+}
+
+impl Default for FtpConfig {
+    fn default() -> Self {
+        FtpConfig {
+            passive_ports: (50000, 50100),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterConfig {
+    pub uplink: String,
+    pub nat: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HypervisorKind {
+    Xen,
+    Qemu,
+}
+
+impl HypervisorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HypervisorKind::Xen => "xen",
+            HypervisorKind::Qemu => "qemu",
+        }
+    }
+}
+
+/// A hypervisor host; the appliance reaches it over SSH, nothing is installed on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostConfig {
+    pub name: String,
+    pub address: IpAddr,
+    pub ssh_port: u16,
+    pub ssh_user: String,
+    pub ssh_key: PathBuf,
+    /// Pinned host key ("ssh-ed25519 AAAA..."); a host that shows another is refused.
+    pub host_key: Option<String>,
+    pub hypervisor: HypervisorKind,
+    pub bridge: String,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&values::format_duration(*d))
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                self.line,
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in one config file, in line order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and checks a config file; all problems are returned together.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        Config::parse(path, &src)
+    }
+
+    /// Checks `src` as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+        load::parse(path, src)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("api.sock")
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir.join("netmigrate.lock")
+    }
+
+    /// One line per section, for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let mut s = format!("state_dir {}\n", self.state_dir.display());
+        for n in &self.networks {
+            let range = n
+                .dhcp_range
+                .map(|(a, b)| format!("dhcp {a}-{b}"))
+                .unwrap_or_else(|| "no dhcp range".into());
+            s.push_str(&format!(
+                "network {} on {}: {} {} lease {}{}\n",
+                n.name,
+                n.interface,
+                n.address,
+                range,
+                values::format_duration(n.lease_time),
+                n.domain
+                    .as_deref()
+                    .map(|d| format!(" domain {d}"))
+                    .unwrap_or_default()
+            ));
+        }
+        s.push_str(&format!("{} reservation(s)\n", self.reservations.len()));
+        for h in &self.hosts {
+            s.push_str(&format!(
+                "host {} {} ({}, ssh {}@{}:{}, key {})\n",
+                h.name,
+                h.address,
+                h.hypervisor.as_str(),
+                h.ssh_user,
+                h.address,
+                h.ssh_port,
+                if h.host_key.is_some() {
+                    "pinned"
+                } else {
+                    "not pinned"
+                }
+            ));
+        }
+        if let Some(r) = &self.router {
+            s.push_str(&format!(
+                "router: uplink {}, nat {}\n",
+                r.uplink,
+                if r.nat { "on" } else { "off" }
+            ));
+        }
+        if let Some(l) = self.api.listen {
+            s.push_str(&format!("api: tcp {l} (token required)\n"));
+        }
+        s
+    }
+}

@@ -1,0 +1,223 @@
+//! `netmigrate serve`: the long-running appliance. It owns the state; everything else (CLI,
+//! dashboard, tests) talks to it over the API.
+
+mod lock;
+mod notify;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Mutex};
+
+use crate::config::{Config, ConfigErrors};
+use crate::state::{now_ms, NewEvent, State, StateError};
+use crate::Error;
+
+pub use lock::{LockError, StateLock};
+
+/// Everything the running daemon shares between its tasks.
+pub struct App {
+    pub state: State,
+    config: RwLock<Arc<Config>>,
+    config_path: PathBuf,
+    pub started_ms: i64,
+    started: Instant,
+    reload_lock: Mutex<()>,
+    last_reload: RwLock<Option<ReloadOutcome>>,
+}
+
+/// How the last reload went, for `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub at_ms: i64,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Why a reload was refused; the running config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the new config has {n} problem(s); the running config stays:\n{0}", n = .0.0.len())]
+    Config(ConfigErrors),
+    #[error("{0}; restart netmigrate to apply it (the running config stays)")]
+    NeedsRestart(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl ReloadError {
+    /// Each problem as one line, for API clients.
+    pub fn details(&self) -> Vec<String> {
+        match self {
+            ReloadError::Config(errs) => errs.0.iter().map(|e| e.to_string()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl App {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload.read().expect("reload lock").clone()
+    }
+
+    /// Re-reads the config file. A bad file, or one that changes what only a restart can
+    /// change, is refused and the running config stays. SIGHUP and the API both come here.
+    pub async fn reload(&self) -> Result<String, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        let outcome = match &result {
+            Ok(msg) => {
+                self.state
+                    .record(NewEvent::info("config.reload", msg.clone()))
+                    .await?;
+                ReloadOutcome {
+                    at_ms: now_ms(),
+                    ok: true,
+                    message: msg.clone(),
+                }
+            }
+            Err(e) => {
+                let _ = self
+                    .state
+                    .record(NewEvent::warn(
+                        "config.reload",
+                        format!("reload refused: {e}"),
+                    ))
+                    .await;
+                ReloadOutcome {
+                    at_ms: now_ms(),
+                    ok: false,
+                    message: e.to_string(),
+                }
+            }
+        };
+        *self.last_reload.write().expect("reload lock") = Some(outcome);
+        result
+    }
+
+    async fn try_reload(&self) -> Result<String, ReloadError> {
+        let new = Config::load(&self.config_path).map_err(ReloadError::Config)?;
+        let old = self.config();
+        if new.state_dir != old.state_dir {
+            return Err(ReloadError::NeedsRestart(format!(
+                "state_dir changed from {} to {}",
+                old.state_dir.display(),
+                new.state_dir.display()
+            )));
+        }
+        if new.api.listen != old.api.listen {
+            return Err(ReloadError::NeedsRestart("api.listen changed".into()));
+        }
+        let sync = self.state.sync_hosts(new.hosts.clone()).await?;
+        *self.config.write().expect("config lock") = Arc::new(new);
+        Ok(if sync.is_empty() {
+            "config reloaded; hosts unchanged".into()
+        } else {
+            format!(
+                "config reloaded; hosts added {:?}, changed {:?}, removed {:?}",
+                sync.added, sync.changed, sync.removed
+            )
+        })
+    }
+}
+
+/// Creates state_dir (mode 0750) if needed.
+fn prepare_state_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|e| Error::Io(format!("creating state_dir {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Runs the appliance until SIGTERM or SIGINT.
+pub async fn serve(config_path: &Path) -> Result<(), Error> {
+    let config = Config::load(config_path).map_err(Error::Config)?;
+    prepare_state_dir(&config.state_dir)?;
+    let _lock = StateLock::acquire(&config.state_dir, &config.lock_path())?;
+    let state = State::open(&config.db_path())?;
+    let sync = state.sync_hosts(config.hosts.clone()).await?;
+    tracing::info!(
+        config = %config_path.display(),
+        state = %config.db_path().display(),
+        hosts_added = ?sync.added,
+        "starting netmigrate {}",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let app = Arc::new(App {
+        state: state.clone(),
+        config: RwLock::new(Arc::new(config)),
+        config_path: config_path.to_path_buf(),
+        started_ms: now_ms(),
+        started: Instant::now(),
+        reload_lock: Mutex::new(()),
+        last_reload: RwLock::new(None),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api = crate::api::server::start(app.clone(), stop_rx).await?;
+    state
+        .record(NewEvent::info(
+            "daemon.start",
+            format!(
+                "netmigrate {} started (pid {}), api on {}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                api.describe()
+            ),
+        ))
+        .await?;
+    notify::notify("READY=1");
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::Io("SIGTERM handler".into(), e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::Io("SIGINT handler".into(), e))?;
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| Error::Io("SIGHUP handler".into(), e))?;
+    let why = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                notify::notify("RELOADING=1");
+                match app.reload().await {
+                    Ok(msg) => tracing::info!("SIGHUP: {msg}"),
+                    Err(e) => tracing::warn!("SIGHUP: {e}"),
+                }
+                notify::notify("READY=1");
+            }
+        }
+    };
+    notify::notify("STOPPING=1");
+    tracing::info!("{why} received, stopping");
+    let _ = stop_tx.send(true);
+    api.stopped().await;
+    state
+        .record(NewEvent::info(
+            "daemon.stop",
+            format!("netmigrate stopped on {why} after {}s", app.uptime_secs()),
+        ))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! Ordered schema migrations. The database's `user_version` is the number of migrations applied.
+//! Append only: a released migration is never edited, a change is a new one at the end.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the foundation: what the appliance knows of itself, its hosts and what happened.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE events (
+        id      INTEGER PRIMARY KEY,
+        at_ms   INTEGER NOT NULL,          -- unix time, milliseconds
+        level   TEXT NOT NULL CHECK (level IN ('info', 'warn', 'error')),
+        kind    TEXT NOT NULL,             -- dotted, e.g. 'daemon.start', 'config.reload'
+        subject TEXT,                      -- what it is about: a host, a VM, a network
+        message TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX events_at ON events (at_ms);
+
+    CREATE TABLE hosts (
+        name        TEXT PRIMARY KEY,
+        address     TEXT NOT NULL,
+        hypervisor  TEXT NOT NULL CHECK (hypervisor IN ('xen', 'qemu')),
+        ssh_user    TEXT NOT NULL,
+        ssh_port    INTEGER NOT NULL,
+        bridge      TEXT NOT NULL,
+        host_key    TEXT,                  -- pinned SSH host key, NULL until pinned
+        in_config   INTEGER NOT NULL DEFAULT 1,
+        updated_ms  INTEGER NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// The schema version this build writes.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}

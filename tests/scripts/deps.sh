@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks for the build, the lab and the tests.
+# Idempotent and quick when everything is already there (one dpkg query, no apt-get update).
+set -euo pipefail
+
+CACHE=${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}
+
+# Debian packages: the lab (namespaces, OVS, QEMU, sshd) and the real clients the tests drive.
+PKGS=(
+  qemu-system-x86 openvswitch-switch openvswitch-common busybox-static cpio iproute2
+  iputils-ping arping tcpdump openssh-server openssh-client curl python3 procps psmisc
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing packages: ${missing[*]} (run 'make deps' as root)" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  # Package installs must not start daemons (ovs, sshd) in the root namespace.
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0; [ -e "$policy" ] && had_policy=1
+  if [ "$had_policy" = 0 ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Guest kernel for the lab's QEMU guests: Debian's current 6.1 image, unpacked into the cache.
+if [ ! -e "$CACHE/kernel/vmlinuz" ]; then
+  mkdir -p "$CACHE/kernel"
+  if ! pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}') || [ -z "$pkg" ]; then
+    apt-get update -qq
+    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+  fi
+  echo "deps: fetching guest kernel $pkg into $CACHE/kernel"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null && dpkg-deb -x ./*.deb root)
+  kver=${pkg#linux-image-}
+  rm -rf "$CACHE/kernel/root"
+  mv "$tmp/root" "$CACHE/kernel/root"
+  ln -sf "root/boot/vmlinuz-$kver" "$CACHE/kernel/vmlinuz"
+  echo "$kver" >"$CACHE/kernel/version"
+  rm -rf "$tmp"
+fi
+
+# Cargo components used by `make test`.
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi
+echo "deps: ok (guest kernel $(cat "$CACHE/kernel/version"))"
