@@ -76,7 +76,7 @@ pub fn status(s: &Status) -> String {
     }
     o.push_str(&format!("reservations: {}\n", s.reservations));
     o.push_str(
-        "\nHOST       ADDRESS          HYPERVISOR  SSH                  BRIDGE    HOST KEY\n",
+        "\nHOST       ADDRESS          HYPERVISOR  SSH USER             BRIDGE    HOST KEY\n",
     );
     if s.hosts.is_empty() {
         o.push_str("(none configured)\n");
@@ -87,7 +87,11 @@ pub fn status(s: &Status) -> String {
             h.name,
             h.address,
             h.hypervisor,
-            format!("{}@:{}", h.ssh_user, h.ssh_port),
+            if h.ssh_port == 22 {
+                h.ssh_user.clone()
+            } else {
+                format!("{} port {}", h.ssh_user, h.ssh_port)
+            },
             h.bridge,
             if h.host_key.is_some() {
                 "pinned"

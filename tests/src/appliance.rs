@@ -1,0 +1,138 @@
+//! The appliance in the lab: `netmigrate serve` running in its own namespace on the lab switch
+//! at 10.213.0.1, with a config that names the lab's hosts and pins their host keys.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::host::Host;
+use crate::lab::{Lab, Node, APPLIANCE_IP, SUBNET_PREFIX};
+use crate::netns;
+use crate::sys::wait_for;
+
+/// Path of the `netmigrate` binary: `$NETMIGRATE_BIN`, or next to the test executable's
+/// target directory (`target/<profile>/netmigrate`).
+pub fn netmigrate_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NETMIGRATE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let cand = dir.join("netmigrate");
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    bail!(
+        "netmigrate binary not found near {}; build it first (cargo build) or set NETMIGRATE_BIN",
+        exe.display()
+    )
+}
+
+pub struct Appliance {
+    pub node: Node,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub pid: u32,
+}
+
+impl Appliance {
+    /// Runs the CLI against this appliance (root namespace: the API is a unix socket).
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(netmigrate_bin()?)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()?)
+    }
+
+    /// Like `cli`, failing on a non-zero exit; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!(
+                "netmigrate {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The config the lab's appliance runs with: the lab network and the given hosts, keys pinned.
+pub fn lab_config(lab: &Lab, state_dir: &Path, hosts: &[&Host]) -> Result<String> {
+    let key = lab.client_key()?;
+    let mut c = format!(
+        "state_dir = \"{}\"\n\n\
+         [[network]]\n\
+         name = \"lab\"\n\
+         interface = \"eth0\"\n\
+         address = \"{APPLIANCE_IP}/{SUBNET_PREFIX}\"\n\
+         dhcp_range = [\"10.213.0.150\", \"10.213.0.199\"]\n\
+         lease_time = \"1h\"\n\
+         domain = \"lab.internal\"\n",
+        state_dir.display()
+    );
+    for h in hosts {
+        c.push_str(&format!(
+            "\n[[host]]\n\
+             name = \"{}\"\n\
+             address = \"{}\"\n\
+             ssh_key = \"{}\"\n\
+             host_key = \"{}\"\n\
+             hypervisor = \"qemu\"\n\
+             bridge = \"br0\"\n",
+            h.config_name(),
+            h.ip,
+            key.private.display(),
+            h.host_key.public
+        ));
+    }
+    Ok(c)
+}
+
+impl Lab {
+    /// Starts the appliance for `hosts` and waits until its API answers.
+    pub fn appliance(&self, hosts: &[&Host]) -> Result<Appliance> {
+        let node = self.node("app", APPLIANCE_IP)?;
+        let dir = self.subdir("appliance")?;
+        let state_dir = dir.join("state");
+        let config = dir.join("netmigrate.toml");
+        std::fs::write(&config, lab_config(self, &state_dir, hosts)?)?;
+        let mut cmd = netns::exec(&node.ns, &netmigrate_bin()?.display().to_string());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info");
+        let pid = self.track("appliance", &mut cmd)?;
+        let app = Appliance {
+            node,
+            config,
+            state_dir,
+            pid,
+        };
+        wait_for("the appliance's API", Duration::from_secs(20), || {
+            if self.has_exited(pid) {
+                return Some(false);
+            }
+            app.cli(&["status"])
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| true)
+        })
+        .and_then(|up| {
+            if up {
+                Ok(())
+            } else {
+                bail!(
+                    "netmigrate serve exited at start; see {}",
+                    self.dir.join("appliance.log").display()
+                )
+            }
+        })
+        .context("starting the appliance")?;
+        Ok(app)
+    }
+}

@@ -1,0 +1,286 @@
+//! QEMU guests (TCG) on a host's Open vSwitch bridge: Debian's kernel and a busybox initramfs
+//! that brings up eth0 and serves HTTP. See shared/lab/qemu/RECIPE.md for the measured recipe.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::host::{Host, BRIDGE};
+use crate::lab::{cache_dir, Lab, SUBNET_PREFIX};
+use crate::netns;
+use crate::sys::{run, wait_for};
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub mem_mib: u32,
+    /// VLAN tag of its OVS port.
+    pub vlan: Option<u16>,
+}
+
+impl GuestSpec {
+    /// Guest `n` (1, 2, ...): name vmN, address 10.213.0.(20 + n), MAC 52:54:00:d5:00:(20 + n).
+    pub fn numbered(n: u8) -> GuestSpec {
+        GuestSpec {
+            name: format!("vm{n}"),
+            ip: Ipv4Addr::new(10, 213, 0, 20 + n),
+            mac: format!("52:54:00:d5:00:{:02x}", 20 + n),
+            mem_mib: 128,
+            vlan: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub spec: GuestSpec,
+    pub host: String,
+    pub pid: u32,
+    pub tap: String,
+    pub qmp: PathBuf,
+    pub serial_log: PathBuf,
+}
+
+impl Guest {
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.spec.ip)
+    }
+}
+
+/// The guest kernel unpacked by `make deps`.
+pub fn kernel() -> Result<PathBuf> {
+    let k = cache_dir().join("kernel/vmlinuz");
+    if !k.exists() {
+        bail!("guest kernel {} is missing; run `make deps`", k.display());
+    }
+    Ok(k)
+}
+
+fn kernel_version() -> Result<String> {
+    Ok(std::fs::read_to_string(cache_dir().join("kernel/version"))
+        .context("guest kernel version file; run `make deps`")?
+        .trim()
+        .to_string())
+}
+
+/// The guest's /init: modules, address from the kernel command line, HTTP on :80.
+const INIT: &str = r#"#!/bin/busybox sh
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net e1000; do
+  insmod /lib/modules/$m.ko 2>/dev/null; done
+NM_IP=; NM_GW=; NM_NAME=guest
+for w in $(cat /proc/cmdline); do case "$w" in
+  nm_ip=*) NM_IP=${w#nm_ip=};; nm_gw=*) NM_GW=${w#nm_gw=};; nm_name=*) NM_NAME=${w#nm_name=};; esac; done
+hostname $NM_NAME
+ip link set lo up
+i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
+ip link set eth0 up
+if [ "$NM_IP" = dhcp ]; then udhcpc -i eth0 -b -t 20 -T 1 -s /usr/share/udhcpc/default.script -x hostname:$NM_NAME
+else ip addr add $NM_IP dev eth0; fi
+[ -n "$NM_GW" ] && ip route add default via $NM_GW
+echo "hello from $NM_NAME $(cat /sys/class/net/eth0/address)" > /www/index.html
+httpd -p 80 -h /www
+echo "NM: READY uptime=$(cut -d' ' -f1 /proc/uptime) ip=$(ip -4 -o addr show eth0 | awk '{print $4}') mac=$(cat /sys/class/net/eth0/address)" > /dev/console
+exec setsid cttyhack sh
+"#;
+
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev $interface; ip link set $interface up;;
+  bound|renew) ip addr flush dev $interface; ip addr add $ip/${mask:-24} dev $interface
+     [ -n "$router" ] && ip route replace default via ${router%% *}
+     echo "NM: dhcp $1 $ip" > /dev/console;;
+esac
+"#;
+
+const MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+    "drivers/net/ethernet/intel/e1000/e1000.ko",
+];
+
+/// Builds (once, cached by content) the busybox initramfs for the cached kernel.
+pub fn initramfs() -> Result<PathBuf> {
+    let kver = kernel_version()?;
+    let busybox = std::fs::metadata("/bin/busybox").context("/bin/busybox (busybox-static)")?;
+    let mut h = DefaultHasher::new();
+    (INIT, UDHCPC_SCRIPT, MODULES, &kver, busybox.len()).hash(&mut h);
+    let out = cache_dir().join(format!("initramfs-{:016x}.cpio.gz", h.finish()));
+    if out.exists() {
+        return Ok(out);
+    }
+    let tmp = tempfile::tempdir_in(cache_dir())?;
+    let root = tmp.path().join("root");
+    for d in [
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "www",
+        "lib/modules",
+        "tmp",
+        "etc",
+        "usr/share/udhcpc",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+    let applets = run(Command::new("/bin/busybox").arg("--list"))?;
+    for a in String::from_utf8_lossy(&applets.stdout).lines() {
+        if a != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
+        }
+    }
+    let kmods = cache_dir().join(format!("kernel/root/lib/modules/{kver}/kernel"));
+    for m in MODULES {
+        let src = kmods.join(m);
+        let name = Path::new(m).file_name().expect("module file name");
+        std::fs::copy(&src, root.join("lib/modules").join(name))
+            .with_context(|| format!("copying {}", src.display()))?;
+    }
+    write_exec(&root.join("init"), INIT)?;
+    write_exec(&root.join("usr/share/udhcpc/default.script"), UDHCPC_SCRIPT)?;
+    let part = out.with_extension("part");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+            root.display(),
+            part.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("building the initramfs failed ({status})");
+    }
+    std::fs::rename(&part, &out)?;
+    Ok(out)
+}
+
+fn write_exec(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+impl Lab {
+    /// Boots a guest on `host`: a persistent tap on the host's OVS bridge, QEMU holding it.
+    /// Returns once QEMU runs; `wait_http` waits for the guest's service.
+    pub fn guest(&self, host: &Host, spec: GuestSpec) -> Result<Guest> {
+        let kernel = kernel()?;
+        let initrd = initramfs()?;
+        let tap = format!("t-{}", spec.name);
+        if tap.len() > 15 {
+            bail!("guest name {} is too long for a tap name", spec.name);
+        }
+        netns::ip(&host.ns, &["tuntap", "add", &tap, "mode", "tap"])?;
+        netns::ip(&host.ns, &["link", "set", &tap, "up"])?;
+        let dir = self.subdir(&format!("h{}/guests", host.name))?;
+        let qmp = dir.join(format!("{}.qmp", spec.name));
+        let serial_log = dir.join(format!("{}.serial.log", spec.name));
+        let mut cmd = netns::exec(&host.ns, "qemu-system-x86_64");
+        cmd.args([
+            "-name",
+            &spec.name,
+            "-accel",
+            "tcg",
+            "-m",
+            &spec.mem_mib.to_string(),
+            "-smp",
+            "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-vga",
+            "none",
+            "-display",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args([
+            "-append",
+            &format!(
+                "console=ttyS0 quiet nm_ip={}/{SUBNET_PREFIX} nm_name={}",
+                spec.ip, spec.name
+            ),
+        ])
+        .args(["-serial", &format!("file:{}", serial_log.display())])
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp.display()),
+        ])
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        ])
+        .args([
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
+        ]);
+        let pid = self.track(&format!("h{}-{}", host.name, spec.name), &mut cmd)?;
+        // The tap carries frames only once QEMU holds it; add it to OVS after that.
+        wait_for(
+            "QEMU to open its QMP socket",
+            Duration::from_secs(20),
+            || (qmp.exists() || self.has_exited(pid)).then_some(()),
+        )?;
+        if self.has_exited(pid) {
+            bail!(
+                "QEMU for {} exited at start; see {}",
+                spec.name,
+                self.dir
+                    .join(format!("h{}-{}.log", host.name, spec.name))
+                    .display()
+            );
+        }
+        host.ovs.add_port(BRIDGE, &tap, spec.vlan)?;
+        Ok(Guest {
+            spec,
+            host: host.name.clone(),
+            pid,
+            tap,
+            qmp,
+            serial_log,
+        })
+    }
+
+    /// Waits until the guest answers HTTP from `ns` (a client's view).
+    pub fn wait_http(&self, ns: &str, guest: &Guest, timeout: Duration) -> Result<String> {
+        let url = guest.url();
+        wait_for(
+            &format!(
+                "{} to answer HTTP at {url} (serial log {})",
+                guest.spec.name,
+                guest.serial_log.display()
+            ),
+            timeout,
+            || {
+                if self.has_exited(guest.pid) {
+                    return Some(Err(anyhow::anyhow!("QEMU of {} exited", guest.spec.name)));
+                }
+                self.exec(ns, "curl", &["-sS", "--fail", "--max-time", "1", &url])
+                    .ok()
+                    .map(Ok)
+            },
+        )?
+    }
+}

@@ -1,0 +1,61 @@
+//! A hypervisor host: a namespace with sshd, an Open vSwitch bridge `br0` whose uplink is the
+//! veth to the lab switch, and the host's own address on the bridge's internal port.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+
+use crate::lab::{Lab, SUBNET_PREFIX};
+use crate::netns;
+use crate::ovs::{self, Ovs};
+use crate::sshd::{self, KeyPair};
+
+pub const BRIDGE: &str = "br0";
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// "A", "B", ...
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub host_key: KeyPair,
+    pub ovs: Ovs,
+    /// Working directory of this host (its "disk").
+    pub dir: std::path::PathBuf,
+}
+
+impl Host {
+    /// The config name of the host, e.g. "hostA".
+    pub fn config_name(&self) -> String {
+        format!("host{}", self.name)
+    }
+}
+
+/// Address of host N (A = 11, B = 12, ...).
+pub fn host_ip(name: &str) -> Ipv4Addr {
+    let n = name.bytes().next().unwrap_or(b'A').saturating_sub(b'A');
+    Ipv4Addr::new(10, 213, 0, 11 + n)
+}
+
+impl Lab {
+    /// A hypervisor host named `name` ("A", "B", ...) at 10.213.0.(11 + n).
+    pub fn host(&self, name: &str) -> Result<Host> {
+        let role = format!("h{name}");
+        let ns = self.ns_name(&role);
+        let ip = host_ip(name);
+        self.add_ns(&ns)?;
+        self.plug(&role, &ns, "up0")?;
+        let ovs = ovs::start(self, &ns, &role, BRIDGE)?;
+        ovs.add_port(BRIDGE, "up0", None)?;
+        netns::add_addr(&ns, BRIDGE, ip, SUBNET_PREFIX)?;
+        let host_key = sshd::start(self, &ns, &role, ip)?;
+        Ok(Host {
+            name: name.into(),
+            ns,
+            ip,
+            host_key,
+            ovs,
+            dir: self.subdir(&role)?,
+        })
+    }
+}
