@@ -172,8 +172,8 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, Error> {
         return Ok(Endpoint::Unix(s.clone()));
     }
     if let Some(c) = &cli.config {
-        let cfg = Config::load(c).map_err(Error::Config)?;
-        return Ok(Endpoint::Unix(cfg.socket_path()));
+        let state_dir = Config::state_dir_of(c).map_err(Error::Config)?;
+        return Ok(Endpoint::Unix(state_dir.join("api.sock")));
     }
     Ok(Endpoint::Unix(
         Path::new(DEFAULT_STATE_DIR).join("api.sock"),

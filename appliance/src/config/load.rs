@@ -41,7 +41,11 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     }
 
     let root = Table::new("", doc.span(), doc.get_ref());
-    let mut cx = Cx { p, base };
+    let mut cx = Cx {
+        p,
+        base,
+        network_names: Vec::new(),
+    };
 
     let state_dir = root
         .string(&mut cx.p, "state_dir")
@@ -123,6 +127,17 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     })
 }
 
+/// The state_dir named by `src`, ignoring every other key and problem.
+pub fn state_dir_of(path: &Path, src: &str) -> PathBuf {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (doc, _) = DeTable::parse_recoverable(src);
+    doc.get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref() == "state_dir")
+        .and_then(|(_, v)| v.get_ref().as_str().map(|s| base.join(s)))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
 fn finish(p: Problems) -> ConfigErrors {
     let mut list = p.list;
     list.sort_by(|a, b| a.line.cmp(&b.line).then(a.key.cmp(&b.key)));
@@ -133,6 +148,9 @@ fn finish(p: Problems) -> ConfigErrors {
 struct Cx<'s> {
     p: Problems<'s>,
     base: PathBuf,
+    /// Names of all [[network]]s, also those with problems, so that reservations naming a
+    /// broken network are not reported a second time.
+    network_names: Vec<String>,
 }
 
 /// A parsed item with the spans of the fields that cross-checks point at.
@@ -318,6 +336,7 @@ impl Cx<'_> {
             ],
         );
         let (name, name_span) = name?;
+        self.network_names.push(name.clone());
         let (address, _) = address?;
         fields.insert("name", name_span);
         // A bad interface is already reported; keep the network so that reservations naming
@@ -675,6 +694,9 @@ impl Cx<'_> {
     fn check_reservations(&mut self, nets: &[Item<Network>], res: &[Item<Reservation>]) {
         for (i, r) in res.iter().enumerate() {
             let Some(net) = nets.iter().find(|n| n.value.name == r.value.network) else {
+                if self.network_names.contains(&r.value.network) {
+                    continue; // that network's own problem is reported already
+                }
                 let names: Vec<_> = nets.iter().map(|n| format!("`{}`", n.value.name)).collect();
                 self.p.at(
                     &r.at("network"),

@@ -191,6 +191,20 @@ impl Config {
         load::parse(path, src)
     }
 
+    /// Just the state_dir a config file names, read leniently: a client must find the daemon
+    /// (to `reload` it, say) even while the file has problems elsewhere.
+    pub fn state_dir_of(path: &Path) -> Result<PathBuf, ConfigErrors> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        Ok(load::state_dir_of(path, &src))
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("state.db")
     }

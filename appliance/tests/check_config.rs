@@ -1,0 +1,483 @@
+//! `netmigrate check-config`: each mistake an operator makes is named by file, line and key,
+//! with what would be right. One test per mistake, run through the real binary.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_ed25519");
+        std::fs::write(&key, "not really a key, only its mode is checked\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Case { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `text` as netmigrate.toml and runs check-config on it.
+    fn check(&self, text: &str) -> (i32, String, String) {
+        let file = self.path("netmigrate.toml");
+        std::fs::write(&file, text).unwrap();
+        check_file(&file)
+    }
+}
+
+fn check_file(file: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_netmigrate"))
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A valid config; each test breaks one thing in it.
+const GOOD: &str = r#"state_dir = "state"
+
+[[network]]
+name = "lab"
+interface = "eth1"
+address = "10.0.0.1/24"
+dhcp_range = ["10.0.0.100", "10.0.0.199"]
+lease_time = "12h"
+domain = "lab.internal"
+
+[[reservation]]
+network = "lab"
+mac = "52:54:00:00:00:10"
+ip = "10.0.0.10"
+hostname = "vm1"
+
+[[host]]
+name = "hostA"
+address = "10.0.0.11"
+ssh_key = "id_ed25519"
+hypervisor = "xen"
+bridge = "xenbr0"
+"#;
+
+/// Asserts exactly one problem, at `line`, naming `key`, whose text contains every `parts`.
+fn assert_one(c: &Case, text: &str, line: usize, key: &str, parts: &[&str]) {
+    let (code, _out, err) = c.check(text);
+    assert_eq!(code, 2, "exit code; stderr:\n{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected exactly one problem, got:\n{err}");
+    let want = format!("{}:{line}: {key}: ", c.path("netmigrate.toml").display());
+    assert!(
+        lines[0].starts_with(&want),
+        "expected `{want}...`, got:\n{err}"
+    );
+    for p in parts {
+        assert!(lines[0].contains(p), "expected {p:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn good_config_passes_with_a_summary() {
+    let c = Case::new();
+    let (code, out, err) = c.check(GOOD);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains(": ok"), "{out}");
+    assert!(
+        out.contains("network lab on eth1: 10.0.0.1/24 dhcp 10.0.0.100-10.0.0.199 lease 12h"),
+        "{out}"
+    );
+    assert!(out.contains("host hostA 10.0.0.11 (xen"), "{out}");
+}
+
+#[test]
+fn unknown_key_is_named_with_a_suggestion() {
+    let c = Case::new();
+    let text = GOOD.replace("domain = ", "domian = ");
+    assert_one(
+        &c,
+        &text,
+        9,
+        "network[0].domian",
+        &["unknown key `domian`", "did you mean `domain`?"],
+    );
+}
+
+#[test]
+fn unknown_top_level_section_lists_known_keys() {
+    let c = Case::new();
+    let text = format!("{GOOD}\n[dhcp_server]\nport = 67\n");
+    let line = GOOD.lines().count() + 2;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "dhcp_server",
+        &["unknown key `dhcp_server`", "`network`", "`host`"],
+    );
+}
+
+#[test]
+fn address_without_prefix_is_refused() {
+    let c = Case::new();
+    let text = GOOD.replace("address = \"10.0.0.1/24\"", "address = \"10.0.0.1\"");
+    assert_one(
+        &c,
+        &text,
+        6,
+        "network[0].address",
+        &["not an IPv4 address with a prefix", "\"10.0.0.1/24\""],
+    );
+}
+
+#[test]
+fn appliance_address_may_not_be_the_network_address() {
+    let c = Case::new();
+    let text = GOOD
+        .replace("address = \"10.0.0.1/24\"", "address = \"10.0.0.0/24\"")
+        .replace("ip = \"10.0.0.10\"", "ip = \"10.0.0.11\"");
+    assert_one(
+        &c,
+        &text,
+        6,
+        "network[0].address",
+        &["network address", "\"10.0.0.1/24\""],
+    );
+}
+
+#[test]
+fn dhcp_range_outside_its_network() {
+    let c = Case::new();
+    let text = GOOD.replace("\"10.0.0.199\"]", "\"10.0.1.199\"]");
+    assert_one(
+        &c,
+        &text,
+        7,
+        "network[0].dhcp_range[1]",
+        &["10.0.1.199 lies outside the network 10.0.0.0/24"],
+    );
+}
+
+#[test]
+fn dhcp_range_running_backwards() {
+    let c = Case::new();
+    let text = GOOD.replace(
+        "[\"10.0.0.100\", \"10.0.0.199\"]",
+        "[\"10.0.0.199\", \"10.0.0.100\"]",
+    );
+    assert_one(
+        &c,
+        &text,
+        7,
+        "network[0].dhcp_range",
+        &["runs backwards", "lower address first"],
+    );
+}
+
+#[test]
+fn dhcp_range_holding_the_appliance() {
+    let c = Case::new();
+    let text = GOOD.replace(
+        "[\"10.0.0.100\", \"10.0.0.199\"]",
+        "[\"10.0.0.1\", \"10.0.0.99\"]",
+    );
+    assert_one(
+        &c,
+        &text,
+        7,
+        "network[0].dhcp_range",
+        &["appliance's own address 10.0.0.1"],
+    );
+}
+
+#[test]
+fn reservation_outside_its_network() {
+    let c = Case::new();
+    let text = GOOD.replace("ip = \"10.0.0.10\"", "ip = \"192.168.1.10\"");
+    assert_one(
+        &c,
+        &text,
+        14,
+        "reservation[0].ip",
+        &["192.168.1.10 lies outside network `lab` (10.0.0.0/24)"],
+    );
+}
+
+#[test]
+fn reservation_naming_an_unknown_network() {
+    let c = Case::new();
+    let text = GOOD.replace("network = \"lab\"", "network = \"lba\"");
+    assert_one(
+        &c,
+        &text,
+        12,
+        "reservation[0].network",
+        &["no [[network]] is named `lba`", "known: `lab`"],
+    );
+}
+
+const SECOND_RESERVATION: &str =
+    "\n[[reservation]]\nnetwork = \"lab\"\nmac = \"MAC\"\nip = \"IP\"\nhostname = \"NAME\"\n";
+
+fn with_second(mac: &str, ip: &str, name: &str) -> String {
+    format!(
+        "{GOOD}{}",
+        SECOND_RESERVATION
+            .replace("MAC", mac)
+            .replace("IP", ip)
+            .replace("NAME", name)
+    )
+}
+
+#[test]
+fn duplicate_reservation_mac() {
+    let c = Case::new();
+    let text = with_second("52:54:00:00:00:10", "10.0.0.20", "vm2");
+    let line = GOOD.lines().count() + 4;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "reservation[1].mac",
+        &["52:54:00:00:00:10 is already used by reservation[0] (line 13)"],
+    );
+}
+
+#[test]
+fn duplicate_reservation_ip() {
+    let c = Case::new();
+    let text = with_second("52:54:00:00:00:20", "10.0.0.10", "vm2");
+    let line = GOOD.lines().count() + 5;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "reservation[1].ip",
+        &["10.0.0.10 is already used by reservation[0] (line 14)"],
+    );
+}
+
+#[test]
+fn duplicate_reservation_hostname() {
+    let c = Case::new();
+    let text = with_second("52:54:00:00:00:20", "10.0.0.20", "vm1");
+    let line = GOOD.lines().count() + 6;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "reservation[1].hostname",
+        &["vm1 is already used by reservation[0] (line 15)"],
+    );
+}
+
+#[test]
+fn malformed_mac() {
+    let c = Case::new();
+    let text = GOOD.replace("52:54:00:00:00:10", "52:54:00:00:10");
+    assert_one(
+        &c,
+        &text,
+        13,
+        "reservation[0].mac",
+        &["not a MAC address", "\"52:54:00:12:34:56\""],
+    );
+}
+
+#[test]
+fn invalid_interface_name() {
+    let c = Case::new();
+    let text = GOOD.replace(
+        "interface = \"eth1\"",
+        "interface = \"this-name-is-too-long\"",
+    );
+    assert_one(
+        &c,
+        &text,
+        5,
+        "network[0].interface",
+        &["not a valid interface name", "1 to 15 characters"],
+    );
+}
+
+#[test]
+fn duplicate_host_names() {
+    let c = Case::new();
+    let text = format!(
+        "{GOOD}\n[[host]]\nname = \"hostA\"\naddress = \"10.0.0.12\"\nssh_key = \"id_ed25519\"\n"
+    );
+    let line = GOOD.lines().count() + 3;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "host[1].name",
+        &["hostA is already used by host[0] (line 18)"],
+    );
+}
+
+#[test]
+fn missing_key_file() {
+    let c = Case::new();
+    let text = GOOD.replace(
+        "ssh_key = \"id_ed25519\"",
+        "ssh_key = \"/nonexistent/id_ed25519\"",
+    );
+    assert_one(
+        &c,
+        &text,
+        20,
+        "host[0].ssh_key",
+        &["`/nonexistent/id_ed25519` does not exist"],
+    );
+}
+
+#[test]
+fn world_readable_key_file() {
+    let c = Case::new();
+    std::fs::set_permissions(c.path("id_ed25519"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_one(
+        &c,
+        GOOD,
+        20,
+        "host[0].ssh_key",
+        &["readable by everyone (mode 0644)", "chmod 600"],
+    );
+}
+
+#[test]
+fn unparseable_duration() {
+    let c = Case::new();
+    let text = GOOD.replace("lease_time = \"12h\"", "lease_time = \"12 hours\"");
+    assert_one(
+        &c,
+        &text,
+        8,
+        "network[0].lease_time",
+        &["`12 hours` is not a duration", "\"12h\""],
+    );
+}
+
+#[test]
+fn unknown_hypervisor() {
+    let c = Case::new();
+    let text = GOOD.replace("hypervisor = \"xen\"", "hypervisor = \"vmware\"");
+    assert_one(
+        &c,
+        &text,
+        21,
+        "host[0].hypervisor",
+        &["`vmware`", "\"xen\" or \"qemu\""],
+    );
+}
+
+#[test]
+fn wrong_value_type() {
+    let c = Case::new();
+    let text = GOOD.replace("lease_time = \"12h\"", "lease_time = 12");
+    assert_one(
+        &c,
+        &text,
+        8,
+        "network[0].lease_time",
+        &["expected a string, found integer"],
+    );
+}
+
+#[test]
+fn overlapping_networks() {
+    let c = Case::new();
+    let text = format!(
+        "{GOOD}\n[[network]]\nname = \"lab2\"\ninterface = \"eth2\"\naddress = \"10.0.0.129/25\"\n"
+    );
+    let line = GOOD.lines().count() + 2;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "network[1].address",
+        &["overlaps network `lab`"],
+    );
+}
+
+#[test]
+fn tcp_api_without_token() {
+    let c = Case::new();
+    let text = format!("{GOOD}\n[api]\nlisten = \"127.0.0.1:7070\"\n");
+    let line = GOOD.lines().count() + 2;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "api.token_file",
+        &["missing", "bearer token"],
+    );
+}
+
+#[test]
+fn pinned_host_key_must_be_a_key() {
+    let c = Case::new();
+    let text = GOOD.replace(
+        "bridge = \"xenbr0\"",
+        "bridge = \"xenbr0\"\nhost_key = \"ssh-ed25519 AAAA-not-base64\"",
+    );
+    assert_one(&c, &text, 23, "host[0].host_key", &["base64"]);
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let c = Case::new();
+    let text = GOOD.replace("lease_time = \"12h\"", "lease_time = \"12h");
+    let (code, _, err) = c.check(&text);
+    assert_eq!(code, 2);
+    assert!(err.contains("netmigrate.toml:8:"), "{err}");
+    assert!(err.contains("TOML syntax error"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_in_line_order() {
+    let c = Case::new();
+    let text = GOOD
+        .replace("interface = \"eth1\"", "interface = \"eth/1\"")
+        .replace("lease_time = \"12h\"", "lease_time = \"soon\"")
+        .replace("ip = \"10.0.0.10\"", "ip = \"10.9.0.10\"")
+        .replace("hypervisor = \"xen\"", "hypervisor = \"hyperv\"");
+    let (code, _, err) = c.check(&text);
+    assert_eq!(code, 2);
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("netmigrate.toml:"))
+        .collect();
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|l| l.split(": ").nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "network[0].interface",
+            "network[0].lease_time",
+            "reservation[0].ip",
+            "host[0].hypervisor"
+        ],
+        "{err}"
+    );
+    assert!(err.trim_end().ends_with("4 problems found"), "{err}");
+}
+
+#[test]
+fn missing_file_is_one_clear_line() {
+    let (code, _, err) = check_file(Path::new("/nonexistent/netmigrate.toml"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/nonexistent/netmigrate.toml:0: cannot read the config file"),
+        "{err}"
+    );
+}
