@@ -1,0 +1,48 @@
+# netmigrate: the two commands are `make demo` and `make test`.
+CARGO ?= cargo
+LAB_BIN := target/debug/netmigrate-lab
+
+.PHONY: all deps build demo demo-hold test fmt-check lint unit-test lab-test cleanup clean
+
+all: build
+
+## deps: install what a fresh Debian 12 lacks (apt packages, guest kernel, cargo components)
+deps:
+	@bash tests/scripts/deps.sh
+
+build: deps
+	$(CARGO) build --workspace
+
+## demo: build the demo lab (appliance, hosts A B C, three guests, a client), show it, tear down
+demo: build
+	$(LAB_BIN) demo
+
+## demo-hold: the same, kept up until Ctrl-C
+demo-hold: build
+	$(LAB_BIN) demo --hold
+
+## test: format check, clippy -D warnings, unit tests, lab tests (root: namespaces, OVS, QEMU)
+test: deps fmt-check lint unit-test lab-test
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Everything but the lab: no root, no namespaces.
+unit-test:
+	$(CARGO) test --workspace --exclude netmigrate-lab
+
+# The lab tests: real sshd, Open vSwitch and QEMU guests in network namespaces.
+lab-test:
+	$(CARGO) build --workspace
+	$(CARGO) test -p netmigrate-lab
+
+## cleanup: remove namespaces and run directories left by killed lab runs
+cleanup:
+	$(CARGO) build -p netmigrate-lab
+	$(LAB_BIN) cleanup
+
+clean:
+	$(CARGO) clean
