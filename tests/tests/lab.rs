@@ -267,7 +267,13 @@ fn cleanup_removes_what_a_killed_run_left() {
     require_lab!();
     use std::io::BufRead;
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "killed_lab_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "killed_lab_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("NETMIGRATE_LAB_KILL_CHILD", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -279,31 +285,54 @@ fn cleanup_removes_what_a_killed_run_left() {
         .map_while(Result::ok)
         .find_map(|l| {
             // libtest prints "test NAME ... " on the same line first
-            l.split_whitespace().find_map(|w| w.strip_prefix("prefix=").map(str::to_string))
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("prefix=").map(str::to_string))
         })
         .expect("child printed no prefix");
     child.kill().unwrap();
     child.wait().unwrap();
 
     let ours = || -> Vec<String> {
-        netmigrate_lab::netns::list().into_iter().filter(|n| n.starts_with(&prefix)).collect()
+        netmigrate_lab::netns::list()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
     };
     let left = ours();
-    assert!(left.len() >= 2, "a killed run should leave its namespaces: {left:?}");
-    let leftover_pids: Vec<u32> = left.iter().flat_map(|n| netmigrate_lab::netns::pids(n)).collect();
-    assert!(!leftover_pids.is_empty(), "sshd and OVS should still run after the kill");
+    assert!(
+        left.len() >= 2,
+        "a killed run should leave its namespaces: {left:?}"
+    );
+    let leftover_pids: Vec<u32> = left
+        .iter()
+        .flat_map(|n| netmigrate_lab::netns::pids(n))
+        .collect();
+    assert!(
+        !leftover_pids.is_empty(),
+        "sshd and OVS should still run after the kill"
+    );
     // A namespace that is not the lab's must survive the cleanup.
     let decoy = format!("nmdecoy{}", std::process::id());
     sys::sh("ip", &["netns", "add", &decoy]).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_netmigrate-lab")).arg("cleanup").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_netmigrate-lab"))
+        .arg("cleanup")
+        .output()
+        .unwrap();
     let decoy_survived = netmigrate_lab::netns::list().contains(&decoy);
     let _ = sys::sh("ip", &["netns", "del", &decoy]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&prefix));
     assert!(ours().is_empty(), "namespaces left: {:?}", ours());
     for p in leftover_pids {
         assert!(!sys::alive(p), "process {p} survived the cleanup");
     }
-    assert!(decoy_survived, "cleanup removed a namespace that is not the lab's");
+    assert!(
+        decoy_survived,
+        "cleanup removed a namespace that is not the lab's"
+    );
 }

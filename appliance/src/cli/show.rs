@@ -57,9 +57,7 @@ pub fn status(s: &Status) -> String {
     ));
     o.push_str(&format!("api       {}\n", s.api.join(", ")));
     o.push_str(&format!("events    {}\n", s.events));
-    o.push_str(&format!(
-        "\nNETWORK  INTERFACE  ADDRESS          DHCP RANGE                 LEASE  DOMAIN\n"
-    ));
+    o.push_str("\nNETWORK  INTERFACE  ADDRESS          DHCP RANGE                 LEASE  DOMAIN\n");
     if s.networks.is_empty() {
         o.push_str("(none configured)\n");
     }

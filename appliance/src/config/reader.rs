@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
 use super::ConfigError;
@@ -58,12 +58,18 @@ impl<'s> Problems<'s> {
 pub struct Table<'a, 'i> {
     pub path: String,
     pub span: Range<usize>,
-    entries: Vec<(
-        &'a Spanned<std::borrow::Cow<'i, str>>,
-        &'a Spanned<DeValue<'i>>,
-        Cell<bool>,
-    )>,
+    entries: Vec<Entry<'a, 'i>>,
 }
+
+/// A key, its value, and whether anyone read it.
+type Entry<'a, 'i> = (
+    &'a Spanned<DeString<'i>>,
+    &'a Spanned<DeValue<'i>>,
+    Cell<bool>,
+);
+
+/// An array's items, each with its key path (`key[i]`).
+pub type Items<'a, 'i> = Vec<(String, &'a Spanned<DeValue<'i>>)>;
 
 /// A value with the key path and span it came from, for later cross-checks.
 #[derive(Debug, Clone)]
@@ -171,11 +177,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An array of values, each handed to `item` with its own key path (`key[i]`).
-    pub fn array(
-        &self,
-        p: &mut Problems,
-        key: &str,
-    ) -> Option<Located<Vec<(String, &'a Spanned<DeValue<'i>>)>>> {
+    pub fn array(&self, p: &mut Problems, key: &str) -> Option<Located<Items<'a, 'i>>> {
         let path = self.key_path(key);
         self.typed(p, key, "an array", |v| {
             v.as_array().map(|a| {
