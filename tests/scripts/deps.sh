@@ -42,7 +42,7 @@ if [ ! -e "$CACHE/kernel/vmlinuz" ]; then
     pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
   fi
   echo "deps: fetching guest kernel $pkg into $CACHE/kernel"
-  tmp=$(mktemp -d)
+  tmp=$(mktemp -d); chmod 755 "$tmp"  # apt downloads as _apt
   (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null && dpkg-deb -x ./*.deb root)
   kver=${pkg#linux-image-}
   rm -rf "$CACHE/kernel/root"

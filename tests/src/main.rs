@@ -64,6 +64,9 @@ fn teardown_on_signal(prefix: String) -> Result<()> {
         if let Some(sig) = signals.forever().next() {
             eprintln!("\nsignal {sig}: tearing down lab {prefix}");
             cleanup::remove_prefix(&prefix);
+            // Reap our children (now dead) so none lingers as a zombie.
+            // SAFETY: waitpid with WNOHANG on any child; no memory is shared.
+            while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
             std::process::exit(130);
         }
     });
