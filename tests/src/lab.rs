@@ -96,8 +96,16 @@ impl Lab {
         if let Some(why) = unavailable() {
             bail!("{why}");
         }
-        let seed = std::process::id() as u64 ^ crate::sys::now_nanos();
-        let prefix = format!("{PREFIX_HEAD}{:05x}", (seed ^ (seed >> 20)) & 0xfffff);
+        // Random enough across runs; a name already taken (another run) is skipped.
+        let prefix = (0u64..)
+            .map(|i| {
+                let seed = std::process::id() as u64 ^ crate::sys::now_nanos() ^ (i << 7);
+                format!("{PREFIX_HEAD}{:05x}", (seed ^ (seed >> 20)) & 0xfffff)
+            })
+            .find(|p| {
+                !Path::new(&format!("/run/netns/{p}-sw")).exists() && !runs_root().join(p).exists()
+            })
+            .expect("an unused prefix");
         let dir = runs_root().join(&prefix);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
