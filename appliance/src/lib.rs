@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod placement;
 pub mod state;
 
 /// The appliance's error; the binary turns it into one line and an exit code.
