@@ -19,10 +19,7 @@ pub fn min_targets(cluster: &Cluster, req: &Request) -> Result<Option<usize>, Pl
     // Biggest first: failures show early, pruning bites sooner.
     let mut order: Vec<usize> = (0..units.len()).collect();
     order.sort_by_key(|u| std::cmp::Reverse((units[*u].req.mem_mib, units[*u].req.cpu_milli)));
-    let cands: Vec<Vec<usize>> = order
-        .iter()
-        .map(|u| units[*u].candidates.iter().map(|c| ctx.host_ix[c.as_str()]).collect())
-        .collect();
+    let cands: Vec<Vec<usize>> = order.iter().map(|u| units[*u].candidates.clone()).collect();
 
     struct S<'a> {
         units: Vec<(Res, &'a [usize])>,
@@ -43,7 +40,9 @@ pub fn min_targets(cluster: &Cluster, req: &Request) -> Result<Option<usize>, Pl
         }
         let (req, groups) = s.units[i];
         for h in s.cands[i].clone() {
-            if !req.fits(&s.effective[h].minus(s.load[h])) || groups.iter().any(|g| s.anti[*g].contains(&h)) {
+            if !req.fits(&s.effective[h].minus(s.load[h]))
+                || groups.iter().any(|g| s.anti[*g].contains(&h))
+            {
                 continue;
             }
             s.load[h] = s.load[h].plus(req);
@@ -78,7 +77,11 @@ pub fn min_targets(cluster: &Cluster, req: &Request) -> Result<Option<usize>, Pl
 
 /// Targets that receive at least one VM in a plan (staging hops not counted).
 pub fn targets_used(plan: &Plan) -> usize {
-    let mut t: Vec<&str> = plan.decisions.iter().filter_map(|d| d.to.as_deref()).collect();
+    let mut t: Vec<&str> = plan
+        .decisions
+        .iter()
+        .filter_map(|d| d.to.as_deref())
+        .collect();
     t.sort_unstable();
     t.dedup();
     t.len()

@@ -1,6 +1,6 @@
 //! Choosing a target for each unit: the paper's first-fit, or vector best-fit-decreasing.
 
-use super::{Algorithm, Ctx, Decision, Rejected, Res, Unit};
+use super::{Algorithm, Ctx, Decision, Rejected, Res, Unit, Why};
 
 pub(crate) struct Placed {
     pub decisions: Vec<Decision>,
@@ -44,7 +44,12 @@ pub(crate) fn place(ctx: &Ctx, units: &[Unit]) -> Placed {
 
 /// One placement pass over `active` units; returns per-unit decisions (one per VM, flattened
 /// with the unit index) and the units that found no room.
-fn pass(ctx: &Ctx, units: &[Unit], active: &[usize], base: &[Res]) -> (Vec<(usize, Decision)>, Vec<usize>) {
+fn pass(
+    ctx: &Ctx,
+    units: &[Unit],
+    active: &[usize],
+    base: &[Res],
+) -> (Vec<(usize, Decision)>, Vec<usize>) {
     let mut order: Vec<usize> = active.to_vec();
     if ctx.req.algorithm == Algorithm::BestFit {
         // Decreasing dominant share of the largest target: the hardest to place goes first.
@@ -63,6 +68,20 @@ fn pass(ctx: &Ctx, units: &[Unit], active: &[usize], base: &[Res]) -> (Vec<(usiz
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
     }
+    // One yardstick for every host, so that slack compares across host sizes.
+    let yardstick = ctx
+        .req
+        .targets
+        .iter()
+        .map(|t| ctx.effective[ctx.host_ix[t.as_str()]])
+        .fold(Res::default(), |a, r| {
+            Res::new(
+                a.cpu_milli.max(r.cpu_milli),
+                a.mem_mib.max(r.mem_mib),
+                a.disk_mib.max(r.disk_mib),
+                a.bw_mbps.max(r.bw_mbps),
+            )
+        });
     let mut load = base.to_vec();
     let mut anti = ctx.anti_hosts.clone();
     let mut out = Vec::new();
@@ -70,63 +89,56 @@ fn pass(ctx: &Ctx, units: &[Unit], active: &[usize], base: &[Res]) -> (Vec<(usiz
     for u in order {
         let unit = &units[u];
         let mut rejected = unit.barred.clone();
-        let mut best: Option<(usize, f64)> = None;
-        for c in &unit.candidates {
-            let h = ctx.host_ix[c.as_str()];
+        // (host, score): lower is better; the rest that fit are rejected at the end.
+        let mut best: Option<(usize, (bool, f64))> = None;
+        let mut fitting = Vec::new();
+        for &h in &unit.candidates {
             let room = ctx.effective[h].minus(load[h]);
             let why = if let Some(g) = unit.anti_groups.iter().find(|g| anti[**g].contains(&h)) {
-                Some(format!(
-                    "anti-affinity: a VM of group [{}] is there",
-                    ctx.req.rules.anti_affinity[*g].join(", ")
-                ))
+                Some(Why::AntiAffinity(ctx.anti_names[*g].clone()))
             } else {
-                unit.req.first_shortfall(&room).map(|s| {
-                    if ctx.req.headroom_pct > 0 {
-                        format!("{s} (keeping {}% free)", ctx.req.headroom_pct)
-                    } else {
-                        s
-                    }
-                })
+                unit.req
+                    .short_dim(&room)
+                    .map(|(dim, need, have)| Why::Short {
+                        dim,
+                        need,
+                        have,
+                        headroom_pct: ctx.req.headroom_pct,
+                    })
             };
             if let Some(why) = why {
                 rejected.push(Rejected {
-                    host: c.clone(),
+                    host: ctx.host_names[h].clone(),
                     why,
                 });
                 continue;
             }
-            match ctx.req.algorithm {
-                Algorithm::FirstFit => {
-                    if best.is_none() {
-                        best = Some((h, 0.0));
-                    } else {
-                        rejected.push(Rejected {
-                            host: c.clone(),
-                            why: "fits, but first-fit took an earlier target".into(),
-                        });
-                    }
-                }
+            fitting.push(h);
+            let score = match ctx.req.algorithm {
+                Algorithm::FirstFit => (false, 0.0),
+                // Best fit: a host already in use, the one left tightest; else open the
+                // emptiest, so that later VMs still find room.
                 Algorithm::BestFit => {
-                    // Slack left after placing: the smaller, the tighter the fit.
-                    let slack = room.minus(unit.req).share_sum(&ctx.effective[h]);
-                    match best {
-                        Some((b, s)) if s <= slack => rejected.push(Rejected {
-                            host: c.clone(),
-                            why: format!(
-                                "fits, but leaves more room unused than `{}` ({slack:.2} vs {s:.2})",
-                                ctx.cluster.hosts[b].name
-                            ),
-                        }),
-                        Some((b, s)) => {
-                            rejected.push(Rejected {
-                                host: ctx.cluster.hosts[b].name.clone(),
-                                why: format!("fits, but leaves more room unused ({s:.2} vs {slack:.2})"),
-                            });
-                            best = Some((h, slack));
-                        }
-                        None => best = Some((h, slack)),
+                    if load[h] != Res::default() {
+                        (false, room.minus(unit.req).share_sum(&yardstick))
+                    } else {
+                        (true, -room.share_sum(&yardstick))
                     }
                 }
+            };
+            if best.is_none_or(|(_, b)| score.0.cmp(&b.0).then(score.1.total_cmp(&b.1)).is_lt()) {
+                best = Some((h, score));
+            }
+        }
+        for h in fitting {
+            if Some(h) != best.map(|(b, _)| b) {
+                rejected.push(Rejected {
+                    host: ctx.host_names[h].clone(),
+                    why: match ctx.req.algorithm {
+                        Algorithm::FirstFit => Why::EarlierTarget,
+                        Algorithm::BestFit => Why::LooserFit,
+                    },
+                });
             }
         }
         let chosen = best.map(|(h, _)| h);
@@ -138,7 +150,11 @@ fn pass(ctx: &Ctx, units: &[Unit], active: &[usize], base: &[Res]) -> (Vec<(usiz
         } else {
             failed.push(u);
         }
-        let names: Vec<&str> = unit.vms.iter().map(|v| ctx.cluster.vms[*v].name.as_str()).collect();
+        let names: Vec<&str> = unit
+            .vms
+            .iter()
+            .map(|v| ctx.cluster.vms[*v].name.as_str())
+            .collect();
         for &v in &unit.vms {
             let vm = &ctx.cluster.vms[v];
             let reason = match chosen {

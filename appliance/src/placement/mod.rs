@@ -111,8 +111,68 @@ pub struct Move {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rejected {
-    pub host: String,
-    pub why: String,
+    /// Shared: the same names appear in every decision's list.
+    pub host: std::sync::Arc<str>,
+    pub why: Why,
+}
+
+/// Why a host was not chosen. Kept as data while planning (a thousand VMs x a hundred hosts
+/// make many of these) and turned into a sentence only when shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// Not a candidate at all (exclusion, pinning, symmetric mapping, its own host).
+    Barred(String),
+    /// Not enough room in one dimension (index into `res::DIMS`).
+    Short {
+        dim: usize,
+        need: u64,
+        have: u64,
+        headroom_pct: u8,
+    },
+    /// A VM of this anti-affinity group (its members, listed) is there.
+    AntiAffinity(std::sync::Arc<str>),
+    /// It fits, but first-fit took an earlier target.
+    EarlierTarget,
+    /// It fits, but best-fit chose a tighter one.
+    LooserFit,
+    /// Read back from JSON.
+    Text(String),
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Barred(s) | Why::Text(s) => f.write_str(s),
+            Why::Short {
+                dim,
+                need,
+                have,
+                headroom_pct,
+            } => {
+                let (name, _, unit) = res::DIMS[*dim];
+                write!(f, "{name}: needs {need}{unit}, {have}{unit} free")?;
+                if *headroom_pct > 0 {
+                    write!(f, " (keeping {headroom_pct}% free)")?;
+                }
+                Ok(())
+            }
+            Why::AntiAffinity(g) => write!(f, "anti-affinity: a VM of group [{g}] is there"),
+            Why::EarlierTarget => f.write_str("fits, but first-fit took an earlier target"),
+            Why::LooserFit => f.write_str("fits, but the chosen target is a tighter fit"),
+        }
+    }
+}
+
+impl Serialize for Why {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Why {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Why::Text(String::deserialize(d)?))
+    }
 }
 
 /// Why a VM goes where it goes (or nowhere), and why every other target was not chosen.
@@ -169,8 +229,8 @@ pub enum PlanError {
 pub(crate) struct Unit {
     pub vms: Vec<usize>,
     pub req: Res,
-    /// Hosts this unit may go to, in target order.
-    pub candidates: Vec<String>,
+    /// Hosts (indexes) this unit may go to, in target order.
+    pub candidates: Vec<usize>,
     /// Why a target is not a candidate at all (symmetric mapping, exclusion, pinning).
     pub barred: Vec<Rejected>,
     pub anti_groups: Vec<usize>,
@@ -181,6 +241,8 @@ pub(crate) struct Ctx<'a> {
     pub cluster: &'a Cluster,
     pub req: &'a Request,
     pub host_ix: HashMap<&'a str, usize>,
+    /// Host names by index, shared into explanations.
+    pub host_names: Vec<std::sync::Arc<str>>,
     pub vm_ix: HashMap<&'a str, usize>,
     /// Capacity each target offers to placement (headroom kept free).
     pub effective: Vec<Res>,
@@ -188,6 +250,8 @@ pub(crate) struct Ctx<'a> {
     pub base: Vec<Res>,
     /// Per anti-affinity group, hosts already holding a member that stays.
     pub anti_hosts: Vec<Vec<usize>>,
+    /// Per anti-affinity group, its members for explanations.
+    pub anti_names: Vec<std::sync::Arc<str>>,
 }
 
 /// Plans `req` on `cluster`.

@@ -30,7 +30,11 @@ fn base_order(ctx: &Ctx, placed: &Placed) -> Vec<(usize, usize)> {
         Order::RoundRobin => {
             let longest = per_source.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
             (0..longest)
-                .flat_map(|i| per_source.iter().filter_map(move |(_, l)| l.get(i).copied()))
+                .flat_map(|i| {
+                    per_source
+                        .iter()
+                        .filter_map(move |(_, l)| l.get(i).copied())
+                })
                 .collect()
         }
     }
@@ -98,7 +102,10 @@ pub(crate) fn order(ctx: &Ctx, placed: &Placed) -> Result<Vec<Move>, PlanError> 
                         vms[v].name,
                         hosts[at[v]].name,
                         hosts[t].name,
-                        vms[v].req.first_shortfall(&room(&load, t)).unwrap_or_default()
+                        vms[v]
+                            .req
+                            .first_shortfall(&room(&load, t))
+                            .unwrap_or_default()
                     )
                 })
                 .collect();

@@ -13,8 +13,11 @@ pub struct Res {
     pub bw_mbps: u64,
 }
 
+/// A dimension: its name, how to read it, its unit.
+pub type Dim = (&'static str, fn(&Res) -> u64, &'static str);
+
 /// The dimensions by name, for explanations.
-pub const DIMS: [(&str, fn(&Res) -> u64, &str); 4] = [
+pub const DIMS: [Dim; 4] = [
     ("cpu", |r| r.cpu_milli, "m"),
     ("memory", |r| r.mem_mib, " MiB"),
     ("disk", |r| r.disk_mib, " MiB"),
@@ -56,7 +59,18 @@ impl Res {
 
     /// True if `self` fits in `room` in every dimension.
     pub fn fits(&self, room: &Res) -> bool {
-        self.first_shortfall(room).is_none()
+        self.cpu_milli <= room.cpu_milli
+            && self.mem_mib <= room.mem_mib
+            && self.disk_mib <= room.disk_mib
+            && self.bw_mbps <= room.bw_mbps
+    }
+
+    /// The first dimension where `self` does not fit in `room`: (dimension, need, have).
+    pub fn short_dim(&self, room: &Res) -> Option<(usize, u64, u64)> {
+        DIMS.iter().enumerate().find_map(|(i, (_, get, _))| {
+            let (need, have) = (get(self), get(room));
+            (need > have).then_some((i, need, have))
+        })
     }
 
     /// The first dimension where `self` does not fit in `room`, as a sentence.

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Cluster, Ctx, Mode, PlanError, Rejected, Request, Res, Unit};
+use super::{Cluster, Ctx, Mode, PlanError, Rejected, Request, Res, Unit, Why};
 
 pub(crate) fn check<'a>(
     cluster: &'a Cluster,
@@ -21,7 +21,12 @@ pub(crate) fn check<'a>(
         .enumerate()
         .map(|(i, v)| (v.name.as_str(), i))
         .collect();
-    let vm = |n: &str| vm_ix.get(n).copied().ok_or_else(|| PlanError::UnknownVm(n.into()));
+    let vm = |n: &str| {
+        vm_ix
+            .get(n)
+            .copied()
+            .ok_or_else(|| PlanError::UnknownVm(n.into()))
+    };
     let host = |n: &str| {
         host_ix
             .get(n)
@@ -70,7 +75,9 @@ pub(crate) fn check<'a>(
     for (v, h) in &req.rules.pinned {
         let (vi, hi) = (vm(v)?, host(h)?);
         if !moving.contains(&vi) {
-            return Err(PlanError::Invalid(format!("VM `{v}` is pinned but not being moved")));
+            return Err(PlanError::Invalid(format!(
+                "VM `{v}` is pinned but not being moved"
+            )));
         }
         if !targets.contains(&hi) {
             return Err(PlanError::Contradiction(format!(
@@ -174,7 +181,10 @@ pub(crate) fn check<'a>(
         if targets.len() == 1 {
             Some(targets[0])
         } else {
-            sources.iter().position(|s| *s == source).map(|p| targets[p])
+            sources
+                .iter()
+                .position(|s| *s == source)
+                .map(|p| targets[p])
         }
     };
     if req.mode == Mode::Symmetrical && targets.len() != 1 && targets.len() != sources.len() {
@@ -218,7 +228,9 @@ pub(crate) fn check<'a>(
             Some(g) => groups[*g].clone(),
             None => vec![m],
         };
-        let req_sum = members.iter().fold(Res::default(), |a, v| a.plus(cluster.vms[*v].req));
+        let req_sum = members
+            .iter()
+            .fold(Res::default(), |a, v| a.plus(cluster.vms[*v].req));
         let names = || {
             members
                 .iter()
@@ -242,9 +254,9 @@ pub(crate) fn check<'a>(
             } else if own.contains(&t) {
                 Some("it runs there now".to_string())
             } else if req.mode == Mode::Symmetrical
-                && members.iter().any(|v| {
-                    sym_target(host_ix[cluster.vms[*v].host.as_str()]) != Some(t)
-                })
+                && members
+                    .iter()
+                    .any(|v| sym_target(host_ix[cluster.vms[*v].host.as_str()]) != Some(t))
             {
                 Some("not the symmetrical target of its source".to_string())
             } else {
@@ -252,10 +264,10 @@ pub(crate) fn check<'a>(
             };
             match why {
                 Some(why) => barred.push(Rejected {
-                    host: name.clone(),
-                    why,
+                    host: name.as_str().into(),
+                    why: Why::Barred(why),
                 }),
-                None => candidates.push(name.clone()),
+                None => candidates.push(t),
             }
         }
         if candidates.is_empty() {
@@ -270,15 +282,14 @@ pub(crate) fn check<'a>(
             )));
         }
         // Bigger than every candidate even when empty: bad input, not a packing failure.
-        let fits_somewhere = candidates
-            .iter()
-            .any(|c| req_sum.fits(&effective[host_ix[c.as_str()]]));
+        let fits_somewhere = candidates.iter().any(|c| req_sum.fits(&effective[*c]));
         if !fits_somewhere {
-            let largest = candidates
+            let largest_ix = *candidates
                 .iter()
-                .max_by_key(|c| effective[host_ix[c.as_str()]].mem_mib)
+                .max_by_key(|c| effective[**c].mem_mib)
                 .expect("candidates");
-            let e = effective[host_ix[largest.as_str()]];
+            let largest = &cluster.hosts[largest_ix].name;
+            let e = effective[largest_ix];
             return Err(PlanError::TooBig {
                 vm: members
                     .iter()
@@ -317,10 +328,21 @@ pub(crate) fn check<'a>(
             cluster,
             req,
             host_ix,
+            host_names: cluster
+                .hosts
+                .iter()
+                .map(|h| h.name.as_str().into())
+                .collect(),
             vm_ix,
             effective,
             base,
             anti_hosts,
+            anti_names: req
+                .rules
+                .anti_affinity
+                .iter()
+                .map(|g| std::sync::Arc::from(g.join(", ")))
+                .collect(),
         },
         units,
     ))
