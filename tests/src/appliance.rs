@@ -63,8 +63,42 @@ impl Appliance {
 
 /// The config the lab's appliance runs with: the lab network and the given hosts, keys pinned.
 pub fn lab_config(lab: &Lab, state_dir: &Path, hosts: &[&Host]) -> Result<String> {
+    let mut c = network_config(state_dir);
+    for h in hosts {
+        c.push_str(&host_config(lab, h, true)?);
+    }
+    Ok(c)
+}
+
+/// The `[[host]]` section for a lab host; `pin` writes its host key into the config.
+pub fn host_config(lab: &Lab, h: &Host, pin: bool) -> Result<String> {
     let key = lab.client_key()?;
-    let mut c = format!(
+    Ok(format!(
+        "\n[[host]]\n\
+         name = \"{}\"\n\
+         address = \"{}\"\n\
+         ssh_key = \"{}\"\n\
+         {}\
+         hypervisor = \"qemu\"\n\
+         bridge = \"br0\"\n\
+         ovsdb = \"unix:{}\"\n\
+         image_dir = \"{}\"\n",
+        h.config_name(),
+        h.ip,
+        key.private.display(),
+        if pin {
+            format!("host_key = \"{}\"\n", h.host_key.public)
+        } else {
+            String::new()
+        },
+        h.ovs.db_sock().display(),
+        h.dir.join("images").display(),
+    ))
+}
+
+/// The appliance's own part of the lab config: state_dir and the lab network.
+pub fn network_config(state_dir: &Path) -> String {
+    format!(
         "state_dir = \"{}\"\n\n\
          [[network]]\n\
          name = \"lab\"\n\
@@ -74,33 +108,28 @@ pub fn lab_config(lab: &Lab, state_dir: &Path, hosts: &[&Host]) -> Result<String
          lease_time = \"1h\"\n\
          domain = \"lab.internal\"\n",
         state_dir.display()
-    );
-    for h in hosts {
-        c.push_str(&format!(
-            "\n[[host]]\n\
-             name = \"{}\"\n\
-             address = \"{}\"\n\
-             ssh_key = \"{}\"\n\
-             host_key = \"{}\"\n\
-             hypervisor = \"qemu\"\n\
-             bridge = \"br0\"\n",
-            h.config_name(),
-            h.ip,
-            key.private.display(),
-            h.host_key.public
-        ));
-    }
-    Ok(c)
+    )
 }
 
 impl Lab {
-    /// Starts the appliance for `hosts` and waits until its API answers.
+    /// Starts the appliance for `hosts` (keys pinned) and waits until its API answers.
     pub fn appliance(&self, hosts: &[&Host]) -> Result<Appliance> {
+        let state_dir = self.subdir("appliance")?.join("state");
+        self.appliance_with(&lab_config(self, &state_dir, hosts)?)
+    }
+
+    /// The state_dir the lab's appliance uses (for configs written by hand).
+    pub fn appliance_state_dir(&self) -> Result<PathBuf> {
+        Ok(self.subdir("appliance")?.join("state"))
+    }
+
+    /// Starts the appliance with the given config text and waits until its API answers.
+    pub fn appliance_with(&self, config_text: &str) -> Result<Appliance> {
         let node = self.node("app", APPLIANCE_IP)?;
         let dir = self.subdir("appliance")?;
         let state_dir = dir.join("state");
         let config = dir.join("netmigrate.toml");
-        std::fs::write(&config, lab_config(self, &state_dir, hosts)?)?;
+        std::fs::write(&config, config_text)?;
         let mut cmd = netns::exec(&node.ns, &netmigrate_bin()?.display().to_string());
         cmd.arg("serve")
             .arg("--config")

@@ -242,6 +242,11 @@ impl Drop for Lab {
                 "lab {} kept (NETMIGRATE_LAB_KEEP=1); remove it with `netmigrate-lab cleanup --all`",
                 self.prefix
             );
+            // Leave the processes running too (Tracked stops them when dropped).
+            let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+            for p in inner.procs.drain(..) {
+                std::mem::forget(p);
+            }
             return;
         }
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());

@@ -2,6 +2,7 @@
 //! only way into a running appliance.
 
 pub mod client;
+pub mod hosts;
 pub mod server;
 
 use std::sync::Arc;
@@ -104,6 +105,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/reload", post(reload))
+        .route("/v1/hosts", get(hosts::list))
+        .route("/v1/hosts/collect", post(hosts::collect))
+        .route("/v1/hosts/trust", post(hosts::trust))
+        .route("/v1/vms", get(hosts::vms))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })

@@ -86,6 +86,37 @@ enum Command {
     /// Make the running appliance re-read its config file; a bad file is reported and the
     /// running config stays (same as SIGHUP).
     Reload,
+    /// The hypervisor hosts: status and the facts last collected over SSH.
+    Hosts {
+        #[command(subcommand)]
+        action: Option<HostsCmd>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The VMs found on the hosts at the last collection.
+    Vms {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HostsCmd {
+    /// Log in to hosts over SSH (all configured ones, or those named) and collect CPUs,
+    /// memory, disk, NICs, Open vSwitch ports and VMs, in parallel.
+    Collect {
+        /// Host names (default: every configured host).
+        hosts: Vec<String>,
+    },
+    /// Pin the SSH host key HOST shows now (check it first: this is trust on first use).
+    Trust {
+        host: String,
+        /// Replace a key pinned earlier (after a reinstall).
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -150,6 +181,22 @@ fn run_serve(cli: &Cli) -> Result<(), Error> {
     rt.block_on(crate::daemon::serve(&config))
 }
 
+/// Prints an API answer as JSON, or through `table` after reading it as `T`.
+fn print_as<T: serde::de::DeserializeOwned>(
+    v: &serde_json::Value,
+    json: bool,
+    table: impl Fn(&T) -> String,
+) -> Result<(), Error> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    } else {
+        let t: T =
+            serde_json::from_value(v.clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        print!("{}", table(&t));
+    }
+    Ok(())
+}
+
 /// Where the daemon's API is, from the options, the config or the default.
 fn endpoint(cli: &Cli) -> Result<Endpoint, Error> {
     if let Some(url) = &cli.url {
@@ -211,6 +258,42 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
             Command::Reload => {
                 let r: crate::api::ReloadReply = client.post("/v1/reload", None).await?;
                 println!("{}", r.message);
+            }
+            Command::Hosts { action, json } => match action {
+                None => {
+                    let v: serde_json::Value = client.get("/v1/hosts").await?;
+                    print_as(&v, *json, show::hosts)?;
+                }
+                Some(HostsCmd::Collect { hosts }) => {
+                    let body = serde_json::json!({ "hosts": hosts });
+                    let v: serde_json::Value = client.post("/v1/hosts/collect", Some(body)).await?;
+                    print_as(&v, *json, show::collected)?;
+                    let failed = v
+                        .as_array()
+                        .map(|a| a.iter().filter(|c| !c["error"].is_null()).count())
+                        .unwrap_or(0);
+                    if failed > 0 {
+                        return Err(Error::Invalid(format!(
+                            "{failed} host(s) could not be collected"
+                        )));
+                    }
+                }
+                Some(HostsCmd::Trust { host, replace }) => {
+                    let body = serde_json::json!({ "host": host, "replace": replace });
+                    let r: crate::api::hosts::TrustReply =
+                        client.post("/v1/hosts/trust", Some(body)).await?;
+                    match r.previous {
+                        Some(p) if p != r.key => {
+                            println!("{}: host key replaced: {} (was {p})", r.host, r.key)
+                        }
+                        Some(_) => println!("{}: host key unchanged: {}", r.host, r.key),
+                        None => println!("{}: host key pinned: {}", r.host, r.key),
+                    }
+                }
+            },
+            Command::Vms { json } => {
+                let v: serde_json::Value = client.get("/v1/vms").await?;
+                print_as(&v, *json, show::vms)?;
             }
             Command::Serve | Command::CheckConfig { .. } => unreachable!("handled in main"),
         }

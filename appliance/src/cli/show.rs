@@ -1,6 +1,8 @@
 //! Human-readable renderings of API answers: short, aligned, one fact per line.
 
+use crate::api::hosts::{HostView, VmView};
 use crate::api::Status;
+use crate::inventory::Collected;
 use crate::state::Event;
 
 /// "2026-11-25 17:02:03Z" from unix milliseconds (UTC; no time-zone database needed).
@@ -97,6 +99,114 @@ pub fn status(s: &Status) -> String {
                 "not pinned"
             }
         ));
+    }
+    o
+}
+
+fn gib(mib: u64) -> String {
+    format!("{:.1}", mib as f64 / 1024.0)
+}
+
+fn ago(ms: i64) -> String {
+    let s = ((crate::state::now_ms() - ms).max(0) / 1000) as u64;
+    format!("{} ago", uptime(s))
+}
+
+pub fn hosts(hs: &Vec<HostView>) -> String {
+    let mut o = String::from(
+        "HOST       ADDRESS          HV    STATUS  CPUS  LOAD   MEM FREE/TOTAL GiB  DISK FREE GiB  VMS  COLLECTED\n",
+    );
+    for h in hs {
+        let r = &h.row;
+        match &h.facts {
+            Some(f) => o.push_str(&format!(
+                "{:<10} {:<16} {:<5} {:<7} {:<5} {:<6} {:<19} {:<14} {:<4} {}\n",
+                r.name,
+                r.address,
+                r.hypervisor,
+                r.status,
+                f.cpus,
+                format!("{:.2}", f.load[0]),
+                format!("{}/{}", gib(f.mem_free_mib), gib(f.mem_total_mib)),
+                f.disks
+                    .iter()
+                    .map(|d| gib(d.free_mib))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                f.vms.len(),
+                h.collected_ms.map(ago).unwrap_or_default()
+            )),
+            None => o.push_str(&format!(
+                "{:<10} {:<16} {:<5} {:<7} (never collected)\n",
+                r.name, r.address, r.hypervisor, r.status
+            )),
+        }
+        if r.status == "down" {
+            o.push_str(&format!(
+                "           down: {}\n",
+                r.status_reason.as_deref().unwrap_or("?")
+            ));
+        }
+        if r.host_key.is_none() {
+            o.push_str(&format!(
+                "           host key not pinned: `netmigrate hosts trust {}`\n",
+                r.name
+            ));
+        }
+    }
+    if hs.is_empty() {
+        o.push_str("(no hosts configured)\n");
+    }
+    o
+}
+
+pub fn collected(cs: &Vec<Collected>) -> String {
+    let mut o = String::new();
+    for c in cs {
+        match (&c.facts, &c.error) {
+            (Some(f), _) => o.push_str(&format!(
+                "{:<10} up    {:>5} ms  {} CPUs, {} GiB free of {}, {} VM(s), {} bridge(s)\n",
+                c.host,
+                c.duration_ms,
+                f.cpus,
+                gib(f.mem_free_mib),
+                gib(f.mem_total_mib),
+                f.vms.len(),
+                f.bridges.len()
+            )),
+            (None, e) => o.push_str(&format!(
+                "{:<10} DOWN  {:>5} ms  {}\n",
+                c.host,
+                c.duration_ms,
+                e.as_deref().unwrap_or("?")
+            )),
+        }
+    }
+    o
+}
+
+pub fn vms(vs: &Vec<VmView>) -> String {
+    let mut o = String::from("VM         HOST       STATE     VCPUS  MEM MiB  BW Mbit/s  MAC                IP               PORT\n");
+    for v in vs {
+        o.push_str(&format!(
+            "{:<10} {:<10} {:<9} {:<6} {:<8} {:<10} {:<18} {:<16} {}\n",
+            v.vm.name,
+            v.host,
+            v.vm.state,
+            v.vm.vcpus,
+            v.vm.mem_mib,
+            v.vm.bw_mbps,
+            v.vm.macs.join(","),
+            if v.vm.ips.is_empty() {
+                "-".to_string()
+            } else {
+                v.vm.ips.join(",")
+            },
+            v.vm.ports.join(",")
+        ));
+    }
+    if vs.is_empty() {
+        o.push_str("(no VMs; run `netmigrate hosts collect`)\n");
     }
     o
 }

@@ -601,6 +601,22 @@ impl Cx<'_> {
                 values::check_interface_name(s).map(|_| s.to_string())
             })
             .map(|(b, _)| b);
+        let ovsdb = t.parse(&mut self.p, "ovsdb", |s| {
+            if s.starts_with("unix:/") || s.starts_with("tcp:") || s.starts_with("ssl:") {
+                Ok(s.to_string())
+            } else {
+                Err(format!("`{s}` is not an OVSDB address; write it like \"unix:/var/run/openvswitch/db.sock\""))
+            }
+        });
+        let abs_dir = |s: &str| {
+            if s.starts_with('/') {
+                Ok(s.to_string())
+            } else {
+                Err(format!("`{s}` is not an absolute path on the host; write it like \"/var/lib/xen/images\""))
+            }
+        };
+        let image_dir = t.parse(&mut self.p, "image_dir", abs_dir).map(|(d, _)| d);
+        let save_dir = t.parse(&mut self.p, "save_dir", abs_dir).map(|(d, _)| d);
         let span = t.span.clone();
         t.finish(
             &mut self.p,
@@ -613,6 +629,9 @@ impl Cx<'_> {
                 "host_key",
                 "hypervisor",
                 "bridge",
+                "ovsdb",
+                "image_dir",
+                "save_dir",
             ],
         );
         let (name, name_span) = name?;
@@ -634,6 +653,15 @@ impl Cx<'_> {
                 host_key,
                 hypervisor,
                 bridge,
+                ovsdb: ovsdb.map(|(d, _)| d),
+                image_dir: image_dir.unwrap_or_else(|| match hypervisor {
+                    HypervisorKind::Xen => "/var/lib/xen/images".into(),
+                    HypervisorKind::Qemu => "/var/lib/netmigrate/images".into(),
+                }),
+                save_dir: save_dir.unwrap_or_else(|| match hypervisor {
+                    HypervisorKind::Xen => "/var/lib/xen/save".into(),
+                    HypervisorKind::Qemu => "/var/lib/netmigrate/save".into(),
+                }),
             },
             span,
             fields,

@@ -122,6 +122,23 @@ pub struct HostConfig {
     pub host_key: Option<String>,
     pub hypervisor: HypervisorKind,
     pub bridge: String,
+    /// Its OVSDB socket ("unix:/path" or "tcp:ip:port"); ovs-vsctl's default when None.
+    pub ovsdb: Option<String>,
+    /// Where VM images live on the host (its free space is collected).
+    pub image_dir: String,
+    /// Where saved VM state goes on the host.
+    pub save_dir: String,
+}
+
+impl HostConfig {
+    /// The directories whose free space the inventory reports.
+    pub fn disk_dirs(&self) -> Vec<&str> {
+        let mut v = vec![self.image_dir.as_str()];
+        if self.save_dir != self.image_dir {
+            v.push(self.save_dir.as_str());
+        }
+        v
+    }
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -18,9 +18,13 @@ use crate::Error;
 
 pub use lock::{LockError, StateLock};
 
+/// Hosts collected at once; the rest wait for a free slot.
+pub const INVENTORY_CONCURRENCY: usize = 16;
+
 /// Everything the running daemon shares between its tasks.
 pub struct App {
     pub state: State,
+    pub inventory: Arc<crate::inventory::Inventory>,
     config: RwLock<Arc<Config>>,
     config_path: PathBuf,
     pub started_ms: i64,
@@ -166,6 +170,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
 
     let app = Arc::new(App {
         state: state.clone(),
+        inventory: Arc::new(crate::inventory::Inventory::new(INVENTORY_CONCURRENCY)),
         config: RwLock::new(Arc::new(config)),
         config_path: config_path.to_path_buf(),
         started_ms: now_ms(),

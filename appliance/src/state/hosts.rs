@@ -3,8 +3,11 @@
 use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
+use super::schema::FACTS_HISTORY;
 use super::{now_ms, State, StateError};
 use crate::config::HostConfig;
+use crate::inventory::facts::HostFacts;
+use crate::inventory::Collected;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostRow {
@@ -17,6 +20,11 @@ pub struct HostRow {
     pub host_key: Option<String>,
     pub in_config: bool,
     pub updated_ms: i64,
+    /// unknown (never collected), up, or down.
+    pub status: String,
+    /// Why it is down.
+    pub status_reason: Option<String>,
+    pub last_seen_ms: Option<i64>,
 }
 
 impl HostRow {
@@ -31,6 +39,9 @@ impl HostRow {
             host_key: r.get(6)?,
             in_config: r.get(7)?,
             updated_ms: r.get(8)?,
+            status: r.get(9)?,
+            status_reason: r.get(10)?,
+            last_seen_ms: r.get(11)?,
         })
     }
 }
@@ -51,7 +62,8 @@ impl HostSync {
 
 pub fn list(c: &Connection) -> rusqlite::Result<Vec<HostRow>> {
     let mut st = c.prepare_cached(
-        "SELECT name, address, hypervisor, ssh_user, ssh_port, bridge, host_key, in_config, updated_ms
+        "SELECT name, address, hypervisor, ssh_user, ssh_port, bridge, host_key, in_config, updated_ms,
+                status, status_reason, last_seen_ms
          FROM hosts ORDER BY name",
     )?;
     let rows = st.query_map([], HostRow::from_row)?;
@@ -108,7 +120,86 @@ pub fn sync(c: &Connection, hosts: &[HostConfig]) -> rusqlite::Result<HostSync> 
     Ok(out)
 }
 
+/// Records one collection: the facts (and the host up) or the reason it is down.
+pub fn record_collection(c: &Connection, r: &Collected) -> rusqlite::Result<()> {
+    let now = now_ms();
+    match (&r.facts, &r.error) {
+        (Some(f), _) => {
+            let json = serde_json::to_string(f).expect("facts serialize");
+            c.execute(
+                "INSERT INTO host_facts (host, collected_ms, duration_ms, facts) VALUES (?1, ?2, ?3, ?4)",
+                params![r.host, now, r.duration_ms as i64, json],
+            )?;
+            c.execute(
+                "DELETE FROM host_facts WHERE host = ?1 AND id NOT IN
+                   (SELECT id FROM host_facts WHERE host = ?1 ORDER BY id DESC LIMIT ?2)",
+                params![r.host, FACTS_HISTORY],
+            )?;
+            c.execute(
+                "UPDATE hosts SET status = 'up', status_reason = NULL, last_seen_ms = ?2 WHERE name = ?1",
+                params![r.host, now],
+            )?;
+        }
+        (None, err) => {
+            c.execute(
+                "UPDATE hosts SET status = 'down', status_reason = ?2 WHERE name = ?1",
+                params![r.host, err.as_deref().unwrap_or("unknown error")],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest facts of each host that has any: (host, collected_ms, facts).
+pub fn latest_facts(c: &Connection) -> Result<Vec<(String, i64, HostFacts)>, StateError> {
+    let mut st = c.prepare_cached(
+        "SELECT host, collected_ms, facts FROM host_facts
+         WHERE id IN (SELECT max(id) FROM host_facts GROUP BY host) ORDER BY host",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (h, at, json) = row?;
+        let f = serde_json::from_str(&json)
+            .map_err(|e| StateError::Corrupt(format!("facts of {h}: {e}")))?;
+        out.push((h, at, f));
+    }
+    Ok(out)
+}
+
 impl State {
+    pub async fn record_collections(&self, rs: Vec<Collected>) -> Result<(), StateError> {
+        self.write(move |tx| {
+            for r in &rs {
+                record_collection(tx, r)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn latest_facts(&self) -> Result<Vec<(String, i64, HostFacts)>, StateError> {
+        self.read(latest_facts).await
+    }
+
+    /// Pins a host key (what `netmigrate hosts trust` decided).
+    pub async fn pin_host_key(&self, host: String, key: String) -> Result<(), StateError> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE hosts SET host_key = ?2, updated_ms = ?3 WHERE name = ?1",
+                params![host, key, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn sync_hosts(&self, hosts: Vec<HostConfig>) -> Result<HostSync, StateError> {
         self.write(move |tx| Ok(sync(tx, &hosts)?)).await
     }
@@ -133,6 +224,9 @@ mod tests {
             host_key: None,
             hypervisor: HypervisorKind::Qemu,
             bridge: "br0".into(),
+            ovsdb: None,
+            image_dir: "/i".into(),
+            save_dir: "/s".into(),
         }
     }
 

@@ -39,6 +39,8 @@ pub enum StateError {
     Sqlite(#[from] rusqlite::Error),
     #[error("state database thread has stopped")]
     Closed,
+    #[error("state database holds unreadable data: {0}")]
+    Corrupt(String),
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;

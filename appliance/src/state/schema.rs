@@ -31,7 +31,26 @@ pub const MIGRATIONS: &[&str] = &[
         updated_ms  INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 2: inventory: whether each host answers, and its collected facts with history.
+    r#"
+    ALTER TABLE hosts ADD COLUMN status TEXT NOT NULL DEFAULT 'unknown'
+        CHECK (status IN ('unknown', 'up', 'down'));
+    ALTER TABLE hosts ADD COLUMN status_reason TEXT;
+    ALTER TABLE hosts ADD COLUMN last_seen_ms INTEGER;
+
+    CREATE TABLE host_facts (
+        id           INTEGER PRIMARY KEY,
+        host         TEXT NOT NULL REFERENCES hosts (name) ON DELETE CASCADE,
+        collected_ms INTEGER NOT NULL,
+        duration_ms  INTEGER NOT NULL,
+        facts        TEXT NOT NULL         -- JSON, inventory::facts::HostFacts
+    ) STRICT;
+    CREATE INDEX host_facts_host ON host_facts (host, id);
+    "#,
 ];
+
+/// Collections kept per host (older ones are deleted as new ones arrive).
+pub const FACTS_HISTORY: i64 = 20;
 
 /// The schema version this build writes.
 pub fn latest() -> i64 {

@@ -1,0 +1,245 @@
+//! Inventory: the paper's step 1. The appliance logs in to each hypervisor host over SSH (no
+//! agent), collects CPUs, memory, disk, NICs, Open vSwitch ports and the VMs with what they
+//! need, in parallel with bounded concurrency. All I/O lives here; placement stays pure.
+
+pub mod facts;
+pub mod qmp;
+pub mod ssh;
+pub mod xen;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::config::{HostConfig, HypervisorKind};
+use facts::HostFacts;
+use ssh::{Conn, KeyCheck, SshError};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const QMP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The outcome of collecting one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Collected {
+    pub host: String,
+    pub duration_ms: u64,
+    pub facts: Option<HostFacts>,
+    /// Why the host is down, when it is.
+    pub error: Option<String>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
+
+/// Connections to hosts, kept open and reused between collections.
+pub struct Inventory {
+    slots: Mutex<HashMap<String, Slot>>,
+    limit: Arc<Semaphore>,
+}
+
+impl Inventory {
+    pub fn new(concurrency: usize) -> Inventory {
+        Inventory {
+            slots: Mutex::new(HashMap::new()),
+            limit: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    fn slot(&self, host: &str) -> Slot {
+        self.slots
+            .lock()
+            .expect("inventory slots")
+            .entry(host.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The open connection to `h`, or a new one checked against `pinned`.
+    async fn conn(&self, h: &HostConfig, pinned: Option<&str>) -> Result<Arc<Conn>, SshError> {
+        let slot = self.slot(&h.name);
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref() {
+            let same_key = pinned.is_some_and(|p| ssh::key_identity(p) == c.host_key);
+            if !c.is_closed() && same_key {
+                return Ok(c.clone());
+            }
+        }
+        let check = match pinned {
+            Some(p) => KeyCheck::Pinned(p.to_string()),
+            None => KeyCheck::Refuse,
+        };
+        let c = Arc::new(Conn::connect(h, check, CONNECT_TIMEOUT).await?);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets a host's connection (its config or key changed, or it failed).
+    pub async fn forget(&self, host: &str) {
+        let slot = self.slot(host);
+        *slot.lock().await = None;
+    }
+
+    /// Connects accepting whatever key the host shows and returns it, to be pinned. With a key
+    /// already pinned, only `replace` lets a different one through.
+    pub async fn trust(
+        &self,
+        h: &HostConfig,
+        pinned: Option<&str>,
+        replace: bool,
+    ) -> Result<String, SshError> {
+        let c = Conn::connect(h, KeyCheck::TrustOnFirstUse, CONNECT_TIMEOUT).await?;
+        if let Some(p) = pinned {
+            if ssh::key_identity(p) != c.host_key && !replace {
+                return Err(SshError::KeyChanged {
+                    host: h.name.clone(),
+                    addr: format!("{}:{}", h.address, h.ssh_port),
+                    pinned: ssh::key_identity(p),
+                    offered: c.host_key.clone(),
+                });
+            }
+        }
+        self.forget(&h.name).await;
+        Ok(c.host_key.clone())
+    }
+
+    /// Collects every host in parallel (bounded); one that fails does not hold back the others.
+    pub async fn collect(
+        self: &Arc<Self>,
+        hosts: Vec<(HostConfig, Option<String>)>,
+    ) -> Vec<Collected> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (h, pinned)) in hosts.into_iter().enumerate() {
+            let inv = self.clone();
+            tasks.spawn(async move {
+                let _permit = inv.limit.clone().acquire_owned().await;
+                let t = Instant::now();
+                let r = inv.collect_host(&h, pinned.as_deref()).await;
+                if r.is_err() {
+                    inv.forget(&h.name).await;
+                }
+                let duration_ms = t.elapsed().as_millis() as u64;
+                let c = match r {
+                    Ok(f) => Collected {
+                        host: h.name.clone(),
+                        duration_ms,
+                        facts: Some(f),
+                        error: None,
+                    },
+                    Err(e) => Collected {
+                        host: h.name.clone(),
+                        duration_ms,
+                        facts: None,
+                        error: Some(e),
+                    },
+                };
+                (i, c)
+            });
+        }
+        let mut out: Vec<(usize, Collected)> = tasks.join_all().await;
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, c)| c).collect()
+    }
+
+    async fn collect_host(
+        &self,
+        h: &HostConfig,
+        pinned: Option<&str>,
+    ) -> Result<HostFacts, String> {
+        let conn = self.conn(h, pinned).await.map_err(|e| e.to_string())?;
+        let out = conn
+            .exec(&facts::script(h), COLLECT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let secs = facts::sections(&out.stdout);
+        let mut f = HostFacts {
+            hypervisor: h.hypervisor.as_str().into(),
+            ..Default::default()
+        };
+        facts::parse_common(&secs, &mut f)
+            .map_err(|e| format!("{e}; stderr: {}", out.stderr.lines().next().unwrap_or("")))?;
+        let get = |name: &str| {
+            secs.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, b)| b.as_str())
+                .unwrap_or("")
+        };
+        match h.hypervisor {
+            HypervisorKind::Qemu => {
+                for line in get("qemu").lines() {
+                    let Some(q) = facts::qemu_cmdline(line) else {
+                        continue;
+                    };
+                    let state = match &q.qmp {
+                        Some(path) => qmp_status(&conn, path)
+                            .await
+                            .unwrap_or_else(|e| format!("unknown ({e})")),
+                        None => "unknown (no QMP socket)".into(),
+                    };
+                    let bw = facts::port_mbps(&f, &q.taps);
+                    f.vms.push(facts::VmFacts {
+                        name: q.name,
+                        vcpus: q.vcpus,
+                        mem_mib: q.mem_mib,
+                        disk_mib: 0,
+                        macs: q.macs,
+                        ips: Vec::new(),
+                        state,
+                        ports: q.taps,
+                        bw_mbps: bw,
+                        qmp: q.qmp,
+                    });
+                }
+            }
+            HypervisorKind::Xen => {
+                let info = xen::info(get("xlinfo"));
+                if let Some(t) = xen::info_u64(&info, "total_memory") {
+                    f.mem_total_mib = t;
+                }
+                if let Some(free) = xen::info_u64(&info, "free_memory") {
+                    f.mem_free_mib = free;
+                }
+                if let Some(n) = xen::info_u64(&info, "nr_cpus") {
+                    f.cpus = n as u32;
+                }
+                let mut vms = xen::list(get("xllist"))?;
+                for v in &mut vms {
+                    v.bw_mbps = facts::port_mbps(&f, &v.ports);
+                }
+                f.vms = vms;
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// The VM's run state as QEMU reports it, over the SSH-forwarded QMP socket.
+async fn qmp_status(conn: &Conn, path: &str) -> Result<String, String> {
+    let ask = async {
+        let stream = conn.unix_stream(path).await.map_err(|e| e.to_string())?;
+        let mut q = qmp::Qmp::handshake(stream).await?;
+        let st = q.execute("query-status", serde_json::json!({})).await?;
+        Ok::<_, String>(st["status"].as_str().unwrap_or("unknown").to_string())
+    };
+    tokio::time::timeout(QMP_TIMEOUT, ask)
+        .await
+        .map_err(|_| "QMP did not answer".to_string())?
+}
+
+/// MAC -> IPv4 from a neighbour table (/proc/net/arp format): where the VMs' addresses come
+/// from until the appliance's DHCP server knows them.
+pub fn arp_table(text: &str) -> HashMap<String, Vec<String>> {
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    for l in text.lines().skip(1) {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        // IP, HW type, Flags (0x2 = complete), HW address, Mask, Device
+        if w.len() >= 4 && w[2] != "0x0" && w[3] != "00:00:00:00:00:00" {
+            m.entry(w[3].to_lowercase())
+                .or_default()
+                .push(w[0].to_string());
+        }
+    }
+    m
+}
