@@ -124,7 +124,7 @@ fn status_over_the_socket_with_cli_and_curl() {
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["pid"], d.pid());
     assert_eq!(v["networks"][0]["dhcp_range"], "10.0.0.100-10.0.0.199");
-    assert_eq!(v["state"]["schema"], 1);
+    assert_eq!(v["state"]["schema"], netmigrate::state::latest_schema());
 
     // A real HTTP client on the same socket sees the same API.
     let curl = Command::new("curl")
