@@ -153,66 +153,85 @@ impl Inventory {
             .exec(&facts::script(h), COLLECT_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        let secs = facts::sections(&out.stdout);
-        let mut f = HostFacts {
-            hypervisor: h.hypervisor.as_str().into(),
-            ..Default::default()
-        };
-        facts::parse_common(&secs, &mut f)
-            .map_err(|e| format!("{e}; stderr: {}", out.stderr.lines().next().unwrap_or("")))?;
-        let get = |name: &str| {
-            secs.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, b)| b.as_str())
-                .unwrap_or("")
-        };
-        match h.hypervisor {
-            HypervisorKind::Qemu => {
-                for line in get("qemu").lines() {
-                    let Some(q) = facts::qemu_cmdline(line) else {
-                        continue;
-                    };
-                    let state = match &q.qmp {
-                        Some(path) => qmp_status(&conn, path)
-                            .await
-                            .unwrap_or_else(|e| format!("unknown ({e})")),
-                        None => "unknown (no QMP socket)".into(),
-                    };
-                    let bw = facts::port_mbps(&f, &q.taps);
-                    f.vms.push(facts::VmFacts {
-                        name: q.name,
-                        vcpus: q.vcpus,
-                        mem_mib: q.mem_mib,
-                        disk_mib: 0,
-                        macs: q.macs,
-                        ips: Vec::new(),
-                        state,
-                        ports: q.taps,
-                        bw_mbps: bw,
-                        qmp: q.qmp,
-                    });
-                }
-            }
-            HypervisorKind::Xen => {
-                let info = xen::info(get("xlinfo"));
-                if let Some(t) = xen::info_u64(&info, "total_memory") {
-                    f.mem_total_mib = t;
-                }
-                if let Some(free) = xen::info_u64(&info, "free_memory") {
-                    f.mem_free_mib = free;
-                }
-                if let Some(n) = xen::info_u64(&info, "nr_cpus") {
-                    f.cpus = n as u32;
-                }
-                let mut vms = xen::list(get("xllist"))?;
-                for v in &mut vms {
-                    v.bw_mbps = facts::port_mbps(&f, &v.ports);
-                }
-                f.vms = vms;
-            }
+        let (mut f, qemus) = parse_output(h, &out.stdout, &out.stderr)?;
+        for q in qemus {
+            let state = match &q.qmp {
+                Some(path) => qmp_status(&conn, path)
+                    .await
+                    .unwrap_or_else(|e| format!("unknown ({e})")),
+                None => "unknown (no QMP socket)".into(),
+            };
+            let bw = facts::port_mbps(&f, &q.taps);
+            f.vms.push(facts::VmFacts {
+                name: q.name,
+                vcpus: q.vcpus,
+                mem_mib: q.mem_mib,
+                disk_mib: 0,
+                macs: q.macs,
+                ips: Vec::new(),
+                state,
+                ports: q.taps,
+                bw_mbps: bw,
+                qmp: q.qmp,
+            });
         }
         Ok(f)
     }
+}
+
+/// Turns the collection script's output into facts. Xen guests come complete from `xl`; QEMU
+/// processes are returned apart, for their QMP sockets to be asked.
+pub fn parse_output(
+    h: &HostConfig,
+    stdout: &str,
+    stderr: &str,
+) -> Result<(HostFacts, Vec<facts::QemuCmdline>), String> {
+    let secs = facts::sections(stdout);
+    let mut f = HostFacts {
+        hypervisor: h.hypervisor.as_str().into(),
+        ..Default::default()
+    };
+    facts::parse_common(&secs, &mut f)
+        .map_err(|e| format!("{e}; stderr: {}", stderr.lines().next().unwrap_or("")))?;
+    let get = |name: &str| {
+        secs.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| b.as_str())
+            .unwrap_or("")
+    };
+    let mut qemus = Vec::new();
+    match h.hypervisor {
+        HypervisorKind::Qemu => {
+            qemus = get("qemu")
+                .lines()
+                .filter_map(facts::qemu_cmdline)
+                .collect();
+        }
+        HypervisorKind::Xen => {
+            let info = xen::info(get("xlinfo"));
+            if info.is_empty() {
+                return Err(format!(
+                    "`xl info` printed nothing; is this a Xen dom0? stderr: {}",
+                    stderr.lines().next().unwrap_or("")
+                ));
+            }
+            if let Some(t) = xen::info_u64(&info, "total_memory") {
+                f.mem_total_mib = t;
+            }
+            if let Some(free) = xen::info_u64(&info, "free_memory") {
+                f.mem_free_mib = free;
+            }
+            if let Some(n) = xen::info_u64(&info, "nr_cpus") {
+                f.cpus = n as u32;
+            }
+            let mut vms = xen::list(get("xllist"))?;
+            for v in &mut vms {
+                v.bw_mbps = facts::port_mbps(&f, &v.ports);
+            }
+            f.vms = vms;
+        }
+    }
+    Ok((f, qemus))
 }
 
 /// The VM's run state as QEMU reports it, over the SSH-forwarded QMP socket.
