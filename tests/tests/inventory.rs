@@ -194,3 +194,99 @@ fn host_keys_are_pinned_on_trust_and_a_changed_key_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn plan_the_papers_scenario_on_collected_facts() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let (a, b, c) = (
+        lab.host("A").unwrap(),
+        lab.host("B").unwrap(),
+        lab.host("C").unwrap(),
+    );
+    lab.guest(&a, GuestSpec::numbered(1)).unwrap();
+    lab.guest(&a, GuestSpec::numbered(2)).unwrap();
+    lab.guest(&b, GuestSpec::numbered(3)).unwrap();
+    let mut cfg = network_config(&lab.appliance_state_dir().unwrap());
+    for h in [&a, &b, &c] {
+        cfg.push_str(&host_config(&lab, h, true).unwrap());
+    }
+    cfg.push_str("\n[placement]\nstale_after = \"3s\"\n");
+    let app = lab.appliance_with(&cfg).unwrap();
+
+    // Before any collection, the target is unknown ground.
+    let out = app.cli(&["plan", "vm1", "--to", "hostC"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host `hostC` has never been collected"));
+
+    app.cli_ok(&["hosts", "collect"]).unwrap();
+    let args = [
+        "plan",
+        "vm1",
+        "vm2",
+        "vm3",
+        "--to",
+        "hostC",
+        "--mode",
+        "symmetrical",
+        "--order",
+        "round-robin",
+        "--json",
+    ];
+    let p = json(&app.cli_ok(&args).unwrap());
+    let moves: Vec<String> = p["plan"]["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{}->{}",
+                m["vm"].as_str().unwrap(),
+                m["from"].as_str().unwrap(),
+                m["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        ["vm1:hostA->hostC", "vm3:hostB->hostC", "vm2:hostA->hostC"]
+    );
+    // The capacities came from the collected facts.
+    let c_cap = p["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "hostC")
+        .unwrap()["cap"]
+        .clone();
+    assert!(c_cap["mem_mib"].as_u64().unwrap() > 1024, "{c_cap}");
+
+    let text = app
+        .cli_ok(&[
+            "plan",
+            "vm1",
+            "vm2",
+            "vm3",
+            "--to",
+            "hostC",
+            "--mode",
+            "symmetrical",
+        ])
+        .unwrap();
+    assert!(text.contains("  1. vm1        hostA -> hostC"), "{text}");
+    assert!(text.contains("  3. vm3        hostB -> hostC"), "{text}");
+
+    let out = app.cli(&["plan", "vm1", "vm9", "--to", "hostC"]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "netmigrate: unknown VM `vm9`"
+    );
+
+    // Facts older than placement.stale_after are not planned with.
+    std::thread::sleep(Duration::from_millis(3500));
+    let out = app.cli(&["plan", "vm1", "--to", "hostC"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("old (placement.stale_after is 3s); run `netmigrate hosts collect"),
+        "{err}"
+    );
+}

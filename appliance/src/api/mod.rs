@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod hosts;
+pub mod plan;
 pub mod server;
 
 use std::sync::Arc;
@@ -109,6 +110,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/hosts/collect", post(hosts::collect))
         .route("/v1/hosts/trust", post(hosts::trust))
         .route("/v1/vms", get(hosts::vms))
+        .route("/v1/plan", post(plan::plan))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })

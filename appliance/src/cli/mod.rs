@@ -94,12 +94,67 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Decide where VMs go and in which order (nothing moves): each decision with its reason,
+    /// and why every other target was not chosen. Uses the last collected facts.
+    Plan {
+        /// The VMs to move, in your order.
+        #[arg(required = true)]
+        vms: Vec<String>,
+        /// Target hosts, in your order.
+        #[arg(long = "to", required = true, num_args = 1..)]
+        to: Vec<String>,
+        /// symmetrical: each source host to one target; asymmetrical: VMs of a host may spread.
+        #[arg(long, value_enum, default_value = "asymmetrical")]
+        mode: ModeArg,
+        /// sequential: machine by machine; round-robin: one VM per source host in turn.
+        #[arg(long, value_enum, default_value = "sequential")]
+        order: OrderArg,
+        /// first-fit: the paper's; best-fit: vector best-fit-decreasing.
+        #[arg(long, value_enum, default_value = "best-fit")]
+        algorithm: AlgorithmArg,
+        /// Percent of each target to keep free (default: placement.headroom_pct).
+        #[arg(long, value_name = "PCT")]
+        headroom: Option<u8>,
+        /// VMs that must share a host, comma-separated (repeatable).
+        #[arg(long, value_name = "VM,VM,...")]
+        affinity: Vec<String>,
+        /// VMs that must not share a host, comma-separated (repeatable).
+        #[arg(long = "anti-affinity", value_name = "VM,VM,...")]
+        anti_affinity: Vec<String>,
+        /// Send VM to HOST (repeatable).
+        #[arg(long, value_name = "VM=HOST")]
+        pin: Vec<String>,
+        /// Never put a VM on HOST (repeatable).
+        #[arg(long, value_name = "HOST")]
+        exclude: Vec<String>,
+        /// Print JSON instead of steps.
+        #[arg(long)]
+        json: bool,
+    },
     /// The VMs found on the hosts at the last collection.
     Vms {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ModeArg {
+    Symmetrical,
+    Asymmetrical,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum OrderArg {
+    Sequential,
+    RoundRobin,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum AlgorithmArg {
+    FirstFit,
+    BestFit,
 }
 
 #[derive(Subcommand, Debug)]
@@ -291,6 +346,55 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     }
                 }
             },
+            Command::Plan {
+                vms,
+                to,
+                mode,
+                order,
+                algorithm,
+                headroom,
+                affinity,
+                anti_affinity,
+                pin,
+                exclude,
+                json,
+            } => {
+                use crate::placement::{Algorithm, Mode, Order};
+                let groups = |v: &Vec<String>| -> Vec<Vec<String>> {
+                    v.iter()
+                        .map(|g| {
+                            g.split(',')
+                                .map(|s| s.trim().to_string())
+                                .filter(|s| !s.is_empty())
+                                .collect()
+                        })
+                        .collect()
+                };
+                let req = crate::api::plan::PlanRequest {
+                    vms: vms.clone(),
+                    to: to.clone(),
+                    mode: match mode {
+                        ModeArg::Symmetrical => Mode::Symmetrical,
+                        ModeArg::Asymmetrical => Mode::Asymmetrical,
+                    },
+                    order: match order {
+                        OrderArg::Sequential => Order::Sequential,
+                        OrderArg::RoundRobin => Order::RoundRobin,
+                    },
+                    algorithm: match algorithm {
+                        AlgorithmArg::FirstFit => Algorithm::FirstFit,
+                        AlgorithmArg::BestFit => Algorithm::BestFit,
+                    },
+                    headroom_pct: *headroom,
+                    affinity: groups(affinity),
+                    anti_affinity: groups(anti_affinity),
+                    pin: pin.clone(),
+                    exclude: exclude.clone(),
+                };
+                let body = serde_json::to_value(&req).expect("json");
+                let v: serde_json::Value = client.post("/v1/plan", Some(body)).await?;
+                print_as(&v, *json, show::plan)?;
+            }
             Command::Vms { json } => {
                 let v: serde_json::Value = client.get("/v1/vms").await?;
                 print_as(&v, *json, show::vms)?;

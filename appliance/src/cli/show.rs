@@ -211,6 +211,65 @@ pub fn vms(vs: &Vec<VmView>) -> String {
     o
 }
 
+pub fn plan(r: &crate::api::plan::PlanReply) -> String {
+    let p = &r.plan;
+    let q = &r.request;
+    let name = |v: serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    let mut o = format!(
+        "plan: {} move(s), {} mode, {} order, {}\n",
+        p.moves.len(),
+        name(serde_json::json!(q.mode)),
+        name(serde_json::json!(q.order)),
+        name(serde_json::json!(q.algorithm))
+    );
+    for (i, m) in p.moves.iter().enumerate() {
+        let d = p.decisions.iter().find(|d| d.vm == m.vm);
+        if m.staging {
+            o.push_str(&format!(
+                "{:>3}. {:<10} {} -> {}   (parked there to break a cycle; moves on later)\n",
+                i + 1,
+                m.vm,
+                m.from,
+                m.to
+            ));
+            continue;
+        }
+        o.push_str(&format!(
+            "{:>3}. {:<10} {} -> {}   {}\n",
+            i + 1,
+            m.vm,
+            m.from,
+            m.to,
+            d.map(|d| d.reason.as_str()).unwrap_or("")
+        ));
+        for rj in d.map(|d| d.rejected.as_slice()).unwrap_or_default() {
+            o.push_str(&format!("          not {}: {}\n", rj.host, rj.why));
+        }
+    }
+    for u in &p.unplaced {
+        o.push_str(&format!("  UNPLACED {}: {}\n", u.vm, u.reason));
+        for rj in &u.rejected {
+            o.push_str(&format!("          not {}: {}\n", rj.host, rj.why));
+        }
+    }
+    o.push_str("hosts after the moves (load / capacity):\n");
+    for h in &p.hosts_after {
+        o.push_str(&format!(
+            "  {:<10} cpu {:.2}/{:.2}  mem {}/{} MiB  disk {}/{} MiB  bw {}/{} Mbit/s\n",
+            h.host,
+            h.load.cpu_milli as f64 / 1000.0,
+            h.cap.cpu_milli as f64 / 1000.0,
+            h.load.mem_mib,
+            h.cap.mem_mib,
+            h.load.disk_mib,
+            h.cap.disk_mib,
+            h.load.bw_mbps,
+            h.cap.bw_mbps
+        ));
+    }
+    o
+}
+
 pub fn events(evs: &[Event]) -> String {
     let mut o = String::new();
     for e in evs {

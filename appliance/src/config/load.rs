@@ -22,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "dns",
     "ftp",
     "router",
+    "placement",
     "host",
 ];
 
@@ -85,6 +86,10 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         .map(|t| cx.ftp(t))
         .unwrap_or_default();
     let router = root.table(&mut cx.p, "router").and_then(|t| cx.router(t));
+    let placement = root
+        .table(&mut cx.p, "placement")
+        .map(|t| cx.placement(t))
+        .unwrap_or_default();
     let hosts: Vec<_> = root
         .tables(&mut cx.p, "host")
         .into_iter()
@@ -123,6 +128,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         dns,
         ftp,
         router: router.map(|r| r.value),
+        placement,
         hosts: hosts.into_iter().map(|h| h.value).collect(),
     })
 }
@@ -541,6 +547,49 @@ impl Cx<'_> {
             key: "router.uplink".into(),
             span,
         })
+    }
+
+    fn placement(&mut self, t: Table) -> PlacementConfig {
+        let mut pc = PlacementConfig::default();
+        if let Some(v) = t.get("cpu_overcommit") {
+            let key = t.key_path("cpu_overcommit");
+            let n = v
+                .get_ref()
+                .as_float()
+                .and_then(|f| f.as_str().parse::<f64>().ok())
+                .or_else(|| {
+                    v.get_ref()
+                        .as_integer()
+                        .and_then(|i| i.as_str().parse::<f64>().ok())
+                });
+            match n {
+                Some(n) if (0.1..=64.0).contains(&n) => pc.cpu_overcommit = n,
+                _ => self.p.at(
+                    &v.span(),
+                    &key,
+                    "expected a number between 0.1 and 64, like 4 (vCPUs per core)",
+                ),
+            }
+        }
+        if let Some(h) = t.integer(&mut self.p, "headroom_pct") {
+            if (0..=90).contains(&h.value) {
+                pc.headroom_pct = h.value as u8;
+            } else {
+                self.p.at(
+                    &h.span,
+                    &h.key,
+                    format!("{}% is not a headroom; use 0 to 90", h.value),
+                );
+            }
+        }
+        if let Some((d, _)) = t.parse(&mut self.p, "stale_after", values::parse_duration) {
+            pc.stale_after = d;
+        }
+        t.finish(
+            &mut self.p,
+            &["cpu_overcommit", "headroom_pct", "stale_after"],
+        );
+        pc
     }
 
     fn host(&mut self, t: Table) -> Option<Item<HostConfig>> {

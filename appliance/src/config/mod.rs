@@ -29,7 +29,30 @@ pub struct Config {
     pub dns: DnsConfig,
     pub ftp: FtpConfig,
     pub router: Option<RouterConfig>,
+    pub placement: PlacementConfig,
     pub hosts: Vec<HostConfig>,
+}
+
+/// How hosts' capacity is counted when placing VMs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementConfig {
+    /// vCPUs a host may carry per core.
+    pub cpu_overcommit: f64,
+    /// Percent of each target kept free by default.
+    pub headroom_pct: u8,
+    /// Facts older than this are not planned with.
+    #[serde(serialize_with = "ser_duration")]
+    pub stale_after: Duration,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            cpu_overcommit: 4.0,
+            headroom_pct: 0,
+            stale_after: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
