@@ -25,6 +25,15 @@ enum Cmd {
         #[arg(long)]
         hold: bool,
     },
+    /// Benchmark the inventory: `netmigrate hosts collect` over N lab hosts (cold, then with
+    /// the kept connections), next to a sequential OpenSSH loop over the same hosts.
+    BenchInventory {
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// Repetitions of each measurement (the median is shown).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Remove namespaces and run directories left by lab runs that were killed.
     Cleanup {
         /// Also remove labs whose run is still alive.
@@ -37,6 +46,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Cmd::Demo { hold } => demo(hold),
+        Cmd::BenchInventory { hosts, runs } => bench_inventory(hosts, runs),
         Cmd::Cleanup { all } => {
             let removed = cleanup::cleanup(all);
             if removed.is_empty() {
@@ -127,4 +137,99 @@ fn demo(hold: bool) -> Result<()> {
     eprintln!("tearing down lab {}", lab.prefix);
     drop(lab);
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn bench_inventory(n: usize, runs: usize) -> Result<()> {
+    anyhow::ensure!((1..=60).contains(&n), "--hosts must be 1 to 60");
+    let lab = step("creating the lab switch", Lab::new)?;
+    teardown_on_signal(lab.prefix.clone())?;
+    let names: Vec<String> = (0..n)
+        .map(|i| ((b'A' + (i % 26) as u8) as char).to_string() + &(i / 26).to_string())
+        .collect();
+    let hosts = step(&format!("{n} hosts with sshd and Open vSwitch"), || {
+        names
+            .iter()
+            .map(|h| lab.host(h))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let refs: Vec<&netmigrate_lab::Host> = hosts.iter().collect();
+    let app = step("appliance", || lab.appliance(&refs))?;
+
+    let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Cold: the first collection opens every connection.
+    let cold = time(&|| app.cli_ok(&["hosts", "collect"]).map(|_| ()))?;
+    let mut warm = Vec::new();
+    for _ in 0..runs {
+        warm.push(time(&|| app.cli_ok(&["hosts", "collect"]).map(|_| ()))?);
+    }
+    // The paper's way: one ssh login per host, one after another.
+    let key = lab.client_key()?;
+    let known = lab.dir.join("bench_known_hosts");
+    std::fs::write(
+        &known,
+        hosts
+            .iter()
+            .map(|h| format!("{} {}\n", h.ip, h.host_key.public))
+            .collect::<String>(),
+    )?;
+    let mut seq = Vec::new();
+    for _ in 0..runs {
+        seq.push(time(&|| {
+            for h in &hosts {
+                lab.exec(
+                    &app.node.ns,
+                    "ssh",
+                    &[
+                        "-o",
+                        "BatchMode=yes",
+                        "-o",
+                        "StrictHostKeyChecking=yes",
+                        "-o",
+                        &format!("UserKnownHostsFile={}", known.display()),
+                        "-i",
+                        &key.private.display().to_string(),
+                        &format!("root@{}", h.ip),
+                        "nproc; free; df",
+                    ],
+                )?;
+            }
+            Ok(())
+        })?);
+    }
+    let per_host: serde_json::Value =
+        serde_json::from_str(&app.cli_ok(&["hosts", "collect", "--json"])?)?;
+    let durs: Vec<u64> = per_host
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["duration_ms"].as_u64()).collect())
+        .unwrap_or_default();
+    let (warm, seq) = (median(warm), median(seq));
+    println!("\ninventory of {n} lab hosts (median of {runs}):");
+    println!("  netmigrate hosts collect, first (connects):    {cold:>6.2} s");
+    println!("  netmigrate hosts collect, connections kept:    {warm:>6.2} s   (includes a {:.2} s NIC-rate sample)", netmigrate_rate_sample());
+    println!("  sequential `ssh host 'nproc; free; df'` loop:  {seq:>6.2} s");
+    println!(
+        "  ratio loop / netmigrate (kept):                {:>6.1}x",
+        seq / warm
+    );
+    println!(
+        "  per host, connections kept: {} to {} ms",
+        durs.iter().min().unwrap_or(&0),
+        durs.iter().max().unwrap_or(&0)
+    );
+    drop(lab);
+    Ok(())
+}
+
+/// The inventory's NIC-rate sampling interval, as its collection script sleeps it.
+fn netmigrate_rate_sample() -> f64 {
+    0.3
 }

@@ -19,7 +19,7 @@ use crate::Error;
 pub use lock::{LockError, StateLock};
 
 /// Hosts collected at once; the rest wait for a free slot.
-pub const INVENTORY_CONCURRENCY: usize = 16;
+pub const INVENTORY_CONCURRENCY: usize = 64;
 
 /// Everything the running daemon shares between its tasks.
 pub struct App {

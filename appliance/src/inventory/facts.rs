@@ -72,7 +72,7 @@ pub struct VmFacts {
 }
 
 /// Seconds between the two /proc/net/dev samples.
-pub const RATE_SAMPLE_S: f64 = 0.5;
+pub const RATE_SAMPLE_S: f64 = 0.3;
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -86,16 +86,18 @@ pub fn script(h: &HostConfig) -> String {
         .as_deref()
         .map(|d| format!("--db={}", shell_quote(d)))
         .unwrap_or_default();
+    // Shell builtins where a fork would do: forks dominate the cost when many hosts collect at
+    // once on small machines.
     let mut s = format!(
         r#"export LC_ALL=C PATH="$PATH:/usr/sbin:/sbin"
-echo @@nproc; nproc
-echo @@cpumodel; grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2-
-echo @@loadavg; cat /proc/loadavg
-echo @@meminfo; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo
-echo @@df; for d in {dirs}; do e=$d; while [ ! -e "$e" ]; do e=$(dirname "$e"); done; printf '%s ' "$d"; df -Pk "$e" | tail -1; done
-echo @@nics; for i in /sys/class/net/*; do n=${{i##*/}}; [ "$n" = lo ] && continue; echo "$n $(cat $i/address) $(cat $i/speed 2>/dev/null || echo -1)"; done
-echo @@netdev1; cat /proc/net/dev; sleep {RATE_SAMPLE_S}; echo @@netdev2; cat /proc/net/dev
-echo @@ovs; if command -v ovs-vsctl >/dev/null; then for b in $(ovs-vsctl {db} --timeout=5 list-br 2>/dev/null); do echo "bridge $b"; ovs-vsctl {db} --timeout=5 --format=csv --data=bare --no-headings --columns=name,tag list Port $(ovs-vsctl {db} list-ports $b) 2>/dev/null; done; fi
+cat1() {{ while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$1"; }}
+echo @@cpuinfo; while IFS= read -r l; do case "$l" in processor*|"model name"*) printf '%s\n' "$l";; esac; done < /proc/cpuinfo
+echo @@loadavg; cat1 /proc/loadavg
+echo @@meminfo; while IFS= read -r l; do case "$l" in MemTotal:*|MemAvailable:*) printf '%s\n' "$l";; esac; done < /proc/meminfo
+echo @@df; for d in {dirs}; do e=$d; while [ ! -e "$e" ]; do e=${{e%/*}}; [ -n "$e" ] || e=/; done; set -- $(df -Pk "$e" | {{ read -r _; read -r l; echo "$l"; }}); echo "$d $*"; done
+echo @@nics; for i in /sys/class/net/*; do n=${{i##*/}}; [ "$n" = lo ] && continue; read -r a < $i/address; sp=-1; read -r sp < $i/speed 2>/dev/null; echo "$n $a ${{sp:--1}}"; done
+echo @@netdev1; cat1 /proc/net/dev; sleep {RATE_SAMPLE_S}; echo @@netdev2; cat1 /proc/net/dev
+echo @@ovs; command -v ovs-vsctl >/dev/null && ovs-vsctl {db} --timeout=5 --format=csv --data=bare --no-headings --columns=name,ports list Bridge -- --columns=_uuid,name,tag list Port 2>/dev/null
 "#,
         dirs = dirs.join(" "),
     );
@@ -103,7 +105,7 @@ echo @@ovs; if command -v ovs-vsctl >/dev/null; then for b in $(ovs-vsctl {db} -
         HypervisorKind::Qemu => {
             // Only QEMUs in this host's network namespace (lab hosts share one /proc).
             s.push_str(
-                r#"echo @@qemu; me=$(readlink /proc/self/ns/net); for p in /proc/[0-9]*; do [ "$(readlink $p/ns/net 2>/dev/null)" = "$me" ] || continue; c=$(tr '\0' '\037' < $p/cmdline 2>/dev/null) || continue; case "${c%%$(printf '\037')*}" in *qemu-system-*) printf '%s\037%s\n' "${p#/proc/}" "$c";; esac; done
+                r#"echo @@qemu; for p in $(pgrep -f '^[^ ]*qemu-system-' 2>/dev/null); do [ /proc/$p/ns/net -ef /proc/self/ns/net ] || continue; printf '%s\037' "$p"; tr '\0' '\037' < /proc/$p/cmdline 2>/dev/null; echo; done
 "#,
             );
         }
@@ -253,10 +255,22 @@ pub fn parse_common(secs: &[(&str, String)], f: &mut HostFacts) -> Result<(), Pa
     if get("end").is_none() {
         return Err(ParseError("the collection script did not finish".into()));
     }
-    f.cpus = get("nproc")
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| ParseError("nproc printed no number".into()))?;
-    f.cpu_model = get("cpumodel").unwrap_or("").trim().to_string();
+    let cpuinfo = get("cpuinfo").unwrap_or("");
+    f.cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count() as u32;
+    if f.cpus == 0 {
+        return Err(ParseError("/proc/cpuinfo lists no processor".into()));
+    }
+    f.cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_default();
     if let Some(l) = get("loadavg") {
         let v: Vec<f64> = l
             .split_whitespace()
@@ -321,18 +335,35 @@ pub fn parse_common(secs: &[(&str, String)], f: &mut HostFacts) -> Result<(), Pa
             });
         }
     }
-    for l in get("ovs").unwrap_or("").lines() {
-        if let Some(b) = l.strip_prefix("bridge ") {
-            f.bridges.push(Bridge {
-                name: b.trim().into(),
-                ports: Vec::new(),
-            });
-        } else if let (Some(b), Some((name, tag))) = (f.bridges.last_mut(), l.split_once(',')) {
-            b.ports.push(Port {
-                name: name.trim().into(),
-                tag: tag.trim().parse().ok(),
-            });
+    // Two CSV blocks: bridges "name,port-uuid port-uuid...", then ports "uuid,name,tag".
+    let ovs = get("ovs").unwrap_or("");
+    let mut ports: Vec<(&str, Port)> = Vec::new();
+    let mut bridges: Vec<(&str, Vec<&str>)> = Vec::new();
+    for l in ovs.lines().filter(|l| !l.trim().is_empty()) {
+        let cols: Vec<&str> = l.split(',').collect();
+        match cols[..] {
+            [uuid, name, tag] => ports.push((
+                uuid,
+                Port {
+                    name: name.to_string(),
+                    tag: tag.trim().parse().ok(),
+                },
+            )),
+            [name, uuids] => bridges.push((name, uuids.split_whitespace().collect())),
+            _ => {}
         }
+    }
+    for (name, uuids) in bridges {
+        let mut b = Bridge {
+            name: name.to_string(),
+            ports: uuids
+                .iter()
+                .filter_map(|u| ports.iter().find(|(pu, _)| pu == u).map(|(_, p)| p.clone()))
+                .filter(|p| p.name != name) // the bridge's own internal port
+                .collect(),
+        };
+        b.ports.sort_by(|x, y| x.name.cmp(&y.name));
+        f.bridges.push(b);
     }
     Ok(())
 }
@@ -370,10 +401,10 @@ mod tests {
 
     #[test]
     fn common_sections() {
-        let out = "@@nproc\n2\n@@cpumodel\n Intel Xeon\n@@loadavg\n0.50 0.25 0.10 1/100 42\n@@meminfo\nMemTotal: 2048000 kB\nMemAvailable: 1024000 kB\n\
+        let out = "@@cpuinfo\nprocessor\t: 0\nmodel name\t: Intel Xeon\nprocessor\t: 1\n@@loadavg\n0.50 0.25 0.10 1/100 42\n@@meminfo\nMemTotal: 2048000 kB\nMemAvailable: 1024000 kB\n\
 @@df\n/var/lib/x /dev/vda 1048576 524288 524288 50% /\n@@nics\nbr0 52:54:00:00:00:01 -1\neth0 52:54:00:00:00:02 1000\n\
 @@netdev1\nInter-|\n face |bytes\n  eth0: 1000 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n@@netdev2\n  eth0: 63500 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n\
-@@ovs\nbridge br0\nt-vm1,100\nup0,\n@@end\n";
+@@ovs\nbr0,u1 u2 u3\n\nu2,up0,\nu1,t-vm1,100\nu3,br0,\n@@end\n";
         let mut f = HostFacts::default();
         parse_common(&sections(out), &mut f).unwrap();
         assert_eq!(f.cpus, 2);
@@ -383,7 +414,7 @@ mod tests {
         assert_eq!(f.disks[0].free_mib, 512);
         assert_eq!(f.nics[1].speed_mbps, Some(1000));
         assert_eq!(f.nics[0].speed_mbps, None);
-        assert_eq!(f.nics[1].rx_bytes_per_s, 125_000);
+        assert_eq!(f.nics[1].rx_bytes_per_s, (62_500.0 / RATE_SAMPLE_S) as u64);
         assert_eq!(
             f.bridges[0].ports,
             [
@@ -397,7 +428,7 @@ mod tests {
                 }
             ]
         );
-        assert!(parse_common(&sections("@@nproc\n2\n"), &mut HostFacts::default()).is_err());
+        assert!(parse_common(&sections("@@cpuinfo\n"), &mut HostFacts::default()).is_err());
     }
 }
 
