@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: all deps build demo demo-hold test fmt-check lint unit-test lab-test cleanup clean bench-placement
+.PHONY: all deps build demo demo-hold test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory
 
 all: build
 
@@ -42,6 +42,10 @@ lab-test:
 ## bench-placement: planning speed (1,000 VMs x 100 hosts) and packing quality vs the optimum
 bench-placement:
 	$(CARGO) bench -p netmigrate --bench placement
+
+## bench-inventory: `hosts collect` over 20 lab hosts vs a sequential ssh loop (root)
+bench-inventory: build
+	$(LAB_BIN) bench-inventory --hosts 20 --runs 5
 
 ## cleanup: remove namespaces and run directories left by killed lab runs
 cleanup:

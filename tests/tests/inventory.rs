@@ -129,6 +129,16 @@ fn collect_finds_guests_ports_and_resources_and_a_dead_host_does_not_hold_back_t
 
     // Only hosts in their own namespace's QEMUs: A does not list B's guest.
     assert_eq!(ha["facts"]["vms"].as_array().unwrap().len(), 1);
+    // One SSH connection per host, kept and reused: three collections of A, one login and
+    // one session (the kept shell) in A's sshd log.
+    let log = std::fs::read_to_string(lab.dir.join("hA-sshd.log")).unwrap();
+    assert_eq!(
+        log.matches("Accepted publickey for root").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("Starting session:").count(), 1, "{log}");
+
     let events = app.cli_ok(&["events"]).unwrap();
     assert!(
         events.contains("host.down") && events.contains("[hostZ]"),

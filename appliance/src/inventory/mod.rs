@@ -150,7 +150,7 @@ impl Inventory {
     ) -> Result<HostFacts, String> {
         let conn = self.conn(h, pinned).await.map_err(|e| e.to_string())?;
         let out = conn
-            .exec(&facts::script(h), COLLECT_TIMEOUT)
+            .run_script(&facts::script(h), COLLECT_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
         let (mut f, qemus) = parse_output(h, &out.stdout, &out.stderr)?;
