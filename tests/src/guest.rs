@@ -24,6 +24,8 @@ pub struct GuestSpec {
     pub mem_mib: u32,
     /// VLAN tag of its OVS port.
     pub vlan: Option<u16>,
+    /// A raw (sparse) disk image of this size, attached as a virtio drive.
+    pub disk_mib: Option<u32>,
 }
 
 impl GuestSpec {
@@ -35,6 +37,7 @@ impl GuestSpec {
             mac: format!("52:54:00:d5:00:{:02x}", 20 + n),
             mem_mib: 128,
             vlan: None,
+            disk_mib: None,
         }
     }
 }
@@ -236,6 +239,14 @@ impl Lab {
             "-device",
             &format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
         ]);
+        if let Some(mib) = spec.disk_mib {
+            let img = dir.join(format!("{}.img", spec.name));
+            std::fs::File::create(&img)?.set_len(u64::from(mib) << 20)?;
+            cmd.args([
+                "-drive",
+                &format!("file={},if=virtio,format=raw", img.display()),
+            ]);
+        }
         let pid = self.track(&format!("h{}-{}", host.name, spec.name), &mut cmd)?;
         // The tap carries frames only once QEMU holds it; add it to OVS after that.
         wait_for(

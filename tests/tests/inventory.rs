@@ -22,6 +22,7 @@ fn collect_finds_guests_ports_and_resources_and_a_dead_host_does_not_hold_back_t
     let mut spec = GuestSpec::numbered(1);
     spec.vlan = Some(100);
     spec.mem_mib = 160;
+    spec.disk_mib = Some(64);
     let vm1 = lab.guest(&a, spec).unwrap();
     let vm2 = lab.guest(&b, GuestSpec::numbered(2)).unwrap();
 
@@ -116,6 +117,11 @@ fn collect_finds_guests_ports_and_resources_and_a_dead_host_does_not_hold_back_t
     );
     assert_eq!(v1["vcpus"], 1);
     assert_eq!(v1["mem_mib"], 160);
+    assert_eq!(v1["disk_mib"], 64, "the size of its drive's image");
+    assert_eq!(
+        vms.iter().find(|v| v["name"] == "vm2").unwrap()["disk_mib"],
+        0
+    );
     assert_eq!(v1["macs"][0], vm1.spec.mac.as_str());
     assert_eq!(v1["ports"][0], "t-vm1");
     assert_eq!(

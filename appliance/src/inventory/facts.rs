@@ -66,6 +66,9 @@ pub struct VmFacts {
     pub ports: Vec<String>,
     /// Current traffic through its ports, Mbit/s (its bandwidth need).
     pub bw_mbps: u64,
+    /// Its disk images on the host (their sizes make `disk_mib`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<String>,
     /// QEMU: the QMP socket on the host.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub qmp: Option<String>,

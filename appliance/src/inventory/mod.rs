@@ -172,8 +172,40 @@ impl Inventory {
                 state,
                 ports: q.taps,
                 bw_mbps: bw,
+                disks: q.drives,
                 qmp: q.qmp,
             });
+        }
+        // Disk sizes, in one more round trip, only when some VM has disks.
+        let paths: Vec<String> = f.vms.iter().flat_map(|v| v.disks.clone()).collect();
+        if !paths.is_empty() {
+            let quoted: Vec<String> = paths
+                .iter()
+                .map(|p| format!("'{}'", p.replace('\'', "'\\''")))
+                .collect();
+            let out = conn
+                .run_script(
+                    &format!("stat -L -c '%s %n' -- {} 2>/dev/null", quoted.join(" ")),
+                    COLLECT_TIMEOUT,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let sizes: Vec<(u64, &str)> = out
+                .stdout
+                .lines()
+                .filter_map(|l| {
+                    l.split_once(' ')
+                        .and_then(|(n, p)| n.parse().ok().map(|n| (n, p)))
+                })
+                .collect();
+            for v in &mut f.vms {
+                let bytes: u64 = v
+                    .disks
+                    .iter()
+                    .filter_map(|d| sizes.iter().find(|(_, p)| p == d).map(|(n, _)| *n))
+                    .sum();
+                v.disk_mib = bytes.div_ceil(1 << 20);
+            }
         }
         Ok(f)
     }

@@ -53,7 +53,16 @@ pub fn list(text: &str) -> Result<Vec<VmFacts>, String> {
                 format!("vif{domid}.{devid}")
             })
             .collect();
+        let disks = cfg["disks"]
+            .as_array()
+            .map(|ds| {
+                ds.iter()
+                    .filter_map(|d| d["pdev_path"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         out.push(VmFacts {
+            disks,
             name,
             vcpus,
             mem_mib: mem_kb / 1024,
