@@ -119,7 +119,11 @@ pub async fn collect(
         .collect();
     let mut results = app.inventory.collect(targets).await;
     // VM addresses: the appliance is the router, its neighbour table knows who is where.
-    let arp = arp_table(&std::fs::read_to_string("/proc/net/arp").unwrap_or_default());
+    let arp = arp_table(
+        &tokio::fs::read_to_string("/proc/net/arp")
+            .await
+            .unwrap_or_default(),
+    );
     for r in &mut results {
         if let Some(f) = r.facts.as_mut() {
             for vm in &mut f.vms {

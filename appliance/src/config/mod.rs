@@ -212,18 +212,22 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The file's text, or the one problem that it cannot be read.
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })
+}
+
 impl Config {
     /// Reads and checks a config file; all problems are returned together.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let src = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                key: String::new(),
-                message: format!("cannot read the config file: {e}"),
-            }])
-        })?;
-        Config::parse(path, &src)
+        Config::parse(path, &read(path)?)
     }
 
     /// Checks `src` as if read from `path` (relative paths resolve against its folder).
@@ -234,15 +238,7 @@ impl Config {
     /// Just the state_dir a config file names, read leniently: a client must find the daemon
     /// (to `reload` it, say) even while the file has problems elsewhere.
     pub fn state_dir_of(path: &Path) -> Result<PathBuf, ConfigErrors> {
-        let src = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                key: String::new(),
-                message: format!("cannot read the config file: {e}"),
-            }])
-        })?;
-        Ok(load::state_dir_of(path, &src))
+        Ok(load::state_dir_of(path, &read(path)?))
     }
 
     pub fn db_path(&self) -> PathBuf {

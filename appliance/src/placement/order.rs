@@ -60,16 +60,7 @@ pub(crate) fn order(ctx: &Ctx, placed: &Placed) -> Result<Vec<Move>, PlanError> 
             .position(|&(v, t)| vms[v].req.fits(&room(&load, t)))
         {
             let (v, t) = pending.remove(i);
-            let from = at[v];
-            load[from] = load[from].minus(vms[v].req);
-            load[t] = load[t].plus(vms[v].req);
-            at[v] = t;
-            moves.push(Move {
-                vm: vms[v].name.clone(),
-                from: hosts[from].name.clone(),
-                to: hosts[t].name.clone(),
-                staging: false,
-            });
+            moves.push(step(ctx, &mut at, &mut load, v, t, false));
             continue;
         }
         // A cycle: park a VM whose leaving unblocks another move on a host with room.
@@ -114,16 +105,22 @@ pub(crate) fn order(ctx: &Ctx, placed: &Placed) -> Result<Vec<Move>, PlanError> 
                 why.join("; ")
             )));
         };
-        let from = at[v];
-        load[from] = load[from].minus(vms[v].req);
-        load[h] = load[h].plus(vms[v].req);
-        at[v] = h;
-        moves.push(Move {
-            vm: vms[v].name.clone(),
-            from: hosts[from].name.clone(),
-            to: hosts[h].name.clone(),
-            staging: true,
-        });
+        moves.push(step(ctx, &mut at, &mut load, v, h, true));
     }
     Ok(moves)
+}
+
+/// Moves VM `v` to host `to` in the simulation and returns the step.
+fn step(ctx: &Ctx, at: &mut [usize], load: &mut [Res], v: usize, to: usize, staging: bool) -> Move {
+    let (vm, hosts) = (&ctx.cluster.vms[v], &ctx.cluster.hosts);
+    let from = at[v];
+    load[from] = load[from].minus(vm.req);
+    load[to] = load[to].plus(vm.req);
+    at[v] = to;
+    Move {
+        vm: vm.name.clone(),
+        from: hosts[from].name.clone(),
+        to: hosts[to].name.clone(),
+        staging,
+    }
 }
