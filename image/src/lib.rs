@@ -1,3 +1,67 @@
-//! netmigrate's image store: one directory per VM, one file per generation, atomic publish,
-//! SHA-256 computed while streaming, and a reader that may follow a writer still uploading.
-//! Not built yet; it arrives with the image-store issue.
+//! netmigrate's image store: where a VM's saved state goes between its source and its target.
+//!
+//! Layout under the store's root: one directory per VM, one file per generation:
+//!
+//! ```text
+//! <root>/<vm>/<gen>.img          a published image (never changes again)
+//! <root>/<vm>/<gen>.img.sha256   its checksum, in `sha256sum -c` format
+//! <root>/<vm>/.<gen>.img.part    an upload in progress (never visible as published)
+//! ```
+//!
+//! - Publish is atomic: write `.part`, fsync, write the checksum, rename, fsync the directory.
+//!   A crash leaves at most a `.part`, which the next `Store::open` removes and reports.
+//! - SHA-256 is computed while the bytes stream in, and verified while they stream out.
+//! - A reader may start while the upload runs: it follows the writer until publish (and fails
+//!   cleanly if the upload fails), so a target can restore while the source still saves.
+//! - An upload that would leave less than the configured reserve free is refused up front.
+//!
+//! The store knows nothing of SQLite: the appliance keeps its manifest rows from what the store
+//! returns (`Published`, `Recovered`).
+
+mod follow;
+mod store;
+
+pub use follow::Reader;
+pub use store::{ImageId, Published, Store, Writer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("`{0}` is not a valid VM name for the image store (letters, digits, '-', '_', '.'; not starting with '.')")]
+    BadName(String),
+    #[error("no image {0}")]
+    NotFound(ImageId),
+    #[error(
+        "not enough space for {id}: {need} bytes would leave {left} bytes free on {path}, below the reserve of {reserve} bytes"
+    )]
+    NoSpace {
+        id: ImageId,
+        path: String,
+        need: u64,
+        left: u64,
+        reserve: u64,
+    },
+    #[error("image {id} is corrupt: SHA-256 {actual}, expected {expected}")]
+    Corrupt {
+        id: ImageId,
+        expected: String,
+        actual: String,
+    },
+    #[error("upload of {id} failed: {reason}")]
+    UploadFailed { id: ImageId, reason: String },
+    #[error("image store I/O on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

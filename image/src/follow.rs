@@ -1,0 +1,178 @@
+//! Reading an image, verified while it streams, and following one still being uploaded.
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::store::{ImageId, Progress, Store};
+use crate::{hex, io, Error};
+
+/// Reads one generation. Its SHA-256 is checked when the end is reached: the last `read`
+/// (the one that returns 0) fails if the bytes were not the published ones.
+pub struct Reader {
+    pub id: ImageId,
+    file: tokio::fs::File,
+    pos: u64,
+    hasher: Sha256,
+    /// Set while following an upload.
+    follow: Option<watch::Receiver<Progress>>,
+    /// Known once published.
+    expected: Option<(u64, String)>,
+    /// The end was reached and verified.
+    done: bool,
+}
+
+impl Store {
+    /// Opens `vm`'s generation `generation` (the newest published one when None) for reading.
+    /// An upload in progress is followed until it is published.
+    pub async fn read(&self, vm: &str, generation: Option<u64>) -> Result<Reader, Error> {
+        let generation = match generation {
+            Some(g) => g,
+            None => self
+                .list()?
+                .into_iter()
+                .filter(|p| p.id.vm == vm)
+                .map(|p| p.id.generation)
+                .max()
+                .ok_or_else(|| {
+                    Error::NotFound(ImageId {
+                        vm: vm.to_string(),
+                        generation: 0,
+                    })
+                })?,
+        };
+        let id = ImageId {
+            vm: vm.to_string(),
+            generation,
+        };
+        let follow = self
+            .inner
+            .uploads
+            .lock()
+            .expect("uploads")
+            .get(&id)
+            .cloned();
+        let (path, part) = (self.path(&id), self.part_path(&id));
+        // The upload may publish (rename) between the lookup and the open: try both names.
+        let file = match tokio::fs::File::open(if follow.is_some() { &part } else { &path }).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match tokio::fs::File::open(&path).await {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(Error::NotFound(id))
+                    }
+                    Err(e) => return Err(io(&path)(e)),
+                }
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let expected = match &follow {
+            Some(_) => None,
+            None => {
+                let size = file.metadata().await.map_err(io(&path))?.len();
+                Some((size, self.recorded_sum(&id)?))
+            }
+        };
+        Ok(Reader {
+            id,
+            file,
+            pos: 0,
+            hasher: Sha256::new(),
+            follow,
+            expected,
+            done: false,
+        })
+    }
+}
+
+impl Reader {
+    /// Reads into `buf`; Ok(0) only at the verified end.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        if self.done {
+            return Ok(0);
+        }
+        loop {
+            // How far may we read now?
+            let limit = match (&self.expected, &mut self.follow) {
+                (Some((size, _)), _) => *size,
+                (None, Some(rx)) => {
+                    let p = rx.borrow_and_update().clone();
+                    match p {
+                        Progress::Uploading { written } if written > self.pos => written,
+                        Progress::Uploading { .. } => {
+                            // Wait for more bytes, or for the end of the upload.
+                            if rx.changed().await.is_err() {
+                                return Err(Error::UploadFailed {
+                                    id: self.id.clone(),
+                                    reason: "the writer went away".into(),
+                                });
+                            }
+                            continue;
+                        }
+                        Progress::Published { size, sha256 } => {
+                            self.expected = Some((size, sha256));
+                            size
+                        }
+                        Progress::Failed(reason) => {
+                            return Err(Error::UploadFailed {
+                                id: self.id.clone(),
+                                reason,
+                            })
+                        }
+                    }
+                }
+                (None, None) => unreachable!("a reader either knows the size or follows"),
+            };
+            if self.pos >= limit {
+                if let Some((_, sha)) = &self.expected {
+                    let actual = hex(&std::mem::take(&mut self.hasher).finalize());
+                    if &actual != sha {
+                        return Err(Error::Corrupt {
+                            id: self.id.clone(),
+                            expected: sha.clone(),
+                            actual,
+                        });
+                    }
+                    self.done = true;
+                    return Ok(0);
+                }
+                continue;
+            }
+            let want = buf.len().min((limit - self.pos) as usize);
+            let n = self
+                .file
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| Error::Io {
+                    path: self.id.to_string(),
+                    source: e,
+                })?;
+            if n == 0 {
+                // Shorter than announced: the file was cut under us.
+                return Err(Error::Corrupt {
+                    id: self.id.clone(),
+                    expected: format!("{limit} bytes"),
+                    actual: format!("{} bytes", self.pos),
+                });
+            }
+            self.hasher.update(&buf[..n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+    }
+
+    /// Reads everything into `out`, verified.
+    pub async fn read_to_end(&mut self, out: &mut Vec<u8>) -> Result<u64, Error> {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0;
+        loop {
+            let n = self.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            out.extend_from_slice(&buf[..n]);
+            total += n as u64;
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The store: layout, writers with atomic publish, recovery, listing, verification and GC.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::{hex, io, Error};
+
+/// One generation of one VM's image.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId {
+    pub vm: String,
+    pub generation: u64,
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.vm, self.generation)
+    }
+}
+
+/// A published image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: ImageId,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// How an upload stands, as its followers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Progress {
+    Uploading { written: u64 },
+    Published { size: u64, sha256: String },
+    Failed(String),
+}
+
+pub(crate) struct Inner {
+    pub root: PathBuf,
+    reserve: u64,
+    /// Uploads in progress, for readers that want to follow them.
+    pub uploads: Mutex<HashMap<ImageId, watch::Receiver<Progress>>>,
+}
+
+/// The image store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Space checks while writing happen every this many bytes (statvfs is cheap, not free).
+const SPACE_CHECK_EVERY: u64 = 16 << 20;
+
+fn check_name(vm: &str) -> Result<(), Error> {
+    let ok = !vm.is_empty()
+        && vm.len() <= 128
+        && !vm.starts_with('.')
+        && vm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadName(vm.to_string()))
+    }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+fn available(path: &Path) -> Result<u64, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"),
+    })?;
+    // SAFETY: statvfs fills the zeroed struct from a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io(path)(std::io::Error::last_os_error()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+impl Store {
+    /// Opens (creating) the store at `root`, keeping `reserve` bytes free. Uploads a crash
+    /// interrupted are removed; their ids are returned so the caller can mark them failed.
+    pub fn open(root: &Path, reserve: u64) -> Result<(Store, Vec<ImageId>), Error> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let mut recovered = Vec::new();
+        for vm in std::fs::read_dir(root).map_err(io(root))?.flatten() {
+            let dir = vm.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let vm_name = vm.file_name().to_string_lossy().into_owned();
+            for f in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let Some(gen) = name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".img.part"))
+                else {
+                    continue;
+                };
+                std::fs::remove_file(f.path()).map_err(io(&f.path()))?;
+                if let Ok(generation) = gen.parse() {
+                    recovered.push(ImageId {
+                        vm: vm_name.clone(),
+                        generation,
+                    });
+                }
+            }
+        }
+        recovered.sort();
+        Ok((
+            Store {
+                inner: Arc::new(Inner {
+                    root: root.to_path_buf(),
+                    reserve,
+                    uploads: Mutex::new(HashMap::new()),
+                }),
+            },
+            recovered,
+        ))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub(crate) fn path(&self, id: &ImageId) -> PathBuf {
+        self.inner
+            .root
+            .join(&id.vm)
+            .join(format!("{}.img", id.generation))
+    }
+
+    pub(crate) fn part_path(&self, id: &ImageId) -> PathBuf {
+        self.inner
+            .root
+            .join(&id.vm)
+            .join(format!(".{}.img.part", id.generation))
+    }
+
+    fn sum_path(&self, id: &ImageId) -> PathBuf {
+        self.inner
+            .root
+            .join(&id.vm)
+            .join(format!("{}.img.sha256", id.generation))
+    }
+
+    /// Generations of `vm` on disk, published or in progress, oldest first.
+    fn generations(&self, vm: &str) -> Vec<(u64, bool)> {
+        let mut v: Vec<(u64, bool)> = std::fs::read_dir(self.inner.root.join(vm))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| {
+                let n = f.file_name().to_string_lossy().into_owned();
+                if let Some(g) = n.strip_suffix(".img") {
+                    g.parse().ok().map(|g| (g, true))
+                } else {
+                    n.strip_prefix('.')
+                        .and_then(|n| n.strip_suffix(".img.part"))
+                        .and_then(|g| g.parse().ok())
+                        .map(|g| (g, false))
+                }
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Starts a new generation of `vm`'s image. `expected` (bytes), when known, is checked
+    /// against the free space and the reserve before anything is written.
+    pub async fn create(&self, vm: &str, expected: Option<u64>) -> Result<Writer, Error> {
+        check_name(vm)?;
+        let dir = self.inner.root.join(vm);
+        tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        let generation = self.generations(vm).last().map(|(g, _)| g + 1).unwrap_or(1);
+        let id = ImageId {
+            vm: vm.to_string(),
+            generation,
+        };
+        self.check_space(&id, expected.unwrap_or(0))?;
+        let part = self.part_path(&id);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .await
+            .map_err(io(&part))?;
+        let (tx, rx) = watch::channel(Progress::Uploading { written: 0 });
+        self.inner
+            .uploads
+            .lock()
+            .expect("uploads")
+            .insert(id.clone(), rx);
+        Ok(Writer {
+            store: self.clone(),
+            id,
+            file: Some(file),
+            hasher: Sha256::new(),
+            written: 0,
+            checked_at: 0,
+            progress: tx,
+        })
+    }
+
+    fn check_space(&self, id: &ImageId, need: u64) -> Result<(), Error> {
+        let left = available(&self.inner.root)?;
+        if left.saturating_sub(need) < self.inner.reserve {
+            return Err(Error::NoSpace {
+                id: id.clone(),
+                path: self.inner.root.display().to_string(),
+                need,
+                left: left.saturating_sub(need),
+                reserve: self.inner.reserve,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every published image, by VM and generation.
+    pub fn list(&self) -> Result<Vec<Published>, Error> {
+        let mut out = Vec::new();
+        let root = &self.inner.root;
+        for vm in std::fs::read_dir(root).map_err(io(root))?.flatten() {
+            let vm = vm.file_name().to_string_lossy().into_owned();
+            for (generation, published) in self.generations(&vm) {
+                if !published {
+                    continue;
+                }
+                let id = ImageId {
+                    vm: vm.clone(),
+                    generation,
+                };
+                let size = std::fs::metadata(self.path(&id))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                let sha256 = self.recorded_sum(&id).unwrap_or_default();
+                out.push(Published { id, size, sha256 });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// The checksum written at publish time.
+    pub(crate) fn recorded_sum(&self, id: &ImageId) -> Result<String, Error> {
+        let p = self.sum_path(id);
+        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+        Ok(text.split_whitespace().next().unwrap_or("").to_string())
+    }
+
+    /// Re-reads a published image and compares it with its recorded checksum.
+    pub async fn verify(&self, id: &ImageId) -> Result<Published, Error> {
+        let path = self.path(id);
+        let expected = self.recorded_sum(id)?;
+        let mut f = tokio::fs::File::open(&path).await.map_err(io(&path))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).await.map_err(io(&path))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            size += n as u64;
+        }
+        let actual = hex(&h.finalize());
+        if actual != expected {
+            return Err(Error::Corrupt {
+                id: id.clone(),
+                expected,
+                actual,
+            });
+        }
+        Ok(Published {
+            id: id.clone(),
+            size,
+            sha256: actual,
+        })
+    }
+
+    /// Deletes all but the newest `keep` published generations of each VM, never one in
+    /// `in_use` (a migration still reads it). Returns what was deleted.
+    pub fn gc(&self, keep: usize, in_use: &[ImageId]) -> Result<Vec<ImageId>, Error> {
+        let mut by_vm: HashMap<String, Vec<ImageId>> = HashMap::new();
+        for p in self.list()? {
+            by_vm.entry(p.id.vm.clone()).or_default().push(p.id);
+        }
+        let mut removed = Vec::new();
+        for (_, mut ids) in by_vm {
+            ids.sort();
+            let old = ids.len().saturating_sub(keep);
+            for id in ids.into_iter().take(old) {
+                if in_use.contains(&id) {
+                    continue;
+                }
+                for p in [self.path(&id), self.sum_path(&id)] {
+                    std::fs::remove_file(&p).map_err(io(&p))?;
+                }
+                removed.push(id);
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+}
+
+/// Writes one generation. Dropped without `publish`, the upload fails and its bytes are
+/// removed; followers are told.
+pub struct Writer {
+    store: Store,
+    pub id: ImageId,
+    file: Option<tokio::fs::File>,
+    hasher: Sha256,
+    written: u64,
+    checked_at: u64,
+    progress: watch::Sender<Progress>,
+}
+
+impl Writer {
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends `buf`; followers may read it as soon as this returns.
+    pub async fn write(&mut self, buf: &[u8]) -> Result<(), Error> {
+        if self.written + buf.len() as u64 - self.checked_at >= SPACE_CHECK_EVERY {
+            self.checked_at = self.written;
+            if let Err(e) = self.store.check_space(&self.id, buf.len() as u64) {
+                self.abandon(&e.to_string()).await;
+                return Err(e);
+            }
+        }
+        let part = self.store.part_path(&self.id);
+        let file = self.file.as_mut().expect("writer open");
+        let r = async {
+            file.write_all(buf).await?;
+            // tokio hands writes to a blocking thread: flush so the bytes are in the file
+            // before followers are told they are.
+            file.flush().await
+        }
+        .await;
+        if let Err(e) = r {
+            let e = io(&part)(e);
+            self.abandon(&e.to_string()).await;
+            return Err(e);
+        }
+        self.hasher.update(buf);
+        self.written += buf.len() as u64;
+        self.progress.send_replace(Progress::Uploading {
+            written: self.written,
+        });
+        Ok(())
+    }
+
+    /// Makes the image visible, atomically: fsync, checksum file, rename, fsync the directory.
+    pub async fn publish(mut self) -> Result<Published, Error> {
+        let id = self.id.clone();
+        let store = self.store.clone();
+        let file = self.file.take().expect("writer open");
+        let (part, path) = (store.part_path(&id), store.path(&id));
+        let sha256 = hex(&std::mem::take(&mut self.hasher).finalize());
+        let size = self.written;
+        let sum = store.sum_path(&id);
+        let line = format!("{sha256}  {}.img\n", id.generation);
+        let done = async {
+            file.sync_all().await.map_err(io(&part))?;
+            drop(file);
+            tokio::fs::write(&sum, line).await.map_err(io(&sum))?;
+            tokio::fs::File::open(&sum)
+                .await
+                .map_err(io(&sum))?
+                .sync_all()
+                .await
+                .map_err(io(&sum))?;
+            tokio::fs::rename(&part, &path).await.map_err(io(&path))?;
+            let dir = path.parent().expect("image dir").to_path_buf();
+            tokio::task::spawn_blocking(move || sync_dir(&dir))
+                .await
+                .expect("sync task")?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        store.inner.uploads.lock().expect("uploads").remove(&id);
+        match done {
+            Ok(()) => {
+                self.progress.send_replace(Progress::Published {
+                    size,
+                    sha256: sha256.clone(),
+                });
+                Ok(Published { id, size, sha256 })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&part);
+                let _ = std::fs::remove_file(&sum);
+                self.progress.send_replace(Progress::Failed(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the upload up: followers fail with `reason`, the partial bytes are removed.
+    pub async fn fail(mut self, reason: &str) {
+        self.abandon(reason).await;
+    }
+
+    async fn abandon(&mut self, reason: &str) {
+        self.file = None;
+        self.store
+            .inner
+            .uploads
+            .lock()
+            .expect("uploads")
+            .remove(&self.id);
+        let _ = tokio::fs::remove_file(self.store.part_path(&self.id)).await;
+        self.progress
+            .send_replace(Progress::Failed(reason.to_string()));
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            self.file = None;
+            self.store
+                .inner
+                .uploads
+                .lock()
+                .expect("uploads")
+                .remove(&self.id);
+            let _ = std::fs::remove_file(self.store.part_path(&self.id));
+            self.progress
+                .send_replace(Progress::Failed("the upload was abandoned".into()));
+        }
+    }
+}
