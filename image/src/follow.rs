@@ -23,23 +23,53 @@ pub struct Reader {
 }
 
 impl Store {
+    /// The newest generation of `vm`: an upload in progress counts (readers follow it).
+    pub fn newest(&self, vm: &str) -> Result<Option<u64>, Error> {
+        let uploading: Vec<u64> = self
+            .inner
+            .uploads
+            .lock()
+            .expect("uploads")
+            .keys()
+            .filter(|id| id.vm == vm)
+            .map(|id| id.generation)
+            .collect();
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|p| p.id.vm == vm)
+            .map(|p| p.id.generation)
+            .chain(uploading)
+            .max())
+    }
+
+    /// Bytes written so far, if `id` is being uploaded.
+    pub fn uploading(&self, id: &ImageId) -> Option<u64> {
+        let rx = self
+            .inner
+            .uploads
+            .lock()
+            .expect("uploads")
+            .get(id)
+            .cloned()?;
+        let p = rx.borrow().clone();
+        match p {
+            Progress::Uploading { written } => Some(written),
+            _ => None,
+        }
+    }
+
     /// Opens `vm`'s generation `generation` (the newest published one when None) for reading.
     /// An upload in progress is followed until it is published.
     pub async fn read(&self, vm: &str, generation: Option<u64>) -> Result<Reader, Error> {
         let generation = match generation {
             Some(g) => g,
-            None => self
-                .list()?
-                .into_iter()
-                .filter(|p| p.id.vm == vm)
-                .map(|p| p.id.generation)
-                .max()
-                .ok_or_else(|| {
-                    Error::NotFound(ImageId {
-                        vm: vm.to_string(),
-                        generation: 0,
-                    })
-                })?,
+            None => self.newest(vm)?.ok_or_else(|| {
+                Error::NotFound(ImageId {
+                    vm: vm.to_string(),
+                    generation: 0,
+                })
+            })?,
         };
         let id = ImageId {
             vm: vm.to_string(),

@@ -53,6 +53,14 @@ pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.inner.root)
+            .finish()
+    }
+}
+
 /// Space checks while writing happen every this many bytes (statvfs is cheap, not free).
 const SPACE_CHECK_EVERY: u64 = 16 << 20;
 

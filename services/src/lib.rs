@@ -1,6 +1,8 @@
-//! netmigrate's protocol servers: DHCPv4 (dhcproto), DNS (hickory-server), FTP (libunftp) and
-//! TFTP. None is built yet; each arrives with its issue.
+//! netmigrate's protocol servers. Today: the FTP server of the image store (libunftp). DHCPv4
+//! (dhcproto), DNS (hickory-server) and TFTP arrive with their issues.
 //!
-//! The rule they will follow: a server knows nothing of SQLite. Each defines the small storage
-//! trait it needs (leases, zone records, FTP users) and the appliance implements it over its
-//! state, as hickory-server's zone handlers are generic over where their data lives.
+//! The rule they follow: a server knows nothing of SQLite. Each defines the small storage trait
+//! it needs (`ftp::FtpAccounts`; leases, zone records to come) and the appliance implements it
+//! over its state, as hickory-server's zone handlers are generic over where their data lives.
+
+pub mod ftp;

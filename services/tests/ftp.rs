@@ -1,0 +1,237 @@
+//! The image store's FTP server driven by curl (the client people use) on loopback: uploads,
+//! verified downloads, resume, following an upload in progress, and what is refused.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use netmigrate_services::ftp::{self, FtpAccounts, FtpUser};
+
+#[derive(Debug)]
+struct Accounts;
+
+fn user(name: &str, write: &[&str], read: &[&str]) -> FtpUser {
+    FtpUser {
+        name: name.into(),
+        write: write.iter().map(|s| s.to_string()).collect(),
+        read: read.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+impl Accounts {
+    fn find(&self, u: &str) -> Option<FtpUser> {
+        match u {
+            // hostA runs vm1 and uploads its image; hostB is its target; hostC has no part in it.
+            "hostA" => Some(user("hostA", &["vm1"], &[])),
+            "hostB" => Some(user("hostB", &[], &["vm1"])),
+            "hostC" => Some(user("hostC", &[], &["vm2"])),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl FtpAccounts for Accounts {
+    async fn login(&self, u: &str, password: &str) -> Option<FtpUser> {
+        (password == format!("{u}-secret"))
+            .then(|| self.find(u))
+            .flatten()
+    }
+    async fn lookup(&self, u: &str) -> Option<FtpUser> {
+        self.find(u)
+    }
+}
+
+struct Server {
+    port: u16,
+    dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start(passive: std::ops::RangeInclusive<u16>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = netmigrate_image::Store::open(&dir.path().join("images"), 0).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = ftp::server(store, Arc::new(Accounts), passive).unwrap();
+    rt.spawn(async move { server.listen(format!("127.0.0.1:{port}")).await });
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Server { port, dir, _rt: rt }
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("ftp://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn curl(&self, who: &str, args: &[&str]) -> Output {
+        Command::new("curl")
+            .args(["-sS", "--ftp-pasv", "--path-as-is", "--max-time", "60"])
+            .args(["--user", &format!("{who}:{who}-secret")])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn upload_then_verified_download_and_resume() {
+    let s = start(52000..=52029);
+    let bytes = data(8 << 20);
+    std::fs::write(s.file("vm1.save"), &bytes).unwrap();
+    ok(&s.curl(
+        "hostA",
+        &[
+            "-T",
+            s.file("vm1.save").to_str().unwrap(),
+            &s.url("/vm1/vm1.img"),
+        ],
+    ));
+    assert!(s.dir.path().join("images/vm1/1.img").exists());
+
+    let got = s.file("got.img");
+    ok(&s.curl(
+        "hostB",
+        &["-o", got.to_str().unwrap(), &s.url("/vm1/1.img")],
+    ));
+    assert!(
+        std::fs::read(&got).unwrap() == bytes,
+        "downloaded bytes differ"
+    );
+    ok(&s.curl(
+        "hostB",
+        &["-o", got.to_str().unwrap(), &s.url("/vm1/latest.img")],
+    ));
+    assert!(std::fs::read(&got).unwrap() == bytes);
+
+    // Resume: REST from where a broken download stopped.
+    std::fs::write(&got, &bytes[..3_000_000]).unwrap();
+    ok(&s.curl(
+        "hostB",
+        &["-C", "-", "-o", got.to_str().unwrap(), &s.url("/vm1/1.img")],
+    ));
+    assert!(
+        std::fs::read(&got).unwrap() == bytes,
+        "resumed download differs"
+    );
+
+    // The listing shows the generation.
+    let o = s.curl("hostB", &["--list-only", &s.url("/vm1/")]);
+    ok(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1.img");
+}
+
+#[test]
+fn what_is_refused() {
+    let s = start(52030..=52059);
+    std::fs::write(s.file("x"), b"hello").unwrap();
+    ok(&s.curl(
+        "hostA",
+        &["-T", s.file("x").to_str().unwrap(), &s.url("/vm1/x.img")],
+    ));
+
+    // Wrong password: curl's "login denied".
+    let o = Command::new("curl")
+        .args(["-sS", "--user", "hostB:wrong", &s.url("/vm1/1.img")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(67),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Another host's image is not readable, and its uploader may not read it either.
+    for who in ["hostC", "hostA"] {
+        let o = s.curl(who, &["-o", "/dev/null", &s.url("/vm1/1.img")]);
+        assert!(!o.status.success(), "{who} read vm1's image");
+    }
+    // No writing where one may not, no escape, no deleting.
+    let o = s.curl(
+        "hostB",
+        &["-T", s.file("x").to_str().unwrap(), &s.url("/vm1/y.img")],
+    );
+    assert!(!o.status.success(), "hostB uploaded");
+    for path in [
+        "/../../etc/passwd",
+        "/vm1/../../../etc/passwd",
+        "/vm1/.1.img.part",
+        "/%2e%2e/etc/passwd",
+    ] {
+        let o = s.curl("hostB", &["-o", "/dev/null", &s.url(path)]);
+        assert!(!o.status.success(), "{path} was served");
+    }
+    let o = s.curl("hostA", &["-Q", "DELE /vm1/1.img", &s.url("/")]);
+    assert!(!o.status.success(), "DELE accepted");
+    assert!(s.dir.path().join("images/vm1/1.img").exists());
+}
+
+#[test]
+fn a_download_started_during_the_upload_gets_the_same_bytes() {
+    let s = start(52060..=52089);
+    let bytes = data(12 << 20);
+    std::fs::write(s.file("big"), &bytes).unwrap();
+    // A slow upload (6 MB/s), and a download of the newest generation started in the middle.
+    let mut up = Command::new("curl")
+        .args([
+            "-sS",
+            "--ftp-pasv",
+            "--limit-rate",
+            "6M",
+            "--user",
+            "hostA:hostA-secret",
+            "-T",
+        ])
+        .arg(s.file("big"))
+        .arg(s.url("/vm1/big.img"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(
+        !s.dir.path().join("images/vm1/1.img").exists(),
+        "published too early for this test"
+    );
+    let got = s.file("followed");
+    let o = s.curl(
+        "hostB",
+        &["-o", got.to_str().unwrap(), &s.url("/vm1/latest.img")],
+    );
+    assert!(up.wait().unwrap().success());
+    ok(&o);
+    let followed = std::fs::read(&got).unwrap();
+    assert_eq!(followed.len(), bytes.len());
+    assert!(followed == bytes, "followed download differs");
+}
