@@ -8,7 +8,7 @@ CACHE=${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}
 # Debian packages: the lab (namespaces, OVS, QEMU, sshd) and the real clients the tests drive.
 PKGS=(
   qemu-system-x86 openvswitch-switch openvswitch-common busybox-static cpio iproute2
-  iputils-ping arping tcpdump openssh-server openssh-client curl python3 procps psmisc
+  iputils-ping arping tcpdump openssh-server openssh-client curl lftp python3 procps psmisc
 )
 
 missing=()

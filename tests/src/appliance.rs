@@ -130,18 +130,33 @@ impl Lab {
         let state_dir = dir.join("state");
         let config = dir.join("netmigrate.toml");
         std::fs::write(&config, config_text)?;
-        let mut cmd = netns::exec(&node.ns, &netmigrate_bin()?.display().to_string());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info");
-        let pid = self.track("appliance", &mut cmd)?;
-        let app = Appliance {
+        let mut app = Appliance {
             node,
             config,
             state_dir,
-            pid,
+            pid: 0,
         };
+        self.start_serve(&mut app)?;
+        Ok(app)
+    }
+
+    /// Kills the appliance with SIGKILL (a crash: no cleanup of its own) and starts it again
+    /// on the same state.
+    pub fn crash_and_restart(&self, app: &mut Appliance) -> Result<()> {
+        crate::sys::signal(app.pid, libc::SIGKILL);
+        self.stop(app.pid);
+        self.start_serve(app)
+    }
+
+    fn start_serve(&self, app: &mut Appliance) -> Result<()> {
+        let mut cmd = netns::exec(&app.node.ns, &netmigrate_bin()?.display().to_string());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&app.config)
+            .env("RUST_LOG", "info");
+        let pid = self.track("appliance", &mut cmd)?;
+        app.pid = pid;
+        let app = &*app;
         wait_for("the appliance's API", Duration::from_secs(20), || {
             if self.has_exited(pid) {
                 return Some(false);
@@ -162,6 +177,6 @@ impl Lab {
             }
         })
         .context("starting the appliance")?;
-        Ok(app)
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod hosts;
+pub mod images;
 pub mod plan;
 pub mod server;
 
@@ -111,6 +112,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/hosts/trust", post(hosts::trust))
         .route("/v1/vms", get(hosts::vms))
         .route("/v1/plan", post(plan::plan))
+        .route("/v1/images", get(images::list))
+        .route("/v1/images/verify", post(images::verify))
+        .route("/v1/images/gc", post(images::gc))
+        .route("/v1/ftp/accounts", post(images::account))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })

@@ -131,6 +131,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The image store: VMs' saved images by generation, with state, size and SHA-256.
+    Images {
+        #[command(subcommand)]
+        action: Option<ImagesCmd>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The image store's FTP accounts.
+    Ftp {
+        #[command(subcommand)]
+        action: FtpCmd,
+    },
     /// The VMs found on the hosts at the last collection.
     Vms {
         /// Print JSON instead of a table.
@@ -155,6 +168,35 @@ enum OrderArg {
 enum AlgorithmArg {
     FirstFit,
     BestFit,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImagesCmd {
+    /// Re-read every published image and compare it with its SHA-256.
+    Verify,
+    /// Delete all but the newest generations of each VM (never one a migration still uses).
+    Gc {
+        /// Generations kept per VM (default: ftp.keep).
+        #[arg(long)]
+        keep: Option<usize>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FtpCmd {
+    /// Create (or reset) an account and print its new password, once.
+    Account {
+        name: String,
+        /// VMs whose images it may upload ("*" for any; repeatable).
+        #[arg(long)]
+        write: Vec<String>,
+        /// VMs whose images it may download ("*" for any; repeatable).
+        #[arg(long)]
+        read: Vec<String>,
+        /// It stops working after this long (one-time credentials), e.g. "1h".
+        #[arg(long)]
+        ttl: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -394,6 +436,47 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                 let body = serde_json::to_value(&req).expect("json");
                 let v: serde_json::Value = client.post("/v1/plan", Some(body)).await?;
                 print_as(&v, *json, show::plan)?;
+            }
+            Command::Images { action, json } => match action {
+                None => {
+                    let v: serde_json::Value = client.get("/v1/images").await?;
+                    print_as(&v, *json, show::images)?;
+                }
+                Some(ImagesCmd::Verify) => {
+                    let v: serde_json::Value = client.post("/v1/images/verify", None).await?;
+                    print_as(&v, *json, show::verified)?;
+                    let bad = v.as_array().map(|a| a.iter().filter(|r| r["ok"] != true).count()).unwrap_or(0);
+                    if bad > 0 {
+                        return Err(Error::Invalid(format!("{bad} image(s) failed verification")));
+                    }
+                }
+                Some(ImagesCmd::Gc { keep }) => {
+                    let body = serde_json::json!({ "keep": keep });
+                    let removed: Vec<String> = client.post("/v1/images/gc", Some(body)).await?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&removed).expect("json"));
+                    } else if removed.is_empty() {
+                        println!("nothing to remove");
+                    } else {
+                        println!("removed {}", removed.join(", "));
+                    }
+                }
+            },
+            Command::Ftp {
+                action: FtpCmd::Account { name, write, read, ttl },
+            } => {
+                let ttl_s = match ttl {
+                    Some(t) => Some(
+                        crate::config::values::parse_duration(t)
+                            .map_err(|e| Error::Invalid(format!("--ttl: {e}")))?
+                            .as_secs(),
+                    ),
+                    None => None,
+                };
+                let body = serde_json::json!({ "name": name, "write": write, "read": read, "ttl_s": ttl_s });
+                let r: crate::api::images::AccountReply = client.post("/v1/ftp/accounts", Some(body)).await?;
+                println!("{}", r.password);
+                eprintln!("account {}: password above (shown once; only its hash is kept)", r.name);
             }
             Command::Vms { json } => {
                 let v: serde_json::Value = client.get("/v1/vms").await?;

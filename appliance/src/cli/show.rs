@@ -270,6 +270,52 @@ pub fn plan(r: &crate::api::plan::PlanReply) -> String {
     o
 }
 
+pub fn images(rows: &Vec<crate::state::ImageRow>) -> String {
+    let mut o = String::from(
+        "IMAGE            STATE      SIZE MiB  SHA-256           UPLOADER    UPDATED\n",
+    );
+    for r in rows {
+        o.push_str(&format!(
+            "{:<16} {:<10} {:<9} {:<17} {:<11} {}{}\n",
+            format!("{}/{}", r.vm, r.generation),
+            r.state,
+            r.size
+                .map(|s| format!("{:.1}", s as f64 / 1048576.0))
+                .unwrap_or_else(|| "-".into()),
+            r.sha256
+                .as_deref()
+                .map(|s| format!("{}…", &s[..s.len().min(16)]))
+                .unwrap_or_else(|| "-".into()),
+            r.uploader.as_deref().unwrap_or("-"),
+            timestamp(r.updated_ms),
+            r.reason
+                .as_deref()
+                .map(|x| format!("  ({x})"))
+                .unwrap_or_default()
+        ));
+    }
+    if rows.is_empty() {
+        o.push_str("(no images)\n");
+    }
+    o
+}
+
+pub fn verified(rs: &Vec<crate::api::images::VerifyResult>) -> String {
+    let mut o = String::new();
+    for r in rs {
+        o.push_str(&format!(
+            "{:<16} {}  {}\n",
+            r.image,
+            if r.ok { "ok     " } else { "CORRUPT" },
+            r.detail
+        ));
+    }
+    if rs.is_empty() {
+        o.push_str("(no published images)\n");
+    }
+    o
+}
+
 pub fn events(evs: &[Event]) -> String {
     let mut o = String::new();
     for e in evs {

@@ -523,7 +523,34 @@ impl Cx<'_> {
                 ),
             }
         }
-        t.finish(&mut self.p, &["passive_ports"]);
+        if let Some(p) = t.integer(&mut self.p, "port") {
+            match u16::try_from(p.value) {
+                Ok(port) if port > 0 => ftp.port = port,
+                _ => self.p.at(
+                    &p.span,
+                    &p.key,
+                    format!("{} is not a port; use 1 to 65535", p.value),
+                ),
+            }
+        }
+        if let Some((r, _)) = t.parse(&mut self.p, "reserve", values::parse_size) {
+            ftp.reserve_bytes = r;
+        }
+        if let Some(k) = t.integer(&mut self.p, "keep") {
+            if (1..=1000).contains(&k.value) {
+                ftp.keep = k.value as usize;
+            } else {
+                self.p.at(
+                    &k.span,
+                    &k.key,
+                    format!(
+                        "{} generations: keep at least 1 (and at most 1000)",
+                        k.value
+                    ),
+                );
+            }
+        }
+        t.finish(&mut self.p, &["port", "passive_ports", "reserve", "keep"]);
         ftp
     }
 

@@ -100,13 +100,22 @@ pub struct TsigKey {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FtpConfig {
+    /// Control port, on each network's address.
+    pub port: u16,
     pub passive_ports: (u16, u16),
+    /// Bytes the image store keeps free; uploads that would eat into it are refused.
+    pub reserve_bytes: u64,
+    /// Published generations kept per VM by `images gc`.
+    pub keep: usize,
 }
 
 impl Default for FtpConfig {
     fn default() -> Self {
         FtpConfig {
+            port: 21,
             passive_ports: (50000, 50100),
+            reserve_bytes: 1 << 30,
+            keep: 3,
         }
     }
 }
@@ -247,6 +256,11 @@ impl Config {
 
     pub fn socket_path(&self) -> PathBuf {
         self.state_dir.join("api.sock")
+    }
+
+    /// The image store's root.
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
     }
 
     pub fn lock_path(&self) -> PathBuf {

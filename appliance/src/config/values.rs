@@ -98,6 +98,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// Parses a size: "512M", "2G", "1T", "2GiB", "1048576" (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size; write it like \"512M\", \"2G\" or \"1T\"");
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (num, mul) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        Some(_) => (t, 1),
+        None => return Err(bad()),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(bad)
+}
+
 /// Formats a duration the way the config writes it ("12h", "1h30m", "45s").
 pub fn format_duration(d: Duration) -> String {
     let mut secs = d.as_secs();
@@ -236,6 +255,16 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_secs(43_200)), "12h");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        for bad in ["", "G", "2X", "lots", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub const INVENTORY_CONCURRENCY: usize = 64;
 pub struct App {
     pub state: State,
     pub inventory: Arc<crate::inventory::Inventory>,
+    pub images: netmigrate_image::Store,
     config: RwLock<Arc<Config>>,
     config_path: PathBuf,
     pub started_ms: i64,
@@ -168,7 +169,9 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         env!("CARGO_PKG_VERSION")
     );
 
+    let (images, ftp_tasks) = crate::ftp::start(&config, &state).await?;
     let app = Arc::new(App {
+        images,
         state: state.clone(),
         inventory: Arc::new(crate::inventory::Inventory::new(INVENTORY_CONCURRENCY)),
         config: RwLock::new(Arc::new(config)),
@@ -217,6 +220,9 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     notify::notify("STOPPING=1");
     tracing::info!("{why} received, stopping");
     let _ = stop_tx.send(true);
+    for t in &ftp_tasks {
+        t.abort();
+    }
     api.stopped().await;
     state
         .record(NewEvent::info(

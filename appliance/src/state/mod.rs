@@ -6,6 +6,7 @@
 
 mod events;
 mod hosts;
+mod images;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 
 pub use events::{Event, Level, NewEvent};
 pub use hosts::{HostRow, HostSync};
+pub use images::{AccountRow, ImageChange, ImageRow};
 pub use schema::latest as latest_schema;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,12 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("path", &self.path).finish()
+    }
 }
 
 impl State {

@@ -47,6 +47,30 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX host_facts_host ON host_facts (host, id);
     "#,
+    // 3: the image store's FTP accounts and its manifest.
+    r#"
+    CREATE TABLE ftp_accounts (
+        name          TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,       -- argon2id, PHC string
+        write_vms     TEXT NOT NULL,       -- JSON array of VM names, or ["*"]
+        read_vms      TEXT NOT NULL,
+        expires_ms    INTEGER,             -- one-time accounts end
+        created_ms    INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE images (
+        vm          TEXT NOT NULL,
+        generation  INTEGER NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('uploading', 'published', 'failed', 'deleted')),
+        size        INTEGER,
+        sha256      TEXT,
+        uploader    TEXT,
+        reason      TEXT,
+        created_ms  INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        PRIMARY KEY (vm, generation)
+    ) STRICT;
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).

@@ -16,11 +16,12 @@ use super::FtpUser;
 #[derive(Debug, Clone)]
 pub struct ImageBackend {
     store: Store,
+    hooks: std::sync::Arc<dyn super::FtpAccounts>,
 }
 
 impl ImageBackend {
-    pub fn new(store: Store) -> Self {
-        ImageBackend { store }
+    pub fn new(store: Store, hooks: std::sync::Arc<dyn super::FtpAccounts>) -> Self {
+        ImageBackend { store, hooks }
     }
 }
 
@@ -326,23 +327,39 @@ impl StorageBackend<FtpUser> for ImageBackend {
             ));
         }
         let mut w = self.store.create(&vm, None).await.map_err(image_err)?;
+        let id = w.id.clone();
+        self.hooks.upload_started(&user.name, &id).await;
         let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = match input.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => {
-                    w.fail(&format!("the upload broke off: {e}")).await;
-                    return Err(Error::new(ErrorKind::ConnectionClosed, e));
+        let result = async {
+            loop {
+                let n = input.read(&mut buf).await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::ConnectionClosed,
+                        format!("the upload broke off: {e}"),
+                    )
+                })?;
+                if n == 0 {
+                    break;
                 }
-            };
-            if n == 0 {
-                break;
+                w.write(&buf[..n]).await.map_err(image_err)?;
             }
-            w.write(&buf[..n]).await.map_err(image_err)?;
+            w.publish().await.map_err(image_err)
         }
-        let p = w.publish().await.map_err(image_err)?;
-        tracing::info!(image = %p.id, size = p.size, sha256 = %p.sha256, user = %user, "image published");
-        Ok(p.size)
+        .await;
+        match result {
+            Ok(p) => {
+                tracing::info!(image = %p.id, size = p.size, sha256 = %p.sha256, user = %user, "image published");
+                self.hooks.published(&user.name, &p).await;
+                Ok(p.size)
+            }
+            Err(e) => {
+                // The writer, dropped unpublished, removed the partial bytes.
+                self.hooks
+                    .upload_failed(&user.name, &id, &e.to_string())
+                    .await;
+                Err(e)
+            }
+        }
     }
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, _: &FtpUser, _: P) -> Result<()> {

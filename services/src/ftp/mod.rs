@@ -65,6 +65,12 @@ pub trait FtpAccounts: Send + Sync + fmt::Debug {
     async fn login(&self, user: &str, password: &str) -> Option<FtpUser>;
     /// The account's grants after login (they may change while a session runs).
     async fn lookup(&self, user: &str) -> Option<FtpUser>;
+    /// An upload began (the manifest's "uploading" row).
+    async fn upload_started(&self, _user: &str, _id: &netmigrate_image::ImageId) {}
+    /// An upload was published.
+    async fn published(&self, _user: &str, _image: &netmigrate_image::Published) {}
+    /// An upload failed; nothing of it stays.
+    async fn upload_failed(&self, _user: &str, _id: &netmigrate_image::ImageId, _reason: &str) {}
 }
 
 /// Adapts `FtpAccounts` to libunftp's authenticator and user-detail provider.
@@ -111,9 +117,10 @@ pub fn server<A: FtpAccounts + 'static>(
     accounts: Arc<A>,
     passive_ports: std::ops::RangeInclusive<u16>,
 ) -> Result<libunftp::Server<ImageBackend, FtpUser>, libunftp::ServerError> {
+    let hooks: Arc<dyn FtpAccounts> = accounts.clone();
     let auth = Arc::new(Accounts(accounts));
     libunftp::ServerBuilder::with_user_detail_provider(
-        Box::new(move || ImageBackend::new(store.clone())),
+        Box::new(move || ImageBackend::new(store.clone(), hooks.clone())),
         auth.clone(),
     )
     .authenticator(auth)

@@ -1,0 +1,188 @@
+//! The image store and its FTP server, as the appliance runs them: accounts kept in state
+//! (passwords hashed with argon2id), the manifest kept in state, one listener per network.
+
+use std::sync::Arc;
+
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use async_trait::async_trait;
+use netmigrate_image::{ImageId, Published, Store};
+use netmigrate_services::ftp::{FtpAccounts, FtpUser};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::state::{now_ms, AccountRow, ImageChange, NewEvent, State};
+use crate::Error;
+
+/// Accounts over the appliance's state.
+#[derive(Debug, Clone)]
+pub struct StateAccounts {
+    pub state: State,
+}
+
+/// A new random password (24 characters from a URL-safe alphabet).
+pub fn new_password() -> Result<String, Error> {
+    use std::io::Read;
+    let mut raw = [0u8; 18];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|e| Error::Io("reading /dev/urandom".into(), e))?;
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+pub fn hash_password(password: &str) -> Result<String, Error> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Invalid(format!("hashing a password: {e}")))
+}
+
+impl StateAccounts {
+    async fn row(&self, user: &str) -> Option<AccountRow> {
+        let row = self.state.account(user.to_string()).await.ok()??;
+        if row.expires_ms.is_some_and(|e| e < now_ms()) {
+            return None;
+        }
+        Some(row)
+    }
+
+    async fn change(&self, c: ImageChange) {
+        if let Err(e) = self.state.image_state(c).await {
+            tracing::error!("recording an image change: {e}");
+        }
+    }
+}
+
+#[async_trait]
+impl FtpAccounts for StateAccounts {
+    async fn login(&self, user: &str, password: &str) -> Option<FtpUser> {
+        let row = self.row(user).await?;
+        let (hash, pw) = (row.password_hash.clone(), password.to_string());
+        // argon2 costs tens of milliseconds of CPU: off the reactor.
+        let ok = tokio::task::spawn_blocking(move || {
+            Argon2::default()
+                .verify_password(pw.as_bytes(), hash.as_str())
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        ok.then_some(FtpUser {
+            name: row.name,
+            write: row.write,
+            read: row.read,
+        })
+    }
+
+    async fn lookup(&self, user: &str) -> Option<FtpUser> {
+        let row = self.row(user).await?;
+        Some(FtpUser {
+            name: row.name,
+            write: row.write,
+            read: row.read,
+        })
+    }
+
+    async fn upload_started(&self, user: &str, id: &ImageId) {
+        self.change(ImageChange {
+            vm: id.vm.clone(),
+            generation: id.generation,
+            state: "uploading",
+            uploader: Some(user.to_string()),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn published(&self, _user: &str, p: &Published) {
+        self.change(ImageChange {
+            vm: p.id.vm.clone(),
+            generation: p.id.generation,
+            state: "published",
+            size: Some(p.size),
+            sha256: Some(p.sha256.clone()),
+            ..Default::default()
+        })
+        .await;
+        let _ = self
+            .state
+            .record(
+                NewEvent::info(
+                    "image.published",
+                    format!("{} bytes, sha256 {}", p.size, p.sha256),
+                )
+                .about(p.id.to_string()),
+            )
+            .await;
+    }
+
+    async fn upload_failed(&self, _user: &str, id: &ImageId, reason: &str) {
+        self.change(ImageChange {
+            vm: id.vm.clone(),
+            generation: id.generation,
+            state: "failed",
+            reason: Some(reason.to_string()),
+            ..Default::default()
+        })
+        .await;
+        let _ = self
+            .state
+            .record(NewEvent::warn("image.failed", reason.to_string()).about(id.to_string()))
+            .await;
+    }
+}
+
+/// Opens the store (marking uploads a crash interrupted as failed) and starts one FTP
+/// listener per network address. A listener that cannot bind is reported, not fatal.
+pub async fn start(cfg: &Config, state: &State) -> Result<(Store, Vec<JoinHandle<()>>), Error> {
+    let dir = cfg.images_dir();
+    let (store, recovered) = Store::open(&dir, cfg.ftp.reserve_bytes)
+        .map_err(|e| Error::Invalid(format!("opening the image store {}: {e}", dir.display())))?;
+    for id in recovered {
+        state
+            .image_state(ImageChange {
+                vm: id.vm.clone(),
+                generation: id.generation,
+                state: "failed",
+                reason: Some("interrupted by a restart of the appliance".into()),
+                ..Default::default()
+            })
+            .await?;
+        state
+            .record(
+                NewEvent::warn("image.failed", "upload interrupted by a restart; removed")
+                    .about(id.to_string()),
+            )
+            .await?;
+    }
+    let accounts = Arc::new(StateAccounts {
+        state: state.clone(),
+    });
+    let (lo, hi) = cfg.ftp.passive_ports;
+    let mut tasks = Vec::new();
+    for n in &cfg.networks {
+        let addr = format!("{}:{}", n.address.addr(), cfg.ftp.port);
+        // Bind first, so that a missing address is reported now, by name.
+        if let Err(e) = std::net::TcpListener::bind(&addr) {
+            state
+                .record(
+                    NewEvent::warn(
+                        "ftp.listen",
+                        format!("FTP cannot listen on {addr} (network {}): {e}", n.name),
+                    )
+                    .about(&n.name),
+                )
+                .await?;
+            continue;
+        }
+        let server = netmigrate_services::ftp::server(store.clone(), accounts.clone(), lo..=hi)
+            .map_err(|e| Error::Invalid(format!("FTP server: {e}")))?;
+        let a = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.listen(a.clone()).await {
+                tracing::error!("FTP on {a} stopped: {e}");
+            }
+        }));
+        tracing::info!("FTP image store listening on {addr}");
+    }
+    Ok((store, tasks))
+}

@@ -1,0 +1,184 @@
+//! The image store's FTP server in the lab: real curl and lftp in host namespaces, talking to
+//! the appliance over the lab network.
+
+use std::process::Output;
+
+use netmigrate_lab::appliance::{host_config, network_config};
+use netmigrate_lab::{require_lab, Lab};
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn hosts_upload_and_download_images_over_ftp() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let b = lab.host("B").unwrap();
+    let c = lab.host("C").unwrap();
+    let mut cfg = network_config(&lab.appliance_state_dir().unwrap());
+    for h in [&a, &b, &c] {
+        cfg.push_str(&host_config(&lab, h, true).unwrap());
+    }
+    cfg.push_str("\n[ftp]\npassive_ports = [50000, 50050]\nreserve = \"64M\"\n");
+    let mut app = lab.appliance_with(&cfg).unwrap();
+    // hostA uploads vm1's image, hostB is its target, hostC has no part in it.
+    let pw = |args: &[&str]| app.cli_ok(args).unwrap().trim().to_string();
+    let pa = pw(&["ftp", "account", "hostA", "--write", "vm1"]);
+    let pb = pw(&["ftp", "account", "hostB", "--read", "vm1"]);
+    let pc = pw(&["ftp", "account", "hostC", "--read", "vm2"]);
+
+    let bytes = data(16 << 20);
+    let src = a.dir.join("vm1.save");
+    std::fs::write(&src, &bytes).unwrap();
+    let url = |p: &str| format!("ftp://10.213.0.1{p}");
+    let up = lab
+        .exec(
+            &a.ns,
+            "curl",
+            &[
+                "-sS",
+                "--ftp-pasv",
+                "--user",
+                &format!("hostA:{pa}"),
+                "-T",
+                src.to_str().unwrap(),
+                &url("/vm1/vm1.img"),
+            ],
+        )
+        .unwrap();
+    assert!(up.is_empty(), "{up}");
+
+    // lftp on host B fetches it; the bytes are the same.
+    let dst = b.dir.join("vm1.restore");
+    let get = netmigrate_lab::netns::exec(&b.ns, "lftp")
+        .args([
+            "-u",
+            &format!("hostB,{pb}"),
+            "-e",
+            &format!(
+                "set ftp:passive-mode on; get /vm1/latest.img -o {}; quit",
+                dst.display()
+            ),
+            "10.213.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(get.status.success(), "{}", text(&get));
+    assert!(std::fs::read(&dst).unwrap() == bytes, "lftp's copy differs");
+
+    let images = app.cli_ok(&["images", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&images).unwrap();
+    assert_eq!(v[0]["vm"], "vm1");
+    assert_eq!(v[0]["state"], "published");
+    assert_eq!(v[0]["uploader"], "hostA");
+    assert_eq!(v[0]["size"], bytes.len());
+    let sha = netmigrate_lab::sys::sh("sha256sum", &[src.to_str().unwrap()]).unwrap();
+    assert_eq!(v[0]["sha256"], sha.split_whitespace().next().unwrap());
+    assert!(app.cli(&["images", "verify"]).unwrap().status.success());
+
+    // Refused: a wrong password, another host's image, an upload by the reader.
+    let o = netmigrate_lab::netns::exec(&b.ns, "curl")
+        .args([
+            "-sS",
+            "--user",
+            "hostB:wrong",
+            &url("/vm1/1.img"),
+            "-o",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let o = netmigrate_lab::netns::exec(&c.ns, "curl")
+        .args([
+            "-sS",
+            "--ftp-pasv",
+            "--user",
+            &format!("hostC:{pc}"),
+            &url("/vm1/1.img"),
+            "-o",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "hostC read vm1's image");
+    let o = netmigrate_lab::netns::exec(&b.ns, "curl")
+        .args([
+            "-sS",
+            "--ftp-pasv",
+            "--user",
+            &format!("hostB:{pb}"),
+            "-T",
+            dst.to_str().unwrap(),
+            &url("/vm1/x.img"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "hostB uploaded");
+
+    // A corrupted image is caught by verify.
+    let img = app.state_dir.join("images/vm1/1.img");
+    let mut raw = std::fs::read(&img).unwrap();
+    raw[1000] ^= 1;
+    std::fs::write(&img, raw).unwrap();
+    let o = app.cli(&["images", "verify"]).unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("CORRUPT"), "{}", text(&o));
+
+    // The appliance killed mid-upload: after the restart nothing half-written is published.
+    let mut slow = netmigrate_lab::netns::exec(&a.ns, "curl")
+        .args([
+            "-sS",
+            "--ftp-pasv",
+            "--limit-rate",
+            "4M",
+            "--user",
+            &format!("hostA:{pa}"),
+            "-T",
+            src.to_str().unwrap(),
+            &url("/vm1/vm1.img"),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let listed = app.cli_ok(&["images", "--json"]).unwrap();
+    assert!(listed.contains("\"uploading\""), "{listed}");
+    lab.crash_and_restart(&mut app).unwrap();
+    let _ = slow.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&app.cli_ok(&["images", "--json"]).unwrap()).unwrap();
+    let second = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["generation"] == 2)
+        .unwrap();
+    assert_eq!(second["state"], "failed", "{v}");
+    assert!(
+        second["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by a restart"),
+        "{v}"
+    );
+    assert!(!app.state_dir.join("images/vm1/2.img").exists());
+    assert!(!app.state_dir.join("images/vm1/.2.img.part").exists());
+}
