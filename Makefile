@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: all deps build demo demo-hold test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory
+.PHONY: all deps build demo demo-hold test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
 
 all: build
 
@@ -44,8 +44,14 @@ bench-placement:
 	$(CARGO) bench -p netmigrate --bench placement
 
 ## bench-inventory: `hosts collect` over 20 lab hosts vs a sequential ssh loop (root)
-bench-inventory: build
-	$(LAB_BIN) bench-inventory --hosts 20 --runs 5
+bench-inventory: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=target/release/netmigrate target/release/netmigrate-lab bench-inventory --hosts 20 --runs 5
+
+## bench-ftp: 1 GiB up and down with curl: netmigrate vs vsftpd vs the iperf3 ceiling (root)
+bench-ftp: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=target/release/netmigrate target/release/netmigrate-lab bench-ftp --mib 1024 --runs 3
 
 ## cleanup: remove namespaces and run directories left by killed lab runs
 cleanup:

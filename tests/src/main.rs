@@ -34,6 +34,14 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Benchmark the FTP image store: 1 GiB up and down with curl, netmigrate and vsftpd side
+    /// by side in one run, next to the raw TCP ceiling of the lab's links (iperf3).
+    BenchFtp {
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Remove namespaces and run directories left by lab runs that were killed.
     Cleanup {
         /// Also remove labs whose run is still alive.
@@ -47,6 +55,7 @@ fn main() -> std::process::ExitCode {
     let r = match cli.command {
         Cmd::Demo { hold } => demo(hold),
         Cmd::BenchInventory { hosts, runs } => bench_inventory(hosts, runs),
+        Cmd::BenchFtp { mib, runs } => bench_ftp(mib, runs),
         Cmd::Cleanup { all } => {
             let removed = cleanup::cleanup(all);
             if removed.is_empty() {
@@ -224,6 +233,160 @@ fn bench_inventory(n: usize, runs: usize) -> Result<()> {
         "  per host, connections kept: {} to {} ms",
         durs.iter().min().unwrap_or(&0),
         durs.iter().max().unwrap_or(&0)
+    );
+    drop(lab);
+    Ok(())
+}
+
+/// curl's measured speed, MB/s (10^6 bytes/s).
+fn curl_speed(lab: &Lab, ns: &str, args: &[&str], field: &str) -> Result<f64> {
+    let mut a = vec!["-sS", "--ftp-pasv", "-o", "/dev/null", "-w"];
+    let w = format!("%{{{field}}}");
+    a.push(&w);
+    a.extend_from_slice(args);
+    let out = lab.exec(ns, "curl", &a)?;
+    Ok(out.trim().parse::<f64>().unwrap_or(0.0) / 1e6)
+}
+
+fn bench_ftp(mib: u64, runs: usize) -> Result<()> {
+    // Both servers read and write tmpfs, as the peers' recipe does for vsftpd.
+    std::env::set_var("NETMIGRATE_LAB_DIR", "/dev/shm/netmigrate-lab");
+    let lab = step("creating the lab switch", Lab::new)?;
+    teardown_on_signal(lab.prefix.clone())?;
+    let client = lab.client()?;
+    let srv = lab.node("srv", std::net::Ipv4Addr::new(10, 213, 0, 2))?;
+    let state_dir = lab.appliance_state_dir()?;
+    let mut cfg = netmigrate_lab::appliance::network_config(&state_dir);
+    cfg.push_str("\n[ftp]\npassive_ports = [50000, 50100]\nreserve = \"256M\"\n");
+    let app = step("appliance", || lab.appliance_with(&cfg))?;
+    let pw = app
+        .cli_ok(&["ftp", "account", "bench", "--write", "vm1", "--read", "vm1"])?
+        .trim()
+        .to_string();
+
+    let dir = lab.subdir("ftp")?;
+    let big = dir.join("big.bin");
+    step(&format!("{mib} MiB of random data"), || {
+        netmigrate_lab::sys::sh(
+            "sh",
+            &[
+                "-c",
+                &format!("head -c {} /dev/urandom > {}", mib << 20, big.display()),
+            ],
+        )
+    })?;
+
+    // The ceiling: raw TCP over the same veths and bridge.
+    let mut iperf = netmigrate_lab::netns::exec(&srv.ns, "iperf3");
+    iperf.args(["-s", "-B", "10.213.0.2"]);
+    lab.track("iperf3", &mut iperf)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let iperf_mb = |reverse: bool| -> Result<f64> {
+        let mut args = vec!["-c", "10.213.0.2", "-t", "5", "-J"];
+        if reverse {
+            args.push("-R");
+        }
+        let out = lab.exec(&client.ns, "iperf3", &args)?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 8e6)
+    };
+    let (ceil_down, ceil_up) = (iperf_mb(true)?, iperf_mb(false)?);
+
+    // vsftpd, anonymous, passive, as ../shared/lab/peers runs it.
+    let root = dir.join("vsftpd");
+    for d in ["pub", "incoming", "empty"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::hard_link(&big, root.join("pub/big.bin"))
+        .or_else(|_| std::fs::copy(&big, root.join("pub/big.bin")).map(|_| ()))?;
+    netmigrate_lab::sys::sh(
+        "chmod",
+        &[
+            "755",
+            &lab.dir.display().to_string(),
+            &dir.display().to_string(),
+            &root.display().to_string(),
+        ],
+    )?;
+    netmigrate_lab::sys::sh(
+        "chown",
+        &["ftp:ftp", &root.join("incoming").display().to_string()],
+    )?;
+    netmigrate_lab::sys::sh(
+        "chmod",
+        &["644", &root.join("pub/big.bin").display().to_string()],
+    )?;
+    let conf = dir.join("vsftpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen=YES\nlisten_ipv6=NO\nlisten_address=10.213.0.2\nbackground=NO\nanonymous_enable=YES\n\
+             no_anon_password=YES\nanon_root={}\nlocal_enable=NO\nwrite_enable=YES\nanon_upload_enable=YES\n\
+             anon_other_write_enable=YES\npasv_enable=YES\npasv_min_port=40000\npasv_max_port=40100\n\
+             seccomp_sandbox=NO\nsecure_chroot_dir={}\nxferlog_enable=NO\ndirmessage_enable=NO\n",
+            root.display(),
+            root.join("empty").display()
+        ),
+    )?;
+    let mut v = netmigrate_lab::netns::exec(&srv.ns, "vsftpd");
+    v.arg(&conf);
+    lab.track("vsftpd", &mut v)?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    let bigs = big.display().to_string();
+    let user = format!("bench:{pw}");
+    let (mut vd, mut vu, mut nd, mut nu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        vd.push(curl_speed(
+            &lab,
+            &client.ns,
+            &["ftp://10.213.0.2/pub/big.bin"],
+            "speed_download",
+        )?);
+        vu.push(curl_speed(
+            &lab,
+            &client.ns,
+            &[
+                "-T",
+                &bigs,
+                &format!("ftp://10.213.0.2/incoming/up-{i}.bin"),
+            ],
+            "speed_upload",
+        )?);
+        let _ = std::fs::remove_file(root.join(format!("incoming/up-{i}.bin")));
+        nu.push(curl_speed(
+            &lab,
+            &client.ns,
+            &["--user", &user, "-T", &bigs, "ftp://10.213.0.1/vm1/vm1.img"],
+            "speed_upload",
+        )?);
+        nd.push(curl_speed(
+            &lab,
+            &client.ns,
+            &["--user", &user, "ftp://10.213.0.1/vm1/latest.img"],
+            "speed_download",
+        )?);
+        // Keep tmpfs from filling: only the newest generation stays.
+        app.cli_ok(&["images", "gc", "--keep", "1"])?;
+    }
+    let (vd, vu, nd, nu) = (median(vd), median(vu), median(nd), median(nu));
+    println!("\nFTP, {mib} MiB with curl between two lab namespaces (MB/s, median of {runs}):");
+    println!("                   download   upload");
+    println!("  netmigrate       {nd:>8.0}  {nu:>7.0}");
+    println!("  vsftpd           {vd:>8.0}  {vu:>7.0}");
+    println!("  iperf3 (veth)    {ceil_down:>8.0}  {ceil_up:>7.0}");
+    println!(
+        "  netmigrate / vsftpd:  down {:.2}x, up {:.2}x",
+        nd / vd,
+        nu / vu
+    );
+    println!(
+        "  netmigrate / iperf3:  down {:.2}x, up {:.2}x",
+        nd / ceil_down,
+        nu / ceil_up
     );
     drop(lab);
     Ok(())
