@@ -349,7 +349,7 @@ impl Writer {
         if self.written + buf.len() as u64 - self.checked_at >= SPACE_CHECK_EVERY {
             self.checked_at = self.written;
             if let Err(e) = self.store.check_space(&self.id, buf.len() as u64) {
-                self.abandon(&e.to_string()).await;
+                self.abandon(&e.to_string());
                 return Err(e);
             }
         }
@@ -364,7 +364,7 @@ impl Writer {
         .await;
         if let Err(e) = r {
             let e = io(&part)(e);
-            self.abandon(&e.to_string()).await;
+            self.abandon(&e.to_string());
             return Err(e);
         }
         self.hasher.update(buf);
@@ -423,10 +423,12 @@ impl Writer {
 
     /// Gives the upload up: followers fail with `reason`, the partial bytes are removed.
     pub async fn fail(mut self, reason: &str) {
-        self.abandon(reason).await;
+        self.abandon(reason);
     }
 
-    async fn abandon(&mut self, reason: &str) {
+    /// Closes and removes the partial file and tells followers why. (A removal is one
+    /// unlink: done inline, also from Drop.)
+    fn abandon(&mut self, reason: &str) {
         self.file = None;
         self.store
             .inner
@@ -434,7 +436,7 @@ impl Writer {
             .lock()
             .expect("uploads")
             .remove(&self.id);
-        let _ = tokio::fs::remove_file(self.store.part_path(&self.id)).await;
+        let _ = std::fs::remove_file(self.store.part_path(&self.id));
         self.progress
             .send_replace(Progress::Failed(reason.to_string()));
     }
@@ -443,16 +445,7 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         if self.file.is_some() {
-            self.file = None;
-            self.store
-                .inner
-                .uploads
-                .lock()
-                .expect("uploads")
-                .remove(&self.id);
-            let _ = std::fs::remove_file(self.store.part_path(&self.id));
-            self.progress
-                .send_replace(Progress::Failed("the upload was abandoned".into()));
+            self.abandon("the upload was abandoned");
         }
     }
 }
