@@ -481,3 +481,18 @@ fn missing_file_is_one_clear_line() {
         "{err}"
     );
 }
+
+#[test]
+fn ftps_needs_both_certificate_and_key() {
+    let c = Case::new();
+    std::fs::write(c.path("cert.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let text = format!("{GOOD}\n[ftp]\ntls_cert = \"cert.pem\"\n");
+    let line = GOOD.lines().count() + 3;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "ftp.tls_key",
+        &["missing; FTPS needs the key of tls_cert too"],
+    );
+}

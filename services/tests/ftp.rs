@@ -49,7 +49,44 @@ struct Server {
 }
 
 fn start(passive: std::ops::RangeInclusive<u16>) -> Server {
+    start_with(passive, false)
+}
+
+fn start_with(passive: std::ops::RangeInclusive<u16>, tls: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
+    let tls = tls.then(|| {
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let st = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        ftp::Tls { cert, key }
+    });
     let (store, _) = netmigrate_image::Store::open(&dir.path().join("images"), 0).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -57,7 +94,7 @@ fn start(passive: std::ops::RangeInclusive<u16>) -> Server {
         .unwrap()
         .port();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = ftp::server(store, Arc::new(Accounts), passive).unwrap();
+    let server = ftp::server(store, Arc::new(Accounts), passive, tls).unwrap();
     rt.spawn(async move { server.listen(format!("127.0.0.1:{port}")).await });
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -234,4 +271,26 @@ fn a_download_started_during_the_upload_gets_the_same_bytes() {
     let followed = std::fs::read(&got).unwrap();
     assert_eq!(followed.len(), bytes.len());
     assert!(followed == bytes, "followed download differs");
+}
+
+#[test]
+fn with_a_certificate_only_ftps_is_served() {
+    let s = start_with(52090..=52119, true);
+    let bytes = data(1 << 20);
+    std::fs::write(s.file("x"), &bytes).unwrap();
+    let cert = s.file("cert.pem").display().to_string();
+    let (x, got) = (
+        s.file("x").display().to_string(),
+        s.file("got").display().to_string(),
+    );
+    let (up, down) = (s.url("/vm1/x.img"), s.url("/vm1/1.img"));
+    // Plain FTP is refused once a certificate is configured.
+    let o = s.curl("hostA", &["-T", &x, &up]);
+    assert!(!o.status.success(), "plain FTP accepted");
+    ok(&s.curl("hostA", &["--ssl-reqd", "--cacert", &cert, "-T", &x, &up]));
+    ok(&s.curl(
+        "hostB",
+        &["--ssl-reqd", "--cacert", &cert, "-o", &got, &down],
+    ));
+    assert!(std::fs::read(&got).unwrap() == bytes);
 }

@@ -550,7 +550,45 @@ impl Cx<'_> {
                 );
             }
         }
-        t.finish(&mut self.p, &["port", "passive_ports", "reserve", "keep"]);
+        let cert = t.string(&mut self.p, "tls_cert");
+        let key = t.string(&mut self.p, "tls_key");
+        match (cert, key) {
+            (Some(c), Some(k)) => {
+                let cert_path = self.path(&c.value);
+                if !cert_path.is_file() {
+                    self.p.at(
+                        &c.span,
+                        &c.key,
+                        format!("`{}` does not exist", cert_path.display()),
+                    );
+                }
+                if let Some(key_path) = self.secret_file(Some(k)) {
+                    ftp.tls = Some((cert_path, key_path));
+                }
+            }
+            (Some(c), None) => self.p.at(
+                &c.span,
+                &t.key_path("tls_key"),
+                "missing; FTPS needs the key of tls_cert too",
+            ),
+            (None, Some(k)) => self.p.at(
+                &k.span,
+                &t.key_path("tls_cert"),
+                "missing; FTPS needs the certificate of tls_key too",
+            ),
+            (None, None) => {}
+        }
+        t.finish(
+            &mut self.p,
+            &[
+                "port",
+                "passive_ports",
+                "reserve",
+                "keep",
+                "tls_cert",
+                "tls_key",
+            ],
+        );
         ftp
     }
 

@@ -107,6 +107,8 @@ pub struct FtpConfig {
     pub reserve_bytes: u64,
     /// Published generations kept per VM by `images gc`.
     pub keep: usize,
+    /// FTPS certificate chain and key (PEM); when set, plain FTP is refused.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for FtpConfig {
@@ -116,6 +118,7 @@ impl Default for FtpConfig {
             passive_ports: (50000, 50100),
             reserve_bytes: 1 << 30,
             keep: 3,
+            tls: None,
         }
     }
 }

@@ -111,20 +111,32 @@ impl<A: FtpAccounts> UserDetailProvider for Accounts<A> {
     }
 }
 
-/// Builds the server: the image store behind per-account access, on the given passive ports.
+/// FTPS: a certificate chain and its key (PEM); with it, plain FTP is refused.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Builds the server: the image store behind per-account access, on the given passive ports,
+/// FTPS-only when `tls` is given.
 pub fn server<A: FtpAccounts + 'static>(
     store: netmigrate_image::Store,
     accounts: Arc<A>,
     passive_ports: std::ops::RangeInclusive<u16>,
+    tls: Option<Tls>,
 ) -> Result<libunftp::Server<ImageBackend, FtpUser>, libunftp::ServerError> {
     let hooks: Arc<dyn FtpAccounts> = accounts.clone();
     let auth = Arc::new(Accounts(accounts));
-    libunftp::ServerBuilder::with_user_detail_provider(
+    let mut b = libunftp::ServerBuilder::with_user_detail_provider(
         Box::new(move || ImageBackend::new(store.clone(), hooks.clone())),
         auth.clone(),
     )
     .authenticator(auth)
     .greeting("netmigrate image store")
-    .passive_ports(passive_ports)
-    .build()
+    .passive_ports(passive_ports);
+    if let Some(t) = tls {
+        b = b.ftps(t.cert, t.key).ftps_required(true, true);
+    }
+    b.build()
 }
