@@ -182,3 +182,82 @@ fn hosts_upload_and_download_images_over_ftp() {
     assert!(!app.state_dir.join("images/vm1/2.img").exists());
     assert!(!app.state_dir.join("images/vm1/.2.img.part").exists());
 }
+
+#[test]
+fn a_1_gib_image_keeps_its_sha256_through_the_store() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let b = lab.host("B").unwrap();
+    let mut cfg = network_config(&lab.appliance_state_dir().unwrap());
+    cfg.push_str(&host_config(&lab, &a, true).unwrap());
+    cfg.push_str(&host_config(&lab, &b, true).unwrap());
+    cfg.push_str("\n[ftp]\nreserve = \"64M\"\n");
+    let app = lab.appliance_with(&cfg).unwrap();
+    let pa = app
+        .cli_ok(&["ftp", "account", "hostA", "--write", "vm1"])
+        .unwrap()
+        .trim()
+        .to_string();
+    let pb = app
+        .cli_ok(&["ftp", "account", "hostB", "--read", "vm1"])
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let src = a.dir.join("vm1.save");
+    let dst = b.dir.join("vm1.restore");
+    netmigrate_lab::sys::sh(
+        "sh",
+        &[
+            "-c",
+            &format!("head -c {} /dev/urandom > {}", 1u64 << 30, src.display()),
+        ],
+    )
+    .unwrap();
+    let sum = |p: &std::path::Path| {
+        netmigrate_lab::sys::sh("sha256sum", &[p.to_str().unwrap()])
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let want = sum(&src);
+    lab.exec(
+        &a.ns,
+        "curl",
+        &[
+            "-sS",
+            "--ftp-pasv",
+            "--user",
+            &format!("hostA:{pa}"),
+            "-T",
+            src.to_str().unwrap(),
+            "ftp://10.213.0.1/vm1/vm1.img",
+        ],
+    )
+    .unwrap();
+    lab.exec(
+        &b.ns,
+        "curl",
+        &[
+            "-sS",
+            "--ftp-pasv",
+            "--user",
+            &format!("hostB:{pb}"),
+            "-o",
+            dst.to_str().unwrap(),
+            "ftp://10.213.0.1/vm1/latest.img",
+        ],
+    )
+    .unwrap();
+    assert_eq!(sum(&dst), want, "the 1 GiB image changed on its way");
+    let v: serde_json::Value =
+        serde_json::from_str(&app.cli_ok(&["images", "--json"]).unwrap()).unwrap();
+    assert_eq!(v[0]["sha256"], want.as_str());
+    assert_eq!(v[0]["size"], 1u64 << 30);
+    for f in [&src, &dst] {
+        let _ = std::fs::remove_file(f);
+    }
+}
