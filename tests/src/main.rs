@@ -389,5 +389,7 @@ fn bench_ftp(mib: u64, runs: usize) -> Result<()> {
         nu / ceil_up
     );
     drop(lab);
+    // The runs' root on tmpfs, empty now (another run's would not be, and stays).
+    let _ = std::fs::remove_dir("/dev/shm/netmigrate-lab");
     Ok(())
 }
