@@ -144,6 +144,10 @@ pub fn state_dir_of(path: &Path, src: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
+fn not_a_port(v: i64) -> String {
+    format!("{v} is not a port; use 1 to 65535")
+}
+
 fn finish(p: Problems) -> ConfigErrors {
     let mut list = p.list;
     list.sort_by(|a, b| a.line.cmp(&b.line).then(a.key.cmp(&b.key)));
@@ -523,32 +527,16 @@ impl Cx<'_> {
                 ),
             }
         }
-        if let Some(p) = t.integer(&mut self.p, "port") {
-            match u16::try_from(p.value) {
-                Ok(port) if port > 0 => ftp.port = port,
-                _ => self.p.at(
-                    &p.span,
-                    &p.key,
-                    format!("{} is not a port; use 1 to 65535", p.value),
-                ),
-            }
+        if let Some(port) = t.integer_in(&mut self.p, "port", 1..=65535, not_a_port) {
+            ftp.port = port as u16;
         }
         if let Some((r, _)) = t.parse(&mut self.p, "reserve", values::parse_size) {
             ftp.reserve_bytes = r;
         }
-        if let Some(k) = t.integer(&mut self.p, "keep") {
-            if (1..=1000).contains(&k.value) {
-                ftp.keep = k.value as usize;
-            } else {
-                self.p.at(
-                    &k.span,
-                    &k.key,
-                    format!(
-                        "{} generations: keep at least 1 (and at most 1000)",
-                        k.value
-                    ),
-                );
-            }
+        if let Some(k) = t.integer_in(&mut self.p, "keep", 1..=1000, |v| {
+            format!("{v} generations: keep at least 1 (and at most 1000)")
+        }) {
+            ftp.keep = k as usize;
         }
         let cert = t.string(&mut self.p, "tls_cert");
         let key = t.string(&mut self.p, "tls_key");
@@ -636,16 +624,10 @@ impl Cx<'_> {
                 ),
             }
         }
-        if let Some(h) = t.integer(&mut self.p, "headroom_pct") {
-            if (0..=90).contains(&h.value) {
-                pc.headroom_pct = h.value as u8;
-            } else {
-                self.p.at(
-                    &h.span,
-                    &h.key,
-                    format!("{}% is not a headroom; use 0 to 90", h.value),
-                );
-            }
+        if let Some(h) = t.integer_in(&mut self.p, "headroom_pct", 0..=90, |v| {
+            format!("{v}% is not a headroom; use 0 to 90")
+        }) {
+            pc.headroom_pct = h as u8;
         }
         if let Some((d, _)) = t.parse(&mut self.p, "stale_after", values::parse_duration) {
             pc.stale_after = d;
@@ -676,18 +658,9 @@ impl Cx<'_> {
             s.parse::<IpAddr>()
                 .map_err(|_| format!("`{s}` is not an IP address; write it like \"10.0.0.11\""))
         });
-        let ssh_port = match t.integer(&mut self.p, "ssh_port") {
-            Some(p) if (1..=65535).contains(&p.value) => p.value as u16,
-            Some(p) => {
-                self.p.at(
-                    &p.span,
-                    &p.key,
-                    format!("{} is not a port; use 1 to 65535", p.value),
-                );
-                22
-            }
-            None => 22,
-        };
+        let ssh_port = t
+            .integer_in(&mut self.p, "ssh_port", 1..=65535, not_a_port)
+            .map_or(22, |p| p as u16);
         let ssh_user = t
             .string(&mut self.p, "ssh_user")
             .map(|u| u.value)

@@ -162,6 +162,23 @@ impl<'a, 'i> Table<'a, 'i> {
         check(p, v, f)
     }
 
+    /// An integer within `range`; one outside is reported with `hint(value)` and None returned.
+    pub fn integer_in(
+        &self,
+        p: &mut Problems,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        hint: impl FnOnce(i64) -> String,
+    ) -> Option<i64> {
+        let v = self.integer(p, key)?;
+        if range.contains(&v.value) {
+            Some(v.value)
+        } else {
+            p.at(&v.span, &v.key, hint(v.value));
+            None
+        }
+    }
+
     /// A required string; a missing one is reported with `hint` saying what to write.
     pub fn required_string(
         &self,
