@@ -1,7 +1,7 @@
 //! Xen output parsing on `xl` output captured from the real nested Xen lab (fixtures/xen).
 
 use netmigrate::config::{HostConfig, HypervisorKind};
-use netmigrate::inventory::{parse_output, xen};
+use netmigrate::inventory::{facts, parse_output, xen};
 
 const XL_INFO: &str = include_str!("fixtures/xen/xl-info.txt");
 const XL_LIST_L: &str = include_str!("fixtures/xen/xl-list-l.json");
@@ -76,4 +76,12 @@ fn a_host_that_is_not_a_dom0_is_named_so() {
         err.contains("is this a Xen dom0?") && err.contains("xl: command not found"),
         "{err}"
     );
+}
+
+/// Prints the collection script for a Xen host, to regenerate `fixtures/xen/collect-output.txt`:
+/// run it on a Xen dom0 (`ssh root@dom0 sh < script`) and save what it prints.
+#[test]
+#[ignore = "a helper for regenerating fixtures"]
+fn print_xen_collection_script() {
+    print!("{}", facts::script(&xen_host()));
 }

@@ -433,27 +433,3 @@ mod tests {
         assert!(parse_common(&sections("@@cpuinfo\n"), &mut HostFacts::default()).is_err());
     }
 }
-
-#[cfg(test)]
-mod script_dump {
-    /// Prints the collection script for a Xen host, to regenerate the fixture
-    /// `tests/fixtures/xen/collect-output.txt`: run it on a Xen dom0 and save the output.
-    #[test]
-    #[ignore = "a helper for regenerating fixtures"]
-    fn print_xen_script() {
-        let h = crate::config::HostConfig {
-            name: "xen-a".into(),
-            address: "10.88.0.11".parse().unwrap(),
-            ssh_port: 22,
-            ssh_user: "root".into(),
-            ssh_key: "/k".into(),
-            host_key: None,
-            hypervisor: crate::config::HypervisorKind::Xen,
-            bridge: "xenbr0".into(),
-            ovsdb: None,
-            image_dir: "/var/lib/xen/images".into(),
-            save_dir: "/var/lib/xen/save".into(),
-        };
-        print!("{}", super::script(&h));
-    }
-}
