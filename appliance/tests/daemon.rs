@@ -107,6 +107,15 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `serve` on `config` to its end (for the cases where it must refuse to start).
+fn serve_once(config: impl AsRef<Path>) -> Output {
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config.as_ref())
+        .output()
+        .unwrap()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -164,11 +173,7 @@ fn api_socket_is_private_to_its_owner() {
 #[test]
 fn second_serve_on_the_same_state_refuses() {
     let d = Daemon::start("");
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(d.config())
-        .output()
-        .unwrap();
+    let out = serve_once(d.config());
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("is in use by another netmigrate"), "{err}");
@@ -186,11 +191,7 @@ fn serve_refuses_a_bad_config_with_every_problem() {
         config_text(dir.path(), "lease_time = \"forever\"\ncolour = 1\n"),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = serve_once(&cfg);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
@@ -357,11 +358,7 @@ fn newer_state_database_is_refused() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(d.config())
-        .output()
-        .unwrap();
+    let out = serve_once(d.config());
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(

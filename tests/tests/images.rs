@@ -14,6 +14,15 @@ fn text(o: &Output) -> String {
     )
 }
 
+fn sha256sum(path: &std::path::Path) -> String {
+    netmigrate_lab::sys::sh("sha256sum", &[path.to_str().unwrap()])
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 fn data(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     (0..len)
@@ -90,8 +99,7 @@ fn hosts_upload_and_download_images_over_ftp() {
     assert_eq!(v[0]["state"], "published");
     assert_eq!(v[0]["uploader"], "hostA");
     assert_eq!(v[0]["size"], bytes.len());
-    let sha = netmigrate_lab::sys::sh("sha256sum", &[src.to_str().unwrap()]).unwrap();
-    assert_eq!(v[0]["sha256"], sha.split_whitespace().next().unwrap());
+    assert_eq!(v[0]["sha256"], sha256sum(&src).as_str());
     assert!(app.cli(&["images", "verify"]).unwrap().status.success());
 
     // Refused: a wrong password, another host's image, an upload by the reader.
@@ -215,15 +223,7 @@ fn a_1_gib_image_keeps_its_sha256_through_the_store() {
         ],
     )
     .unwrap();
-    let sum = |p: &std::path::Path| {
-        netmigrate_lab::sys::sh("sha256sum", &[p.to_str().unwrap()])
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let want = sum(&src);
+    let want = sha256sum(&src);
     lab.exec(
         &a.ns,
         "curl",
@@ -252,7 +252,7 @@ fn a_1_gib_image_keeps_its_sha256_through_the_store() {
         ],
     )
     .unwrap();
-    assert_eq!(sum(&dst), want, "the 1 GiB image changed on its way");
+    assert_eq!(sha256sum(&dst), want, "the 1 GiB image changed on its way");
     let v: serde_json::Value =
         serde_json::from_str(&app.cli_ok(&["images", "--json"]).unwrap()).unwrap();
     assert_eq!(v[0]["sha256"], want.as_str());
