@@ -174,17 +174,20 @@ pub async fn start(cfg: &Config, state: &State) -> Result<(Store, Vec<JoinHandle
                 .await?;
             continue;
         }
-        let tls = cfg
-            .ftp
-            .tls
-            .as_ref()
-            .map(|(cert, key)| netmigrate_services::ftp::Tls {
-                cert: cert.clone(),
-                key: key.clone(),
-            });
-        let server =
-            netmigrate_services::ftp::server(store.clone(), accounts.clone(), lo..=hi, tls)
-                .map_err(|e| Error::Invalid(format!("FTP server: {e}")))?;
+        let opts = netmigrate_services::ftp::Options {
+            passive_ports: lo..=hi,
+            tls: cfg
+                .ftp
+                .tls
+                .as_ref()
+                .map(|(cert, key)| netmigrate_services::ftp::Tls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+            verify_downloads: cfg.ftp.verify_downloads,
+        };
+        let server = netmigrate_services::ftp::server(store.clone(), accounts.clone(), opts)
+            .map_err(|e| Error::Invalid(format!("FTP server: {e}")))?;
         let a = addr.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.listen(a.clone()).await {

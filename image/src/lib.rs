@@ -6,11 +6,13 @@
 //! <root>/<vm>/<gen>.img          a published image (never changes again)
 //! <root>/<vm>/<gen>.img.sha256   its checksum, in `sha256sum -c` format
 //! <root>/<vm>/.<gen>.img.part    an upload in progress (never visible as published)
+//! <root>/<vm>/.<gen>.img.failed  a failed upload's tombstone: its number is never reused
 //! ```
 //!
 //! - Publish is atomic: write `.part`, fsync, write the checksum, rename, fsync the directory.
 //!   A crash leaves at most a `.part`, which the next `Store::open` removes and reports.
-//! - SHA-256 is computed while the bytes stream in, and verified while they stream out.
+//! - SHA-256 is computed while the bytes stream in, and verified while they stream out through a
+//!   `Reader`; `send_published` sends a published image with sendfile(2) for the receiver to check.
 //! - A reader may start while the upload runs: it follows the writer until publish (and fails
 //!   cleanly if the upload fails), so a target can restore while the source still saves.
 //! - An upload that would leave less than the configured reserve free is refused up front.
@@ -19,10 +21,13 @@
 //! returns (`Published`, `Recovered`).
 
 mod follow;
+mod send;
 mod store;
+mod writer;
 
 pub use follow::Reader;
-pub use store::{ImageId, Published, Store, Writer};
+pub use store::{ImageId, Published, Store};
+pub use writer::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -46,6 +51,8 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    #[error("cannot resume from byte {from}: image {id} has only {size} bytes")]
+    BadResume { id: ImageId, from: u64, size: u64 },
     #[error("upload of {id} failed: {reason}")]
     UploadFailed { id: ImageId, reason: String },
     #[error("image store I/O on {path}: {source}")]

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+use crate::writer::Writer;
 use crate::{hex, io, Error};
 
 /// One generation of one VM's image.
@@ -62,7 +63,7 @@ impl fmt::Debug for Store {
 }
 
 /// Space checks while writing happen every this many bytes (statvfs is cheap, not free).
-const SPACE_CHECK_EVERY: u64 = 16 << 20;
+pub(crate) const SPACE_CHECK_EVERY: u64 = 16 << 20;
 
 fn check_name(vm: &str) -> Result<(), Error> {
     let ok = !vm.is_empty()
@@ -93,7 +94,17 @@ fn available(path: &Path) -> Result<u64, Error> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+/// Marks generation `id` failed, so that its number is never given to another upload (the
+/// manifest's row for it keeps meaning that failed upload). Best effort: a lost tombstone only
+/// lets the number be reused.
+pub(crate) fn tombstone(dir: &Path, id: &ImageId, reason: &str) {
+    let _ = std::fs::write(
+        dir.join(format!(".{}.img.failed", id.generation)),
+        format!("{reason}\n"),
+    );
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))
@@ -121,10 +132,12 @@ impl Store {
                 };
                 std::fs::remove_file(f.path()).map_err(io(&f.path()))?;
                 if let Ok(generation) = gen.parse() {
-                    recovered.push(ImageId {
+                    let id = ImageId {
                         vm: vm_name.clone(),
                         generation,
-                    });
+                    };
+                    tombstone(&dir, &id, "interrupted by a restart");
+                    recovered.push(id);
                 }
             }
         }
@@ -159,7 +172,7 @@ impl Store {
             .join(format!(".{}.img.part", id.generation))
     }
 
-    fn sum_path(&self, id: &ImageId) -> PathBuf {
+    pub(crate) fn sum_path(&self, id: &ImageId) -> PathBuf {
         self.inner
             .root
             .join(&id.vm)
@@ -177,8 +190,12 @@ impl Store {
                 if let Some(g) = n.strip_suffix(".img") {
                     g.parse().ok().map(|g| (g, true))
                 } else {
+                    // In progress, or failed (a tombstone keeps its number from reuse).
                     n.strip_prefix('.')
-                        .and_then(|n| n.strip_suffix(".img.part"))
+                        .and_then(|n| {
+                            n.strip_suffix(".img.part")
+                                .or_else(|| n.strip_suffix(".img.failed"))
+                        })
                         .and_then(|g| g.parse().ok())
                         .map(|g| (g, false))
                 }
@@ -191,40 +208,72 @@ impl Store {
     /// Starts a new generation of `vm`'s image. `expected` (bytes), when known, is checked
     /// against the free space and the reserve before anything is written.
     pub async fn create(&self, vm: &str, expected: Option<u64>) -> Result<Writer, Error> {
+        self.start(vm, expected, None).await
+    }
+
+    /// Starts a new generation of `vm`'s image that begins with the first `prefix` bytes of
+    /// `base` (a published image of the same VM): an interrupted upload resumed. The prefix is
+    /// copied and hashed by the writer before the bytes written next.
+    pub async fn resume(
+        &self,
+        base: &ImageId,
+        prefix: u64,
+        expected: Option<u64>,
+    ) -> Result<Writer, Error> {
+        let path = self.path(base);
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => return Err(Error::NotFound(base.clone())),
+        };
+        if prefix > size {
+            return Err(Error::BadResume {
+                id: base.clone(),
+                from: prefix,
+                size,
+            });
+        }
+        let f = std::fs::File::open(&path).map_err(io(&path))?;
+        self.start(&base.vm, expected, Some((f, prefix))).await
+    }
+
+    async fn start(
+        &self,
+        vm: &str,
+        expected: Option<u64>,
+        prefix: Option<(std::fs::File, u64)>,
+    ) -> Result<Writer, Error> {
         check_name(vm)?;
         let dir = self.inner.root.join(vm);
         tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
-        let generation = self.generations(vm).last().map(|(g, _)| g + 1).unwrap_or(1);
-        let id = ImageId {
-            vm: vm.to_string(),
-            generation,
+        let mut generation = self.generations(vm).last().map(|(g, _)| g + 1).unwrap_or(1);
+        // Two uploads of one VM may start at once: the second takes the next number.
+        let (id, file) = loop {
+            let id = ImageId {
+                vm: vm.to_string(),
+                generation,
+            };
+            self.check_space(&id, expected.unwrap_or(0))?;
+            let part = self.part_path(&id);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&part)
+            {
+                Ok(f) => break (id, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => generation += 1,
+                Err(e) => return Err(io(&part)(e)),
+            }
         };
-        self.check_space(&id, expected.unwrap_or(0))?;
-        let part = self.part_path(&id);
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&part)
-            .await
-            .map_err(io(&part))?;
         let (tx, rx) = watch::channel(Progress::Uploading { written: 0 });
         self.inner
             .uploads
             .lock()
             .expect("uploads")
             .insert(id.clone(), rx);
-        Ok(Writer {
-            store: self.clone(),
-            id,
-            file: Some(file),
-            hasher: Sha256::new(),
-            written: 0,
-            checked_at: 0,
-            progress: tx,
-        })
+        Ok(Writer::start(self.clone(), id, file, prefix, tx))
     }
 
-    fn check_space(&self, id: &ImageId, need: u64) -> Result<(), Error> {
+    pub(crate) fn check_space(&self, id: &ImageId, need: u64) -> Result<(), Error> {
         let left = available(&self.inner.root)?;
         if left.saturating_sub(need) < self.inner.reserve {
             return Err(Error::NoSpace {
@@ -261,6 +310,14 @@ impl Store {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// The SHA-256 (hex) recorded when `id` was published.
+    pub fn checksum(&self, id: &ImageId) -> Result<String, Error> {
+        if !self.path(id).exists() {
+            return Err(Error::NotFound(id.clone()));
+        }
+        self.recorded_sum(id)
     }
 
     /// The checksum written at publish time.
@@ -309,9 +366,17 @@ impl Store {
             by_vm.entry(p.id.vm.clone()).or_default().push(p.id);
         }
         let mut removed = Vec::new();
-        for (_, mut ids) in by_vm {
+        for (vm, mut ids) in by_vm {
             ids.sort();
             let old = ids.len().saturating_sub(keep);
+            // Tombstones of failed uploads older than what is kept are history only.
+            let oldest_kept = ids.get(old).map_or(0, |id| id.generation);
+            for (g, _) in self.generations(&vm) {
+                let stone = self.inner.root.join(&vm).join(format!(".{g}.img.failed"));
+                if g < oldest_kept && stone.exists() {
+                    std::fs::remove_file(&stone).map_err(io(&stone))?;
+                }
+            }
             for id in ids.into_iter().take(old) {
                 if in_use.contains(&id) {
                     continue;
@@ -324,128 +389,5 @@ impl Store {
         }
         removed.sort();
         Ok(removed)
-    }
-}
-
-/// Writes one generation. Dropped without `publish`, the upload fails and its bytes are
-/// removed; followers are told.
-pub struct Writer {
-    store: Store,
-    pub id: ImageId,
-    file: Option<tokio::fs::File>,
-    hasher: Sha256,
-    written: u64,
-    checked_at: u64,
-    progress: watch::Sender<Progress>,
-}
-
-impl Writer {
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// Appends `buf`; followers may read it as soon as this returns.
-    pub async fn write(&mut self, buf: &[u8]) -> Result<(), Error> {
-        if self.written + buf.len() as u64 - self.checked_at >= SPACE_CHECK_EVERY {
-            self.checked_at = self.written;
-            if let Err(e) = self.store.check_space(&self.id, buf.len() as u64) {
-                self.abandon(&e.to_string());
-                return Err(e);
-            }
-        }
-        let part = self.store.part_path(&self.id);
-        let file = self.file.as_mut().expect("writer open");
-        let r = async {
-            file.write_all(buf).await?;
-            // tokio hands writes to a blocking thread: flush so the bytes are in the file
-            // before followers are told they are.
-            file.flush().await
-        }
-        .await;
-        if let Err(e) = r {
-            let e = io(&part)(e);
-            self.abandon(&e.to_string());
-            return Err(e);
-        }
-        self.hasher.update(buf);
-        self.written += buf.len() as u64;
-        self.progress.send_replace(Progress::Uploading {
-            written: self.written,
-        });
-        Ok(())
-    }
-
-    /// Makes the image visible, atomically: fsync, checksum file, rename, fsync the directory.
-    pub async fn publish(mut self) -> Result<Published, Error> {
-        let id = self.id.clone();
-        let store = self.store.clone();
-        let file = self.file.take().expect("writer open");
-        let (part, path) = (store.part_path(&id), store.path(&id));
-        let sha256 = hex(&std::mem::take(&mut self.hasher).finalize());
-        let size = self.written;
-        let sum = store.sum_path(&id);
-        let line = format!("{sha256}  {}.img\n", id.generation);
-        let done = async {
-            file.sync_all().await.map_err(io(&part))?;
-            drop(file);
-            tokio::fs::write(&sum, line).await.map_err(io(&sum))?;
-            tokio::fs::File::open(&sum)
-                .await
-                .map_err(io(&sum))?
-                .sync_all()
-                .await
-                .map_err(io(&sum))?;
-            tokio::fs::rename(&part, &path).await.map_err(io(&path))?;
-            let dir = path.parent().expect("image dir").to_path_buf();
-            tokio::task::spawn_blocking(move || sync_dir(&dir))
-                .await
-                .expect("sync task")?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        store.inner.uploads.lock().expect("uploads").remove(&id);
-        match done {
-            Ok(()) => {
-                self.progress.send_replace(Progress::Published {
-                    size,
-                    sha256: sha256.clone(),
-                });
-                Ok(Published { id, size, sha256 })
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&part);
-                let _ = std::fs::remove_file(&sum);
-                self.progress.send_replace(Progress::Failed(e.to_string()));
-                Err(e)
-            }
-        }
-    }
-
-    /// Gives the upload up: followers fail with `reason`, the partial bytes are removed.
-    pub async fn fail(mut self, reason: &str) {
-        self.abandon(reason);
-    }
-
-    /// Closes and removes the partial file and tells followers why. (A removal is one
-    /// unlink: done inline, also from Drop.)
-    fn abandon(&mut self, reason: &str) {
-        self.file = None;
-        self.store
-            .inner
-            .uploads
-            .lock()
-            .expect("uploads")
-            .remove(&self.id);
-        let _ = std::fs::remove_file(self.store.part_path(&self.id));
-        self.progress
-            .send_replace(Progress::Failed(reason.to_string()));
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if self.file.is_some() {
-            self.abandon("the upload was abandoned");
-        }
     }
 }

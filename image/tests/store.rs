@@ -189,6 +189,8 @@ async fn a_crash_mid_upload_leaves_nothing_published() {
     assert!(!root.join("vm1/.1.img.part").exists());
     assert!(s.list().unwrap().is_empty());
     assert!(matches!(s.read("vm1", None).await, Err(Error::NotFound(_))));
+    // The failed generation's number is not given to the next upload.
+    assert_eq!(s.create("vm1", None).await.unwrap().id.generation, 2);
 }
 
 #[tokio::test]
@@ -228,4 +230,39 @@ async fn names_that_would_escape_the_store_are_refused() {
             "{bad:?} accepted"
         );
     }
+}
+
+#[tokio::test]
+async fn a_resumed_upload_continues_a_cut_one_as_the_next_generation() {
+    let (_d, s) = store(0);
+    let bytes = data(3_000_000, 9);
+    // The first upload was cut at 1.2 MB (FTP sees a clean end of stream).
+    let mut w = s.create("vm1", None).await.unwrap();
+    w.write(&bytes[..1_200_000]).await.unwrap();
+    let cut = w.publish().await.unwrap();
+    // The client resumes from 1,000,000 (what it believes was stored).
+    let mut w = s.resume(&cut.id, 1_000_000, None).await.unwrap();
+    assert_eq!(w.written(), 1_000_000);
+    let follower = {
+        let (s, gen) = (s.clone(), w.id.generation);
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            s.read("vm1", Some(gen))
+                .await
+                .unwrap()
+                .read_to_end(&mut out)
+                .await
+                .map(|_| out)
+        })
+    };
+    w.write(&bytes[1_000_000..]).await.unwrap();
+    let p = w.publish().await.unwrap();
+    assert_eq!(p.id.generation, 2);
+    assert_eq!(p.size, bytes.len() as u64);
+    assert_eq!(std::fs::read(s.root().join("vm1/2.img")).unwrap(), bytes);
+    assert_eq!(follower.await.unwrap().unwrap(), bytes);
+    assert_eq!(s.verify(&p.id).await.unwrap(), p);
+    // Beyond the end of the base there is nothing to continue.
+    let e = s.resume(&cut.id, 1_200_001, None).await.err().unwrap();
+    assert!(matches!(e, Error::BadResume { .. }), "{e}");
 }

@@ -49,10 +49,10 @@ struct Server {
 }
 
 fn start(passive: std::ops::RangeInclusive<u16>) -> Server {
-    start_with(passive, false)
+    start_with(passive, false, false)
 }
 
-fn start_with(passive: std::ops::RangeInclusive<u16>, tls: bool) -> Server {
+fn start_with(passive: std::ops::RangeInclusive<u16>, tls: bool, verify_downloads: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let tls = tls.then(|| {
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -94,7 +94,12 @@ fn start_with(passive: std::ops::RangeInclusive<u16>, tls: bool) -> Server {
         .unwrap()
         .port();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = ftp::server(store, Arc::new(Accounts), passive, tls).unwrap();
+    let opts = ftp::Options {
+        passive_ports: passive,
+        tls,
+        verify_downloads,
+    };
+    let server = ftp::server(store, Arc::new(Accounts), opts).unwrap();
     rt.spawn(async move { server.listen(format!("127.0.0.1:{port}")).await });
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -133,6 +138,14 @@ fn data(len: usize) -> Vec<u8> {
             x ^= x << 17;
             x as u8
         })
+        .collect()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
         .collect()
 }
 
@@ -188,7 +201,134 @@ fn upload_then_verified_download_and_resume() {
     // The listing shows the generation.
     let o = s.curl("hostB", &["--list-only", &s.url("/vm1/")]);
     ok(&o);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1.img");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "1.img\n1.img.sha256"
+    );
+    // The checksum a receiver checks against.
+    let o = s.curl("hostB", &[&s.url("/vm1/1.img.sha256")]);
+    ok(&o);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("{}  1.img\n", sha256_hex(&bytes))
+    );
+}
+
+/// An upload cut short (curl gives up after 1 s) is resumed with `curl -C -` (SIZE, then APPE):
+/// only the missing bytes travel, and the newest generation is the whole file.
+#[test]
+fn an_interrupted_upload_resumes_where_it_stopped() {
+    let s = start(52140..=52169);
+    let bytes = data(8 << 20);
+    let src = s.file("vm1.save");
+    std::fs::write(&src, &bytes).unwrap();
+    let url = s.url("/vm1/vm1.img");
+    let cut = s.curl(
+        "hostA",
+        &[
+            "--limit-rate",
+            "2M",
+            "--max-time",
+            "1",
+            "-T",
+            src.to_str().unwrap(),
+            &url,
+        ],
+    );
+    assert!(!cut.status.success(), "the upload was not cut");
+    // Stream mode cannot tell a cut from an end: what arrived is published (the server may
+    // see the end a moment after curl gave up).
+    let published = s.dir.path().join("images/vm1/1.img");
+    for _ in 0..100 {
+        if published.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let first = std::fs::metadata(&published)
+        .expect("the cut upload was published")
+        .len();
+    assert!(first > 0 && first < bytes.len() as u64, "{first}");
+
+    let o = s.curl(
+        "hostA",
+        &[
+            "-C",
+            "-",
+            "-w",
+            "%{size_upload}",
+            "-T",
+            src.to_str().unwrap(),
+            &url,
+        ],
+    );
+    ok(&o);
+    let sent: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert_eq!(
+        sent,
+        bytes.len() as u64 - first,
+        "resume sent the wrong part"
+    );
+    assert_eq!(
+        std::fs::read(s.dir.path().join("images/vm1/2.img")).unwrap(),
+        bytes
+    );
+    let got = s.file("got.img");
+    ok(&s.curl(
+        "hostB",
+        &["-o", got.to_str().unwrap(), &s.url("/vm1/latest.img")],
+    ));
+    assert!(std::fs::read(&got).unwrap() == bytes);
+}
+
+/// A published image that rots on disk: sent by sendfile, the receiver's check against the
+/// published checksum catches it; with `verify_downloads` the server itself stops the transfer.
+#[test]
+fn a_corrupted_image_is_caught_by_the_receiver_or_by_the_verifying_server() {
+    for verify in [false, true] {
+        let s = start_with(
+            if verify { 52120..=52129 } else { 52130..=52139 },
+            false,
+            verify,
+        );
+        let bytes = data(4 << 20);
+        std::fs::write(s.file("vm1.save"), &bytes).unwrap();
+        ok(&s.curl(
+            "hostA",
+            &[
+                "-T",
+                s.file("vm1.save").to_str().unwrap(),
+                &s.url("/vm1/a.img"),
+            ],
+        ));
+        let stored = s.dir.path().join("images/vm1/1.img");
+        let mut rotten = std::fs::read(&stored).unwrap();
+        rotten[1 << 20] ^= 0x40;
+        std::fs::write(&stored, &rotten).unwrap();
+
+        let got = s.file("got.img");
+        let o = s.curl(
+            "hostB",
+            &["-o", got.to_str().unwrap(), &s.url("/vm1/1.img")],
+        );
+        if verify {
+            assert!(
+                !o.status.success(),
+                "the verifying server sent a corrupt image"
+            );
+        } else {
+            ok(&o);
+            let sum = s.curl("hostB", &[&s.url("/vm1/1.img.sha256")]);
+            ok(&sum);
+            let published = String::from_utf8_lossy(&sum.stdout);
+            let received = sha256_hex(&std::fs::read(&got).unwrap());
+            assert!(
+                !published.starts_with(&received),
+                "the rotten bytes match the published checksum"
+            );
+            assert!(published.starts_with(&sha256_hex(&bytes)));
+        }
+    }
 }
 
 #[test]
@@ -275,7 +415,7 @@ fn a_download_started_during_the_upload_gets_the_same_bytes() {
 
 #[test]
 fn with_a_certificate_only_ftps_is_served() {
-    let s = start_with(52090..=52119, true);
+    let s = start_with(52090..=52119, true, false);
     let bytes = data(1 << 20);
     std::fs::write(s.file("x"), &bytes).unwrap();
     let cert = s.file("cert.pem").display().to_string();

@@ -189,6 +189,47 @@ fn hosts_upload_and_download_images_over_ftp() {
     );
     assert!(!app.state_dir.join("images/vm1/2.img").exists());
     assert!(!app.state_dir.join("images/vm1/.2.img.part").exists());
+
+    // lftp cut off mid-upload (killed), then `put -c` (SIZE, REST, STOR): only the rest
+    // travels and the newest generation is the whole file.
+    let lftp = |cmd: &str| {
+        netmigrate_lab::netns::exec(&a.ns, "lftp")
+            .args([
+                "-u",
+                &format!("hostA,{pa}"),
+                "-e",
+                &format!("set ftp:passive-mode on; set net:limit-rate 4M; {cmd}; quit"),
+                "10.213.0.1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let put = format!("put {} -o /vm1/vm1-lftp.img", src.display());
+    let mut cut = lftp(&put);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    cut.kill().unwrap();
+    cut.wait().unwrap();
+    let published = |gen: u64| app.state_dir.join(format!("images/vm1/{gen}.img"));
+    for _ in 0..100 {
+        if published(3).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let first = std::fs::metadata(published(3))
+        .expect("the cut upload")
+        .len();
+    assert!(first > 0 && first < bytes.len() as u64, "{first}");
+    let resumed = lftp(&put.replacen("put ", "put -c ", 1))
+        .wait_with_output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        std::fs::read(published(4)).unwrap() == bytes,
+        "resumed upload differs"
+    );
 }
 
 #[test]

@@ -538,6 +538,9 @@ impl Cx<'_> {
         }) {
             ftp.keep = k as usize;
         }
+        if let Some(v) = t.boolean(&mut self.p, "verify_downloads") {
+            ftp.verify_downloads = v.value;
+        }
         let cert = t.string(&mut self.p, "tls_cert");
         let key = t.string(&mut self.p, "tls_key");
         match (cert, key) {
@@ -575,6 +578,7 @@ impl Cx<'_> {
                 "keep",
                 "tls_cert",
                 "tls_key",
+                "verify_downloads",
             ],
         );
         ftp

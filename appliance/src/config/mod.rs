@@ -109,6 +109,8 @@ pub struct FtpConfig {
     pub keep: usize,
     /// FTPS certificate chain and key (PEM); when set, plain FTP is refused.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Hash downloads on the appliance too, instead of sending them with sendfile(2).
+    pub verify_downloads: bool,
 }
 
 impl Default for FtpConfig {
@@ -119,6 +121,7 @@ impl Default for FtpConfig {
             reserve_bytes: 1 << 30,
             keep: 3,
             tls: None,
+            verify_downloads: false,
         }
     }
 }

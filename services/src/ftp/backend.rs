@@ -5,7 +5,10 @@ use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use netmigrate_image::{Error as ImageError, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use netmigrate_image::{Error as ImageError, ImageId, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use unftp_core::storage::{
     Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend, FEATURE_RESTART,
@@ -16,12 +19,29 @@ use super::FtpUser;
 #[derive(Debug, Clone)]
 pub struct ImageBackend {
     store: Store,
-    hooks: std::sync::Arc<dyn super::FtpAccounts>,
+    hooks: Arc<dyn super::FtpAccounts>,
+    /// Hash every download on the server too (a `Reader`), instead of sendfile(2).
+    verify_downloads: bool,
+    /// The generation each (account, VM, file name) upload went to, for SIZE and resume.
+    uploads: Uploads,
 }
 
+/// Shared by all sessions of one server.
+pub type Uploads = Arc<Mutex<HashMap<(String, String, String), ImageId>>>;
+
 impl ImageBackend {
-    pub fn new(store: Store, hooks: std::sync::Arc<dyn super::FtpAccounts>) -> Self {
-        ImageBackend { store, hooks }
+    pub fn new(
+        store: Store,
+        hooks: Arc<dyn super::FtpAccounts>,
+        verify_downloads: bool,
+        uploads: Uploads,
+    ) -> Self {
+        ImageBackend {
+            store,
+            hooks,
+            verify_downloads,
+            uploads,
+        }
     }
 }
 
@@ -96,17 +116,35 @@ fn parse(path: &Path) -> Result<Target> {
     }
 }
 
-/// `<gen>.img` -> Some(gen); `latest.img` -> None (the newest).
-fn generation(file: &str) -> Result<Option<u64>> {
-    let stem = file
-        .strip_suffix(".img")
-        .ok_or_else(|| Error::from(ErrorKind::PermanentFileNotAvailable))?;
-    if stem == "latest" {
-        return Ok(None);
-    }
-    stem.parse()
-        .map(Some)
-        .map_err(|_| Error::from(ErrorKind::PermanentFileNotAvailable))
+/// A file of a VM's directory: `<gen>.img` or `latest.img` (the newest, None), or the
+/// checksum of a published one, `<gen>.img.sha256` (in `sha256sum -c` format).
+#[derive(Debug, PartialEq)]
+enum File {
+    Image(Option<u64>),
+    Sum(Option<u64>),
+}
+
+fn file(name: &str) -> Result<File> {
+    let (stem, sum) = match name.strip_suffix(".img.sha256") {
+        Some(s) => (s, true),
+        None => (
+            name.strip_suffix(".img")
+                .ok_or_else(|| Error::from(ErrorKind::PermanentFileNotAvailable))?,
+            false,
+        ),
+    };
+    let gen = match stem {
+        "latest" => None,
+        g => Some(
+            g.parse()
+                .map_err(|_| Error::from(ErrorKind::PermanentFileNotAvailable))?,
+        ),
+    };
+    Ok(if sum {
+        File::Sum(gen)
+    } else {
+        File::Image(gen)
+    })
 }
 
 fn image_err(e: ImageError) -> Error {
@@ -145,6 +183,49 @@ impl ImageBackend {
         vms
     }
 
+    /// The image `user` last uploaded as `/vm/name` (a `<gen>.img` name means that one).
+    fn uploaded_as(&self, user: &FtpUser, vm: &str, name: &str) -> Option<ImageId> {
+        let key = (user.name.clone(), vm.to_string(), name.to_string());
+        if let Some(id) = self.uploads.lock().expect("uploads").get(&key) {
+            return Some(id.clone());
+        }
+        match file(name) {
+            Ok(File::Image(Some(generation))) => Some(ImageId {
+                vm: vm.to_string(),
+                generation,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The image a file name means (`latest` is the newest, possibly still uploading).
+    fn resolve(&self, vm: &str, name: &str) -> Result<ImageId> {
+        let gen = match file(name)? {
+            File::Image(Some(g)) | File::Sum(Some(g)) => g,
+            File::Image(None) | File::Sum(None) => self
+                .store
+                .newest(vm)
+                .map_err(image_err)?
+                .ok_or_else(|| Error::from(ErrorKind::PermanentFileNotAvailable))?,
+        };
+        Ok(ImageId {
+            vm: vm.to_string(),
+            generation: gen,
+        })
+    }
+
+    /// `<sha256>  <gen>.img`, as `sha256sum -c` reads it; only for published images.
+    fn sum_line(&self, id: &ImageId) -> Result<String> {
+        if self.store.uploading(id).is_some() {
+            return Err(Error::new(
+                ErrorKind::TransientFileNotAvailable,
+                "still being uploaded; its checksum is known once published",
+            ));
+        }
+        let sum = self.store.checksum(id).map_err(image_err)?;
+        Ok(format!("{sum}  {}.img\n", id.generation))
+    }
+
     fn file_meta(&self, vm: &str, gen: u64) -> Result<Meta> {
         let path = self.store.root().join(vm).join(format!("{gen}.img"));
         let m = std::fs::metadata(&path)
@@ -173,19 +254,36 @@ impl StorageBackend<FtpUser> for ImageBackend {
         match parse(path.as_ref())? {
             Target::Root => Ok(dir_meta()),
             Target::Vm(vm) if user.may_read(&vm) || user.may_write(&vm) => Ok(dir_meta()),
+            Target::File(vm, f) if !(user.may_read(&vm) && file(&f).is_ok()) => {
+                // SIZE of one's own upload, for resuming it (REST + STOR, or APPE).
+                let Some(id) = user
+                    .may_write(&vm)
+                    .then(|| self.uploaded_as(user, &vm, &f))
+                    .flatten()
+                else {
+                    return Err(match user.may_read(&vm) || user.may_write(&vm) {
+                        true => Error::from(ErrorKind::PermanentFileNotAvailable),
+                        false => denied("not yours"),
+                    });
+                };
+                match self.store.uploading(&id) {
+                    Some(written) => Ok(Meta {
+                        len: written,
+                        dir: false,
+                        modified: SystemTime::now(),
+                    }),
+                    None => self.file_meta(&vm, id.generation),
+                }
+            }
             Target::File(vm, f) if user.may_read(&vm) => {
-                let gen = match generation(&f)? {
-                    Some(g) => g,
-                    None => self
-                        .store
-                        .newest(&vm)
-                        .map_err(image_err)?
-                        .ok_or_else(|| Error::from(ErrorKind::PermanentFileNotAvailable))?,
-                };
-                let id = netmigrate_image::ImageId {
-                    vm: vm.clone(),
-                    generation: gen,
-                };
+                let id = self.resolve(&vm, &f)?;
+                if let File::Sum(_) = file(&f)? {
+                    return Ok(Meta {
+                        len: self.sum_line(&id)?.len() as u64,
+                        dir: false,
+                        modified: SystemTime::now(),
+                    });
+                }
                 // Still uploading: the final size is not known yet. A transient error (450)
                 // makes clients skip SIZE and read to the end; a size so far would make curl
                 // stop there.
@@ -194,7 +292,7 @@ impl StorageBackend<FtpUser> for ImageBackend {
                         ErrorKind::TransientFileNotAvailable,
                         "still being uploaded; its size is known once published",
                     )),
-                    None => self.file_meta(&vm, gen),
+                    None => self.file_meta(&vm, id.generation),
                 }
             }
             _ => Err(denied("not yours")),
@@ -228,6 +326,14 @@ impl StorageBackend<FtpUser> for ImageBackend {
                         path: PathBuf::from(format!("{}.img", p.id.generation)),
                         metadata: self.file_meta(&vm, p.id.generation)?,
                     });
+                    out.push(Fileinfo {
+                        path: PathBuf::from(format!("{}.img.sha256", p.id.generation)),
+                        metadata: Meta {
+                            len: self.sum_line(&p.id)?.len() as u64,
+                            dir: false,
+                            modified: SystemTime::now(),
+                        },
+                    });
                 }
                 Ok(out)
             }
@@ -253,11 +359,39 @@ impl StorageBackend<FtpUser> for ImageBackend {
         if !user.may_read(&vm) {
             return Err(denied(format!("{user} may not read {vm}'s images")));
         }
-        let mut r = self
-            .store
-            .read(&vm, generation(&f)?)
-            .await
-            .map_err(image_err)?;
+        let kind = file(&f)?;
+        if let File::Sum(_) = kind {
+            let line = self.sum_line(&self.resolve(&vm, &f)?)?;
+            let rest = line
+                .as_bytes()
+                .get(start_pos as usize..)
+                .unwrap_or_default();
+            output
+                .write_all(rest)
+                .await
+                .map_err(|e| Error::new(ErrorKind::ConnectionClosed, e))?;
+            return Ok(rest.len() as u64);
+        }
+        // A published image on a plain connection goes out by sendfile(2); the receiver
+        // checks it against the published checksum. Uploads in progress are followed.
+        if let (false, Ok(sock)) = (
+            self.verify_downloads,
+            libunftp::RETR_DATA_SOCKET.try_with(|fd| *fd),
+        ) {
+            let id = self.resolve(&vm, &f)?;
+            if let Some(sent) = self
+                .store
+                .send_published(&id, start_pos, sock)
+                .await
+                .map_err(image_err)?
+            {
+                return Ok(sent);
+            }
+        }
+        let File::Image(generation) = kind else {
+            unreachable!("checksums were sent above")
+        };
+        let mut r = self.store.read(&vm, generation).await.map_err(image_err)?;
         // The checksum covers the whole image: a resumed download still reads (and hashes)
         // the part it skips.
         let mut buf = vec![0u8; 1 << 20];
@@ -313,35 +447,60 @@ impl StorageBackend<FtpUser> for ImageBackend {
         path: P,
         start_pos: u64,
     ) -> Result<u64> {
-        let Target::File(vm, _) = parse(path.as_ref())? else {
+        let Target::File(vm, name) = parse(path.as_ref())? else {
             return Err(denied("upload to /<vm>/<name>.img"));
         };
         if !user.may_write(&vm) {
             return Err(denied(format!("{user} may not upload {vm}'s images")));
         }
-        if start_pos != 0 {
-            // Resuming an upload into a new generation is meaningless; the store only appends.
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                "uploads cannot be resumed yet; upload again",
-            ));
-        }
-        let mut w = self.store.create(&vm, None).await.map_err(image_err)?;
+        let mut w = if start_pos == 0 {
+            self.store.create(&vm, None).await.map_err(image_err)?
+        } else {
+            // REST + STOR or APPE: the image under this name continues, as a new generation
+            // (published images never change).
+            let base = self.uploaded_as(user, &vm, &name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::PermanentFileNotAvailable,
+                    format!("no upload of /{vm}/{name} to resume; upload from the start"),
+                )
+            })?;
+            if self.store.uploading(&base).is_some() {
+                return Err(Error::new(
+                    ErrorKind::TransientFileNotAvailable,
+                    format!("{base} is still being uploaded"),
+                ));
+            }
+            tracing::info!(base = %base, from = start_pos, user = %user, "upload resumed");
+            self.store
+                .resume(&base, start_pos, None)
+                .await
+                .map_err(image_err)?
+        };
         let id = w.id.clone();
+        self.uploads
+            .lock()
+            .expect("uploads")
+            .insert((user.name.clone(), vm.clone(), name.clone()), id.clone());
         self.hooks.upload_started(&user.name, &id).await;
-        let mut buf = vec![0u8; 1 << 20];
         let result = async {
             loop {
-                let n = input.read(&mut buf).await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::ConnectionClosed,
-                        format!("the upload broke off: {e}"),
-                    )
-                })?;
-                if n == 0 {
+                // Fill whole buffers: the writer's thread stores one while the next arrives.
+                let mut buf = w.buffer();
+                while buf.len() < buf.capacity() {
+                    let n = input.read_buf(&mut buf).await.map_err(|e| {
+                        Error::new(
+                            ErrorKind::ConnectionClosed,
+                            format!("the upload broke off: {e}"),
+                        )
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                if buf.is_empty() {
                     break;
                 }
-                w.write(&buf[..n]).await.map_err(image_err)?;
+                w.write_vec(buf).await.map_err(image_err)?;
             }
             w.publish().await.map_err(image_err)
         }
@@ -350,7 +509,7 @@ impl StorageBackend<FtpUser> for ImageBackend {
             Ok(p) => {
                 tracing::info!(image = %p.id, size = p.size, sha256 = %p.sha256, user = %user, "image published");
                 self.hooks.published(&user.name, &p).await;
-                Ok(p.size)
+                Ok(p.size.saturating_sub(start_pos))
             }
             Err(e) => {
                 // The writer, dropped unpublished, removed the partial bytes.
@@ -414,8 +573,10 @@ mod tests {
         ] {
             assert!(parse(Path::new(bad)).is_err(), "{bad} accepted");
         }
-        assert_eq!(generation("7.img").unwrap(), Some(7));
-        assert_eq!(generation("latest.img").unwrap(), None);
-        assert!(generation("passwd").is_err());
+        assert_eq!(file("7.img").unwrap(), File::Image(Some(7)));
+        assert_eq!(file("latest.img").unwrap(), File::Image(None));
+        assert_eq!(file("7.img.sha256").unwrap(), File::Sum(Some(7)));
+        assert!(file("passwd").is_err());
+        assert!(file("x.img").is_err());
     }
 }

@@ -118,24 +118,35 @@ pub struct Tls {
     pub key: std::path::PathBuf,
 }
 
-/// Builds the server: the image store behind per-account access, on the given passive ports,
-/// FTPS-only when `tls` is given.
+/// How the server runs, beyond its store and accounts.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub passive_ports: std::ops::RangeInclusive<u16>,
+    /// FTPS only, with this certificate; None for plain FTP.
+    pub tls: Option<Tls>,
+    /// Hash every download on the server as well (slower: no sendfile). Receivers check
+    /// against the published checksum in any case.
+    pub verify_downloads: bool,
+}
+
+/// Builds the server: the image store behind per-account access.
 pub fn server<A: FtpAccounts + 'static>(
     store: netmigrate_image::Store,
     accounts: Arc<A>,
-    passive_ports: std::ops::RangeInclusive<u16>,
-    tls: Option<Tls>,
+    opts: Options,
 ) -> Result<libunftp::Server<ImageBackend, FtpUser>, libunftp::ServerError> {
     let hooks: Arc<dyn FtpAccounts> = accounts.clone();
     let auth = Arc::new(Accounts(accounts));
+    let verify = opts.verify_downloads;
+    let uploads = backend::Uploads::default();
     let mut b = libunftp::ServerBuilder::with_user_detail_provider(
-        Box::new(move || ImageBackend::new(store.clone(), hooks.clone())),
+        Box::new(move || ImageBackend::new(store.clone(), hooks.clone(), verify, uploads.clone())),
         auth.clone(),
     )
     .authenticator(auth)
     .greeting("netmigrate image store")
-    .passive_ports(passive_ports);
-    if let Some(t) = tls {
+    .passive_ports(opts.passive_ports);
+    if let Some(t) = opts.tls {
         b = b.ftps(t.cert, t.key).ftps_required(true, true);
     }
     b.build()
