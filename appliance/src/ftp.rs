@@ -30,6 +30,28 @@ pub fn new_password() -> Result<String, Error> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
 }
 
+/// The stored form of a one-time migration token: SHA-256. The token is 144 random bits, so a
+/// slow password hash would add nothing but latency (its check falls inside a VM's break).
+pub fn hash_token(token: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(token.as_bytes());
+    format!(
+        "sha256${}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn token_matches(hash: &str, token: &str) -> bool {
+    let want = hash_token(token);
+    // Constant time: compare every byte.
+    want.len() == hash.len()
+        && want
+            .bytes()
+            .zip(hash.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 pub fn hash_password(password: &str) -> Result<String, Error> {
     Argon2::default()
         .hash_password(password.as_bytes())
@@ -58,6 +80,13 @@ impl FtpAccounts for StateAccounts {
     async fn login(&self, user: &str, password: &str) -> Option<FtpUser> {
         let row = self.row(user).await?;
         let (hash, pw) = (row.password_hash.clone(), password.to_string());
+        if hash.starts_with("sha256$") {
+            return token_matches(&hash, password).then_some(FtpUser {
+                name: row.name,
+                write: row.write,
+                read: row.read,
+            });
+        }
         // argon2 costs tens of milliseconds of CPU: off the reactor.
         let ok = tokio::task::spawn_blocking(move || {
             Argon2::default()

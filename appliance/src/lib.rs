@@ -6,7 +6,10 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod ftp;
+pub mod hypervisor;
 pub mod inventory;
+pub mod migrate;
+pub mod network;
 pub mod placement;
 pub mod state;
 

@@ -20,6 +20,8 @@ fn xen_host() -> HostConfig {
         ovsdb: None,
         image_dir: "/var/lib/xen/images".into(),
         save_dir: "/var/lib/xen/save".into(),
+        run_dir: "/run/netmigrate".into(),
+        qemu_accel: "kvm:tcg".into(),
     }
 }
 

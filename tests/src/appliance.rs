@@ -82,7 +82,9 @@ pub fn host_config(lab: &Lab, h: &Host, pin: bool) -> Result<String> {
          hypervisor = \"qemu\"\n\
          bridge = \"br0\"\n\
          ovsdb = \"unix:{}\"\n\
-         image_dir = \"{}\"\n",
+         image_dir = \"{}\"\n\
+         run_dir = \"{}\"\n\
+         qemu_accel = \"tcg\"\n",
         h.config_name(),
         h.ip,
         key.private.display(),
@@ -93,6 +95,7 @@ pub fn host_config(lab: &Lab, h: &Host, pin: bool) -> Result<String> {
         },
         h.ovs.db_sock().display(),
         h.dir.join("images").display(),
+        h.dir.join("run").display(),
     ))
 }
 

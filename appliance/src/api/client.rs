@@ -61,6 +61,10 @@ impl Client {
         self.call(Method::POST, path, body).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, None).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

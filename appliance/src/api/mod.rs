@@ -4,6 +4,7 @@
 pub mod client;
 pub mod hosts;
 pub mod images;
+pub mod migrations;
 pub mod plan;
 pub mod server;
 
@@ -116,6 +117,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/images/verify", post(images::verify))
         .route("/v1/images/gc", post(images::gc))
         .route("/v1/ftp/accounts", post(images::account))
+        .route(
+            "/v1/vm-defs",
+            get(migrations::list_defs).post(migrations::define),
+        )
+        .route(
+            "/v1/vm-defs/{name}",
+            axum::routing::delete(migrations::remove),
+        )
+        .route("/v1/vm-defs/{name}/start", post(migrations::start))
+        .route("/v1/vm-defs/{name}/stop", post(migrations::stop))
+        .route(
+            "/v1/migrations",
+            get(migrations::list).post(migrations::migrate),
+        )
+        .route("/v1/migrations/{id}", get(migrations::get))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })

@@ -150,6 +150,97 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The VMs the appliance manages: define, start, stop, list, remove.
+    Vm {
+        #[command(subcommand)]
+        action: VmCmd,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Move VMs to other hosts (live by default; cold when asked, or when live cannot
+    /// converge). Each move is journaled and its service break measured.
+    Migrate {
+        /// The VMs to move, in this order.
+        #[arg(required = true)]
+        vms: Vec<String>,
+        /// The target host.
+        #[arg(long = "to", required = true)]
+        to: String,
+        /// The paper's path: pause, save through the image store, restore on the target.
+        #[arg(long, conflicts_with = "live")]
+        cold: bool,
+        /// Pre-copy between the hosts (the default).
+        #[arg(long)]
+        live: bool,
+        /// Live: the longest pause allowed at switch-over.
+        #[arg(long, default_value = "100ms")]
+        downtime: String,
+        /// Probe this `IP:PORT` during the move (default: the VM's address, port 80).
+        #[arg(long)]
+        probe: Option<String>,
+        /// Do not probe the VM's service.
+        #[arg(long, conflicts_with = "probe")]
+        no_probe: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Migrations, newest first, or one with its journal of steps and their timing.
+    Migrations {
+        id: Option<i64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VmCmd {
+    /// Define (or redefine) a VM; it starts with `vm start`.
+    Define {
+        name: String,
+        /// Memory, MiB.
+        #[arg(long, default_value_t = 128)]
+        mem: u32,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Its NIC's MAC, kept across moves.
+        #[arg(long)]
+        mac: String,
+        /// Its address (the probe's and DNS's default).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// VLAN tag of its switch port.
+        #[arg(long)]
+        vlan: Option<u16>,
+        /// Limit traffic towards it, kbit/s.
+        #[arg(long)]
+        rate_kbps: Option<u32>,
+        /// Kernel to boot (a path on the hosts).
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long)]
+        initrd: Option<String>,
+        /// Kernel command line.
+        #[arg(long)]
+        append: Option<String>,
+        /// A raw disk image on storage the hosts share.
+        #[arg(long)]
+        disk: Option<String>,
+    },
+    /// Start a defined VM on a host.
+    Start {
+        name: String,
+        #[arg(long = "on", required = true)]
+        host: String,
+    },
+    /// Stop a VM wherever it runs.
+    Stop { name: String },
+    /// Forget a stopped VM's definition.
+    Rm { name: String },
+    /// The managed VMs and where each runs.
+    List,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -482,6 +573,109 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                 let v: serde_json::Value = client.get("/v1/vms").await?;
                 print_as(&v, *json, show::vms)?;
             }
+            Command::Vm { action, json } => match action {
+                VmCmd::List => {
+                    let v: serde_json::Value = client.get("/v1/vm-defs").await?;
+                    print_as(&v, *json, show::vm_defs)?;
+                }
+                VmCmd::Define {
+                    name,
+                    mem,
+                    vcpus,
+                    mac,
+                    ip,
+                    vlan,
+                    rate_kbps,
+                    kernel,
+                    initrd,
+                    append,
+                    disk,
+                } => {
+                    let def = crate::hypervisor::VmDef {
+                        name: name.clone(),
+                        mem_mib: *mem,
+                        vcpus: *vcpus,
+                        mac: mac.clone(),
+                        ip: *ip,
+                        vlan: *vlan,
+                        rate_kbps: *rate_kbps,
+                        kernel: kernel.clone(),
+                        initrd: initrd.clone(),
+                        append: append.clone(),
+                        disk: disk.clone(),
+                    };
+                    let body = serde_json::to_value(&def).expect("json");
+                    let v: serde_json::Value = client.post("/v1/vm-defs", Some(body)).await?;
+                    print_as(&serde_json::json!([v]), *json, show::vm_defs)?;
+                }
+                VmCmd::Start { name, host } => {
+                    let body = serde_json::json!({ "host": host });
+                    let v: serde_json::Value = client
+                        .post(&format!("/v1/vm-defs/{name}/start"), Some(body))
+                        .await?;
+                    print_as(&serde_json::json!([v]), *json, show::vm_defs)?;
+                }
+                VmCmd::Stop { name } => {
+                    let v: serde_json::Value =
+                        client.post(&format!("/v1/vm-defs/{name}/stop"), None).await?;
+                    print_as(&serde_json::json!([v]), *json, show::vm_defs)?;
+                }
+                VmCmd::Rm { name } => {
+                    let _: serde_json::Value = client.delete(&format!("/v1/vm-defs/{name}")).await?;
+                    println!("{name} removed");
+                }
+            },
+            Command::Migrate {
+                vms,
+                to,
+                cold,
+                live: _,
+                downtime,
+                probe,
+                no_probe,
+                json,
+            } => {
+                let downtime = crate::config::values::parse_duration(downtime)
+                    .map_err(|e| Error::Invalid(format!("--downtime: {e}")))?;
+                let mut rows = Vec::new();
+                let mut failed = 0;
+                for vm in vms {
+                    let req = crate::migrate::Request {
+                        vm: vm.clone(),
+                        target: to.clone(),
+                        mode: if *cold { crate::migrate::Mode::Cold } else { crate::migrate::Mode::Live },
+                        downtime_ms: downtime.as_millis() as u64,
+                        live_timeout_s: 60,
+                        probe: probe.clone(),
+                        probe_enabled: !*no_probe,
+                    };
+                    let body = serde_json::to_value(&req).expect("json");
+                    let v: serde_json::Value = client.post("/v1/migrations", Some(body)).await?;
+                    if v["state"] != "done" {
+                        failed += 1;
+                    }
+                    if !*json {
+                        print_as(&v, false, show::migration)?;
+                    }
+                    rows.push(v);
+                }
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+                }
+                if failed > 0 {
+                    return Err(Error::Invalid(format!("{failed} move(s) did not complete")));
+                }
+            }
+            Command::Migrations { id, json } => match id {
+                Some(id) => {
+                    let v: serde_json::Value = client.get(&format!("/v1/migrations/{id}")).await?;
+                    print_as(&v, *json, show::migration)?;
+                }
+                None => {
+                    let v: serde_json::Value = client.get("/v1/migrations").await?;
+                    print_as(&v, *json, show::migrations)?;
+                }
+            },
             Command::Serve | Command::CheckConfig { .. } => unreachable!("handled in main"),
         }
         Ok(())

@@ -348,3 +348,104 @@ mod tests {
         assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00Z");
     }
 }
+
+pub fn vm_defs(rows: &Vec<crate::state::VmRow>) -> String {
+    let mut o = String::from("VM         HOST       STATE      MEM MiB  VCPUS  MAC                IP               VLAN\n");
+    for r in rows {
+        o.push_str(&format!(
+            "{:<10} {:<10} {:<10} {:<8} {:<6} {:<18} {:<16} {}\n",
+            r.name,
+            r.host.as_deref().unwrap_or("-"),
+            r.state,
+            r.def.mem_mib,
+            r.def.vcpus,
+            r.def.mac,
+            r.def
+                .ip
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.def
+                .vlan
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    if rows.is_empty() {
+        o.push_str("(no VMs defined; `netmigrate vm define`)\n");
+    }
+    o
+}
+
+fn ms(v: Option<i64>) -> String {
+    v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into())
+}
+
+pub fn migrations(rows: &Vec<crate::state::MigrationRow>) -> String {
+    let mut o = String::from(
+        "ID    VM         FROM       TO         MODE  STATE        BREAK      STARTED\n",
+    );
+    for m in rows {
+        o.push_str(&format!(
+            "{:<5} {:<10} {:<10} {:<10} {:<5} {:<12} {:<10} {}\n",
+            m.id,
+            m.vm,
+            m.source,
+            m.target,
+            m.mode,
+            m.state,
+            ms(m.break_ms),
+            timestamp(m.started_ms),
+        ));
+    }
+    if rows.is_empty() {
+        o.push_str("(no migrations yet)\n");
+    }
+    o
+}
+
+/// One migration with its journal: each step, how it ended and how long it took.
+pub fn migration(m: &crate::state::MigrationRow) -> String {
+    let mut o = format!(
+        "migration {}: {} {} {} -> {}: {}{}\n",
+        m.id,
+        m.vm,
+        m.mode,
+        m.source,
+        m.target,
+        m.state,
+        m.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    if let Some(b) = m.break_ms {
+        o.push_str(&format!("  service break (built-in probe): {b} ms\n"));
+    }
+    if let Some(p) = m.detail.get("paused_ms").and_then(|v| v.as_u64()) {
+        o.push_str(&format!("  paused: {p} ms\n"));
+    }
+    if let Some(d) = m.detail.get("downtime_ms").and_then(|v| v.as_u64()) {
+        o.push_str(&format!("  hypervisor downtime: {d} ms\n"));
+    }
+    if let Some(f) = m.detail.get("fallback").and_then(|v| v.as_str()) {
+        o.push_str(&format!("  live fell back to cold: {f}\n"));
+    }
+    for s in &m.steps {
+        let took = s
+            .finished_ms
+            .map(|f| format!("{:>6} ms", f - s.started_ms))
+            .unwrap_or_else(|| "      -".into());
+        o.push_str(&format!(
+            "  {:>3}. {:<22} {:<8} {}{}\n",
+            s.seq,
+            s.step,
+            s.state,
+            took,
+            s.detail
+                .as_deref()
+                .map(|d| format!("  {d}"))
+                .unwrap_or_default()
+        ));
+    }
+    o
+}

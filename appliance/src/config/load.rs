@@ -708,6 +708,19 @@ impl Cx<'_> {
         };
         let image_dir = t.parse(&mut self.p, "image_dir", abs_dir).map(|(d, _)| d);
         let save_dir = t.parse(&mut self.p, "save_dir", abs_dir).map(|(d, _)| d);
+        let run_dir = t.parse(&mut self.p, "run_dir", abs_dir).map(|(d, _)| d);
+        let accel = t.parse(&mut self.p, "qemu_accel", |s: &str| {
+            let ok = !s.is_empty()
+                && s.split(':')
+                    .all(|a| matches!(a, "kvm" | "tcg" | "xen" | "hvf" | "whpx"));
+            if ok {
+                Ok(s.to_string())
+            } else {
+                Err(format!(
+                    "`{s}`: accelerators separated by ':', tried in order, like \"kvm:tcg\""
+                ))
+            }
+        });
         let span = t.span.clone();
         t.finish(
             &mut self.p,
@@ -723,6 +736,8 @@ impl Cx<'_> {
                 "ovsdb",
                 "image_dir",
                 "save_dir",
+                "run_dir",
+                "qemu_accel",
             ],
         );
         let (name, name_span) = name?;
@@ -753,6 +768,8 @@ impl Cx<'_> {
                     HypervisorKind::Xen => "/var/lib/xen/save".into(),
                     HypervisorKind::Qemu => "/var/lib/netmigrate/save".into(),
                 }),
+                run_dir: run_dir.unwrap_or_else(|| "/run/netmigrate".into()),
+                qemu_accel: accel.map(|(a, _)| a).unwrap_or_else(|| "kvm:tcg".into()),
             },
             span,
             fields,

@@ -166,6 +166,10 @@ pub struct HostConfig {
     pub image_dir: String,
     /// Where saved VM state goes on the host.
     pub save_dir: String,
+    /// Where the appliance keeps its VMs' control sockets, pid files and logs on the host.
+    pub run_dir: String,
+    /// QEMU accelerators to try in order (`-machine accel=`).
+    pub qemu_accel: String,
 }
 
 impl HostConfig {

@@ -58,10 +58,10 @@ impl Serialize for Mac {
     }
 }
 
-/// Parses "90", "90s", "30m", "12h", "1d", "1w" and sums like "1h30m".
+/// Parses "90", "90s", "30m", "12h", "1d", "1w", "250ms" and sums like "1h30m".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
-        format!("`{s}` is not a duration; write a number with a unit: \"90s\", \"30m\", \"12h\", \"1d\" or \"1h30m\"")
+        format!("`{s}` is not a duration; write a number with a unit: \"90s\", \"30m\", \"12h\", \"1d\", \"1h30m\" or \"250ms\"")
     };
     let t = s.trim();
     if t.is_empty() {
@@ -70,32 +70,37 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total: u64 = 0;
+    let mut total_ms: u64 = 0;
     let mut num = String::new();
-    for c in t.chars() {
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             num.push(c);
             continue;
         }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 604_800,
+        let unit_ms = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            's' => 1000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            'w' => 604_800_000,
             _ => return Err(bad()),
         };
         let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
+        total_ms = n
+            .checked_mul(unit_ms)
+            .and_then(|v| total_ms.checked_add(v))
             .ok_or_else(bad)?;
         num.clear();
     }
     if !num.is_empty() {
         return Err(bad());
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total_ms))
 }
 
 /// Parses a size: "512M", "2G", "1T", "2GiB", "1048576" (bytes).
@@ -250,6 +255,8 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1w").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m30s500ms").unwrap(), Duration::from_millis(90_500));
         for bad in ["", "12 hours", "h", "12x", "1h30", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }

@@ -76,6 +76,15 @@ impl Inventory {
         Ok(c)
     }
 
+    /// The open connection to `h` (kept for later calls), checked against its pinned key.
+    pub async fn connection(
+        &self,
+        h: &HostConfig,
+        pinned: Option<&str>,
+    ) -> Result<Arc<Conn>, SshError> {
+        self.conn(h, pinned).await
+    }
+
     /// Forgets a host's connection (its config or key changed, or it failed).
     pub async fn forget(&self, host: &str) {
         let slot = self.slot(host);

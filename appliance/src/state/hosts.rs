@@ -227,6 +227,8 @@ mod tests {
             ovsdb: None,
             image_dir: "/i".into(),
             save_dir: "/s".into(),
+            run_dir: "/run/netmigrate".into(),
+            qemu_accel: "tcg".into(),
         }
     }
 

@@ -114,6 +114,31 @@ impl State {
         .await
     }
 
+    pub async fn delete_account(&self, name: String) -> Result<bool, StateError> {
+        self.write(move |tx| {
+            Ok(tx.execute("DELETE FROM ftp_accounts WHERE name = ?1", [name])? > 0)
+        })
+        .await
+    }
+
+    /// The newest image `uploader` created, if any: (generation, state).
+    pub async fn image_uploaded_by(
+        &self,
+        vm: String,
+        uploader: String,
+    ) -> Result<Option<(u64, String)>, StateError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT generation, state FROM images WHERE vm = ?1 AND uploader = ?2
+                 ORDER BY generation DESC LIMIT 1",
+                [vm, uploader],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     pub async fn account(&self, name: String) -> Result<Option<AccountRow>, StateError> {
         self.read(move |c| {
             let row = c

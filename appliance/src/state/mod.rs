@@ -7,7 +7,9 @@
 mod events;
 mod hosts;
 mod images;
+mod migrations;
 mod schema;
+mod vms;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -19,7 +21,9 @@ use tokio::sync::oneshot;
 pub use events::{Event, Level, NewEvent};
 pub use hosts::{HostRow, HostSync};
 pub use images::{AccountRow, ImageChange, ImageRow};
+pub use migrations::{MigrationRow, StepRow};
 pub use schema::latest as latest_schema;
+pub use vms::VmRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -43,6 +47,9 @@ pub enum StateError {
     Closed,
     #[error("state database holds unreadable data: {0}")]
     Corrupt(String),
+    /// The change contradicts what the state holds (e.g. a second migration of one VM).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;

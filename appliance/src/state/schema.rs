@@ -71,6 +71,43 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (vm, generation)
     ) STRICT;
     "#,
+    // 4: VM definitions and where each runs; migrations and their journal.
+    r#"
+    CREATE TABLE vms (
+        name        TEXT PRIMARY KEY,
+        host        TEXT,                  -- where it runs or last ran; NULL before its first start
+        state       TEXT NOT NULL CHECK (state IN ('defined', 'running', 'stopped', 'migrating')),
+        def         TEXT NOT NULL,         -- JSON, hypervisor::VmDef
+        updated_ms  INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE migrations (
+        id          INTEGER PRIMARY KEY,
+        vm          TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        target      TEXT NOT NULL,
+        mode        TEXT NOT NULL CHECK (mode IN ('cold', 'live')),
+        state       TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'rolled-back')),
+        reason      TEXT,
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER,
+        break_ms    INTEGER,               -- the built-in probe's longest gap
+        detail      TEXT NOT NULL DEFAULT '{}'  -- JSON: image, checksums, fallbacks
+    ) STRICT;
+    CREATE INDEX migrations_vm ON migrations (vm, id);
+
+    -- The journal: a step is written before its side effect and marked after it.
+    CREATE TABLE migration_steps (
+        migration   INTEGER NOT NULL REFERENCES migrations (id),
+        seq         INTEGER NOT NULL,
+        step        TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('started', 'done', 'failed', 'undone')),
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER,
+        detail      TEXT,
+        PRIMARY KEY (migration, seq)
+    ) STRICT;
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).

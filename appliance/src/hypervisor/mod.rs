@@ -1,0 +1,183 @@
+//! Hypervisor drivers: what the migration engine asks of a host, whatever runs on it. One
+//! driver per hypervisor kind; the engine never knows which one it talks to.
+
+pub mod qemu;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// A VM as the appliance keeps it (in state, as JSON): enough to start it on any host of its
+/// hypervisor kind. Paths are as the hosts see them (shared storage, or the same files on each).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmDef {
+    pub name: String,
+    pub mem_mib: u32,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    /// Its NIC's MAC ("52:54:00:..."), kept across moves unless a move asks for a new one.
+    pub mac: String,
+    /// Its address, when known: the probe's and DNS's default.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// VLAN tag of its switch port.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// Traffic towards the VM limited to this many kbit/s (a linux-htb QoS on its port).
+    #[serde(default)]
+    pub rate_kbps: Option<u32>,
+    /// Direct kernel boot: kernel, initrd, command line.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub append: Option<String>,
+    /// A raw disk image (on storage the hosts share).
+    #[serde(default)]
+    pub disk: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl VmDef {
+    /// Its switch port / tap name on a host (at most 15 bytes, as Linux wants).
+    pub fn port(&self) -> String {
+        let mut p = format!("nm-{}", self.name);
+        p.truncate(15);
+        p
+    }
+
+    /// Checks what a driver would otherwise trip over later.
+    pub fn check(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(format!(
+                "name `{}`: use letters, digits, '-' and '_' (at most 64)",
+                self.name
+            ));
+        }
+        if self.mac.parse::<crate::config::values::Mac>().is_err() {
+            return Err(format!(
+                "mac `{}`: expected six hex bytes like 52:54:00:12:34:56",
+                self.mac
+            ));
+        }
+        if !(96..=1 << 20).contains(&self.mem_mib) {
+            return Err(format!(
+                "mem_mib {}: between 96 and 1048576 (a Debian kernel needs 96 MiB to boot)",
+                self.mem_mib
+            ));
+        }
+        if !(1..=256).contains(&self.vcpus) {
+            return Err(format!("vcpus {}: between 1 and 256", self.vcpus));
+        }
+        if let Some(v) = self.vlan {
+            if !(1..=4094).contains(&v) {
+                return Err(format!("vlan {v}: between 1 and 4094"));
+            }
+        }
+        if self.kernel.is_none() && self.disk.is_none() {
+            return Err("nothing to boot: give a kernel (and initrd) or a disk".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a VM stands on one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    /// No process (or domain) for it on this host.
+    Absent,
+    Running,
+    Paused,
+    /// Waiting for, or loading, an incoming migration.
+    Incoming,
+    /// Its state was sent away; the process lingers until stopped.
+    Migrated,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{host}: {reason}")]
+    Host { host: String, reason: String },
+    #[error("{host}: {vm}: {reason}")]
+    Vm {
+        host: String,
+        vm: String,
+        reason: String,
+    },
+    #[error("{host}: {vm}: timed out after {after:?} {what}")]
+    Timeout {
+        host: String,
+        vm: String,
+        what: String,
+        after: Duration,
+    },
+}
+
+/// How a live migration ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveResult {
+    /// The hypervisor's own figure for the pause at switch-over.
+    pub downtime_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+/// What the engine asks of a host. Each call acts on one VM and returns once it has taken
+/// effect (or failed); none leaves the VM in two places.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// The host this driver talks to.
+    fn host(&self) -> &str;
+    /// Where `vm` stands on this host.
+    async fn state(&self, vm: &VmDef) -> Result<RunState, DriverError>;
+    /// Starts `vm` here, running. Its NIC is the port `vm.port()`, which the caller puts on the
+    /// switch (after this returns: the port carries frames once the hypervisor holds it).
+    async fn start(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// Readies this host to receive `vm` (paused, vCPUs stopped, nothing loaded yet): for QEMU a
+    /// process waiting for its incoming stream, so its start is off the critical path.
+    async fn prepare_incoming(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// Stops `vm`'s vCPUs; it stays here, paused.
+    async fn pause(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// Lets a paused (or just restored) `vm` run.
+    async fn resume(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// Saves paused `vm`'s state into the stdin of `sink` (a shell command on this host, e.g.
+    /// an upload to the image store); returns once the state is saved.
+    async fn save_to(&self, vm: &VmDef, sink: &str, timeout: Duration) -> Result<(), DriverError>;
+    /// Loads `vm`'s state, prepared by `prepare_incoming`, from the stdout of `source` (a shell
+    /// command on this host); returns once loaded (paused).
+    async fn restore_from(
+        &self,
+        vm: &VmDef,
+        source: &str,
+        timeout: Duration,
+    ) -> Result<(), DriverError>;
+    /// Live-migrates running `vm` to `target` (prepared by `prepare_incoming` there, listening
+    /// on `port`), pausing it at most about `downtime`; on failure it keeps running here.
+    async fn live_migrate(
+        &self,
+        vm: &VmDef,
+        target: std::net::IpAddr,
+        port: u16,
+        downtime: Duration,
+        timeout: Duration,
+    ) -> Result<LiveResult, DriverError>;
+    /// Readies a prepared target for a live migration: listens on `port` of its address.
+    async fn listen_incoming(&self, vm: &VmDef, port: u16) -> Result<(), DriverError>;
+    /// Makes the VM tell the network where it now is (gratuitous ARP / RARP from its NIC).
+    async fn announce(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// Ends `vm` here (its process or domain); nothing is left of it on this host.
+    async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError>;
+}

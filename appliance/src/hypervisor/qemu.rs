@@ -1,0 +1,404 @@
+//! The QEMU driver: QEMU processes started on the host over SSH (daemonized, with a QMP socket in
+//! the host's `run_dir`), controlled through QMP reached over an SSH-forwarded unix socket. No
+//! agent and no extra port on the host.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::{DriverError, Hypervisor, LiveResult, RunState, VmDef};
+use crate::config::HostConfig;
+use crate::inventory::qmp::Qmp;
+use crate::inventory::ssh::Conn;
+
+/// How often migration progress is polled (the poll is one QMP round trip over SSH).
+const POLL: Duration = Duration::from_millis(5);
+/// A cap high enough not to throttle a stopped VM's save (QEMU's default is 128 MiB/s).
+const MAX_BANDWIDTH: u64 = 10 << 30;
+
+pub struct Qemu {
+    pub host: HostConfig,
+    pub conn: Arc<Conn>,
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Qemu {
+    pub fn new(host: HostConfig, conn: Arc<Conn>) -> Qemu {
+        Qemu { host, conn }
+    }
+
+    fn path(&self, vm: &VmDef, ext: &str) -> String {
+        format!("{}/{}.{ext}", self.host.run_dir, vm.name)
+    }
+
+    fn err(&self, vm: &VmDef, reason: impl Into<String>) -> DriverError {
+        DriverError::Vm {
+            host: self.host.name.clone(),
+            vm: vm.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The QEMU command line; identical on every host for one VM (a migration needs the same
+    /// devices on both sides).
+    pub fn command(&self, vm: &VmDef, incoming: bool) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "qemu-system-x86_64".into(),
+            "-name".into(),
+            vm.name.clone(),
+            "-machine".into(),
+            format!("accel={}", self.host.qemu_accel),
+            "-m".into(),
+            vm.mem_mib.to_string(),
+            "-smp".into(),
+            vm.vcpus.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-vga".into(),
+            "none".into(),
+            "-display".into(),
+            "none".into(),
+        ];
+        if let Some(k) = &vm.kernel {
+            a.extend(["-kernel".into(), k.clone()]);
+        }
+        if let Some(i) = &vm.initrd {
+            a.extend(["-initrd".into(), i.clone()]);
+        }
+        if let Some(c) = &vm.append {
+            a.extend(["-append".into(), c.clone()]);
+        }
+        if let Some(d) = &vm.disk {
+            a.extend([
+                "-drive".into(),
+                format!("file={},if=virtio,format=raw", d.replace(',', ",,")),
+            ]);
+        }
+        a.extend([
+            "-serial".into(),
+            format!("file:{}", self.path(vm, "serial.log")),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.path(vm, "qmp")),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={},script=no,downscript=no", vm.port()),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={}", vm.mac),
+            "-daemonize".into(),
+            "-pidfile".into(),
+            self.path(vm, "pid"),
+        ]);
+        if incoming {
+            a.extend(["-incoming".into(), "defer".into()]);
+        }
+        a
+    }
+
+    async fn sh(&self, vm: &VmDef, script: &str, timeout: Duration) -> Result<String, DriverError> {
+        let out = self
+            .conn
+            .exec(script, timeout)
+            .await
+            .map_err(|e| self.err(vm, e.to_string()))?;
+        if out.status != Some(0) {
+            return Err(self.err(
+                vm,
+                format!(
+                    "{} (exit {:?})",
+                    out.stderr.trim().lines().last().unwrap_or("failed"),
+                    out.status
+                ),
+            ));
+        }
+        Ok(out.stdout)
+    }
+
+    async fn qmp(
+        &self,
+        vm: &VmDef,
+    ) -> Result<Qmp<russh::ChannelStream<russh::client::Msg>>, DriverError> {
+        let s = self
+            .conn
+            .unix_stream(&self.path(vm, "qmp"))
+            .await
+            .map_err(|e| self.err(vm, format!("QMP: {e}")))?;
+        Qmp::handshake(s)
+            .await
+            .map_err(|e| self.err(vm, format!("QMP: {e}")))
+    }
+
+    async fn exec(&self, vm: &VmDef, cmd: &str, args: Value) -> Result<Value, DriverError> {
+        self.qmp(vm)
+            .await?
+            .execute(cmd, args)
+            .await
+            .map_err(|e| self.err(vm, e))
+    }
+
+    /// Starts QEMU (running, or waiting for an incoming migration) with its tap created first.
+    async fn launch(&self, vm: &VmDef, incoming: bool) -> Result<(), DriverError> {
+        let cmd: Vec<String> = self
+            .command(vm, incoming)
+            .iter()
+            .map(|a| sh_quote(a))
+            .collect();
+        let port = vm.port();
+        let pid = self.path(vm, "pid");
+        let script = format!(
+            "set -e; umask 077; mkdir -p {run}; \
+             if [ -f {pid} ] && kill -0 \"$(cat {pid})\" 2>/dev/null; then echo 'a QEMU for this VM already runs here' >&2; exit 3; fi; \
+             ip link del {port} 2>/dev/null || true; \
+             ip tuntap add {port} mode tap; ip link set {port} up; \
+             rm -f {qmp}; {cmd} </dev/null >/dev/null 2>{log} || {{ ip link del {port}; cat {log} >&2; exit 4; }}",
+            run = sh_quote(&self.host.run_dir),
+            pid = sh_quote(&pid),
+            qmp = sh_quote(&self.path(vm, "qmp")),
+            log = sh_quote(&self.path(vm, "qemu.log")),
+            cmd = cmd.join(" "),
+        );
+        self.sh(vm, &script, Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
+    /// Polls `query-migrate` until it completes; an error (or the deadline) fails it.
+    async fn wait_migration(
+        &self,
+        vm: &VmDef,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Value, DriverError> {
+        let mut q = self.qmp(vm).await?;
+        let t = Instant::now();
+        loop {
+            let m = q
+                .execute("query-migrate", json!({}))
+                .await
+                .map_err(|e| self.err(vm, e))?;
+            match m["status"].as_str() {
+                Some("completed") => return Ok(m),
+                Some("failed") | Some("cancelled") => {
+                    return Err(self.err(
+                        vm,
+                        format!(
+                            "{what} failed: {}",
+                            m["error-desc"].as_str().unwrap_or("no reason given")
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            if t.elapsed() > timeout {
+                let _ = q.execute("migrate_cancel", json!({})).await;
+                return Err(DriverError::Timeout {
+                    host: self.host.name.clone(),
+                    vm: vm.name.clone(),
+                    what: what.into(),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn status(&self, vm: &VmDef) -> Result<String, DriverError> {
+        let s = self.exec(vm, "query-status", json!({})).await?;
+        Ok(s["status"].as_str().unwrap_or("unknown").to_string())
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn host(&self) -> &str {
+        &self.host.name
+    }
+
+    async fn state(&self, vm: &VmDef) -> Result<RunState, DriverError> {
+        let pid = sh_quote(&self.path(vm, "pid"));
+        // A QEMU that quit may linger as a zombie for a moment: count it as gone.
+        let alive = self
+            .sh(
+                vm,
+                &format!(
+                    "p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && [ -d /proc/$p ] && \
+                     ! grep -q '^State:.*Z' /proc/$p/status && echo alive || true"
+                ),
+                Duration::from_secs(10),
+            )
+            .await?;
+        if alive.trim() != "alive" {
+            return Ok(RunState::Absent);
+        }
+        Ok(match self.status(vm).await?.as_str() {
+            "running" => RunState::Running,
+            "paused" => RunState::Paused,
+            "inmigrate" | "prelaunch" => RunState::Incoming,
+            "postmigrate" => RunState::Migrated,
+            _ => RunState::Other,
+        })
+    }
+
+    async fn start(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.launch(vm, false).await
+    }
+
+    async fn prepare_incoming(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.launch(vm, true).await?;
+        // QEMU's own announcement after the move (5 rounds from 50 ms, growing by 100 ms)
+        // tells the switches where the VM now is.
+        self.exec(
+            vm,
+            "migrate-set-parameters",
+            json!({"announce-rounds": 5, "announce-initial": 50, "announce-max": 550,
+                   "announce-step": 100}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn pause(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.exec(vm, "stop", json!({})).await.map(drop)
+    }
+
+    async fn resume(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.exec(vm, "cont", json!({})).await.map(drop)
+    }
+
+    async fn save_to(&self, vm: &VmDef, sink: &str, timeout: Duration) -> Result<(), DriverError> {
+        let mut q = self.qmp(vm).await?;
+        let run = |e: String| self.err(vm, e);
+        q.execute(
+            "migrate-set-parameters",
+            json!({"max-bandwidth": MAX_BANDWIDTH}),
+        )
+        .await
+        .map_err(run)?;
+        q.execute("migrate", json!({"uri": format!("exec:{sink}")}))
+            .await
+            .map_err(run)?;
+        drop(q);
+        self.wait_migration(vm, "saving the VM's state", timeout)
+            .await
+            .map(drop)
+    }
+
+    async fn restore_from(
+        &self,
+        vm: &VmDef,
+        source: &str,
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        self.exec(
+            vm,
+            "migrate-incoming",
+            json!({"uri": format!("exec:{source}")}),
+        )
+        .await?;
+        let t = Instant::now();
+        loop {
+            // A failed load makes QEMU exit: that is the error, with its log's last line.
+            match self.status(vm).await {
+                Ok(s) if s == "paused" => return Ok(()),
+                Ok(s) if s == "running" => return Ok(()),
+                Ok(_) => {}
+                Err(_) => {
+                    let log = self
+                        .sh(
+                            vm,
+                            &format!(
+                                "tail -n 3 {} 2>/dev/null",
+                                sh_quote(&self.path(vm, "qemu.log"))
+                            ),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .unwrap_or_default();
+                    return Err(self.err(
+                        vm,
+                        format!("QEMU refused the incoming state: {}", log.trim()),
+                    ));
+                }
+            }
+            if t.elapsed() > timeout {
+                return Err(DriverError::Timeout {
+                    host: self.host.name.clone(),
+                    vm: vm.name.clone(),
+                    what: "loading the VM's state".into(),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn listen_incoming(&self, vm: &VmDef, port: u16) -> Result<(), DriverError> {
+        self.exec(
+            vm,
+            "migrate-incoming",
+            json!({"uri": format!("tcp:{}:{port}", self.host.address)}),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn live_migrate(
+        &self,
+        vm: &VmDef,
+        target: std::net::IpAddr,
+        port: u16,
+        downtime: Duration,
+        timeout: Duration,
+    ) -> Result<LiveResult, DriverError> {
+        let mut q = self.qmp(vm).await?;
+        let run = |e: String| self.err(vm, e);
+        q.execute(
+            "migrate-set-parameters",
+            json!({"max-bandwidth": MAX_BANDWIDTH, "downtime-limit": downtime.as_millis() as u64}),
+        )
+        .await
+        .map_err(run)?;
+        q.execute("migrate", json!({"uri": format!("tcp:{target}:{port}")}))
+            .await
+            .map_err(run)?;
+        drop(q);
+        let m = self
+            .wait_migration(vm, "live migration (it did not converge)", timeout)
+            .await?;
+        Ok(LiveResult {
+            downtime_ms: m["downtime"].as_u64(),
+            total_ms: m["total-time"].as_u64(),
+            bytes: m["ram"]["transferred"].as_u64(),
+        })
+    }
+
+    async fn announce(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.exec(
+            vm,
+            "announce-self",
+            json!({"initial": 50, "max": 550, "rounds": 5, "step": 100}),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError> {
+        let pid = sh_quote(&self.path(vm, "pid"));
+        let script = format!(
+            "p=$(cat {pid} 2>/dev/null); \
+             if [ -n \"$p\" ] && kill \"$p\" 2>/dev/null; then \
+               i=0; while [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
+               [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && kill -9 \"$p\"; \
+             fi; \
+             rm -f {pid} {qmp}; ip link del {port} 2>/dev/null; true",
+            qmp = sh_quote(&self.path(vm, "qmp")),
+            port = sh_quote(&vm.port()),
+        );
+        self.sh(vm, &script, Duration::from_secs(20))
+            .await
+            .map(drop)
+    }
+}

@@ -1,0 +1,301 @@
+//! The cold path, the paper's: pause -> save stream -> image store -> target loads -> verify ->
+//! resume. Streamed end to end: the source uploads its state to the appliance's FTP store while
+//! the target already downloads it (the store's readers follow an upload), so the break is one
+//! pass of the bytes, not an upload then a download.
+
+use std::time::{Duration, Instant};
+
+use netmigrate_image::ImageId;
+
+use super::{driver_err, Failure, Move};
+use crate::hypervisor::qemu::sh_quote;
+use crate::state::{now_ms, AccountRow};
+
+const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the upload may take to show up in the store once the save began.
+const UPLOAD_APPEARS: Duration = Duration::from_secs(20);
+
+/// One-time FTP credentials of a move, and where each host finds them.
+struct Creds {
+    up_user: String,
+    down_user: String,
+    up_netrc: String,
+    down_netrc: String,
+}
+
+impl Move<'_> {
+    /// The appliance's address on the network of `host`: where that host reaches the store.
+    fn store_url(&self, host: &crate::config::HostConfig) -> Result<String, String> {
+        let std::net::IpAddr::V4(a) = host.address else {
+            return Err(format!(
+                "{}: IPv6 hosts cannot reach the image store yet",
+                host.name
+            ));
+        };
+        let net = self
+            .cfg
+            .networks
+            .iter()
+            .find(|n| n.address.contains(&a))
+            .ok_or_else(|| {
+                format!(
+                    "{} ({a}) is on none of the appliance's networks: it cannot reach the image store",
+                    host.name
+                )
+            })?;
+        Ok(format!(
+            "ftp://{}:{}",
+            net.address.addr(),
+            self.cfg.ftp.port
+        ))
+    }
+
+    async fn make_creds(&self) -> Result<Creds, String> {
+        let id = self.journal.id;
+        let vm = &self.def.name;
+        let mut made = Vec::new();
+        for (user, write, side) in [
+            (format!("mig{id}-up"), true, self.src),
+            (format!("mig{id}-down"), false, self.dst),
+        ] {
+            let token = crate::ftp::new_password().map_err(|e| e.to_string())?;
+            let grant = vec![vm.clone()];
+            self.engine
+                .state
+                .put_account(AccountRow {
+                    name: user.clone(),
+                    password_hash: crate::ftp::hash_token(&token),
+                    write: if write { grant.clone() } else { vec![] },
+                    read: if write { vec![] } else { grant },
+                    expires_ms: Some(now_ms() + 3_600_000),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let url = self.store_url(&side.cfg)?;
+            let host = url
+                .trim_start_matches("ftp://")
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_default();
+            let netrc = format!("{}/{vm}.{id}.netrc", side.cfg.run_dir);
+            side.write_secret(
+                &netrc,
+                &format!("machine {host} login {user} password {token}\n"),
+            )
+            .await?;
+            made.push((user, netrc));
+        }
+        let (down_user, down_netrc) = made.pop().expect("two accounts");
+        let (up_user, up_netrc) = made.pop().expect("two accounts");
+        Ok(Creds {
+            up_user,
+            down_user,
+            up_netrc,
+            down_netrc,
+        })
+    }
+
+    async fn drop_creds(&self, c: &Creds) {
+        for u in [&c.up_user, &c.down_user] {
+            let _ = self.engine.state.delete_account(u.clone()).await;
+        }
+        let _ = self
+            .src
+            .sh(&format!("rm -f {}", sh_quote(&c.up_netrc)))
+            .await;
+        let _ = self
+            .dst
+            .sh(&format!("rm -f {}", sh_quote(&c.down_netrc)))
+            .await;
+    }
+
+    pub(crate) async fn cold(&self) -> Result<(), Failure> {
+        let rolled = Failure::RolledBack;
+        let src_url = self.store_url(&self.src.cfg).map_err(rolled)?;
+        let dst_url = self.store_url(&self.dst.cfg).map_err(rolled)?;
+        let creds = self.make_creds().await.map_err(rolled)?;
+        let r = async {
+            self.prepare_target().await.map_err(rolled)?;
+            self.transfer(&creds, &src_url, &dst_url).await
+        }
+        .await;
+        self.drop_creds(&creds).await;
+        r
+    }
+
+    /// From the pause to the VM running on the target.
+    async fn transfer(&self, c: &Creds, src_url: &str, dst_url: &str) -> Result<(), Failure> {
+        let (vm, id) = (&self.def.name, self.journal.id);
+        let back = |e: String| async move {
+            self.rollback().await;
+            Err(Failure::RolledBack(e))
+        };
+        let paused_at = Instant::now();
+        if let Err(e) = self
+            .journal
+            .step("pause source", async {
+                self.src.driver.pause(self.def).await.map_err(driver_err)
+            })
+            .await
+        {
+            return back(e).await;
+        }
+        let sink = format!(
+            "curl -sS --fail --ftp-pasv --netrc-file {} -T - {src_url}/{vm}/mig{id}.img",
+            sh_quote(&c.up_netrc)
+        );
+        let save = self.journal.step("save to image store", async {
+            self.src
+                .driver
+                .save_to(self.def, &sink, SAVE_TIMEOUT)
+                .await
+                .map_err(driver_err)
+        });
+        tokio::pin!(save);
+        // The target starts loading as soon as the upload exists in the store.
+        let mut saved = None;
+        let generation = loop {
+            tokio::select! {
+                r = &mut save, if saved.is_none() => {
+                    if let Err(e) = r {
+                        return back(e).await;
+                    }
+                    saved = Some(Ok::<(), String>(()));
+                }
+                g = self.upload_appears(&c.up_user) => match g {
+                    Ok(g) => break g,
+                    Err(e) => return back(e).await,
+                },
+            }
+        };
+        let image = ImageId {
+            vm: vm.clone(),
+            generation,
+        };
+        let sum_file = format!("{}/{vm}.{id}.in.sha256", self.dst.cfg.run_dir);
+        let fifo = format!("{}/{vm}.{id}.in.fifo", self.dst.cfg.run_dir);
+        // QEMU runs this with /bin/sh: the stream goes to QEMU and, through a fifo, to
+        // sha256sum, so the target's own checksum of what it loaded can be compared.
+        let source = format!(
+            "rm -f {f} {s}; mkfifo {f}; (sha256sum < {f} > {s}.tmp && mv {s}.tmp {s}) & \
+             curl -sS --fail --ftp-pasv --netrc-file {n} {dst_url}/{vm}/{generation}.img | tee -p {f}",
+            f = sh_quote(&fifo),
+            s = sh_quote(&sum_file),
+            n = sh_quote(&c.down_netrc),
+        );
+        let restore = self.journal.step("load on target", async {
+            self.dst
+                .driver
+                .restore_from(self.def, &source, SAVE_TIMEOUT)
+                .await
+                .map_err(driver_err)
+        });
+        let (s, r) = match saved {
+            Some(s) => (s, restore.await),
+            None => tokio::join!(save, restore),
+        };
+        if let Err(e) = s.and(r) {
+            return back(e).await;
+        }
+        if let Err(e) = self
+            .journal
+            .step("verify checksum", self.verify(&image, &sum_file))
+            .await
+        {
+            return back(e).await;
+        }
+        let _ = self
+            .dst
+            .sh(&format!(
+                "rm -f {} {}",
+                sh_quote(&fifo),
+                sh_quote(&sum_file)
+            ))
+            .await;
+        if let Err(e) = self
+            .journal
+            .step("resume on target", async {
+                self.dst.driver.resume(self.def).await.map_err(driver_err)
+            })
+            .await
+        {
+            return back(e).await;
+        }
+        let paused_ms = paused_at.elapsed().as_millis() as u64;
+        let _ = self
+            .engine
+            .state
+            .migration_detail(
+                id,
+                serde_json::json!({"image": image.to_string(), "paused_ms": paused_ms}),
+            )
+            .await;
+        self.finish_on_target().await
+    }
+
+    /// Waits for the upload of this move's account to appear in the store's manifest.
+    async fn upload_appears(&self, user: &str) -> Result<u64, String> {
+        let t = Instant::now();
+        loop {
+            if let Some((g, _)) = self
+                .engine
+                .state
+                .image_uploaded_by(self.def.name.clone(), user.to_string())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Ok(g);
+            }
+            if t.elapsed() > UPLOAD_APPEARS {
+                return Err(format!(
+                    "the source's upload did not reach the image store within {}s",
+                    UPLOAD_APPEARS.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The published checksum against the one the target computed over what it loaded.
+    async fn verify(&self, image: &ImageId, sum_file: &str) -> Result<(), String> {
+        let t = Instant::now();
+        let published = loop {
+            if self.engine.store.uploading(image).is_none() {
+                break self
+                    .engine
+                    .store
+                    .checksum(image)
+                    .map_err(|e| format!("the upload of {image} did not publish: {e}"))?;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err(format!("{image} was not published within 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let got = self
+            .dst
+            .sh(&format!(
+                "i=0; while [ ! -s {s} ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done; cat {s}",
+                s = sh_quote(sum_file)
+            ))
+            .await?;
+        let got = got.split_whitespace().next().unwrap_or("");
+        if got != published {
+            return Err(format!(
+                "{image}: the target loaded bytes with SHA-256 {}, the store published {published}",
+                if got.is_empty() { "(none)" } else { got }
+            ));
+        }
+        Ok(())
+    }
+
+    /// Undo to the state before the move: the target cleared, the VM running on the source.
+    pub(crate) async fn rollback(&self) {
+        self.undo_target().await;
+        self.journal
+            .undo("pause source", async {
+                self.src.driver.resume(self.def).await.map_err(driver_err)
+            })
+            .await;
+    }
+}

@@ -1,0 +1,87 @@
+//! The live path: pre-copy straight from the source hypervisor to the target's, which waits
+//! with its port already on the switch; the VM pauses only for the last dirty pages. If
+//! pre-copy cannot converge within its time, the source keeps running and the caller may take
+//! the cold path.
+
+use std::time::Duration;
+
+use super::{driver_err, Failure, Move};
+use crate::hypervisor::{DriverError, RunState};
+
+/// Incoming live migrations listen on this port plus the migration's number (mod 10000).
+const LIVE_PORT_BASE: u16 = 49152;
+
+impl Move<'_> {
+    pub(crate) async fn live(&self) -> Result<(), Failure> {
+        self.prepare_target().await.map_err(Failure::RolledBack)?;
+        let port = LIVE_PORT_BASE + (self.journal.id % 10000) as u16;
+        if let Err(e) = self
+            .journal
+            .step("target listens", async {
+                self.dst
+                    .driver
+                    .listen_incoming(self.def, port)
+                    .await
+                    .map_err(driver_err)
+            })
+            .await
+        {
+            self.undo_target().await;
+            return Err(Failure::RolledBack(e));
+        }
+        let downtime = Duration::from_millis(self.req.downtime_ms);
+        let timeout = Duration::from_secs(self.req.live_timeout_s);
+        let mut timed_out = false;
+        let r = self
+            .journal
+            .step("live pre-copy", async {
+                self.src
+                    .driver
+                    .live_migrate(self.def, self.dst.cfg.address, port, downtime, timeout)
+                    .await
+                    .map_err(|e| {
+                        timed_out = matches!(e, DriverError::Timeout { .. });
+                        driver_err(e)
+                    })
+            })
+            .await;
+        let result = match r {
+            Ok(res) => res,
+            Err(e) => {
+                // The source was never stopped for good: a failed or cancelled pre-copy
+                // leaves it running. Make sure, then clear the target.
+                self.rollback().await;
+                return Err(if timed_out {
+                    Failure::NotConverged(e)
+                } else {
+                    Failure::RolledBack(e)
+                });
+            }
+        };
+        let _ = self
+            .engine
+            .state
+            .migration_detail(
+                self.journal.id,
+                serde_json::json!({"downtime_ms": result.downtime_ms, "total_ms": result.total_ms,
+                                   "bytes": result.bytes}),
+            )
+            .await;
+        // The target starts by itself once the state is in; check, and start it if not.
+        let running = self
+            .journal
+            .step("target runs", async {
+                match self.dst.driver.state(self.def).await.map_err(driver_err)? {
+                    RunState::Running => Ok(()),
+                    RunState::Paused => self.dst.driver.resume(self.def).await.map_err(driver_err),
+                    s => Err(format!("the target VM is {s:?} after the migration")),
+                }
+            })
+            .await;
+        if let Err(e) = running {
+            self.rollback().await;
+            return Err(Failure::RolledBack(e));
+        }
+        self.finish_on_target().await
+    }
+}

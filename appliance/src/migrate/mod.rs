@@ -1,0 +1,568 @@
+//! The migration engine: one VM moved from its host to another, cold (the paper's path, through
+//! the image store) or live (pre-copy between the hosts), journaled step by step, the network
+//! re-pointed, the break measured. Whatever fails, the VM runs in exactly one place.
+
+mod cold;
+pub mod journal;
+mod live;
+pub mod probe;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, HostConfig, HypervisorKind};
+use crate::hypervisor::qemu::{sh_quote, Qemu};
+use crate::hypervisor::{Hypervisor, VmDef};
+use crate::inventory::ssh::Conn;
+use crate::inventory::Inventory;
+use crate::network::{self, Ovsdb, PortSpec};
+use crate::state::{MigrationRow, NewEvent, State};
+use journal::Journal;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Cold,
+    Live,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Cold => "cold",
+            Mode::Live => "live",
+        }
+    }
+}
+
+/// One move, as asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub vm: String,
+    pub target: String,
+    pub mode: Mode,
+    /// Live only: the longest pause the hypervisor may take at switch-over.
+    #[serde(default = "default_downtime_ms")]
+    pub downtime_ms: u64,
+    /// Live only: give up pre-copy after this long and take the cold path.
+    #[serde(default = "default_live_timeout_s")]
+    pub live_timeout_s: u64,
+    /// Probe the VM's service (`ip:port`, default the VM's address, port 80); `false` to skip.
+    #[serde(default)]
+    pub probe: Option<String>,
+    #[serde(default = "yes")]
+    pub probe_enabled: bool,
+}
+
+fn default_downtime_ms() -> u64 {
+    100
+}
+fn default_live_timeout_s() -> u64 {
+    60
+}
+fn yes() -> bool {
+    true
+}
+
+/// Refusals before anything moves; each names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("no VM named `{0}`; `netmigrate vm list` shows them")]
+    UnknownVm(String),
+    #[error("no host named `{0}` in the config")]
+    UnknownHost(String),
+    #[error("{vm} is not running (state {state}); start it first")]
+    NotRunning { vm: String, state: String },
+    #[error("{vm} already runs on {host}")]
+    SameHost { vm: String, host: String },
+    #[error("{vm} runs on {from} ({source_kind}) and {target} is a {target_kind} host: a move needs the same hypervisor on both")]
+    MixedHypervisors {
+        vm: String,
+        from: String,
+        source_kind: &'static str,
+        target: String,
+        target_kind: &'static str,
+    },
+    #[error("host {0} has no pinned SSH host key yet; `netmigrate hosts trust {0}` first")]
+    NotTrusted(String),
+    #[error("{0}")]
+    Driver(String),
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
+}
+
+/// What the engine needs from the running appliance.
+#[derive(Clone)]
+pub struct Engine {
+    pub state: State,
+    pub store: netmigrate_image::Store,
+    pub inventory: Arc<Inventory>,
+}
+
+/// One host as a move sees it: its config, connection and driver.
+pub(crate) struct Side {
+    pub cfg: HostConfig,
+    pub conn: Arc<Conn>,
+    pub driver: Box<dyn Hypervisor>,
+}
+
+impl Side {
+    /// The host's switch, over its OVSDB socket forwarded through SSH.
+    pub async fn ovsdb(&self) -> Result<Ovsdb<russh::ChannelStream<russh::client::Msg>>, String> {
+        let path = match self.cfg.ovsdb.as_deref() {
+            None => "/var/run/openvswitch/db.sock",
+            Some(s) => s.strip_prefix("unix:").ok_or_else(|| {
+                format!(
+                    "{}: ovsdb `{s}`: only unix: sockets are reachable over SSH",
+                    self.cfg.name
+                )
+            })?,
+        };
+        let s = self
+            .conn
+            .unix_stream(path)
+            .await
+            .map_err(|e| format!("{}: OVSDB: {e}", self.cfg.name))?;
+        Ok(Ovsdb::new(s))
+    }
+
+    pub async fn add_port(&self, vm: &VmDef, spec: &PortSpec) -> Result<i64, String> {
+        let mut db = self.ovsdb().await?;
+        db.add_port(&self.cfg.bridge, &vm.port(), spec)
+            .await
+            .map_err(|e| format!("{}: {e}", self.cfg.name))
+    }
+
+    pub async fn del_port(&self, vm: &VmDef) -> Result<(), String> {
+        let mut db = self.ovsdb().await?;
+        db.del_port(&self.cfg.bridge, &vm.port())
+            .await
+            .map(drop)
+            .map_err(|e| format!("{}: {e}", self.cfg.name))
+    }
+
+    /// Runs a shell command on the host; fails on a non-zero exit.
+    pub async fn sh(&self, script: &str) -> Result<String, String> {
+        let out = self
+            .conn
+            .exec(script, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.status != Some(0) {
+            return Err(format!(
+                "{}: `{}` failed: {}",
+                self.cfg.name,
+                script.chars().take(60).collect::<String>(),
+                out.stderr.trim()
+            ));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Writes `text` to `path` on the host, readable by root only.
+    pub async fn write_secret(&self, path: &str, text: &str) -> Result<(), String> {
+        self.sh(&format!(
+            "umask 077; mkdir -p {dir}; printf '%s' {t} > {p}",
+            dir = sh_quote(&self.cfg.run_dir),
+            t = sh_quote(text),
+            p = sh_quote(path)
+        ))
+        .await
+        .map(drop)
+    }
+}
+
+fn driver_err(e: crate::hypervisor::DriverError) -> String {
+    e.to_string()
+}
+
+impl Engine {
+    /// The pinned key and a connection to `h`.
+    async fn side(&self, h: &HostConfig) -> Result<Side, Refused> {
+        let pinned = self
+            .state
+            .hosts()
+            .await?
+            .into_iter()
+            .find(|r| r.name == h.name)
+            .and_then(|r| r.host_key)
+            .or_else(|| h.host_key.clone())
+            .ok_or_else(|| Refused::NotTrusted(h.name.clone()))?;
+        let conn = self
+            .inventory
+            .connection(h, Some(&pinned))
+            .await
+            .map_err(|e| Refused::Driver(e.to_string()))?;
+        let driver: Box<dyn Hypervisor> = match h.hypervisor {
+            HypervisorKind::Qemu => Box::new(Qemu::new(h.clone(), conn.clone())),
+            HypervisorKind::Xen => {
+                return Err(Refused::Driver(format!(
+                    "{}: the Xen driver is not built yet; only QEMU hosts can be driven",
+                    h.name
+                )))
+            }
+        };
+        Ok(Side {
+            cfg: h.clone(),
+            conn,
+            driver,
+        })
+    }
+
+    /// Starts a defined VM on `host`: the hypervisor first, then its switch port (a tap carries
+    /// frames only once QEMU holds it), checked.
+    pub async fn start_vm(&self, cfg: &Config, name: &str, host: &str) -> Result<(), Refused> {
+        let row = self
+            .state
+            .vm(name.to_string())
+            .await?
+            .ok_or_else(|| Refused::UnknownVm(name.into()))?;
+        if row.state == "running" || row.state == "migrating" {
+            return Err(Refused::SameHost {
+                vm: name.into(),
+                host: row.host.unwrap_or_default(),
+            });
+        }
+        let h = cfg
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .ok_or_else(|| Refused::UnknownHost(host.into()))?;
+        let side = self.side(h).await?;
+        let def = row.def;
+        side.driver
+            .start(&def)
+            .await
+            .map_err(|e| Refused::Driver(e.to_string()))?;
+        let spec = PortSpec {
+            vlan: def.vlan,
+            rate_kbps: def.rate_kbps,
+        };
+        if let Err(e) = side.add_port(&def, &spec).await {
+            let _ = side.driver.destroy(&def).await;
+            return Err(Refused::Driver(e));
+        }
+        self.state
+            .place_vm(name.into(), Some(host.into()), "running")
+            .await?;
+        self.state
+            .record(NewEvent::info("vm.start", format!("started on {host}")).about(name))
+            .await?;
+        Ok(())
+    }
+
+    /// Stops a VM wherever it runs, and removes its port.
+    pub async fn stop_vm(&self, cfg: &Config, name: &str) -> Result<(), Refused> {
+        let row = self
+            .state
+            .vm(name.to_string())
+            .await?
+            .ok_or_else(|| Refused::UnknownVm(name.into()))?;
+        let Some(host) = row.host.clone() else {
+            return Ok(());
+        };
+        let h = cfg
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .ok_or_else(|| Refused::UnknownHost(host.clone()))?;
+        let side = self.side(h).await?;
+        side.driver
+            .destroy(&row.def)
+            .await
+            .map_err(|e| Refused::Driver(e.to_string()))?;
+        side.del_port(&row.def).await.map_err(Refused::Driver)?;
+        self.state
+            .place_vm(name.into(), Some(host), "stopped")
+            .await?;
+        self.state
+            .record(NewEvent::info("vm.stop", "stopped").about(name))
+            .await?;
+        Ok(())
+    }
+
+    /// Moves one VM. Refusals come back as errors before anything is touched; a move that
+    /// starts always ends in a journaled migration (done, failed or rolled back).
+    pub async fn migrate(&self, cfg: &Config, req: &Request) -> Result<MigrationRow, Refused> {
+        let row = self
+            .state
+            .vm(req.vm.clone())
+            .await?
+            .ok_or_else(|| Refused::UnknownVm(req.vm.clone()))?;
+        let source_name = match (&row.host, row.state.as_str()) {
+            (Some(h), "running") => h.clone(),
+            _ => {
+                return Err(Refused::NotRunning {
+                    vm: req.vm.clone(),
+                    state: row.state.clone(),
+                })
+            }
+        };
+        if source_name == req.target {
+            return Err(Refused::SameHost {
+                vm: req.vm.clone(),
+                host: source_name,
+            });
+        }
+        let find = |n: &str| {
+            cfg.hosts
+                .iter()
+                .find(|h| h.name == n)
+                .ok_or_else(|| Refused::UnknownHost(n.to_string()))
+        };
+        let (src_cfg, dst_cfg) = (find(&source_name)?, find(&req.target)?);
+        if src_cfg.hypervisor != dst_cfg.hypervisor {
+            return Err(Refused::MixedHypervisors {
+                vm: req.vm.clone(),
+                from: src_cfg.name.clone(),
+                source_kind: src_cfg.hypervisor.as_str(),
+                target: dst_cfg.name.clone(),
+                target_kind: dst_cfg.hypervisor.as_str(),
+            });
+        }
+        let src = self.side(src_cfg).await?;
+        let dst = self.side(dst_cfg).await?;
+        let def = row.def.clone();
+
+        let id = self
+            .state
+            .begin_migration(
+                req.vm.clone(),
+                src.cfg.name.clone(),
+                dst.cfg.name.clone(),
+                req.mode.as_str(),
+            )
+            .await?;
+        let journal = Journal {
+            state: self.state.clone(),
+            id,
+        };
+        self.state
+            .record(
+                NewEvent::info(
+                    "migration.start",
+                    format!(
+                        "{} {} -> {} (migration {id})",
+                        req.mode.as_str(),
+                        src.cfg.name,
+                        dst.cfg.name
+                    ),
+                )
+                .about(&req.vm),
+            )
+            .await?;
+
+        let probe = probe_addr(req, &def).map(probe::Probe::start);
+        let mv = Move {
+            engine: self,
+            cfg,
+            req,
+            def: &def,
+            src: &src,
+            dst: &dst,
+            journal: &journal,
+        };
+        let outcome = match req.mode {
+            Mode::Cold => mv.cold().await,
+            Mode::Live => match mv.live().await {
+                Ok(o) => Ok(o),
+                Err(Failure::NotConverged(why)) => {
+                    // Pre-copy could not keep up: the VM still runs on the source, untouched.
+                    let _ = self
+                        .state
+                        .migration_detail(id, serde_json::json!({"fallback": why}))
+                        .await;
+                    self.state
+                        .record(
+                            NewEvent::warn(
+                                "migration.fallback",
+                                format!("live did not converge ({why}); taking the cold path"),
+                            )
+                            .about(&req.vm),
+                        )
+                        .await?;
+                    mv.cold().await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        // Give the probe a moment to see the VM answer again before it stops.
+        if let Some(p) = probe {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let seen = p.finish().await;
+            let _ = self.state.set_break(id, seen.break_ms as i64).await;
+            let _ = self
+                .state
+                .migration_detail(id, serde_json::json!({"probe": seen}))
+                .await;
+        }
+        let (state, reason, host) = match outcome {
+            Ok(()) => ("done", None, dst.cfg.name.clone()),
+            Err(Failure::RolledBack(why)) | Err(Failure::NotConverged(why)) => {
+                ("rolled-back", Some(why), src.cfg.name.clone())
+            }
+            Err(Failure::Forward(why)) => ("failed", Some(why), dst.cfg.name.clone()),
+        };
+        self.state
+            .end_migration(id, state, reason.clone(), host.clone(), "running")
+            .await?;
+        let ev = match &reason {
+            None => NewEvent::info("migration.done", format!("now on {host} (migration {id})")),
+            Some(r) => NewEvent::warn(
+                "migration.failed",
+                format!("{state}: {r}; the VM runs on {host} (migration {id})"),
+            ),
+        };
+        self.state.record(ev.about(&req.vm)).await?;
+        Ok(self
+            .state
+            .migration(id)
+            .await?
+            .expect("the migration just written"))
+    }
+}
+
+/// Where the probe connects: the request's `ip:port`, or the VM's address on port 80.
+fn probe_addr(req: &Request, def: &VmDef) -> Option<SocketAddr> {
+    if !req.probe_enabled {
+        return None;
+    }
+    match &req.probe {
+        Some(a) => a.parse().ok(),
+        None => def.ip.map(|ip| SocketAddr::new(IpAddr::V4(ip), 80)),
+    }
+}
+
+/// How a started move failed.
+pub(crate) enum Failure {
+    /// Undone: the VM runs on the source, as before.
+    RolledBack(String),
+    /// Live pre-copy gave up; the VM runs on the source, untouched (the cold path may follow).
+    NotConverged(String),
+    /// It failed after the VM already ran on the target: it stays there.
+    Forward(String),
+}
+
+/// The parts of one move.
+pub(crate) struct Move<'a> {
+    pub engine: &'a Engine,
+    pub cfg: &'a Config,
+    pub req: &'a Request,
+    pub def: &'a VmDef,
+    pub src: &'a Side,
+    pub dst: &'a Side,
+    pub journal: &'a Journal,
+}
+
+impl Move<'_> {
+    /// The port the VM needs on the target: the source port's tag and rate limit (the live
+    /// truth), else its definition's.
+    pub async fn port_spec(&self) -> PortSpec {
+        let from_source = async {
+            let mut db = self.src.ovsdb().await?;
+            db.port(&self.def.port()).await
+        }
+        .await;
+        match from_source {
+            Ok(Some(p)) => p,
+            _ => PortSpec {
+                vlan: self.def.vlan,
+                rate_kbps: self.def.rate_kbps,
+            },
+        }
+    }
+
+    /// Readies the target: a paused VM waiting for its state, and its switch port (with the
+    /// source port's VLAN tag and rate limit) up and checked, before anything stops.
+    pub async fn prepare_target(&self) -> Result<(), String> {
+        let spec = self.port_spec().await;
+        self.journal
+            .step("prepare target", async {
+                self.dst
+                    .driver
+                    .prepare_incoming(self.def)
+                    .await
+                    .map_err(driver_err)
+            })
+            .await?;
+        let port = self
+            .journal
+            .step("target port", async {
+                self.dst.add_port(self.def, &spec).await
+            })
+            .await;
+        if let Err(e) = port {
+            self.undo_target().await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes what `prepare_target` made.
+    pub async fn undo_target(&self) {
+        self.journal
+            .undo("prepare target", async {
+                self.dst.driver.destroy(self.def).await.map_err(driver_err)
+            })
+            .await;
+        self.journal
+            .undo("target port", async { self.dst.del_port(self.def).await })
+            .await;
+    }
+
+    /// After the VM runs on the target: tell the network, then clear the source. Failures here
+    /// leave the VM running on the target and are reported.
+    pub async fn finish_on_target(&self) -> Result<(), Failure> {
+        let mut problems = Vec::new();
+        if let Err(e) = self
+            .journal
+            .step("announce", async {
+                self.dst.driver.announce(self.def).await.map_err(driver_err)
+            })
+            .await
+        {
+            problems.push(e);
+        }
+        if let Some(ip) = self.def.ip {
+            if let Some(net) = self.cfg.networks.iter().find(|n| n.address.contains(&ip)) {
+                if let Err(e) = self
+                    .journal
+                    .step("appliance neighbour", async {
+                        network::replace_neighbour(ip, &self.def.mac, &net.interface).await
+                    })
+                    .await
+                {
+                    problems.push(e);
+                }
+            }
+        }
+        if let Err(e) = self
+            .journal
+            .step("stop source", async {
+                self.src.driver.destroy(self.def).await.map_err(driver_err)
+            })
+            .await
+        {
+            problems.push(e);
+        }
+        if let Err(e) = self
+            .journal
+            .step("source port", async { self.src.del_port(self.def).await })
+            .await
+        {
+            problems.push(e);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Forward(format!(
+                "the VM runs on {}, but: {}",
+                self.dst.cfg.name,
+                problems.join("; ")
+            )))
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The migration engine in the lab: a VM the appliance started on host A moved to host C and
+//! back, cold (through the FTP image store) and live, while a client namespace keeps asking it
+//! for HTTP; the switch ports, the journal and the refusals checked.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use netmigrate_lab::guest::{initramfs, kernel};
+use netmigrate_lab::Prober;
+use netmigrate_lab::{require_lab, Lab};
+use netmigrate_lab::{Appliance, Host};
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap()
+}
+
+/// Defines VM `n` (vmN at 10.213.0.(20 + n)) booting the lab's kernel and initramfs.
+fn define(app: &Appliance, n: u8) -> (String, std::net::Ipv4Addr) {
+    let name = format!("vm{n}");
+    let ip = std::net::Ipv4Addr::new(10, 213, 0, 20 + n);
+    let k = kernel().unwrap();
+    let i = initramfs().unwrap();
+    app.cli_ok(&[
+        "vm",
+        "define",
+        &name,
+        "--mem",
+        "128",
+        "--mac",
+        &format!("52:54:00:d5:00:{:02x}", 20 + n),
+        "--ip",
+        &ip.to_string(),
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+        "--append",
+        &format!("console=ttyS0 quiet nm_ip={ip}/24 nm_name={name}"),
+    ])
+    .unwrap();
+    (name, ip)
+}
+
+fn ports(h: &Host) -> Vec<String> {
+    h.ovs
+        .vsctl(&["list-ports", "br0"])
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_http(lab: &Lab, ns: &str, ip: std::net::Ipv4Addr) -> String {
+    let url = format!("http://{ip}/");
+    netmigrate_lab::sys::wait_for(&format!("{url} to answer"), BOOT, || {
+        lab.exec(ns, "curl", &["-sS", "--fail", "--max-time", "1", &url])
+            .ok()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let app = lab.appliance(&[&a, &c]).unwrap();
+    let (vm, ip) = define(&app, 1);
+
+    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
+    let hello = wait_http(&lab, &client.ns, ip);
+    assert!(
+        hello.contains("hello from vm1 52:54:00:d5:00:15"),
+        "{hello}"
+    );
+    assert!(ports(&a).contains(&"nm-vm1".to_string()));
+
+    // Cold: the paper's path, streamed through the image store.
+    let probe = Prober::start(
+        &client.ns,
+        SocketAddr::new(ip.into(), 80),
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let out = app
+        .cli(&["migrate", &vm, "--to", "hostC", "--cold", "--json"])
+        .unwrap();
+    let report = probe.finish();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = &json(&text)[0];
+    assert_eq!(m["state"], "done", "{m:#}");
+    assert_eq!(m["mode"], "cold");
+    for s in m["steps"].as_array().unwrap() {
+        assert_eq!(s["state"], "done", "{m:#}");
+    }
+    let steps: Vec<&str> = m["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    for want in [
+        "prepare target",
+        "target port",
+        "pause source",
+        "save to image store",
+        "load on target",
+        "verify checksum",
+        "resume on target",
+        "stop source",
+        "source port",
+    ] {
+        assert!(steps.contains(&want), "{want} missing from {steps:?}");
+    }
+    assert!(m["break_ms"].as_i64().unwrap() > 0, "{m:#}");
+    let cold_id = m["id"].as_i64().unwrap().to_string();
+    eprintln!("{}", app.cli_ok(&["migrations", &cold_id]).unwrap());
+    eprintln!(
+        "cold: built-in probe {} ms, client prober {} ms",
+        m["break_ms"],
+        report.break_time.as_millis()
+    );
+    assert!(lab
+        .curl(&client.ns, &format!("http://{ip}/"))
+        .unwrap()
+        .contains("hello from vm1"));
+    assert!(
+        !ports(&a).contains(&"nm-vm1".to_string()),
+        "{:?}",
+        ports(&a)
+    );
+    assert!(ports(&c).contains(&"nm-vm1".to_string()));
+    let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
+    assert_eq!(v[0]["host"], "hostC");
+    assert_eq!(v[0]["state"], "running");
+    // The image went through the store and was published with its checksum.
+    let images = json(&app.cli_ok(&["images", "--json"]).unwrap());
+    assert_eq!(images[0]["vm"], "vm1");
+    assert_eq!(images[0]["state"], "published");
+
+    // Live: back to A, pre-copy straight between the hosts.
+    let out = app
+        .cli(&["migrate", &vm, "--to", "hostA", "--json"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = &json(&text)[0];
+    assert_eq!(m["state"], "done", "{m:#}");
+    assert_eq!(m["mode"], "live");
+    eprintln!("live: built-in probe {} ms", m["break_ms"]);
+    assert!(lab
+        .curl(&client.ns, &format!("http://{ip}/"))
+        .unwrap()
+        .contains("hello from vm1"));
+    assert!(ports(&a).contains(&"nm-vm1".to_string()));
+    assert!(!ports(&c).contains(&"nm-vm1".to_string()));
+
+    // `migrations ID` shows the journal.
+    let id = m["id"].as_i64().unwrap().to_string();
+    let shown = app.cli_ok(&["migrations", &id]).unwrap();
+    assert!(shown.contains("live pre-copy"), "{shown}");
+
+    // Refusals: one clear line each, nothing moved.
+    for (args, says) in [
+        (vec!["migrate", "vm9", "--to", "hostC"], "no VM named `vm9`"),
+        (
+            vec!["migrate", "vm1", "--to", "hostZ"],
+            "no host named `hostZ`",
+        ),
+        (
+            vec!["migrate", "vm1", "--to", "hostA"],
+            "already runs on hostA",
+        ),
+    ] {
+        let o = app.cli(&args).unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(lab
+        .curl(&client.ns, &format!("http://{ip}/"))
+        .unwrap()
+        .contains("hello from vm1"));
+}
