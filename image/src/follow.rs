@@ -55,8 +55,26 @@ impl Store {
         let p = rx.borrow().clone();
         match p {
             Progress::Uploading { written } => Some(written),
+            // Not yet renamed: still read as an upload.
+            Progress::Complete { size, .. } => Some(size),
             _ => None,
         }
+    }
+
+    /// The size and SHA-256 of `id` once all its bytes are in, possibly before it is published
+    /// (durable); None while it is still being uploaded or if there is no such image.
+    pub fn completed(&self, id: &ImageId) -> Option<(u64, String)> {
+        let rx = self.inner.uploads.lock().expect("uploads").get(id).cloned();
+        if let Some(rx) = rx {
+            return match rx.borrow().clone() {
+                Progress::Complete { size, sha256 } | Progress::Published { size, sha256 } => {
+                    Some((size, sha256))
+                }
+                _ => None,
+            };
+        }
+        let size = std::fs::metadata(self.path(id)).ok()?.len();
+        Some((size, self.recorded_sum(id).ok()?))
     }
 
     /// Opens `vm`'s generation `generation` (the newest published one when None) for reading.
@@ -140,7 +158,8 @@ impl Reader {
                             }
                             continue;
                         }
-                        Progress::Published { size, sha256 } => {
+                        Progress::Complete { size, sha256 }
+                        | Progress::Published { size, sha256 } => {
                             self.expected = Some((size, sha256));
                             size
                         }

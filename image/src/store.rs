@@ -36,8 +36,19 @@ pub struct Published {
 /// How an upload stands, as its followers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Progress {
-    Uploading { written: u64 },
-    Published { size: u64, sha256: String },
+    Uploading {
+        written: u64,
+    },
+    /// Every byte is stored and hashed; publish (fsync, rename) follows. Followers may end
+    /// here: a stream hand-off need not wait for the disk.
+    Complete {
+        size: u64,
+        sha256: String,
+    },
+    Published {
+        size: u64,
+        sha256: String,
+    },
     Failed(String),
 }
 

@@ -186,6 +186,17 @@ impl Writer {
         let store = self.store.clone();
         let sha256 = hex(&done.hasher.finalize());
         let size = done.written;
+        // Followers have every byte now; they need not wait for the disk.
+        self.progress.send_if_modified(|s| match s {
+            Progress::Uploading { .. } => {
+                *s = Progress::Complete {
+                    size,
+                    sha256: sha256.clone(),
+                };
+                true
+            }
+            _ => false,
+        });
         let (part, path, sum) = (store.part_path(&id), store.path(&id), store.sum_path(&id));
         let line = format!("{sha256}  {}.img\n", id.generation);
         let file = done.file;

@@ -80,10 +80,28 @@ pub async fn gc(
         .and_then(|b| b.0.keep)
         .unwrap_or(app.config().ftp.keep)
         .max(1);
-    // Nothing runs migrations yet; when it does, images they read are passed as in use.
+    // Never an image a migration still in progress streams through.
+    let in_use: Vec<netmigrate_image::ImageId> = app
+        .state
+        .migrations(i64::MAX, true)
+        .await?
+        .iter()
+        .filter_map(|m| {
+            m.detail
+                .get("image")?
+                .as_str()?
+                .split_once('/')
+                .and_then(|(vm, g)| {
+                    Some(netmigrate_image::ImageId {
+                        vm: vm.to_string(),
+                        generation: g.parse().ok()?,
+                    })
+                })
+        })
+        .collect();
     let removed = app
         .images
-        .gc(keep, &[])
+        .gc(keep, &in_use)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "images", e.to_string()))?;
     for id in &removed {
         app.state

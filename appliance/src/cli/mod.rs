@@ -343,6 +343,10 @@ fn check_config(file: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Logging without RUST_LOG: libunftp's spans would print its whole session state on every
+/// line at info, so only its warnings pass.
+const DEFAULT_LOG: &str = "info,libunftp=warn";
+
 fn run_serve(cli: &Cli) -> Result<(), Error> {
     let Some(config) = &cli.config else {
         return Err(Error::Invalid(
@@ -357,7 +361,7 @@ fn run_serve(cli: &Cli) -> Result<(), Error> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -337,18 +337,6 @@ pub fn events(evs: &[Event]) -> String {
     o
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_utc_civil_dates() {
-        assert_eq!(timestamp(0), "1970-01-01 00:00:00Z");
-        assert_eq!(timestamp(1_795_800_123_000), "2026-11-27 17:22:03Z");
-        assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00Z");
-    }
-}
-
 pub fn vm_defs(rows: &Vec<crate::state::VmRow>) -> String {
     let mut o = String::from("VM         HOST       STATE      MEM MiB  VCPUS  MAC                IP               VLAN\n");
     for r in rows {
@@ -424,6 +412,15 @@ pub fn migration(m: &crate::state::MigrationRow) -> String {
     if let Some(p) = m.detail.get("paused_ms").and_then(|v| v.as_u64()) {
         o.push_str(&format!("  paused: {p} ms\n"));
     }
+    if let Some(p) = m.detail.get("phases_ms").and_then(|v| v.as_object()) {
+        let mut ph: Vec<(&String, u64)> = p
+            .iter()
+            .filter_map(|(k, v)| v.as_u64().map(|v| (k, v)))
+            .collect();
+        ph.sort_by_key(|(_, v)| *v);
+        let line: Vec<String> = ph.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        o.push_str(&format!("  after the pause (ms): {}\n", line.join(", ")));
+    }
     if let Some(d) = m.detail.get("downtime_ms").and_then(|v| v.as_u64()) {
         o.push_str(&format!("  hypervisor downtime: {d} ms\n"));
     }
@@ -448,4 +445,16 @@ pub fn migration(m: &crate::state::MigrationRow) -> String {
         ));
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_civil_dates() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00Z");
+        assert_eq!(timestamp(1_795_800_123_000), "2026-11-27 17:22:03Z");
+        assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
 }

@@ -256,7 +256,10 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1w").unwrap(), Duration::from_secs(604_800));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1m30s500ms").unwrap(), Duration::from_millis(90_500));
+        assert_eq!(
+            parse_duration("1m30s500ms").unwrap(),
+            Duration::from_millis(90_500)
+        );
         for bad in ["", "12 hours", "h", "12x", "1h30", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }

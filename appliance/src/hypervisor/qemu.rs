@@ -18,9 +18,15 @@ const POLL: Duration = Duration::from_millis(5);
 /// A cap high enough not to throttle a stopped VM's save (QEMU's default is 128 MiB/s).
 const MAX_BANDWIDTH: u64 = 10 << 30;
 
+type QmpConn = Qmp<russh::ChannelStream<russh::client::Msg>>;
+
+/// A driver lives for one operation or move; it keeps one QMP connection per VM for that time
+/// (a QMP round trip is then ~1 ms instead of a channel and a handshake), and drops them with
+/// itself, so the inventory's own QMP calls are not held up for long.
 pub struct Qemu {
     pub host: HostConfig,
     pub conn: Arc<Conn>,
+    qmps: tokio::sync::Mutex<std::collections::HashMap<String, QmpConn>>,
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -30,7 +36,11 @@ pub fn sh_quote(s: &str) -> String {
 
 impl Qemu {
     pub fn new(host: HostConfig, conn: Arc<Conn>) -> Qemu {
-        Qemu { host, conn }
+        Qemu {
+            host,
+            conn,
+            qmps: Default::default(),
+        }
     }
 
     fn path(&self, vm: &VmDef, ext: &str) -> String {
@@ -118,10 +128,7 @@ impl Qemu {
         Ok(out.stdout)
     }
 
-    async fn qmp(
-        &self,
-        vm: &VmDef,
-    ) -> Result<Qmp<russh::ChannelStream<russh::client::Msg>>, DriverError> {
+    async fn connect_qmp(&self, vm: &VmDef) -> Result<QmpConn, DriverError> {
         let s = self
             .conn
             .unix_stream(&self.path(vm, "qmp"))
@@ -132,12 +139,49 @@ impl Qemu {
             .map_err(|e| self.err(vm, format!("QMP: {e}")))
     }
 
+    /// The VM's QMP connection, kept for the driver's life, taken out while in use.
+    async fn qmp(&self, vm: &VmDef) -> Result<QmpConn, DriverError> {
+        if let Some(q) = self.qmps.lock().await.remove(&vm.name) {
+            return Ok(q);
+        }
+        self.connect_qmp(vm).await
+    }
+
+    /// Gives a connection back for the next call (one that failed is not given back).
+    async fn keep(&self, vm: &VmDef, q: QmpConn) {
+        self.qmps.lock().await.insert(vm.name.clone(), q);
+    }
+
     async fn exec(&self, vm: &VmDef, cmd: &str, args: Value) -> Result<Value, DriverError> {
-        self.qmp(vm)
-            .await?
-            .execute(cmd, args)
-            .await
-            .map_err(|e| self.err(vm, e))
+        let mut q = self.qmp(vm).await?;
+        match q.execute(cmd, args).await {
+            Ok(v) => {
+                self.keep(vm, q).await;
+                Ok(v)
+            }
+            // An error answer leaves the connection usable; a broken one is dropped.
+            Err(e) if !e.contains("QMP closed") && !e.contains("bad QMP") => {
+                self.keep(vm, q).await;
+                Err(self.err(vm, e))
+            }
+            Err(e) => Err(self.err(vm, e)),
+        }
+    }
+
+    /// The last lines of QEMU's log on the host (why it refused or died).
+    async fn log_tail(&self, vm: &VmDef) -> String {
+        self.sh(
+            vm,
+            &format!(
+                "tail -n 3 {} 2>/dev/null",
+                sh_quote(&self.path(vm, "qemu.log"))
+            ),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_default()
+        .trim()
+        .to_string()
     }
 
     /// Starts QEMU (running, or waiting for an incoming migration) with its tap created first.
@@ -180,7 +224,10 @@ impl Qemu {
                 .await
                 .map_err(|e| self.err(vm, e))?;
             match m["status"].as_str() {
-                Some("completed") => return Ok(m),
+                Some("completed") => {
+                    self.keep(vm, q).await;
+                    return Ok(m);
+                }
                 Some("failed") | Some("cancelled") => {
                     return Err(self.err(
                         vm,
@@ -280,7 +327,7 @@ impl Hypervisor for Qemu {
         q.execute("migrate", json!({"uri": format!("exec:{sink}")}))
             .await
             .map_err(run)?;
-        drop(q);
+        self.keep(vm, q).await;
         self.wait_migration(vm, "saving the VM's state", timeout)
             .await
             .map(drop)
@@ -292,46 +339,40 @@ impl Hypervisor for Qemu {
         source: &str,
         timeout: Duration,
     ) -> Result<(), DriverError> {
-        self.exec(
-            vm,
-            "migrate-incoming",
-            json!({"uri": format!("exec:{source}")}),
+        let mut q = self.qmp(vm).await?;
+        let run = |e: String| self.err(vm, e);
+        // An event says when the load ends: no polling while QEMU is busy loading.
+        q.execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "events", "state": true}]}),
         )
-        .await?;
-        let t = Instant::now();
-        loop {
-            // A failed load makes QEMU exit: that is the error, with its log's last line.
-            match self.status(vm).await {
-                Ok(s) if s == "paused" => return Ok(()),
-                Ok(s) if s == "running" => return Ok(()),
-                Ok(_) => {}
-                Err(_) => {
-                    let log = self
-                        .sh(
-                            vm,
-                            &format!(
-                                "tail -n 3 {} 2>/dev/null",
-                                sh_quote(&self.path(vm, "qemu.log"))
-                            ),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                        .unwrap_or_default();
-                    return Err(self.err(
-                        vm,
-                        format!("QEMU refused the incoming state: {}", log.trim()),
-                    ));
-                }
+        .await
+        .map_err(run)?;
+        q.execute("migrate-incoming", json!({"uri": format!("exec:{source}")}))
+            .await
+            .map_err(run)?;
+        let done = q.event("MIGRATION", |d| {
+            matches!(d["status"].as_str(), Some("completed" | "failed"))
+        });
+        match tokio::time::timeout(timeout, done).await {
+            Ok(Ok(d)) if d["status"] == "completed" => {
+                self.keep(vm, q).await;
+                Ok(())
             }
-            if t.elapsed() > timeout {
-                return Err(DriverError::Timeout {
-                    host: self.host.name.clone(),
-                    vm: vm.name.clone(),
-                    what: "loading the VM's state".into(),
-                    after: timeout,
-                });
-            }
-            tokio::time::sleep(POLL).await;
+            // A failed load ends QEMU (or leaves it useless): say why, from its log.
+            Ok(_) => Err(self.err(
+                vm,
+                format!(
+                    "QEMU refused the incoming state: {}",
+                    self.log_tail(vm).await
+                ),
+            )),
+            Err(_) => Err(DriverError::Timeout {
+                host: self.host.name.clone(),
+                vm: vm.name.clone(),
+                what: "loading the VM's state".into(),
+                after: timeout,
+            }),
         }
     }
 
@@ -364,7 +405,7 @@ impl Hypervisor for Qemu {
         q.execute("migrate", json!({"uri": format!("tcp:{target}:{port}")}))
             .await
             .map_err(run)?;
-        drop(q);
+        self.keep(vm, q).await;
         let m = self
             .wait_migration(vm, "live migration (it did not converge)", timeout)
             .await?;

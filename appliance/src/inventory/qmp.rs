@@ -6,6 +6,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 
 pub struct Qmp<S> {
     io: BufReader<S>,
+    /// Asynchronous events read while waiting for answers, oldest first.
+    events: std::collections::VecDeque<Value>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
@@ -13,6 +15,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
     pub async fn handshake(stream: S) -> Result<Qmp<S>, String> {
         let mut q = Qmp {
             io: BufReader::new(stream),
+            events: Default::default(),
         };
         let greeting = q.read().await?;
         if greeting.get("QMP").is_none() {
@@ -22,22 +25,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
         Ok(q)
     }
 
-    async fn read(&mut self) -> Result<Value, String> {
+    /// The next message, answer or event.
+    async fn message(&mut self) -> Result<Value, String> {
         let mut line = String::new();
+        let n = self
+            .io
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("QMP closed the connection".into());
+        }
+        serde_json::from_str(&line).map_err(|e| format!("bad QMP line: {e}"))
+    }
+
+    /// The next answer; events that come first are kept for `event`.
+    async fn read(&mut self) -> Result<Value, String> {
         loop {
-            line.clear();
-            let n = self
-                .io
-                .read_line(&mut line)
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("QMP closed the connection".into());
-            }
-            let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad QMP line: {e}"))?;
-            // Asynchronous events can come at any time; they are not answers.
+            let v = self.message().await?;
             if v.get("event").is_none() {
                 return Ok(v);
+            }
+            self.events.push_back(v);
+        }
+    }
+
+    /// Waits for the first event named `name` whose data `pick` accepts (events kept from
+    /// before count); returns its data.
+    pub async fn event(
+        &mut self,
+        name: &str,
+        pick: impl Fn(&Value) -> bool,
+    ) -> Result<Value, String> {
+        while let Some(e) = self.events.pop_front() {
+            if e["event"] == name && pick(&e["data"]) {
+                return Ok(e["data"].clone());
+            }
+        }
+        loop {
+            let v = self.message().await?;
+            if v["event"] == name && pick(&v["data"]) {
+                return Ok(v["data"].clone());
             }
         }
     }

@@ -162,6 +162,25 @@ impl Side {
         Ok(out.stdout)
     }
 
+    /// Runs a short script in the shell kept open on the host: no new channel or process for
+    /// it, for steps inside a VM's break.
+    pub async fn quick(&self, script: &str) -> Result<String, String> {
+        let out = self
+            .conn
+            .run_script(script, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.status != Some(0) {
+            return Err(format!(
+                "{}: `{}` failed: {}",
+                self.cfg.name,
+                script.chars().take(60).collect::<String>(),
+                out.stderr.trim()
+            ));
+        }
+        Ok(out.stdout)
+    }
+
     /// Writes `text` to `path` on the host, readable by root only.
     pub async fn write_secret(&self, path: &str, text: &str) -> Result<(), String> {
         self.sh(&format!(

@@ -73,14 +73,14 @@ impl State {
 
     pub async fn vm(&self, name: String) -> Result<Option<VmRow>, StateError> {
         self.read(move |c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT name, host, state, def, updated_ms FROM vms WHERE name = ?1",
                 [name],
                 row,
             )
             .optional()?
             .map(to_vm)
-            .transpose()?)
+            .transpose()
         })
         .await
     }
