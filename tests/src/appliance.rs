@@ -36,6 +36,8 @@ pub struct Appliance {
     pub config: PathBuf,
     pub state_dir: PathBuf,
     pub pid: u32,
+    /// Extra environment for `serve` (e.g. the crash tests' `NETMIGRATE_CRASH_AT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Appliance {
@@ -138,6 +140,7 @@ impl Lab {
             config,
             state_dir,
             pid: 0,
+            env: Vec::new(),
         };
         self.start_serve(&mut app)?;
         Ok(app)
@@ -151,12 +154,29 @@ impl Lab {
         self.start_serve(app)
     }
 
+    /// Restarts the appliance (SIGKILL, then start) with `env` added to its environment.
+    pub fn restart_with(&self, app: &mut Appliance, env: &[(&str, &str)]) -> Result<()> {
+        app.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.crash_and_restart(app)
+    }
+
+    /// Waits until the appliance process ends by itself (e.g. a crash it was told to have).
+    pub fn wait_exit(&self, app: &Appliance, timeout: Duration) -> Result<()> {
+        wait_for("the appliance to exit", timeout, || {
+            self.has_exited(app.pid).then_some(())
+        })
+    }
+
     fn start_serve(&self, app: &mut Appliance) -> Result<()> {
         let mut cmd = netns::exec(&app.node.ns, &netmigrate_bin()?.display().to_string());
         cmd.arg("serve")
             .arg("--config")
             .arg(&app.config)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info,libunftp=warn")
+            .envs(app.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let pid = self.track("appliance", &mut cmd)?;
         app.pid = pid;
         let app = &*app;

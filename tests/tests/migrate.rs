@@ -196,3 +196,112 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         .unwrap()
         .contains("hello from vm1"));
 }
+
+/// Whether a QEMU for `vm` runs on `h` (its pid file names a live, non-zombie process).
+fn runs_on(h: &Host, vm: &str) -> bool {
+    let Ok(pid) = std::fs::read_to_string(h.dir.join(format!("run/{vm}.pid"))) else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+        .map(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// The crash matrix: the appliance kills itself (SIGKILL) at a journal step of a cold or a live
+/// move; restarted, it settles the move. Each time the VM runs on exactly one host, that host
+/// alone has its switch port, the state says so, and the client gets its HTTP answer.
+#[test]
+fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let mut app = lab.appliance(&[&a, &c]).unwrap();
+    let (vm, ip) = define(&app, 2);
+    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
+    wait_http(&lab, &client.ns, ip);
+
+    let only = std::env::var("NETMIGRATE_TEST_CRASH_ONLY").ok();
+    let cold = [
+        "prepare target:after",
+        "target port:after",
+        "pause source:after",
+        "save to image store:before",
+        "load on target:before",
+        "verify checksum:before",
+        "resume on target:before",
+        "resume on target:after",
+        "stop source:after",
+        "source port:before",
+    ];
+    let live = [
+        "target listens:after",
+        "live pre-copy:before",
+        "live pre-copy:after",
+        "target runs:after",
+    ];
+    let cases: Vec<(&str, &str)> = cold
+        .iter()
+        .map(|p| ("--cold", *p))
+        .chain(live.iter().map(|p| ("--live", *p)))
+        .filter(|(_, p)| only.as_deref().is_none_or(|o| o == *p))
+        .collect();
+    let mut held = 0;
+    for (mode, point) in &cases {
+        let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
+        let from = v[0]["host"].as_str().unwrap().to_string();
+        let to = if from == "hostA" { "hostC" } else { "hostA" };
+        lab.restart_with(&mut app, &[("NETMIGRATE_CRASH_AT", point)])
+            .unwrap();
+        let o = app
+            .cli(&["migrate", &vm, "--to", to, mode, "--no-probe"])
+            .unwrap();
+        assert!(!o.status.success(), "{point}: the move did not crash");
+        lab.wait_exit(&app, Duration::from_secs(30)).unwrap();
+        lab.restart_with(&mut app, &[]).unwrap();
+
+        // The restarted appliance settles the move by itself.
+        let m = netmigrate_lab::sys::wait_for(
+            &format!("{point}: the interrupted move to be settled"),
+            Duration::from_secs(90),
+            || {
+                let l = json(&app.cli_ok(&["migrations", "--json"]).ok()?);
+                let m = l[0].clone();
+                (m["state"] != "running").then_some(m)
+            },
+        )
+        .unwrap();
+        if std::env::var_os("NETMIGRATE_TEST_VERBOSE").is_some() {
+            let id = m["id"].to_string();
+            eprintln!("{}", app.cli_ok(&["migrations", &id]).unwrap());
+        }
+        let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
+        let host = v[0]["host"].as_str().unwrap().to_string();
+        let (here, there) = if host == "hostA" { (&a, &c) } else { (&c, &a) };
+        let one_place = runs_on(here, &vm) && !runs_on(there, &vm);
+        let port = format!("nm-{vm}");
+        let ports_right = ports(here).contains(&port) && !ports(there).contains(&port);
+        let answers = wait_http(&lab, &client.ns, ip).contains(&format!("hello from {vm}"));
+        eprintln!(
+            "crash at {mode} {point}: {} -> runs on {host}, one place {one_place}, ports {ports_right}, http {answers}",
+            m["state"]
+        );
+        assert!(one_place, "{point}: {m:#}");
+        assert!(
+            ports_right,
+            "{point}: {:?} / {:?}",
+            ports(here),
+            ports(there)
+        );
+        assert_eq!(v[0]["state"], "running", "{point}");
+        held += 1;
+    }
+    eprintln!(
+        "crash matrix: {} injection points, {held} held",
+        cases.len()
+    );
+}

@@ -368,6 +368,9 @@ fn run_serve(cli: &Cli) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("netmigrate")
+        // A migration's future nests deep (select!s over journaled steps); debug builds put
+        // large frames on the stack when polling it. 2 MiB was seen to overflow.
+        .thread_stack_size(16 << 20)
         .build()
         .map_err(|e| Error::Io("starting the runtime".into(), e))?;
     rt.block_on(crate::daemon::serve(&config))

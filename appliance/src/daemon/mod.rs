@@ -197,6 +197,17 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         .await?;
     notify::notify("READY=1");
 
+    // Migrations a crash or stop interrupted are finished or rolled back, in the background.
+    {
+        let engine = crate::migrate::Engine {
+            state: app.state.clone(),
+            store: app.images.clone(),
+            inventory: app.inventory.clone(),
+        };
+        let cfg = app.config();
+        tokio::spawn(async move { engine.recover(&cfg).await });
+    }
+
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| Error::Io("SIGTERM handler".into(), e))?;
     let mut int =

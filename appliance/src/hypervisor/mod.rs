@@ -174,6 +174,8 @@ pub trait Hypervisor: Send + Sync {
         downtime: Duration,
         timeout: Duration,
     ) -> Result<LiveResult, DriverError>;
+    /// Stops an outgoing migration of `vm` if one runs; `vm` keeps running here.
+    async fn abort_outgoing(&self, vm: &VmDef) -> Result<(), DriverError>;
     /// Readies a prepared target for a live migration: listens on `port` of its address.
     async fn listen_incoming(&self, vm: &VmDef, port: u16) -> Result<(), DriverError>;
     /// Makes the VM tell the network where it now is (gratuitous ARP / RARP from its NIC).

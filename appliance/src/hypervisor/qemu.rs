@@ -416,6 +416,10 @@ impl Hypervisor for Qemu {
         })
     }
 
+    async fn abort_outgoing(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.exec(vm, "migrate_cancel", json!({})).await.map(drop)
+    }
+
     async fn announce(&self, vm: &VmDef) -> Result<(), DriverError> {
         self.exec(
             vm,

@@ -116,7 +116,7 @@ impl Move<'_> {
         let creds = self.make_creds().await.map_err(rolled)?;
         let r = async {
             self.prepare_target().await.map_err(rolled)?;
-            self.transfer(&creds, &src_url, &dst_url).await
+            Box::pin(self.transfer(&creds, &src_url, &dst_url)).await
         }
         .await;
         self.drop_creds(&creds).await;

@@ -6,6 +6,7 @@ mod cold;
 pub mod journal;
 mod live;
 pub mod probe;
+mod recover;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -384,9 +385,10 @@ impl Engine {
             dst: &dst,
             journal: &journal,
         };
+        // Boxed: the moves' futures are large; on the heap they do not weigh on the stack.
         let outcome = match req.mode {
-            Mode::Cold => mv.cold().await,
-            Mode::Live => match mv.live().await {
+            Mode::Cold => Box::pin(mv.cold()).await,
+            Mode::Live => match Box::pin(mv.live()).await {
                 Ok(o) => Ok(o),
                 Err(Failure::NotConverged(why)) => {
                     // Pre-copy could not keep up: the VM still runs on the source, untouched.
@@ -403,7 +405,7 @@ impl Engine {
                             .about(&req.vm),
                         )
                         .await?;
-                    mv.cold().await
+                    Box::pin(mv.cold()).await
                 }
                 Err(e) => Err(e),
             },

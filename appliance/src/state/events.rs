@@ -57,6 +57,13 @@ impl NewEvent {
         }
     }
 
+    pub fn error(kind: &'static str, message: impl Into<String>) -> Self {
+        NewEvent {
+            level: Level::Error,
+            ..NewEvent::info(kind, message)
+        }
+    }
+
     pub fn about(mut self, subject: impl Into<String>) -> Self {
         self.subject = Some(subject.into());
         self
