@@ -25,6 +25,26 @@ pub struct Host {
 }
 
 impl Host {
+    /// A directory first on the PATH of the host's SSH sessions: a test puts a misbehaving
+    /// tool there to inject a fault.
+    pub fn bin_dir(&self) -> std::path::PathBuf {
+        self.dir.join("bin")
+    }
+
+    /// Installs an executable `name` in `bin_dir` (a shell script).
+    pub fn fake_tool(&self, name: &str, script: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.bin_dir().join(name);
+        std::fs::write(&p, script)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
+
+    /// Removes a tool `fake_tool` installed.
+    pub fn remove_tool(&self, name: &str) {
+        let _ = std::fs::remove_file(self.bin_dir().join(name));
+    }
+
     /// The config name of the host, e.g. "hostA".
     pub fn config_name(&self) -> String {
         format!("host{}", self.name)

@@ -16,6 +16,8 @@ use crate::sys::{run, wait_for};
 pub struct Ovs {
     pub dir: PathBuf,
     pub ns: String,
+    /// ovs-vswitchd's PID (a test may stop it: a switch that takes no more ports).
+    pub vswitchd: u32,
 }
 
 impl Ovs {
@@ -97,6 +99,7 @@ pub(crate) fn start(lab: &Lab, ns: &str, role: &str, bridge: &str) -> Result<Ovs
     let ovs = Ovs {
         dir: dir.clone(),
         ns: ns.into(),
+        vswitchd: 0,
     };
     wait_for("ovsdb-server socket", Duration::from_secs(10), || {
         (ovs.db_sock().exists() || lab.has_exited(pid)).then_some(())
@@ -123,7 +126,8 @@ pub(crate) fn start(lab: &Lab, ns: &str, role: &str, bridge: &str) -> Result<Ovs
         "-vconsole:off",
         "--no-chdir",
     ]);
-    lab.track(&format!("{role}-vswitchd"), &mut cmd)?;
+    let mut ovs = ovs;
+    ovs.vswitchd = lab.track(&format!("{role}-vswitchd"), &mut cmd)?;
     // Without --no-wait this returns once vswitchd has applied it: our readiness check.
     ovs.vsctl(&[
         "--may-exist",

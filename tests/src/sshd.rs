@@ -67,6 +67,8 @@ pub(crate) fn start(lab: &Lab, ns: &str, role: &str, ip: Ipv4Addr) -> Result<Key
     let client = lab.client_key()?;
     let auth = dir.join("authorized_keys");
     std::fs::write(&auth, format!("{}\n", client.public))?;
+    // Tools a test puts in the host's bin/ come first on its PATH (fault injection).
+    let bin = lab.subdir(&format!("{role}/bin"))?;
     let cfg = dir.join("sshd_config");
     std::fs::write(
         &cfg,
@@ -82,7 +84,9 @@ pub(crate) fn start(lab: &Lab, ns: &str, role: &str, ip: Ipv4Addr) -> Result<Key
              # the run directory lives under /tmp, which is world-writable\n\
              StrictModes no\n\
              LogLevel VERBOSE\n\
-             Subsystem sftp internal-sftp\n",
+             Subsystem sftp internal-sftp\n\
+             SetEnv PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+            bin = bin.display(),
             hk = host_key.private.display(),
             auth = auth.display(),
         ),

@@ -305,3 +305,121 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
         cases.len()
     );
 }
+
+/// Faults on the target: each move is refused or rolled back with one clear reason, and the VM
+/// goes on running where it was, answering, its port where it belongs.
+#[test]
+fn faults_on_the_target_roll_back_and_leave_the_vm_where_it_was() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let app = lab.appliance(&[&a, &c]).unwrap();
+    let (vm, ip) = define(&app, 3);
+    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
+    wait_http(&lab, &client.ns, ip);
+    let port = format!("nm-{vm}");
+
+    let still_on_a = |what: &str| {
+        assert!(
+            runs_on(&a, &vm) && !runs_on(&c, &vm),
+            "{what}: not in one place"
+        );
+        assert!(
+            ports(&a).contains(&port) && !ports(&c).contains(&port),
+            "{what}: ports"
+        );
+        assert!(
+            wait_http(&lab, &client.ns, ip).contains("hello from vm3"),
+            "{what}"
+        );
+        let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
+        assert_eq!(v[0]["host"], "hostA", "{what}");
+        assert_eq!(v[0]["state"], "running", "{what}");
+    };
+    // A move that starts and is rolled back: the CLI fails, the migration says why.
+    let rolled_back = |mode: &str, says: &str| {
+        let o = app
+            .cli(&[
+                "migrate",
+                &vm,
+                "--to",
+                "hostC",
+                mode,
+                "--no-probe",
+                "--json",
+            ])
+            .unwrap();
+        assert!(!o.status.success(), "{says}: the move succeeded");
+        let m = &json(&String::from_utf8_lossy(&o.stdout))[0];
+        assert_eq!(m["state"], "rolled-back", "{m:#}");
+        let reason = m["reason"].as_str().unwrap();
+        assert!(reason.contains(says), "{says}: {reason}");
+        eprintln!("{mode}: rolled back: {reason}");
+    };
+
+    // The target hashes what it loaded and gets another checksum than the store's.
+    c.fake_tool(
+        "openssl",
+        "#!/bin/sh\ncat >/dev/null\necho 00000000000000000000000000000000000000000000000000000000000000ff '*stdin'\n",
+    )
+    .unwrap();
+    rolled_back("--cold", "SHA-256");
+    c.remove_tool("openssl");
+    still_on_a("checksum mismatch");
+
+    // The target's QEMU is fed garbage and refuses the incoming state.
+    c.fake_tool("curl", "#!/bin/sh\nhead -c 65536 /dev/urandom\n")
+        .unwrap();
+    rolled_back("--cold", "refused the incoming state");
+    c.remove_tool("curl");
+    still_on_a("QEMU refusing the stream");
+
+    // No room: the VM's definition now asks for more memory than hostC has free.
+    let k = kernel().unwrap();
+    let i = initramfs().unwrap();
+    let redefine = |mem: &str| {
+        app.cli_ok(&[
+            "vm",
+            "define",
+            &vm,
+            "--mem",
+            mem,
+            "--mac",
+            "52:54:00:d5:00:17",
+            "--ip",
+            &ip.to_string(),
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            i.to_str().unwrap(),
+            "--append",
+            &format!("console=ttyS0 quiet nm_ip={ip}/24 nm_name={vm}"),
+        ])
+        .unwrap();
+    };
+    redefine("1048576");
+    let o = app.cli(&["migrate", &vm, "--to", "hostC"]).unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no room on hostC for vm3"), "{err}");
+    redefine("128");
+    still_on_a("no room");
+
+    // The target is cut off (its switch is down, so nothing reaches it): refused up front.
+    lab.stop(c.ovs.vswitchd);
+    let o = app
+        .cli(&["migrate", &vm, "--to", "hostC", "--live", "--no-probe"])
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "a move to an unreachable host succeeded"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hostC"), "{err}");
+    eprintln!("unreachable target: {}", err.trim());
+    assert!(runs_on(&a, &vm) && !runs_on(&c, &vm));
+    assert!(ports(&a).contains(&port));
+    assert!(wait_http(&lab, &client.ns, ip).contains("hello from vm3"));
+}

@@ -134,9 +134,15 @@ impl Qemu {
             .unix_stream(&self.path(vm, "qmp"))
             .await
             .map_err(|e| self.err(vm, format!("QMP: {e}")))?;
-        Qmp::handshake(s)
-            .await
-            .map_err(|e| self.err(vm, format!("QMP: {e}")))
+        // QEMU serves one QMP client at a time: a greeting that does not come means another
+        // client holds it.
+        match tokio::time::timeout(Duration::from_secs(10), Qmp::handshake(s)).await {
+            Ok(r) => r.map_err(|e| self.err(vm, format!("QMP: {e}"))),
+            Err(_) => Err(self.err(
+                vm,
+                "QMP: no greeting within 10 s (another client holds it?)",
+            )),
+        }
     }
 
     /// The VM's QMP connection, kept for the driver's life, taken out while in use.
@@ -179,9 +185,12 @@ impl Qemu {
             Duration::from_secs(10),
         )
         .await
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            "QEMU stopped without a word (its errors go to a closed stderr once daemonized)".into()
+        })
     }
 
     /// Starts QEMU (running, or waiting for an incoming migration) with its tap created first.
@@ -210,24 +219,20 @@ impl Qemu {
     }
 
     /// Polls `query-migrate` until it completes; an error (or the deadline) fails it.
+    /// Polls `query-migrate` until it completes; an error (or the deadline) fails it. The QMP
+    /// connection is taken for one poll at a time: a rollback may need it between polls (QEMU
+    /// serves one QMP client at a time, so a held connection would lock it out).
     async fn wait_migration(
         &self,
         vm: &VmDef,
         what: &str,
         timeout: Duration,
     ) -> Result<Value, DriverError> {
-        let mut q = self.qmp(vm).await?;
         let t = Instant::now();
         loop {
-            let m = q
-                .execute("query-migrate", json!({}))
-                .await
-                .map_err(|e| self.err(vm, e))?;
+            let m = self.exec(vm, "query-migrate", json!({})).await?;
             match m["status"].as_str() {
-                Some("completed") => {
-                    self.keep(vm, q).await;
-                    return Ok(m);
-                }
+                Some("completed") => return Ok(m),
                 Some("failed") | Some("cancelled") => {
                     return Err(self.err(
                         vm,
@@ -240,7 +245,7 @@ impl Qemu {
                 _ => {}
             }
             if t.elapsed() > timeout {
-                let _ = q.execute("migrate_cancel", json!({})).await;
+                let _ = self.exec(vm, "migrate_cancel", json!({})).await;
                 return Err(DriverError::Timeout {
                     host: self.host.name.clone(),
                     vm: vm.name.clone(),
@@ -250,6 +255,22 @@ impl Qemu {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Whether the VM's QEMU process runs on the host (a zombie counts as gone).
+    async fn alive(&self, vm: &VmDef) -> Result<bool, DriverError> {
+        let pid = sh_quote(&self.path(vm, "pid"));
+        let out = self
+            .sh(
+                vm,
+                &format!(
+                    "p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && [ -d /proc/$p ] && \
+                     ! grep -q '^State:.*Z' /proc/$p/status && echo alive || true"
+                ),
+                Duration::from_secs(10),
+            )
+            .await?;
+        Ok(out.trim() == "alive")
     }
 
     async fn status(&self, vm: &VmDef) -> Result<String, DriverError> {
@@ -265,19 +286,7 @@ impl Hypervisor for Qemu {
     }
 
     async fn state(&self, vm: &VmDef) -> Result<RunState, DriverError> {
-        let pid = sh_quote(&self.path(vm, "pid"));
-        // A QEMU that quit may linger as a zombie for a moment: count it as gone.
-        let alive = self
-            .sh(
-                vm,
-                &format!(
-                    "p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && [ -d /proc/$p ] && \
-                     ! grep -q '^State:.*Z' /proc/$p/status && echo alive || true"
-                ),
-                Duration::from_secs(10),
-            )
-            .await?;
-        if alive.trim() != "alive" {
+        if !self.alive(vm).await? {
             return Ok(RunState::Absent);
         }
         Ok(match self.status(vm).await?.as_str() {
@@ -354,7 +363,22 @@ impl Hypervisor for Qemu {
         let done = q.event("MIGRATION", |d| {
             matches!(d["status"].as_str(), Some("completed" | "failed"))
         });
-        match tokio::time::timeout(timeout, done).await {
+        // A QEMU that dies of a bad stream may not get its word out through the forwarded
+        // socket: look at the process too, every half second.
+        let watched = async {
+            tokio::pin!(done);
+            loop {
+                tokio::select! {
+                    r = &mut done => break r,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        if !self.alive(vm).await.unwrap_or(true) {
+                            break Err("QEMU exited".to_string());
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, watched).await {
             Ok(Ok(d)) if d["status"] == "completed" => {
                 self.keep(vm, q).await;
                 Ok(())

@@ -126,9 +126,15 @@ impl Move<'_> {
     /// From the pause to the VM running on the target.
     async fn transfer(&self, c: &Creds, src_url: &str, dst_url: &str) -> Result<(), Failure> {
         let (vm, id) = (&self.def.name, self.journal.id);
-        let back = |e: String| async move {
-            self.rollback().await;
-            Err(Failure::RolledBack(e))
+        let sum_file = format!("{}/{vm}.{id}.in.sha256", self.dst.cfg.run_dir);
+        let fifo = format!("{}/{vm}.{id}.in.fifo", self.dst.cfg.run_dir);
+        let back = |e: String| {
+            let cleanup = format!("rm -f {} {}", sh_quote(&fifo), sh_quote(&sum_file));
+            async move {
+                self.rollback().await;
+                let _ = self.dst.sh(&cleanup).await;
+                Err(Failure::RolledBack(e))
+            }
         };
         let paused_at = Instant::now();
         if let Err(e) = self
@@ -144,19 +150,20 @@ impl Move<'_> {
             "curl -sS --fail --ftp-pasv --netrc-file {} -T - {src_url}/{vm}/mig{id}.img",
             sh_quote(&c.up_netrc)
         );
-        let save = self.journal.step("save to image store", async {
+        // Held in an Option so that a rollback can drop it first: a save waiting on its QMP
+        // answer holds the source's QMP connection, and QEMU serves one client at a time.
+        let mut save = Some(Box::pin(self.journal.step("save to image store", async {
             self.src
                 .driver
                 .save_to(self.def, &sink, SAVE_TIMEOUT)
                 .await
                 .map_err(driver_err)
-        });
-        tokio::pin!(save);
+        })));
         // The target starts loading as soon as the upload exists in the store.
         let mut saved = None;
         let generation = loop {
             tokio::select! {
-                r = &mut save, if saved.is_none() => {
+                r = save.as_mut().expect("save"), if saved.is_none() => {
                     if let Err(e) = r {
                         return back(e).await;
                     }
@@ -164,7 +171,10 @@ impl Move<'_> {
                 }
                 g = self.upload_appears(&c.up_user) => match g {
                     Ok(g) => break g,
-                    Err(e) => return back(e).await,
+                    Err(e) => {
+                        drop(save.take());
+                        return back(e).await;
+                    }
                 },
             }
         };
@@ -193,8 +203,6 @@ impl Move<'_> {
                 }
             })
         };
-        let sum_file = format!("{}/{vm}.{id}.in.sha256", self.dst.cfg.run_dir);
-        let fifo = format!("{}/{vm}.{id}.in.fifo", self.dst.cfg.run_dir);
         // QEMU runs this with /bin/sh: the stream goes to QEMU and, through a fifo, to a
         // hasher, so the target's own checksum of what it loaded can be compared. openssl
         // uses the CPU's SHA instructions (coreutils' sha256sum is 5x slower here).
@@ -220,7 +228,7 @@ impl Move<'_> {
         let mut save_done = saved.is_some();
         let loaded = loop {
             tokio::select! {
-                r = &mut save, if !save_done => {
+                r = save.as_mut().expect("save"), if !save_done => {
                     if let Err(e) = r {
                         return back(e).await;
                     }
@@ -230,6 +238,7 @@ impl Move<'_> {
             }
         };
         if let Err(e) = loaded {
+            drop(save.take());
             return back(e).await;
         }
         let loaded_ms = since(Instant::now());
@@ -238,6 +247,7 @@ impl Move<'_> {
             .step("verify checksum", self.verify(&image, &sum_file))
             .await
         {
+            drop(save.take());
             return back(e).await;
         }
         let verified_ms = since(Instant::now());
@@ -248,6 +258,7 @@ impl Move<'_> {
             })
             .await
         {
+            drop(save.take());
             return back(e).await;
         }
         let paused_ms = paused_at.elapsed().as_millis() as u64;
@@ -260,8 +271,8 @@ impl Move<'_> {
             ))
             .await;
         let upload_done_ms = upload_done.await.ok().flatten().map(since);
-        if !save_done {
-            if let Err(e) = save.await {
+        if let (false, Some(s)) = (save_done, save.take()) {
+            if let Err(e) = s.await {
                 // The target runs verified bytes; the source's side ended badly afterwards.
                 tracing::warn!(
                     migration = id,
@@ -343,6 +354,16 @@ impl Move<'_> {
     /// Undo to the state before the move: the target cleared, the VM running on the source.
     pub(crate) async fn rollback(&self) {
         self.undo_target().await;
+        // A save still streaming out would go on, and end the VM paused: stop it first.
+        self.journal
+            .undo("save", async {
+                self.src
+                    .driver
+                    .abort_outgoing(self.def)
+                    .await
+                    .map_err(driver_err)
+            })
+            .await;
         self.journal
             .undo("pause source", async {
                 self.src.driver.resume(self.def).await.map_err(driver_err)

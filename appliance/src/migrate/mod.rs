@@ -87,6 +87,13 @@ pub enum Refused {
         target: String,
         target_kind: &'static str,
     },
+    #[error("no room on {host} for {vm}: it needs {need_mib} MiB of memory, {host} has {free_mib} MiB free")]
+    NoRoom {
+        vm: String,
+        host: String,
+        need_mib: u64,
+        free_mib: u64,
+    },
     #[error("host {0} has no pinned SSH host key yet; `netmigrate hosts trust {0}` first")]
     NotTrusted(String),
     #[error("{0}")]
@@ -232,6 +239,41 @@ impl Engine {
         })
     }
 
+    /// Collects `h`'s facts now (one round trip on its kept connection) and refuses if the
+    /// VM's memory does not fit in what is free there.
+    async fn check_room(&self, h: &HostConfig, def: &VmDef) -> Result<(), Refused> {
+        let pinned = self
+            .state
+            .hosts()
+            .await?
+            .into_iter()
+            .find(|r| r.name == h.name)
+            .and_then(|r| r.host_key);
+        let got = self.inventory.collect(vec![(h.clone(), pinned)]).await;
+        let c = got.into_iter().next();
+        let _ = self
+            .state
+            .record_collections(c.iter().cloned().collect())
+            .await;
+        let why = c
+            .as_ref()
+            .and_then(|c| c.error.clone())
+            .unwrap_or_else(|| "no answer".into());
+        match c.and_then(|c| c.facts) {
+            Some(f) if f.mem_free_mib < u64::from(def.mem_mib) => Err(Refused::NoRoom {
+                vm: def.name.clone(),
+                host: h.name.clone(),
+                need_mib: u64::from(def.mem_mib),
+                free_mib: f.mem_free_mib,
+            }),
+            Some(_) => Ok(()),
+            None => Err(Refused::Driver(format!(
+                "{}: its resources could not be collected: {why}",
+                h.name
+            ))),
+        }
+    }
+
     /// Starts a defined VM on `host`: the hypervisor first, then its switch port (a tap carries
     /// frames only once QEMU holds it), checked.
     pub async fn start_vm(&self, cfg: &Config, name: &str, host: &str) -> Result<(), Refused> {
@@ -346,6 +388,7 @@ impl Engine {
         let src = self.side(src_cfg).await?;
         let dst = self.side(dst_cfg).await?;
         let def = row.def.clone();
+        self.check_room(dst_cfg, &def).await?;
 
         let id = self
             .state
