@@ -18,6 +18,11 @@ fn json(s: &str) -> serde_json::Value {
 
 /// Defines VM `n` (vmN at 10.213.0.(20 + n)) booting the lab's kernel and initramfs.
 fn define(app: &Appliance, n: u8) -> (String, std::net::Ipv4Addr) {
+    define_with_mem(app, n, "128")
+}
+
+/// `define` with `mem` MiB (also to redefine a VM).
+fn define_with_mem(app: &Appliance, n: u8, mem: &str) -> (String, std::net::Ipv4Addr) {
     let name = format!("vm{n}");
     let ip = std::net::Ipv4Addr::new(10, 213, 0, 20 + n);
     let k = kernel().unwrap();
@@ -27,7 +32,7 @@ fn define(app: &Appliance, n: u8) -> (String, std::net::Ipv4Addr) {
         "define",
         &name,
         "--mem",
-        "128",
+        mem,
         "--mac",
         &format!("52:54:00:d5:00:{:02x}", 20 + n),
         "--ip",
@@ -377,34 +382,12 @@ fn faults_on_the_target_roll_back_and_leave_the_vm_where_it_was() {
     still_on_a("QEMU refusing the stream");
 
     // No room: the VM's definition now asks for more memory than hostC has free.
-    let k = kernel().unwrap();
-    let i = initramfs().unwrap();
-    let redefine = |mem: &str| {
-        app.cli_ok(&[
-            "vm",
-            "define",
-            &vm,
-            "--mem",
-            mem,
-            "--mac",
-            "52:54:00:d5:00:17",
-            "--ip",
-            &ip.to_string(),
-            "--kernel",
-            k.to_str().unwrap(),
-            "--initrd",
-            i.to_str().unwrap(),
-            "--append",
-            &format!("console=ttyS0 quiet nm_ip={ip}/24 nm_name={vm}"),
-        ])
-        .unwrap();
-    };
-    redefine("1048576");
+    define_with_mem(&app, 3, "1048576");
     let o = app.cli(&["migrate", &vm, "--to", "hostC"]).unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no room on hostC for vm3"), "{err}");
-    redefine("128");
+    define_with_mem(&app, 3, "128");
     still_on_a("no room");
 
     // The target is cut off (its switch is down, so nothing reaches it): refused up front.

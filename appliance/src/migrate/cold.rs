@@ -25,27 +25,30 @@ struct Creds {
 
 impl Move<'_> {
     /// The appliance's address on the network of `host`: where that host reaches the store.
-    fn store_url(&self, host: &crate::config::HostConfig) -> Result<String, String> {
+    fn store_ip(&self, host: &crate::config::HostConfig) -> Result<std::net::Ipv4Addr, String> {
         let std::net::IpAddr::V4(a) = host.address else {
             return Err(format!(
                 "{}: IPv6 hosts cannot reach the image store yet",
                 host.name
             ));
         };
-        let net = self
-            .cfg
+        self.cfg
             .networks
             .iter()
             .find(|n| n.address.contains(&a))
+            .map(|n| n.address.addr())
             .ok_or_else(|| {
                 format!(
                     "{} ({a}) is on none of the appliance's networks: it cannot reach the image store",
                     host.name
                 )
-            })?;
+            })
+    }
+
+    fn store_url(&self, host: &crate::config::HostConfig) -> Result<String, String> {
         Ok(format!(
             "ftp://{}:{}",
-            net.address.addr(),
+            self.store_ip(host)?,
             self.cfg.ftp.port
         ))
     }
@@ -71,12 +74,7 @@ impl Move<'_> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            let url = self.store_url(&side.cfg)?;
-            let host = url
-                .trim_start_matches("ftp://")
-                .rsplit_once(':')
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_default();
+            let host = self.store_ip(&side.cfg)?;
             let netrc = format!("{}/{vm}.{id}.netrc", side.cfg.run_dir);
             side.write_secret(
                 &netrc,

@@ -154,30 +154,24 @@ impl Side {
 
     /// Runs a shell command on the host; fails on a non-zero exit.
     pub async fn sh(&self, script: &str) -> Result<String, String> {
-        let out = self
-            .conn
-            .exec(script, Duration::from_secs(30))
-            .await
-            .map_err(|e| e.to_string())?;
-        if out.status != Some(0) {
-            return Err(format!(
-                "{}: `{}` failed: {}",
-                self.cfg.name,
-                script.chars().take(60).collect::<String>(),
-                out.stderr.trim()
-            ));
-        }
-        Ok(out.stdout)
+        let out = self.conn.exec(script, Duration::from_secs(30)).await;
+        self.checked(script, out)
     }
 
     /// Runs a short script in the shell kept open on the host: no new channel or process for
     /// it, for steps inside a VM's break.
     pub async fn quick(&self, script: &str) -> Result<String, String> {
-        let out = self
-            .conn
-            .run_script(script, Duration::from_secs(30))
-            .await
-            .map_err(|e| e.to_string())?;
+        let out = self.conn.run_script(script, Duration::from_secs(30)).await;
+        self.checked(script, out)
+    }
+
+    /// A script's stdout, or what went wrong (naming the host and the script's start).
+    fn checked(
+        &self,
+        script: &str,
+        out: Result<crate::inventory::ssh::Output, crate::inventory::ssh::SshError>,
+    ) -> Result<String, String> {
+        let out = out.map_err(|e| e.to_string())?;
         if out.status != Some(0) {
             return Err(format!(
                 "{}: `{}` failed: {}",
@@ -202,21 +196,37 @@ impl Side {
     }
 }
 
+/// The switch port a VM's definition asks for.
+fn port_of(def: &VmDef) -> PortSpec {
+    PortSpec {
+        vlan: def.vlan,
+        rate_kbps: def.rate_kbps,
+    }
+}
+
 fn driver_err(e: crate::hypervisor::DriverError) -> String {
     e.to_string()
 }
 
 impl Engine {
-    /// The pinned key and a connection to `h`.
-    async fn side(&self, h: &HostConfig) -> Result<Side, Refused> {
-        let pinned = self
+    /// The host key pinned for `h`: in the state (by `hosts trust` or the config), else in the
+    /// config.
+    async fn pinned_key(&self, h: &HostConfig) -> Result<Option<String>, Refused> {
+        Ok(self
             .state
             .hosts()
             .await?
             .into_iter()
             .find(|r| r.name == h.name)
             .and_then(|r| r.host_key)
-            .or_else(|| h.host_key.clone())
+            .or_else(|| h.host_key.clone()))
+    }
+
+    /// The pinned key and a connection to `h`.
+    async fn side(&self, h: &HostConfig) -> Result<Side, Refused> {
+        let pinned = self
+            .pinned_key(h)
+            .await?
             .ok_or_else(|| Refused::NotTrusted(h.name.clone()))?;
         let conn = self
             .inventory
@@ -242,13 +252,7 @@ impl Engine {
     /// Collects `h`'s facts now (one round trip on its kept connection) and refuses if the
     /// VM's memory does not fit in what is free there.
     async fn check_room(&self, h: &HostConfig, def: &VmDef) -> Result<(), Refused> {
-        let pinned = self
-            .state
-            .hosts()
-            .await?
-            .into_iter()
-            .find(|r| r.name == h.name)
-            .and_then(|r| r.host_key);
+        let pinned = self.pinned_key(h).await?;
         let got = self.inventory.collect(vec![(h.clone(), pinned)]).await;
         let c = got.into_iter().next();
         let _ = self
@@ -299,11 +303,7 @@ impl Engine {
             .start(&def)
             .await
             .map_err(|e| Refused::Driver(e.to_string()))?;
-        let spec = PortSpec {
-            vlan: def.vlan,
-            rate_kbps: def.rate_kbps,
-        };
-        if let Err(e) = side.add_port(&def, &spec).await {
+        if let Err(e) = side.add_port(&def, &port_of(&def)).await {
             let _ = side.driver.destroy(&def).await;
             return Err(Refused::Driver(e));
         }
@@ -532,10 +532,7 @@ impl Move<'_> {
         .await;
         match from_source {
             Ok(Some(p)) => p,
-            _ => PortSpec {
-                vlan: self.def.vlan,
-                rate_kbps: self.def.rate_kbps,
-            },
+            _ => port_of(self.def),
         }
     }
 

@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use super::journal::Journal;
-use super::{driver_err, Engine, Side};
+use super::{driver_err, port_of, Engine, Side};
 use crate::config::Config;
 use crate::hypervisor::{RunState, VmDef};
-use crate::network::PortSpec;
 use crate::state::NewEvent;
 
 /// Attempts per migration when a host does not answer, and the pause between them.
@@ -151,10 +150,7 @@ async fn settle_forward(j: &Journal, def: &VmDef, src: &Side, dst: &Side, t: Run
         .await;
     }
     // The port was made before the VM resumed; make sure, it costs one round trip.
-    let spec = PortSpec {
-        vlan: def.vlan,
-        rate_kbps: def.rate_kbps,
-    };
+    let spec = port_of(def);
     let has_port = async {
         let mut db = dst.ovsdb().await?;
         db.port(&def.port()).await
