@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod migrate;
 pub mod network;
 pub mod placement;
+pub mod planner;
 pub mod state;
 
 /// The appliance's error; the binary turns it into one line and an exit code.

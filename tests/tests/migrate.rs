@@ -102,7 +102,7 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = &json(&text)[0];
+    let m = &json(&text)["migrations"][0];
     assert_eq!(m["state"], "done", "{m:#}");
     assert_eq!(m["mode"], "cold");
     for s in m["steps"].as_array().unwrap() {
@@ -163,7 +163,7 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = &json(&text)[0];
+    let m = &json(&text)["migrations"][0];
     assert_eq!(m["state"], "done", "{m:#}");
     assert_eq!(m["mode"], "live");
     eprintln!("live: built-in probe {} ms", m["break_ms"]);
@@ -188,7 +188,7 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         ),
         (
             vec!["migrate", "vm1", "--to", "hostA"],
-            "already runs on hostA",
+            "already runs on `hostA`",
         ),
     ] {
         let o = app.cli(&args).unwrap();
@@ -357,7 +357,7 @@ fn faults_on_the_target_roll_back_and_leave_the_vm_where_it_was() {
             ])
             .unwrap();
         assert!(!o.status.success(), "{says}: the move succeeded");
-        let m = &json(&String::from_utf8_lossy(&o.stdout))[0];
+        let m = &json(&String::from_utf8_lossy(&o.stdout))["migrations"][0];
         assert_eq!(m["state"], "rolled-back", "{m:#}");
         let reason = m["reason"].as_str().unwrap();
         assert!(reason.contains(says), "{says}: {reason}");

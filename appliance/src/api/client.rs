@@ -65,12 +65,13 @@ impl Client {
         self.call(Method::DELETE, path, None).await
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// Sends one request; the response's body is left to read.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<T, ClientError> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let connect_err = |e: std::io::Error| ClientError::Connect {
             endpoint: self.describe(),
             reason: e.to_string(),
@@ -88,15 +89,14 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-
-        let resp = match &self.endpoint {
+        match &self.endpoint {
             Endpoint::Unix(p) => {
                 let s = UnixStream::connect(p).await.map_err(connect_err)?;
                 let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
                     .await
                     .map_err(proto)?;
                 tokio::spawn(conn);
-                send.send_request(req).await.map_err(proto)?
+                send.send_request(req).await.map_err(proto)
             }
             Endpoint::Tcp { addr, .. } => {
                 let s = TcpStream::connect(addr).await.map_err(connect_err)?;
@@ -104,25 +104,91 @@ impl Client {
                     .await
                     .map_err(proto)?;
                 tokio::spawn(conn);
-                send.send_request(req).await.map_err(proto)?
+                send.send_request(req).await.map_err(proto)
             }
-        };
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: b.error.code,
-                    message: b.error.message,
-                    details: b.error.details,
-                },
-                Err(_) => ClientError::Protocol(format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&bytes)
-                )),
-            });
+            return Err(api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Opens a stream of JSON lines (`/v1/watch`); returns once the daemon has answered, so
+    /// nothing it notices after this call is missed.
+    pub async fn stream(&self, path: &str) -> Result<Lines, ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        let status = resp.status();
+        let body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        Ok(Lines {
+            body,
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// A stream of JSON lines from the daemon.
+pub struct Lines {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    /// The next line, or None when the daemon ends the stream.
+    pub async fn next(&mut self) -> Result<Option<serde_json::Value>, ClientError> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(e.to_string()));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(f) => {
+                    let f = f.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    if let Ok(data) = f.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn api_error(status: hyper::StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+            details: b.error.details,
+        },
+        Err(_) => {
+            ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(bytes)))
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! `/v1/vm-defs` (the VMs the appliance manages: definitions, start, stop) and
-//! `/v1/migrations` (moves and their journals).
+//! `/v1/migrations` (moves and their journals) and `/v1/batches` (the moves of a plan).
 
 use std::sync::Arc;
 
@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::ApiError;
 use crate::daemon::App;
 use crate::hypervisor::VmDef;
+use crate::migrate::batch::BatchRequest;
 use crate::migrate::{Engine, Refused, Request};
-use crate::state::{MigrationRow, NewEvent, VmRow};
+use crate::state::{BatchRow, MigrationRow, NewEvent, VmRow};
 
 fn engine(app: &App) -> Engine {
     Engine {
@@ -142,4 +143,35 @@ pub async fn get(
             format!("no migration {id}"),
         )
     })
+}
+
+/// Plans and starts a batch; answers at once with its plan while the moves run (follow them on
+/// `/v1/watch`, or poll `/v1/batches/{id}`).
+pub async fn start_batch(
+    State(app): State<Arc<App>>,
+    Json(req): Json<BatchRequest>,
+) -> Result<Json<BatchRow>, ApiError> {
+    let (cfg, engine) = (app.config(), engine(&app));
+    let r = tokio::spawn(async move { engine.start_batch(cfg, req).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "panic", e.to_string()))?;
+    Ok(Json(r?))
+}
+
+pub async fn list_batches(
+    State(app): State<Arc<App>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<BatchRow>>, ApiError> {
+    Ok(Json(app.state.batches(q.limit).await?))
+}
+
+pub async fn get_batch(
+    State(app): State<Arc<App>>,
+    Path(id): Path<i64>,
+) -> Result<Json<BatchRow>, ApiError> {
+    app.state
+        .batch(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no batch {id}")))
 }

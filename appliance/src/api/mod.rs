@@ -7,6 +7,7 @@ pub mod images;
 pub mod migrations;
 pub mod plan;
 pub mod server;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -132,6 +133,12 @@ pub fn router(app: Arc<App>) -> Router {
             get(migrations::list).post(migrations::migrate),
         )
         .route("/v1/migrations/{id}", get(migrations::get))
+        .route(
+            "/v1/batches",
+            get(migrations::list_batches).post(migrations::start_batch),
+        )
+        .route("/v1/batches/{id}", get(migrations::get_batch))
+        .route("/v1/watch", get(watch::watch))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })

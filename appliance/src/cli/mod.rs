@@ -1,6 +1,8 @@
 //! The `netmigrate` command line. `serve` runs the daemon and `check-config` works offline; every
 //! other verb is a client of the running daemon's API.
 
+mod plot;
+mod progress;
 mod show;
 
 use std::path::{Path, PathBuf};
@@ -97,36 +99,8 @@ enum Command {
     /// Decide where VMs go and in which order (nothing moves): each decision with its reason,
     /// and why every other target was not chosen. Uses the last collected facts.
     Plan {
-        /// The VMs to move, in your order.
-        #[arg(required = true)]
-        vms: Vec<String>,
-        /// Target hosts, in your order.
-        #[arg(long = "to", required = true, num_args = 1..)]
-        to: Vec<String>,
-        /// symmetrical: each source host to one target; asymmetrical: VMs of a host may spread.
-        #[arg(long, value_enum, default_value = "asymmetrical")]
-        mode: ModeArg,
-        /// sequential: machine by machine; round-robin: one VM per source host in turn.
-        #[arg(long, value_enum, default_value = "sequential")]
-        order: OrderArg,
-        /// first-fit: the paper's; best-fit: vector best-fit-decreasing.
-        #[arg(long, value_enum, default_value = "best-fit")]
-        algorithm: AlgorithmArg,
-        /// Percent of each target to keep free (default: placement.headroom_pct).
-        #[arg(long, value_name = "PCT")]
-        headroom: Option<u8>,
-        /// VMs that must share a host, comma-separated (repeatable).
-        #[arg(long, value_name = "VM,VM,...")]
-        affinity: Vec<String>,
-        /// VMs that must not share a host, comma-separated (repeatable).
-        #[arg(long = "anti-affinity", value_name = "VM,VM,...")]
-        anti_affinity: Vec<String>,
-        /// Send VM to HOST (repeatable).
-        #[arg(long, value_name = "VM=HOST")]
-        pin: Vec<String>,
-        /// Never put a VM on HOST (repeatable).
-        #[arg(long, value_name = "HOST")]
-        exclude: Vec<String>,
+        #[command(flatten)]
+        plan: PlanArgs,
         /// Print JSON instead of steps.
         #[arg(long)]
         json: bool,
@@ -161,27 +135,42 @@ enum Command {
     /// Move VMs to other hosts (live by default; cold when asked, or when live cannot
     /// converge). Each move is journaled and its service break measured.
     Migrate {
-        /// The VMs to move, in this order.
-        #[arg(required = true)]
-        vms: Vec<String>,
-        /// The target host.
-        #[arg(long = "to", required = true)]
-        to: String,
+        #[command(flatten)]
+        plan: PlanArgs,
         /// The paper's path: pause, save through the image store, restore on the target.
         #[arg(long, conflicts_with = "live")]
         cold: bool,
         /// Pre-copy between the hosts (the default).
         #[arg(long)]
         live: bool,
-        /// Live: the longest pause allowed at switch-over.
-        #[arg(long, default_value = "100ms")]
-        downtime: String,
-        /// Probe this `IP:PORT` during the move (default: the VM's address, port 80).
+        /// Live: the longest pause allowed at switch-over (default: migration.downtime).
         #[arg(long)]
-        probe: Option<String>,
-        /// Do not probe the VM's service.
-        #[arg(long, conflicts_with = "probe")]
+        downtime: Option<String>,
+        /// Probe each VM's address on this TCP port (default 80, an HTTP GET).
+        #[arg(long, value_name = "PORT")]
+        probe_port: Option<u16>,
+        /// Do not probe the VMs' service.
+        #[arg(long, conflicts_with = "probe_port")]
         no_probe: bool,
+        /// Moves in flight involving one host (default: migration.max_per_host).
+        #[arg(long, value_name = "N")]
+        max_per_host: Option<usize>,
+        /// Moves in flight between two hosts (default: migration.max_per_link).
+        #[arg(long, value_name = "N")]
+        max_per_link: Option<usize>,
+        /// Start the remaining moves even after one did not complete.
+        #[arg(long)]
+        keep_going: bool,
+        /// Print the batch as JSON instead of progress and a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Batches (the moves of one `migrate`), newest first, or one with its moves.
+    Batches {
+        id: Option<i64>,
+        /// Draw the batch's service breaks over time (the paper's figures) into an SVG file.
+        #[arg(long, value_name = "FILE.svg", requires = "id")]
+        plot: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -189,6 +178,9 @@ enum Command {
     /// Migrations, newest first, or one with its journal of steps and their timing.
     Migrations {
         id: Option<i64>,
+        /// Draw the VM's service break over time (the paper's figures) into an SVG file.
+        #[arg(long, value_name = "FILE.svg", requires = "id")]
+        plot: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -241,6 +233,78 @@ enum VmCmd {
     Rm { name: String },
     /// The managed VMs and where each runs.
     List,
+}
+
+/// What to plan: the VMs, the targets and placement's options (`plan` and `migrate`).
+#[derive(clap::Args, Debug)]
+struct PlanArgs {
+    /// The VMs to move, in your order.
+    #[arg(required = true)]
+    pub vms: Vec<String>,
+    /// Target hosts, in your order.
+    #[arg(long = "to", required = true, num_args = 1..)]
+    to: Vec<String>,
+    /// symmetrical: each source host to one target; asymmetrical: VMs of a host may spread.
+    #[arg(long, value_enum, default_value = "asymmetrical")]
+    mode: ModeArg,
+    /// sequential: machine by machine; round-robin: one VM per source host in turn.
+    #[arg(long, value_enum, default_value = "sequential")]
+    order: OrderArg,
+    /// first-fit: the paper's; best-fit: vector best-fit-decreasing.
+    #[arg(long, value_enum, default_value = "best-fit")]
+    algorithm: AlgorithmArg,
+    /// Percent of each target to keep free (default: placement.headroom_pct).
+    #[arg(long, value_name = "PCT")]
+    headroom: Option<u8>,
+    /// VMs that must share a host, comma-separated (repeatable).
+    #[arg(long, value_name = "VM,VM,...")]
+    affinity: Vec<String>,
+    /// VMs that must not share a host, comma-separated (repeatable).
+    #[arg(long = "anti-affinity", value_name = "VM,VM,...")]
+    anti_affinity: Vec<String>,
+    /// Send VM to HOST (repeatable).
+    #[arg(long, value_name = "VM=HOST")]
+    pin: Vec<String>,
+    /// Never put a VM on HOST (repeatable).
+    #[arg(long, value_name = "HOST")]
+    exclude: Vec<String>,
+}
+
+impl PlanArgs {
+    fn request(&self) -> crate::planner::PlanRequest {
+        use crate::placement::{Algorithm, Mode, Order};
+        let groups = |v: &Vec<String>| -> Vec<Vec<String>> {
+            v.iter()
+                .map(|g| {
+                    g.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .collect()
+        };
+        crate::planner::PlanRequest {
+            vms: self.vms.clone(),
+            to: self.to.clone(),
+            mode: match self.mode {
+                ModeArg::Symmetrical => Mode::Symmetrical,
+                ModeArg::Asymmetrical => Mode::Asymmetrical,
+            },
+            order: match self.order {
+                OrderArg::Sequential => Order::Sequential,
+                OrderArg::RoundRobin => Order::RoundRobin,
+            },
+            algorithm: match self.algorithm {
+                AlgorithmArg::FirstFit => Algorithm::FirstFit,
+                AlgorithmArg::BestFit => Algorithm::BestFit,
+            },
+            headroom_pct: self.headroom,
+            affinity: groups(&self.affinity),
+            anti_affinity: groups(&self.anti_affinity),
+            pin: self.pin.clone(),
+            exclude: self.exclude.clone(),
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -486,52 +550,8 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     }
                 }
             },
-            Command::Plan {
-                vms,
-                to,
-                mode,
-                order,
-                algorithm,
-                headroom,
-                affinity,
-                anti_affinity,
-                pin,
-                exclude,
-                json,
-            } => {
-                use crate::placement::{Algorithm, Mode, Order};
-                let groups = |v: &Vec<String>| -> Vec<Vec<String>> {
-                    v.iter()
-                        .map(|g| {
-                            g.split(',')
-                                .map(|s| s.trim().to_string())
-                                .filter(|s| !s.is_empty())
-                                .collect()
-                        })
-                        .collect()
-                };
-                let req = crate::api::plan::PlanRequest {
-                    vms: vms.clone(),
-                    to: to.clone(),
-                    mode: match mode {
-                        ModeArg::Symmetrical => Mode::Symmetrical,
-                        ModeArg::Asymmetrical => Mode::Asymmetrical,
-                    },
-                    order: match order {
-                        OrderArg::Sequential => Order::Sequential,
-                        OrderArg::RoundRobin => Order::RoundRobin,
-                    },
-                    algorithm: match algorithm {
-                        AlgorithmArg::FirstFit => Algorithm::FirstFit,
-                        AlgorithmArg::BestFit => Algorithm::BestFit,
-                    },
-                    headroom_pct: *headroom,
-                    affinity: groups(affinity),
-                    anti_affinity: groups(anti_affinity),
-                    pin: pin.clone(),
-                    exclude: exclude.clone(),
-                };
-                let body = serde_json::to_value(&req).expect("json");
+            Command::Plan { plan, json } => {
+                let body = serde_json::to_value(plan.request()).expect("json");
                 let v: serde_json::Value = client.post("/v1/plan", Some(body)).await?;
                 print_as(&v, *json, show::plan)?;
             }
@@ -633,49 +653,63 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                 }
             },
             Command::Migrate {
-                vms,
-                to,
+                plan,
                 cold,
                 live: _,
                 downtime,
-                probe,
+                probe_port,
                 no_probe,
+                max_per_host,
+                max_per_link,
+                keep_going,
                 json,
             } => {
-                let downtime = crate::config::values::parse_duration(downtime)
-                    .map_err(|e| Error::Invalid(format!("--downtime: {e}")))?;
-                let mut rows = Vec::new();
-                let mut failed = 0;
-                for vm in vms {
-                    let req = crate::migrate::Request {
-                        vm: vm.clone(),
-                        target: to.clone(),
-                        mode: if *cold { crate::migrate::Mode::Cold } else { crate::migrate::Mode::Live },
-                        downtime_ms: downtime.as_millis() as u64,
-                        live_timeout_s: 60,
-                        probe: probe.clone(),
-                        probe_enabled: !*no_probe,
-                    };
-                    let body = serde_json::to_value(&req).expect("json");
-                    let v: serde_json::Value = client.post("/v1/migrations", Some(body)).await?;
-                    if v["state"] != "done" {
-                        failed += 1;
-                    }
-                    if !*json {
-                        print_as(&v, false, show::migration)?;
-                    }
-                    rows.push(v);
-                }
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
-                }
-                if failed > 0 {
-                    return Err(Error::Invalid(format!("{failed} move(s) did not complete")));
-                }
+                let downtime_ms = match downtime {
+                    Some(d) => Some(
+                        crate::config::values::parse_duration(d)
+                            .map_err(|e| Error::Invalid(format!("--downtime: {e}")))?
+                            .as_millis() as u64,
+                    ),
+                    None => None,
+                };
+                let req = crate::migrate::batch::BatchRequest {
+                    plan: plan.request(),
+                    mode: if *cold { crate::migrate::Mode::Cold } else { crate::migrate::Mode::Live },
+                    downtime_ms,
+                    live_timeout_s: 60,
+                    probe_enabled: !*no_probe,
+                    probe_port: *probe_port,
+                    max_per_host: *max_per_host,
+                    max_per_link: *max_per_link,
+                    keep_going: *keep_going,
+                };
+                progress::run_batch(&client, req, *json).await?;
             }
-            Command::Migrations { id, json } => match id {
+            Command::Batches { id, plot, json } => match id {
+                Some(id) => {
+                    let v: serde_json::Value = client.get(&format!("/v1/batches/{id}")).await?;
+                    if let Some(file) = plot {
+                        let b: crate::state::BatchRow = serde_json::from_value(v.clone())
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        plot::breaks(&format!("batch {id}"), &b.migrations, file)?;
+                        eprintln!("wrote {}", file.display());
+                    }
+                    print_as(&v, *json, show::batch)?;
+                }
+                None => {
+                    let v: serde_json::Value = client.get("/v1/batches").await?;
+                    print_as(&v, *json, show::batches)?;
+                }
+            },
+            Command::Migrations { id, plot, json } => match id {
                 Some(id) => {
                     let v: serde_json::Value = client.get(&format!("/v1/migrations/{id}")).await?;
+                    if let Some(file) = plot {
+                        let m: crate::state::MigrationRow = serde_json::from_value(v.clone())
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        plot::breaks(&format!("migration {id}"), &[m], file)?;
+                        eprintln!("wrote {}", file.display());
+                    }
                     print_as(&v, *json, show::migration)?;
                 }
                 None => {

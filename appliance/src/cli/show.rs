@@ -391,6 +391,66 @@ pub fn migrations(rows: &Vec<crate::state::MigrationRow>) -> String {
     o
 }
 
+/// A batch: its moves with where each VM went, the break the probe saw and how long it took.
+pub fn batch(b: &crate::state::BatchRow) -> String {
+    let took = b
+        .finished_ms
+        .map(|f| format!(", took {:.1} s", (f - b.started_ms) as f64 / 1000.0))
+        .unwrap_or_default();
+    let mut o = format!(
+        "batch {}: {}{}{}\n",
+        b.id,
+        b.state,
+        took,
+        b.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    o.push_str(
+        "  MIGRATION  VM         FROM       TO         MODE  STATE        BREAK      TOOK\n",
+    );
+    for m in &b.migrations {
+        let took = m
+            .finished_ms
+            .map(|f| format!("{:.1} s", (f - m.started_ms) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        o.push_str(&format!(
+            "  {:<10} {:<10} {:<10} {:<10} {:<5} {:<12} {:<10} {}\n",
+            m.id,
+            m.vm,
+            m.source,
+            m.target,
+            m.mode,
+            m.state,
+            ms(m.break_ms),
+            took,
+        ));
+    }
+    if b.migrations.is_empty() {
+        o.push_str("  (no move started)\n");
+    }
+    o
+}
+
+pub fn batches(rows: &Vec<crate::state::BatchRow>) -> String {
+    let mut o = String::from("ID    STATE        MOVES  STARTED              REASON\n");
+    for b in rows {
+        o.push_str(&format!(
+            "{:<5} {:<12} {:<6} {:<20} {}\n",
+            b.id,
+            b.state,
+            b.plan["moves"].as_array().map(|a| a.len()).unwrap_or(0),
+            timestamp(b.started_ms),
+            b.reason.as_deref().unwrap_or("")
+        ));
+    }
+    if rows.is_empty() {
+        o.push_str("(no batches yet; `netmigrate migrate VM... --to HOST`)\n");
+    }
+    o
+}
+
 /// One migration with its journal: each step, how it ended and how long it took.
 pub fn migration(m: &crate::state::MigrationRow) -> String {
     let mut o = format!(

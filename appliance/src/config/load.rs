@@ -23,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "ftp",
     "router",
     "placement",
+    "migration",
     "host",
 ];
 
@@ -90,6 +91,10 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         .table(&mut cx.p, "placement")
         .map(|t| cx.placement(t))
         .unwrap_or_default();
+    let migration = root
+        .table(&mut cx.p, "migration")
+        .map(|t| cx.migration(t))
+        .unwrap_or_default();
     let hosts: Vec<_> = root
         .tables(&mut cx.p, "host")
         .into_iter()
@@ -129,6 +134,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         ftp,
         router: router.map(|r| r.value),
         placement,
+        migration,
         hosts: hosts.into_iter().map(|h| h.value).collect(),
     })
 }
@@ -641,6 +647,33 @@ impl Cx<'_> {
             &["cpu_overcommit", "headroom_pct", "stale_after"],
         );
         pc
+    }
+
+    fn migration(&mut self, t: Table) -> MigrationConfig {
+        let mut mc = MigrationConfig::default();
+        if let Some(n) = t.integer_in(&mut self.p, "max_per_host", 1..=64, |v| {
+            format!("{v} is not a limit; use 1 to 64 moves in flight per host")
+        }) {
+            mc.max_per_host = n as usize;
+        }
+        if let Some(n) = t.integer_in(&mut self.p, "max_per_link", 1..=64, |v| {
+            format!("{v} is not a limit; use 1 to 64 moves in flight between two hosts")
+        }) {
+            mc.max_per_link = n as usize;
+        }
+        if let Some((d, span)) = t.parse(&mut self.p, "downtime", values::parse_duration) {
+            if d.is_zero() || d > Duration::from_secs(10) {
+                self.p.at(
+                    &span,
+                    "migration.downtime",
+                    "expected a pause between 1ms and 10s, like \"100ms\"",
+                );
+            } else {
+                mc.downtime = d;
+            }
+        }
+        t.finish(&mut self.p, &["max_per_host", "max_per_link", "downtime"]);
+        mc
     }
 
     fn host(&mut self, t: Table) -> Option<Item<HostConfig>> {

@@ -30,7 +30,30 @@ pub struct Config {
     pub ftp: FtpConfig,
     pub router: Option<RouterConfig>,
     pub placement: PlacementConfig,
+    pub migration: MigrationConfig,
     pub hosts: Vec<HostConfig>,
+}
+
+/// How batches of moves run.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationConfig {
+    /// Moves in flight that involve one host (as source or target).
+    pub max_per_host: usize,
+    /// Moves in flight between one pair of hosts.
+    pub max_per_link: usize,
+    /// Live: the longest pause allowed at switch-over, when a request names none.
+    #[serde(serialize_with = "ser_duration")]
+    pub downtime: Duration,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            max_per_host: 1,
+            max_per_link: 1,
+            downtime: Duration::from_millis(100),
+        }
+    }
 }
 
 /// How hosts' capacity is counted when placing VMs.

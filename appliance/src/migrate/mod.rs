@@ -2,6 +2,7 @@
 //! the image store) or live (pre-copy between the hosts), journaled step by step, the network
 //! re-pointed, the break measured. Whatever fails, the VM runs in exactly one place.
 
+pub mod batch;
 mod cold;
 pub mod journal;
 mod live;
@@ -51,20 +52,23 @@ pub struct Request {
     /// Live only: give up pre-copy after this long and take the cold path.
     #[serde(default = "default_live_timeout_s")]
     pub live_timeout_s: u64,
-    /// Probe the VM's service (`ip:port`, default the VM's address, port 80); `false` to skip.
+    /// Probe the VM's service at `ip:port`, or `:port` on the VM's address (default port 80).
     #[serde(default)]
     pub probe: Option<String>,
     #[serde(default = "yes")]
     pub probe_enabled: bool,
+    /// The batch this move belongs to, if any.
+    #[serde(default)]
+    pub batch: Option<i64>,
 }
 
 fn default_downtime_ms() -> u64 {
     100
 }
-fn default_live_timeout_s() -> u64 {
+pub(crate) fn default_live_timeout_s() -> u64 {
     60
 }
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
@@ -397,6 +401,7 @@ impl Engine {
                 src.cfg.name.clone(),
                 dst.cfg.name.clone(),
                 req.mode.as_str(),
+                req.batch,
             )
             .await?;
         let journal = Journal {
@@ -494,7 +499,11 @@ fn probe_addr(req: &Request, def: &VmDef) -> Option<SocketAddr> {
     if !req.probe_enabled {
         return None;
     }
-    match &req.probe {
+    match req.probe.as_deref() {
+        Some(a) if a.starts_with(':') => {
+            let port = a[1..].parse().ok()?;
+            def.ip.map(|ip| SocketAddr::new(IpAddr::V4(ip), port))
+        }
         Some(a) => a.parse().ok(),
         None => def.ip.map(|ip| SocketAddr::new(IpAddr::V4(ip), 80)),
     }

@@ -20,7 +20,17 @@ pub struct Probed {
     pub failures: u64,
     /// Whether the last probe was answered (else the VM had not come back when probing ended).
     pub recovered: bool,
+    /// When probing began (unix ms), the origin of `samples`.
+    #[serde(default)]
+    pub started_ms: i64,
+    /// Each probe: `[ms since started_ms, response time in ms or -1 when unanswered]`, for the
+    /// break-time chart (at most `MAX_SAMPLES`).
+    #[serde(default)]
+    pub samples: Vec<[i64; 2]>,
 }
+
+/// 10 minutes of probes at the default interval.
+pub const MAX_SAMPLES: usize = 60_000;
 
 pub struct Probe {
     stop: oneshot::Sender<()>,
@@ -50,7 +60,11 @@ impl Probe {
         let (stop, mut stopped) = oneshot::channel();
         let host = addr.ip().to_string();
         let task = tokio::spawn(async move {
-            let mut seen = Probed::default();
+            let mut seen = Probed {
+                started_ms: crate::state::now_ms(),
+                ..Probed::default()
+            };
+            let origin = Instant::now();
             let mut last_ok: Option<Instant> = None;
             let mut tick = tokio::time::interval(INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -59,9 +73,19 @@ impl Probe {
                     _ = &mut stopped => break,
                     _ = tick.tick() => {}
                 }
+                let sent = Instant::now();
                 let ok = once(addr, &host).await;
                 seen.probes += 1;
                 let now = Instant::now();
+                if seen.samples.len() < MAX_SAMPLES {
+                    let at = sent.duration_since(origin).as_millis() as i64;
+                    let took = if ok {
+                        now.duration_since(sent).as_millis() as i64
+                    } else {
+                        -1
+                    };
+                    seen.samples.push([at, took]);
+                }
                 if ok {
                     if let Some(prev) = last_ok {
                         let gap = now.duration_since(prev).as_millis() as u64;

@@ -17,6 +17,11 @@ const RETRY: Duration = Duration::from_secs(5);
 impl Engine {
     /// Settles every unfinished migration; runs at start, in the background.
     pub async fn recover(&self, cfg: &Config) {
+        match self.state.interrupt_batches().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("{n} batch(es) interrupted by the stop; their moves not yet started stay where they are"),
+            Err(e) => tracing::error!("recovery: closing interrupted batches: {e}"),
+        }
         let open = match self.state.migrations(10_000, true).await {
             Ok(m) => m,
             Err(e) => {

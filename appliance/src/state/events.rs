@@ -139,7 +139,19 @@ impl State {
                 e.message
             ),
         }
-        self.write(move |tx| Ok(insert(tx, &e)?)).await
+        let (level, kind, subject, message) =
+            (e.level, e.kind, e.subject.clone(), e.message.clone());
+        let at_ms = now_ms();
+        let id = self.write(move |tx| Ok(insert(tx, &e)?)).await?;
+        self.notify(super::Notice::Event {
+            id,
+            at_ms,
+            level: level.as_str().into(),
+            event: kind.into(),
+            subject,
+            message,
+        });
+        Ok(id)
     }
 
     pub async fn events(&self, limit: u32) -> Result<Vec<Event>, StateError> {

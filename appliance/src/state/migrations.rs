@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, State, StateError};
+use super::{now_ms, Notice, State, StateError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MigrationRow {
@@ -21,6 +21,8 @@ pub struct MigrationRow {
     pub finished_ms: Option<i64>,
     pub break_ms: Option<i64>,
     pub detail: serde_json::Value,
+    /// The batch it ran in, if it was part of one.
+    pub batch: Option<i64>,
     pub steps: Vec<StepRow>,
 }
 
@@ -36,7 +38,7 @@ pub struct StepRow {
 }
 
 const COLUMNS: &str =
-    "id, vm, source, target, mode, state, reason, started_ms, finished_ms, break_ms, detail";
+    "id, vm, source, target, mode, state, reason, started_ms, finished_ms, break_ms, detail, batch";
 
 fn migration(r: &rusqlite::Row) -> rusqlite::Result<MigrationRow> {
     Ok(MigrationRow {
@@ -51,6 +53,7 @@ fn migration(r: &rusqlite::Row) -> rusqlite::Result<MigrationRow> {
         finished_ms: r.get(8)?,
         break_ms: r.get(9)?,
         detail: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+        batch: r.get(11)?,
         steps: Vec::new(),
     })
 }
@@ -82,51 +85,74 @@ impl State {
         source: String,
         target: String,
         mode: &'static str,
+        batch: Option<i64>,
     ) -> Result<i64, StateError> {
-        self.write(move |tx| {
-            let busy: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM migrations WHERE vm = ?1 AND state = 'running'",
-                    [&vm],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(id) = busy {
-                return Err(StateError::Conflict(format!(
-                    "{vm} is already being migrated (migration {id})"
-                )));
-            }
-            tx.execute(
-                "INSERT INTO migrations (vm, source, target, mode, state, started_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-                params![vm, source, target, mode, now_ms()],
-            )?;
-            let id = tx.last_insert_rowid();
-            tx.execute(
-                "UPDATE vms SET state = 'migrating', updated_ms = ?2 WHERE name = ?1",
-                params![vm, now_ms()],
-            )?;
-            Ok(id)
-        })
-        .await
+        let (v, s, t) = (vm.clone(), source.clone(), target.clone());
+        let id = self
+            .write(move |tx| {
+                let busy: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM migrations WHERE vm = ?1 AND state = 'running'",
+                        [&vm],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(id) = busy {
+                    return Err(StateError::Conflict(format!(
+                        "{vm} is already being migrated (migration {id})"
+                    )));
+                }
+                tx.execute(
+                    "INSERT INTO migrations (vm, source, target, mode, state, started_ms, batch)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6)",
+                    params![vm, source, target, mode, now_ms(), batch],
+                )?;
+                let id = tx.last_insert_rowid();
+                tx.execute(
+                    "UPDATE vms SET state = 'migrating', updated_ms = ?2 WHERE name = ?1",
+                    params![vm, now_ms()],
+                )?;
+                Ok(id)
+            })
+            .await?;
+        self.notify(Notice::Migration {
+            id,
+            vm: v,
+            source: s,
+            target: t,
+            state: "running".into(),
+            batch,
+            at_ms: now_ms(),
+        });
+        Ok(id)
     }
 
     /// Journals the start of `step` (before its side effect); returns its sequence number.
     pub async fn step_started(&self, id: i64, step: String) -> Result<i64, StateError> {
-        self.write(move |tx| {
-            let seq: i64 = tx.query_row(
-                "SELECT coalesce(max(seq), 0) + 1 FROM migration_steps WHERE migration = ?1",
-                [id],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO migration_steps (migration, seq, step, state, started_ms)
+        let name = step.clone();
+        let seq = self
+            .write(move |tx| {
+                let seq: i64 = tx.query_row(
+                    "SELECT coalesce(max(seq), 0) + 1 FROM migration_steps WHERE migration = ?1",
+                    [id],
+                    |r| r.get(0),
+                )?;
+                tx.execute(
+                    "INSERT INTO migration_steps (migration, seq, step, state, started_ms)
                  VALUES (?1, ?2, ?3, 'started', ?4)",
-                params![id, seq, step, now_ms()],
-            )?;
-            Ok(seq)
-        })
-        .await
+                    params![id, seq, step, now_ms()],
+                )?;
+                Ok(seq)
+            })
+            .await?;
+        self.notify(Notice::Step {
+            migration: id,
+            seq,
+            step: name,
+            state: "started".into(),
+            at_ms: now_ms(),
+        });
+        Ok(seq)
     }
 
     /// Journals the end of a step: done, failed or undone, with what it found.
@@ -137,15 +163,25 @@ impl State {
         state: &'static str,
         detail: Option<String>,
     ) -> Result<(), StateError> {
-        self.write(move |tx| {
-            tx.execute(
-                "UPDATE migration_steps SET state = ?3, finished_ms = ?4, detail = coalesce(?5, detail)
-                 WHERE migration = ?1 AND seq = ?2",
-                params![id, seq, state, now_ms(), detail],
-            )?;
-            Ok(())
-        })
-        .await
+        let step: String = self
+            .write(move |tx| {
+                Ok(tx.query_row(
+                    "UPDATE migration_steps SET state = ?3, finished_ms = ?4,
+                         detail = coalesce(?5, detail)
+                     WHERE migration = ?1 AND seq = ?2 RETURNING step",
+                    params![id, seq, state, now_ms(), detail],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?;
+        self.notify(Notice::Step {
+            migration: id,
+            seq,
+            step,
+            state: state.into(),
+            at_ms: now_ms(),
+        });
+        Ok(())
     }
 
     /// Merges `detail` into the migration's JSON detail.
@@ -173,20 +209,35 @@ impl State {
         vm_host: String,
         vm_state: &'static str,
     ) -> Result<(), StateError> {
-        self.write(move |tx| {
-            let now = now_ms();
-            tx.execute(
-                "UPDATE migrations SET state = ?2, reason = ?3, finished_ms = ?4 WHERE id = ?1",
-                params![id, state, reason, now],
-            )?;
-            tx.execute(
-                "UPDATE vms SET host = ?2, state = ?3, updated_ms = ?4
-                 WHERE name = (SELECT vm FROM migrations WHERE id = ?1)",
-                params![id, vm_host, vm_state, now],
-            )?;
-            Ok(())
-        })
-        .await
+        let m = self
+            .write(move |tx| {
+                let now = now_ms();
+                tx.execute(
+                    "UPDATE migrations SET state = ?2, reason = ?3, finished_ms = ?4 WHERE id = ?1",
+                    params![id, state, reason, now],
+                )?;
+                tx.execute(
+                    "UPDATE vms SET host = ?2, state = ?3, updated_ms = ?4
+                     WHERE name = (SELECT vm FROM migrations WHERE id = ?1)",
+                    params![id, vm_host, vm_state, now],
+                )?;
+                Ok(tx.query_row(
+                    &format!("SELECT {COLUMNS} FROM migrations WHERE id = ?1"),
+                    [id],
+                    migration,
+                )?)
+            })
+            .await?;
+        self.notify(Notice::Migration {
+            id,
+            vm: m.vm,
+            source: m.source,
+            target: m.target,
+            state: m.state,
+            batch: m.batch,
+            at_ms: now_ms(),
+        });
+        Ok(())
     }
 
     pub async fn set_break(&self, id: i64, break_ms: i64) -> Result<(), StateError> {
@@ -220,6 +271,23 @@ impl State {
         .await
     }
 
+    /// The migrations of batch `batch`, in the order they started, with their steps.
+    pub async fn batch_migrations(&self, batch: i64) -> Result<Vec<MigrationRow>, StateError> {
+        self.read(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM migrations WHERE batch = ?1 ORDER BY id"
+            ))?;
+            let mut rows = st
+                .query_map([batch], migration)?
+                .collect::<Result<Vec<_>, _>>()?;
+            for m in &mut rows {
+                m.steps = steps(c, m.id)?;
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
     /// The newest `limit` migrations (without their steps), or the unfinished ones.
     pub async fn migrations(
         &self,
@@ -232,8 +300,10 @@ impl State {
             } else {
                 ""
             };
+            // The probe's samples stay out of lists: they are for one migration's chart.
+            let columns = COLUMNS.replace("detail", "json_remove(detail, '$.probe.samples')");
             let mut st = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM migrations {filter} ORDER BY id DESC LIMIT ?1"
+                "SELECT {columns} FROM migrations {filter} ORDER BY id DESC LIMIT ?1"
             ))?;
             let rows = st.query_map([limit], migration)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

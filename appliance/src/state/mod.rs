@@ -4,10 +4,12 @@
 //! thread. Async code hands them closures and awaits the answer, so no SQLite call ever runs on
 //! the tokio reactor.
 
+mod batches;
 mod events;
 mod hosts;
 mod images;
 mod migrations;
+mod notices;
 mod schema;
 mod vms;
 
@@ -18,10 +20,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
 
+pub use batches::BatchRow;
 pub use events::{Event, Level, NewEvent};
 pub use hosts::{HostRow, HostSync};
 pub use images::{AccountRow, ImageChange, ImageRow};
 pub use migrations::{MigrationRow, StepRow};
+pub use notices::Notice;
 pub use schema::latest as latest_schema;
 pub use vms::VmRow;
 
@@ -61,6 +65,7 @@ pub struct State {
     reader: mpsc::Sender<Job>,
     path: PathBuf,
     schema: i64,
+    bus: tokio::sync::broadcast::Sender<Notice>,
 }
 
 pub fn now_ms() -> i64 {
@@ -107,6 +112,7 @@ impl State {
             reader: spawn_worker("state-reader", r),
             path: path.to_path_buf(),
             schema,
+            bus: notices::bus(),
         })
     }
 

@@ -108,6 +108,20 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (migration, seq)
     ) STRICT;
     "#,
+    // 5: batches: the moves of one plan run together, with concurrency limits.
+    r#"
+    CREATE TABLE batches (
+        id          INTEGER PRIMARY KEY,
+        state       TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'interrupted')),
+        reason      TEXT,
+        request     TEXT NOT NULL,         -- JSON, migrate::batch::BatchRequest
+        plan        TEXT NOT NULL,         -- JSON, placement::Plan
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER
+    ) STRICT;
+    ALTER TABLE migrations ADD COLUMN batch INTEGER REFERENCES batches (id);
+    CREATE INDEX migrations_batch ON migrations (batch);
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).
