@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: all deps build demo demo-hold test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
+.PHONY: all deps build demo demo-hold paper test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
 
 all: build
 
@@ -13,13 +13,18 @@ deps:
 build: deps
 	$(CARGO) build --workspace
 
-## demo: build the demo lab (appliance, hosts A B C, three guests, a client), show it, tear down
+## demo: the demo lab (appliance, hosts A B C, a client); the paper's scenario 1 cold and live
 demo: build
 	$(LAB_BIN) demo
 
 ## demo-hold: the same, kept up until Ctrl-C
 demo-hold: build
 	$(LAB_BIN) demo --hold
+
+## paper: the paper's five scenarios, cold and live, next to the hand-driven QEMU baseline (root)
+paper: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab paper --out results
 
 ## test: format check, clippy -D warnings, unit tests, lab tests (root: namespaces, OVS, QEMU)
 test: deps fmt-check lint unit-test lab-test

@@ -1,6 +1,7 @@
 //! The appliance in the lab: `netmigrate serve` running in its own namespace on the lab switch
 //! at 10.213.0.1, with a config that names the lab's hosts and pins their host keys.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -60,6 +61,36 @@ impl Appliance {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Appliance {
+    /// Defines managed VM `n` (vmN at 10.213.0.(20 + n), MAC 52:54:00:d5:00:(20 + n)) booting
+    /// the lab's kernel and initramfs; also redefines it.
+    pub fn define_guest(&self, n: u8, mem_mib: u64, vcpus: u32) -> Result<(String, Ipv4Addr)> {
+        let name = format!("vm{n}");
+        let ip = Ipv4Addr::new(10, 213, 0, 20 + n);
+        let (k, i) = (crate::guest::kernel()?, crate::guest::initramfs()?);
+        self.cli_ok(&[
+            "vm",
+            "define",
+            &name,
+            "--mem",
+            &mem_mib.to_string(),
+            "--vcpus",
+            &vcpus.to_string(),
+            "--mac",
+            &format!("52:54:00:d5:00:{:02x}", 20 + n),
+            "--ip",
+            &ip.to_string(),
+            "--kernel",
+            &k.display().to_string(),
+            "--initrd",
+            &i.display().to_string(),
+            "--append",
+            &format!("console=ttyS0 quiet nm_ip={ip}/24 nm_name={name}"),
+        ])?;
+        Ok((name, ip))
     }
 }
 

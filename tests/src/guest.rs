@@ -26,6 +26,8 @@ pub struct GuestSpec {
     pub vlan: Option<u16>,
     /// A raw (sparse) disk image of this size, attached as a virtio drive.
     pub disk_mib: Option<u32>,
+    /// Start waiting for a migration stream (QEMU's `-incoming`) instead of booting.
+    pub incoming: Option<String>,
 }
 
 impl GuestSpec {
@@ -38,6 +40,7 @@ impl GuestSpec {
             mem_mib: 128,
             vlan: None,
             disk_mib: None,
+            incoming: None,
         }
     }
 }
@@ -246,6 +249,9 @@ impl Lab {
                 "-drive",
                 &format!("file={},if=virtio,format=raw", img.display()),
             ]);
+        }
+        if let Some(uri) = &spec.incoming {
+            cmd.args(["-incoming", uri]);
         }
         let pid = self.track(&format!("h{}-{}", host.name, spec.name), &mut cmd)?;
         // The tap carries frames only once QEMU holds it; add it to OVS after that.

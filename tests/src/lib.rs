@@ -14,10 +14,12 @@
 pub mod appliance;
 pub mod cleanup;
 pub mod guest;
+pub mod hand;
 pub mod host;
 pub mod lab;
 pub mod netns;
 pub mod ovs;
+pub mod paper;
 pub mod prober;
 pub mod sshd;
 pub mod sys;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use netmigrate_lab::{cleanup, GuestSpec, Lab};
+use netmigrate_lab::{cleanup, paper, Lab};
 
 #[derive(Parser)]
 #[command(
@@ -18,8 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the demo lab: the appliance, hosts A, B, C (sshd + Open vSwitch), three guests
-    /// serving HTTP and a client; show `netmigrate status` and the guests' answers; tear down.
+    /// Build the demo lab (the appliance, hosts A, B, C with sshd and Open vSwitch, a client),
+    /// start vm1 and vm2 on A and vm3 on B through the appliance, and run the paper's scenario
+    /// 1 (all to C), cold then live, printing each VM's break; tear down.
     Demo {
         /// Keep the lab up until Ctrl-C.
         #[arg(long)]
@@ -42,6 +43,21 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The paper's five scenarios, cold and live, next to the hand-driven QEMU baseline run in
+    /// the same invocation: a table, JSON and one SVG chart per run in the results directory.
+    Paper {
+        #[arg(long, default_value = "results")]
+        out: std::path::PathBuf,
+        /// Scenarios to run (1-5), comma-separated.
+        #[arg(long, default_value = "1,2,3,4,5", value_delimiter = ',')]
+        scenarios: Vec<u8>,
+        /// Modes to run, comma-separated.
+        #[arg(long, default_value = "cold,live", value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Hand-driven baseline moves per mode.
+        #[arg(long, default_value_t = 3)]
+        baseline_runs: usize,
+    },
     /// Remove namespaces and run directories left by lab runs that were killed.
     Cleanup {
         /// Also remove labs whose run is still alive.
@@ -54,6 +70,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Cmd::Demo { hold } => demo(hold),
+        Cmd::Paper {
+            out,
+            scenarios,
+            modes,
+            baseline_runs,
+        } => paper(&out, &scenarios, &modes, baseline_runs),
         Cmd::BenchInventory { hosts, runs } => bench_inventory(hosts, runs),
         Cmd::BenchFtp { mib, runs } => bench_ftp(mib, runs),
         Cmd::Cleanup { all } => {
@@ -103,48 +125,133 @@ fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     r
 }
 
-fn demo(hold: bool) -> Result<()> {
-    let t0 = Instant::now();
+/// The lab the demo and the paper run on: hosts A, B, C, the appliance managing them, a client.
+struct PaperLab {
+    hosts: Vec<netmigrate_lab::Host>,
+    app: netmigrate_lab::Appliance,
+    client: netmigrate_lab::Node,
+    // Last: dropped after what runs in it, tearing it all down.
+    lab: Lab,
+}
+
+fn paper_lab() -> Result<PaperLab> {
     let lab = step("creating the lab switch", Lab::new)?;
     teardown_on_signal(lab.prefix.clone())?;
     eprintln!("lab prefix {} (run dir {})", lab.prefix, lab.dir.display());
-    let a = step("host A: namespace, sshd, Open vSwitch", || lab.host("A"))?;
-    let b = step("host B: namespace, sshd, Open vSwitch", || lab.host("B"))?;
-    let c = step("host C: namespace, sshd, Open vSwitch", || lab.host("C"))?;
+    let mut hosts = Vec::new();
+    for h in ["A", "B", "C"] {
+        hosts.push(step(
+            &format!("host {h}: namespace, sshd, Open vSwitch"),
+            || lab.host(h),
+        )?);
+    }
     let app = step("appliance: netmigrate serve", || {
-        lab.appliance(&[&a, &b, &c])
+        lab.appliance(&hosts.iter().collect::<Vec<_>>())
     })?;
     let client = step("client namespace", || lab.client())?;
-    let guests = step("booting guests vm1, vm2 on A and vm3 on B (QEMU)", || {
-        Ok(vec![
-            lab.guest(&a, GuestSpec::numbered(1))?,
-            lab.guest(&a, GuestSpec::numbered(2))?,
-            lab.guest(&b, GuestSpec::numbered(3))?,
-        ])
-    })?;
-    for g in &guests {
-        step(
-            &format!("waiting for {} to answer HTTP", g.spec.name),
-            || lab.wait_http(&client.ns, g, Duration::from_secs(90)),
-        )?;
-    }
+    Ok(PaperLab {
+        lab,
+        hosts,
+        app,
+        client,
+    })
+}
 
+fn demo(hold: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let p = paper_lab()?;
     println!("\n$ netmigrate status");
-    print!("{}", app.cli_ok(&["status"])?);
-    println!("\nHTTP answers seen from the client ({}):", client.ip);
-    for g in &guests {
-        let body = lab.curl(&client.ns, &g.url())?;
-        println!("  {} on host{} -> {}", g.url(), g.host, body.trim());
+    print!("{}", p.app.cli_ok(&["status"])?);
+    let sc = &paper::scenarios()[0];
+    let mut runs = Vec::new();
+    for mode in ["cold", "live"] {
+        println!("\n{} -- {mode}", sc.describe());
+        println!("$ netmigrate migrate vm1 vm2 vm3 --to hostC --{mode}");
+        let r = paper::run(&p.lab, &p.app, &p.client, sc, mode, None)?;
+        print!("{}", p.app.cli_ok(&["batches", &r.batch.to_string()])?);
+        runs.push(r);
     }
-    println!("\nlab up in {:.1}s", t0.elapsed().as_secs_f64());
+    println!("\nPer-VM service break (built-in probe and the client namespace's prober):");
+    print!("{}", paper::table(&runs, &[]));
+    println!("\ndemo done in {:.1}s", t0.elapsed().as_secs_f64());
     if hold {
         println!("holding the lab; Ctrl-C tears it down");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    eprintln!("tearing down lab {}", lab.prefix);
-    drop(lab);
+    eprintln!("tearing down lab {}", p.lab.prefix);
+    Ok(())
+}
+
+fn paper(
+    out: &std::path::Path,
+    scenarios: &[u8],
+    modes: &[String],
+    baseline_runs: usize,
+) -> Result<()> {
+    let all = paper::scenarios();
+    for n in scenarios {
+        anyhow::ensure!(all.iter().any(|s| s.n == *n), "no scenario {n}: 1 to 5");
+    }
+    for m in modes {
+        anyhow::ensure!(m == "cold" || m == "live", "mode {m}: cold or live");
+    }
+    std::fs::create_dir_all(out)?;
+    let out = out.canonicalize()?;
+    let p = paper_lab()?;
+    let mut runs = Vec::new();
+    for sc in all.iter().filter(|s| scenarios.contains(&s.n)) {
+        for mode in modes {
+            let r = step(&format!("{} -- {mode}", sc.describe()), || {
+                paper::run(&p.lab, &p.app, &p.client, sc, mode, Some(&out))
+            })?;
+            for m in &r.moved {
+                eprintln!(
+                    "    {} {} -> {}: {}, built-in {} ms, client {} ms",
+                    m.vm,
+                    m.from,
+                    m.to,
+                    m.state,
+                    m.builtin_ms.unwrap_or(-1),
+                    m.client_ms
+                );
+            }
+            runs.push(r);
+        }
+    }
+    let mut baseline = Vec::new();
+    for mode in modes {
+        let mut ms = Vec::new();
+        for i in 0..baseline_runs {
+            let b = step(
+                &format!("hand-driven QEMU baseline, {mode}, run {}", i + 1),
+                || {
+                    netmigrate_lab::hand::baseline(
+                        &p.lab,
+                        &p.hosts[0],
+                        &p.hosts[2],
+                        &p.client,
+                        mode,
+                    )
+                },
+            )?;
+            eprintln!("    break {b} ms");
+            ms.push(b);
+        }
+        baseline.push((format!("{mode} (A -> C)"), ms));
+    }
+    let table = paper::table(&runs, &baseline);
+    std::fs::write(out.join("table.md"), &table)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "runs": runs,
+            "baseline": baseline,
+        }))?,
+    )?;
+    println!("{table}");
+    println!("results in {}", out.display());
     Ok(())
 }
 

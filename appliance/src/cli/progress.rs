@@ -1,6 +1,6 @@
 //! `netmigrate migrate`: starts a batch and follows it on the API's notice stream, one line per
-//! move (indicatif spinners on a terminal, a plain line per finished move otherwise), then
-//! prints the per-VM table. The batch runs in the daemon: interrupting the CLI stops nothing.
+//! move (indicatif spinners on a terminal, a plain line per finished move on stderr otherwise),
+//! then prints the per-VM table (or the batch as JSON on stdout). The batch runs in the daemon: interrupting the CLI stops nothing.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -89,7 +89,7 @@ pub async fn run_batch(client: &Client, req: BatchRequest, json: bool) -> Result
                     }
                 } else if let Some(&i) = of_migration.get(&mid) {
                     bars[i].finish_with_message(format!("migration {mid}: {state}"));
-                    if !tty && !json {
+                    if !tty {
                         eprintln!("  {}: migration {mid} {state}", bars[i].prefix());
                     }
                 }
