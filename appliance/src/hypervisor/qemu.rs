@@ -104,7 +104,9 @@ impl Qemu {
             self.path(vm, "pid"),
         ]);
         if incoming {
-            a.extend(["-incoming".into(), "defer".into()]);
+            // The guest's memory is touched before the move, not page by page while the
+            // state streams in during the break.
+            a.extend(["-mem-prealloc".into(), "-incoming".into(), "defer".into()]);
         }
         a
     }
@@ -286,10 +288,19 @@ impl Hypervisor for Qemu {
     }
 
     async fn state(&self, vm: &VmDef) -> Result<RunState, DriverError> {
-        if !self.alive(vm).await? {
-            return Ok(RunState::Absent);
-        }
-        Ok(match self.status(vm).await?.as_str() {
+        // A QEMU that answers QMP is alive (a zombie does not answer): one round trip on the
+        // kept connection, which matters inside a VM's break. Only without an answer is the
+        // process itself looked at.
+        let status = match self.status(vm).await {
+            Ok(s) => s,
+            Err(e) => {
+                if !self.alive(vm).await? {
+                    return Ok(RunState::Absent);
+                }
+                return Err(e);
+            }
+        };
+        Ok(match status.as_str() {
             "running" => RunState::Running,
             "paused" => RunState::Paused,
             "inmigrate" | "prelaunch" => RunState::Incoming,

@@ -260,6 +260,7 @@ impl Move<'_> {
             return back(e).await;
         }
         let paused_ms = paused_at.elapsed().as_millis() as u64;
+        let told = self.tell_network().await;
         let _ = self
             .dst
             .sh(&format!(
@@ -288,7 +289,7 @@ impl Move<'_> {
                                   "loaded": loaded_ms, "verified": verified_ms, "resumed": paused_ms}}),
             )
             .await;
-        self.finish_on_target().await
+        self.clear_source(told).await
     }
 
     /// Waits for the upload of this move's account to appear in the store's manifest.

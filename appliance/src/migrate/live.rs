@@ -71,10 +71,19 @@ impl Move<'_> {
         let running = self
             .journal
             .step("target runs", async {
-                match self.dst.driver.state(self.def).await.map_err(driver_err)? {
-                    RunState::Running => Ok(()),
-                    RunState::Paused => self.dst.driver.resume(self.def).await.map_err(driver_err),
-                    s => Err(format!("the target VM is {s:?} after the migration")),
+                // It may still be taking in the last pages when the source reports done.
+                let t = std::time::Instant::now();
+                loop {
+                    match self.dst.driver.state(self.def).await.map_err(driver_err)? {
+                        RunState::Running => return Ok(()),
+                        RunState::Paused => {
+                            return self.dst.driver.resume(self.def).await.map_err(driver_err)
+                        }
+                        RunState::Incoming if t.elapsed() < Duration::from_secs(10) => {
+                            tokio::time::sleep(Duration::from_millis(5)).await
+                        }
+                        s => return Err(format!("the target VM is {s:?} after the migration")),
+                    }
                 }
             })
             .await;

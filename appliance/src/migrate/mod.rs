@@ -586,6 +586,14 @@ impl Move<'_> {
     /// After the VM runs on the target: tell the network, then clear the source. Failures here
     /// leave the VM running on the target and are reported.
     pub async fn finish_on_target(&self) -> Result<(), Failure> {
+        let told = self.tell_network().await;
+        self.clear_source(told).await
+    }
+
+    /// Tells the network where the VM now is, at once (the break ends when the switches know):
+    /// the announcement from its new port, and the appliance's own neighbour entry. Returns
+    /// what went wrong, for `clear_source` to report.
+    pub async fn tell_network(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Err(e) = self
             .journal
@@ -609,6 +617,12 @@ impl Move<'_> {
                 }
             }
         }
+        problems
+    }
+
+    /// Stops the VM on the source and removes its port there; `problems` are those of the
+    /// steps before, reported together.
+    pub async fn clear_source(&self, mut problems: Vec<String>) -> Result<(), Failure> {
         if let Err(e) = self
             .journal
             .step("stop source", async {
