@@ -496,3 +496,25 @@ fn ftps_needs_both_certificate_and_key() {
         &["missing; FTPS needs the key of tls_cert too"],
     );
 }
+
+#[test]
+fn migration_limits_and_hook_are_checked() {
+    let c = Case::new();
+    let lines = GOOD.lines().count();
+    let text = format!("{GOOD}\n[migration]\nmax_per_host = 0\n");
+    assert_one(
+        &c,
+        &text,
+        lines + 3,
+        "migration.max_per_host",
+        &["0 is not a limit", "1 to 64"],
+    );
+    let text = format!("{GOOD}\n[migration]\nafter_move = \"no-such-script\"\n");
+    assert_one(
+        &c,
+        &text,
+        lines + 3,
+        "migration.after_move",
+        &["no-such-script", "No such file"],
+    );
+}

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use netmigrate_lab::{cleanup, paper, Lab};
+use netmigrate_lab::{cleanup, paper, GuestSpec, Lab};
 
 #[derive(Parser)]
 #[command(
@@ -220,6 +220,11 @@ fn paper(
             runs.push(r);
         }
     }
+    // The same load as in the scenarios: two more idle guests beside the one moved by hand.
+    let background = [
+        p.lab.guest(&p.hosts[0], GuestSpec::numbered(7))?,
+        p.lab.guest(&p.hosts[1], GuestSpec::numbered(8))?,
+    ];
     let mut baseline = Vec::new();
     for mode in modes {
         let mut ms = Vec::new();
@@ -240,6 +245,9 @@ fn paper(
             ms.push(b);
         }
         baseline.push((format!("{mode} (A -> C)"), ms));
+    }
+    for g in background {
+        p.lab.stop(g.pid);
     }
     let table = paper::table(&runs, &baseline);
     std::fs::write(out.join("table.md"), &table)?;

@@ -73,7 +73,20 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
     let a = lab.host("A").unwrap();
     let c = lab.host("C").unwrap();
     let client = lab.client().unwrap();
-    let app = lab.appliance(&[&a, &c]).unwrap();
+    // The operator's after-move script logs each move.
+    let moved_log = lab.dir.join("moved.log");
+    let script = lab.dir.join("after-move.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", moved_log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config =
+        netmigrate_lab::appliance::lab_config(&lab, &lab.appliance_state_dir().unwrap(), &[&a, &c])
+            .unwrap()
+            + &format!("\n[migration]\nafter_move = \"{}\"\n", script.display());
+    let app = lab.appliance_with(&config).unwrap();
     let (vm, ip) = define(&app, 1);
 
     app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
@@ -128,6 +141,14 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         assert!(steps.contains(&want), "{want} missing from {steps:?}");
     }
     assert!(m["break_ms"].as_i64().unwrap() > 0, "{m:#}");
+    assert_eq!(
+        std::fs::read_to_string(&moved_log).unwrap(),
+        "moved vm1 hostA hostC 52:54:00:d5:00:15 10.213.0.21\n"
+    );
+    assert!(
+        steps.iter().any(|s| s.starts_with("after move: script")),
+        "{steps:?}"
+    );
     let cold_id = m["id"].as_i64().unwrap().to_string();
     eprintln!("{}", app.cli_ok(&["migrations", &cold_id]).unwrap());
     eprintln!(
@@ -167,6 +188,15 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
     assert_eq!(m["state"], "done", "{m:#}");
     assert_eq!(m["mode"], "live");
     eprintln!("live: built-in probe {} ms", m["break_ms"]);
+    assert!(std::fs::read_to_string(&moved_log)
+        .unwrap()
+        .ends_with("moved vm1 hostC hostA 52:54:00:d5:00:15 10.213.0.21\n"));
+    // `--plot` draws the move's break from the probe's samples.
+    let svg = lab.dir.join("live.svg");
+    let id = m["id"].as_i64().unwrap().to_string();
+    app.cli_ok(&["migrations", &id, "--plot", svg.to_str().unwrap()])
+        .unwrap();
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("vm1 hostC"));
     assert!(lab
         .curl(&client.ns, &format!("http://{ip}/"))
         .unwrap()

@@ -16,11 +16,7 @@ use crate::migrate::{Engine, Refused, Request};
 use crate::state::{BatchRow, MigrationRow, NewEvent, VmRow};
 
 fn engine(app: &App) -> Engine {
-    Engine {
-        state: app.state.clone(),
-        store: app.images.clone(),
-        inventory: app.inventory.clone(),
-    }
+    app.engine()
 }
 
 impl From<Refused> for ApiError {

@@ -672,7 +672,43 @@ impl Cx<'_> {
                 mc.downtime = d;
             }
         }
-        t.finish(&mut self.p, &["max_per_host", "max_per_link", "downtime"]);
+        if let Some(s) = t.string(&mut self.p, "after_move") {
+            let path = self.path(&s.value);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => mc.after_move = Some(path),
+                Ok(_) => self.p.at(
+                    &s.span,
+                    "migration.after_move",
+                    format!("`{}` is not a file", path.display()),
+                ),
+                Err(e) => self.p.at(
+                    &s.span,
+                    "migration.after_move",
+                    format!("`{}`: {e}", path.display()),
+                ),
+            }
+        }
+        if let Some((d, span)) = t.parse(&mut self.p, "hook_timeout", values::parse_duration) {
+            if d.is_zero() || d > Duration::from_secs(600) {
+                self.p.at(
+                    &span,
+                    "migration.hook_timeout",
+                    "expected between 1s and 10m, like \"10s\"",
+                );
+            } else {
+                mc.hook_timeout = d;
+            }
+        }
+        t.finish(
+            &mut self.p,
+            &[
+                "max_per_host",
+                "max_per_link",
+                "downtime",
+                "after_move",
+                "hook_timeout",
+            ],
+        );
         mc
     }
 

@@ -44,6 +44,11 @@ pub struct MigrationConfig {
     /// Live: the longest pause allowed at switch-over, when a request names none.
     #[serde(serialize_with = "ser_duration")]
     pub downtime: Duration,
+    /// Run after each move: `SCRIPT moved VM FROM TO MAC IP` (dnsmasq's dhcp-script style).
+    pub after_move: Option<PathBuf>,
+    /// How long the script may take before it is killed.
+    #[serde(serialize_with = "ser_duration")]
+    pub hook_timeout: Duration,
 }
 
 impl Default for MigrationConfig {
@@ -52,6 +57,8 @@ impl Default for MigrationConfig {
             max_per_host: 1,
             max_per_link: 1,
             downtime: Duration::from_millis(100),
+            after_move: None,
+            hook_timeout: Duration::from_secs(10),
         }
     }
 }

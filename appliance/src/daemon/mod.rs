@@ -26,6 +26,8 @@ pub struct App {
     pub state: State,
     pub inventory: Arc<crate::inventory::Inventory>,
     pub images: netmigrate_image::Store,
+    /// What follows a VM after a move, registered by the services (DHCP, DNS).
+    pub after_move: crate::migrate::hooks::Hooks,
     config: RwLock<Arc<Config>>,
     config_path: PathBuf,
     pub started_ms: i64,
@@ -66,6 +68,16 @@ impl ReloadError {
 impl App {
     pub fn config(&self) -> Arc<Config> {
         self.config.read().expect("config lock").clone()
+    }
+
+    /// The migration engine over this appliance's state, store, inventory and hooks.
+    pub fn engine(&self) -> crate::migrate::Engine {
+        crate::migrate::Engine {
+            state: self.state.clone(),
+            store: self.images.clone(),
+            inventory: self.inventory.clone(),
+            after_move: self.after_move.clone(),
+        }
     }
 
     pub fn config_path(&self) -> &Path {
@@ -174,6 +186,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         images,
         state: state.clone(),
         inventory: Arc::new(crate::inventory::Inventory::new(INVENTORY_CONCURRENCY)),
+        after_move: Arc::new(Vec::new()),
         config: RwLock::new(Arc::new(config)),
         config_path: config_path.to_path_buf(),
         started_ms: now_ms(),
@@ -199,11 +212,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
 
     // Migrations a crash or stop interrupted are finished or rolled back, in the background.
     {
-        let engine = crate::migrate::Engine {
-            state: app.state.clone(),
-            store: app.images.clone(),
-            inventory: app.inventory.clone(),
-        };
+        let engine = app.engine();
         let cfg = app.config();
         tokio::spawn(async move { engine.recover(&cfg).await });
     }

@@ -261,6 +261,7 @@ impl Move<'_> {
         }
         let paused_ms = paused_at.elapsed().as_millis() as u64;
         let told = self.tell_network().await;
+        self.after_move().await;
         let _ = self
             .dst
             .sh(&format!(

@@ -4,6 +4,7 @@
 
 pub mod batch;
 mod cold;
+pub mod hooks;
 pub mod journal;
 mod live;
 pub mod probe;
@@ -112,6 +113,8 @@ pub struct Engine {
     pub state: State,
     pub store: netmigrate_image::Store,
     pub inventory: Arc<Inventory>,
+    /// The services' after-move hooks (the config's script is added per move).
+    pub after_move: hooks::Hooks,
 }
 
 /// One host as a move sees it: its config, connection and driver.
@@ -494,6 +497,41 @@ impl Engine {
     }
 }
 
+/// Runs the after-move hooks for `def`, moved `from` -> `to`; failures are journaled.
+pub(crate) async fn run_hooks(
+    engine: &Engine,
+    cfg: &Config,
+    journal: &Journal,
+    def: &VmDef,
+    from: &str,
+    to: &str,
+) {
+    let mut all: Vec<Arc<dyn hooks::AfterMove>> = engine.after_move.iter().cloned().collect();
+    if let Some(path) = &cfg.migration.after_move {
+        all.push(Arc::new(hooks::Script {
+            path: path.clone(),
+            timeout: cfg.migration.hook_timeout,
+        }));
+    }
+    let moved = hooks::Moved {
+        migration: journal.id,
+        vm: def.name.clone(),
+        from: from.to_string(),
+        to: to.to_string(),
+        mac: def.mac.clone(),
+        ip: def.ip,
+    };
+    for h in all {
+        let name = format!("after move: {}", h.name());
+        if let Err(e) = journal.step(&name, h.moved(&moved)).await {
+            let _ = engine
+                .state
+                .record(NewEvent::warn("migration.hook", format!("{name}: {e}")).about(&def.name))
+                .await;
+        }
+    }
+}
+
 /// Where the probe connects: the request's `ip:port`, or the VM's address on port 80.
 fn probe_addr(req: &Request, def: &VmDef) -> Option<SocketAddr> {
     if !req.probe_enabled {
@@ -587,6 +625,7 @@ impl Move<'_> {
     /// leave the VM running on the target and are reported.
     pub async fn finish_on_target(&self) -> Result<(), Failure> {
         let told = self.tell_network().await;
+        self.after_move().await;
         self.clear_source(told).await
     }
 
@@ -618,6 +657,19 @@ impl Move<'_> {
             }
         }
         problems
+    }
+
+    /// Lets DHCP, DNS and the operator's script follow the VM; each hook is a journal step.
+    pub async fn after_move(&self) {
+        run_hooks(
+            self.engine,
+            self.cfg,
+            self.journal,
+            self.def,
+            &self.src.cfg.name,
+            &self.dst.cfg.name,
+        )
+        .await;
     }
 
     /// Stops the VM on the source and removes its port there; `problems` are those of the

@@ -106,6 +106,7 @@ impl Engine {
             || (s == RunState::Absent && t == RunState::Paused && loaded_and_verified);
         let (state, host, reason) = if forward {
             settle_forward(&journal, &def, &src, &dst, t).await;
+            super::run_hooks(self, cfg, &journal, &def, &src.cfg.name, &dst.cfg.name).await;
             (
                 "done",
                 dst.cfg.name.clone(),
