@@ -83,12 +83,17 @@ pub fn baseline(lab: &Lab, from: &Host, to: &Host, client: &Node, mode: &str) ->
     let src = lab.guest(from, spec.clone())?;
     let ip = spec.ip;
     lab.wait_http(&client.ns, &src, Duration::from_secs(120))?;
-    let prober = Prober::start(
-        &client.ns,
-        SocketAddr::new(ip.into(), 80),
-        Duration::from_millis(10),
-        Duration::from_millis(100),
-    )?;
+    let start = || {
+        Prober::start(
+            &client.ns,
+            SocketAddr::new(ip.into(), 80),
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        )
+    };
+    // Two probers, as a netmigrate move has (its built-in probe and the client's): the same
+    // load on the guest.
+    let (prober, second) = (start()?, start()?);
     std::thread::sleep(Duration::from_millis(300));
     let mut q = Qmp::connect(&src.qmp)?;
     q.execute(
@@ -141,6 +146,7 @@ pub fn baseline(lab: &Lab, from: &Host, to: &Host, client: &Node, mode: &str) ->
     lab.wait_http(&client.ns, &dst, Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(300));
     let report = prober.finish();
+    second.finish();
     let _ = Qmp::connect(&dst.qmp).and_then(|mut t| t.execute("quit", json!({})));
     wait_for("the target QEMU to exit", Duration::from_secs(10), || {
         lab.has_exited(dst.pid).then_some(())

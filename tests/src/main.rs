@@ -220,11 +220,23 @@ fn paper(
             runs.push(r);
         }
     }
-    // The same load as in the scenarios: two more idle guests beside the one moved by hand.
+    // The same load as in the scenarios: two more guests beside the one moved by hand, ...
     let background = [
         p.lab.guest(&p.hosts[0], GuestSpec::numbered(7))?,
         p.lab.guest(&p.hosts[1], GuestSpec::numbered(8))?,
     ];
+    // ... each asked by the client as in the scenarios.
+    let load = background
+        .iter()
+        .map(|g| {
+            netmigrate_lab::Prober::start(
+                &p.client.ns,
+                std::net::SocketAddr::new(g.spec.ip.into(), 80),
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut baseline = Vec::new();
     for mode in modes {
         let mut ms = Vec::new();
@@ -246,7 +258,8 @@ fn paper(
         }
         baseline.push((format!("{mode} (A -> C)"), ms));
     }
-    for g in background {
+    for (g, l) in background.into_iter().zip(load) {
+        l.finish();
         p.lab.stop(g.pid);
     }
     let table = paper::table(&runs, &baseline);

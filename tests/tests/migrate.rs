@@ -411,6 +411,15 @@ fn faults_on_the_target_roll_back_and_leave_the_vm_where_it_was() {
     c.remove_tool("curl");
     still_on_a("QEMU refusing the stream");
 
+    // The target's switch refuses the port: another bridge there already has one by its name
+    // (OVSDB keeps port names unique), so the transaction fails and the move is undone.
+    c.ovs
+        .vsctl(&["add-br", "br9", "--", "add-port", "br9", &port])
+        .unwrap();
+    rolled_back("--live", &port);
+    c.ovs.vsctl(&["del-br", "br9"]).unwrap();
+    still_on_a("OVS refusing the port");
+
     // No room: the VM's definition now asks for more memory than hostC has free.
     define_with_mem(&app, 3, "1048576");
     let o = app.cli(&["migrate", &vm, "--to", "hostC"]).unwrap();
