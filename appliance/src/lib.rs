@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dhcp;
 pub mod ftp;
 pub mod hypervisor;
 pub mod inventory;

@@ -16,7 +16,7 @@ struct Daemon {
 
 fn config_text(dir: &Path, extra: &str) -> String {
     format!(
-        "state_dir = \"{}\"\n\n[[network]]\nname = \"lab\"\ninterface = \"eth1\"\naddress = \"10.0.0.1/24\"\n\
+        "state_dir = \"{}\"\n\n[[network]]\nname = \"lab\"\ninterface = \"nmtest0\"\naddress = \"10.0.0.1/24\"\n\
          dhcp_range = [\"10.0.0.100\", \"10.0.0.199\"]\n{extra}",
         dir.join("state").display()
     )
@@ -127,7 +127,7 @@ fn status_over_the_socket_with_cli_and_curl() {
     assert!(out.status.success());
     let s = text(&out.stdout);
     assert!(s.contains(&format!("pid {}", d.pid())), "{s}");
-    assert!(s.contains("lab      eth1       10.0.0.1/24"), "{s}");
+    assert!(s.contains("lab      nmtest0    10.0.0.1/24"), "{s}");
 
     let json = d.cli(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
@@ -220,6 +220,12 @@ fn sigterm_stops_gracefully_and_records_it() {
         "{ev}"
     );
     assert_eq!(ev.matches("daemon.start").count(), 2, "{ev}");
+    // The network's interface does not exist here: no DHCP server, said once per start, and
+    // the appliance runs on.
+    assert!(
+        ev.contains("dhcp.listen") && ev.contains("DHCP on nmtest0 (network lab): cannot listen"),
+        "{ev}"
+    );
 }
 
 #[test]

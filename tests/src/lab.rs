@@ -177,6 +177,18 @@ impl Lab {
         })
     }
 
+    /// A node with `eth0` on the switch and no address: a DHCP client's machine.
+    pub fn bare_node(&self, role: &str) -> Result<Node> {
+        let ns = self.ns_name(role);
+        self.add_ns(&ns)?;
+        self.plug(role, &ns, "eth0")?;
+        Ok(Node {
+            role: role.into(),
+            ns,
+            ip: Ipv4Addr::UNSPECIFIED,
+        })
+    }
+
     pub fn client(&self) -> Result<Node> {
         self.node("cl", CLIENT_IP)
     }

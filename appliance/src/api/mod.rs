@@ -139,6 +139,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/batches/{id}", get(migrations::get_batch))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/leases", get(leases))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })
@@ -196,6 +197,25 @@ async fn events(
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let limit = q.limit.unwrap_or(50).min(10_000);
     Ok(Json(app.state.events(limit).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeasesReply {
+    pub leases: Vec<crate::state::LeaseRow>,
+    /// The DHCP server's counters since start.
+    pub stats: std::collections::BTreeMap<String, u64>,
+}
+
+async fn leases(State(app): State<Arc<App>>) -> Result<Json<LeasesReply>, ApiError> {
+    Ok(Json(LeasesReply {
+        leases: app.state.leases().await?,
+        stats: app
+            .dhcp
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    }))
 }
 
 async fn reload(State(app): State<Arc<App>>) -> Result<Json<ReloadReply>, ApiError> {

@@ -165,6 +165,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// DHCP leases, with the server's counters.
+    Leases {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Batches (the moves of one `migrate`), newest first, or one with its moves.
     Batches {
         id: Option<i64>,
@@ -684,6 +690,10 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     keep_going: *keep_going,
                 };
                 progress::run_batch(&client, req, *json).await?;
+            }
+            Command::Leases { json } => {
+                let v: serde_json::Value = client.get("/v1/leases").await?;
+                print_as(&v, *json, show::leases)?;
             }
             Command::Batches { id, plot, json } => match id {
                 Some(id) => {

@@ -391,6 +391,41 @@ pub fn migrations(rows: &Vec<crate::state::MigrationRow>) -> String {
     o
 }
 
+pub fn leases(r: &crate::api::LeasesReply) -> String {
+    let mut o = String::from(
+        "NETWORK  IP               MAC                HOSTNAME         STATE     EXPIRES\n",
+    );
+    for l in &r.leases {
+        o.push_str(&format!(
+            "{:<8} {:<16} {:<18} {:<16} {:<9} {}\n",
+            l.network,
+            l.ip,
+            l.mac,
+            l.hostname.as_deref().unwrap_or("-"),
+            l.state,
+            timestamp(l.expires_ms)
+        ));
+    }
+    if r.leases.is_empty() {
+        o.push_str("(no leases yet)\n");
+    }
+    let stats: Vec<String> = r
+        .stats
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    o.push_str(&format!(
+        "DHCP since start: {}\n",
+        if stats.is_empty() {
+            "nothing received".to_string()
+        } else {
+            stats.join(", ")
+        }
+    ));
+    o
+}
+
 /// A batch: its moves with where each VM went, the break the probe saw and how long it took.
 pub fn batch(b: &crate::state::BatchRow) -> String {
     let took = b

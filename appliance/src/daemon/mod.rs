@@ -28,6 +28,8 @@ pub struct App {
     pub images: netmigrate_image::Store,
     /// What follows a VM after a move, registered by the services (DHCP, DNS).
     pub after_move: crate::migrate::hooks::Hooks,
+    /// The DHCP server's counters.
+    pub dhcp: Arc<netmigrate_services::dhcp::Stats>,
     config: RwLock<Arc<Config>>,
     config_path: PathBuf,
     pub started_ms: i64,
@@ -182,11 +184,13 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     );
 
     let (images, ftp_tasks) = crate::ftp::start(&config, &state).await?;
+    let (dhcp_stats, dhcp_tasks) = crate::dhcp::start(&config, &state).await?;
     let app = Arc::new(App {
         images,
         state: state.clone(),
         inventory: Arc::new(crate::inventory::Inventory::new(INVENTORY_CONCURRENCY)),
         after_move: Arc::new(Vec::new()),
+        dhcp: dhcp_stats,
         config: RwLock::new(Arc::new(config)),
         config_path: config_path.to_path_buf(),
         started_ms: now_ms(),
@@ -240,7 +244,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     notify::notify("STOPPING=1");
     tracing::info!("{why} received, stopping");
     let _ = stop_tx.send(true);
-    for t in &ftp_tasks {
+    for t in ftp_tasks.iter().chain(&dhcp_tasks) {
         t.abort();
     }
     api.stopped().await;

@@ -122,6 +122,21 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE migrations ADD COLUMN batch INTEGER REFERENCES batches (id);
     CREATE INDEX migrations_batch ON migrations (batch);
     "#,
+    // 6: DHCP leases, committed before the ACK leaves.
+    r#"
+    CREATE TABLE leases (
+        network     TEXT NOT NULL,
+        ip          TEXT NOT NULL,
+        client      BLOB NOT NULL,          -- option 61, or 1 + MAC
+        mac         TEXT NOT NULL,
+        hostname    TEXT,
+        state       TEXT NOT NULL CHECK (state IN ('bound', 'released', 'declined')),
+        expires_ms  INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        PRIMARY KEY (network, ip)
+    ) STRICT;
+    CREATE INDEX leases_client ON leases (network, client);
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).

@@ -1,0 +1,143 @@
+//! The DHCP server as the appliance runs it: one pool per network that has a `dhcp_range`,
+//! with that network's reservations, answering on the network's interface only; leases kept in
+//! the state, each committed before its ACK leaves.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use netmigrate_services::dhcp::{self, Lease, LeaseState, LeaseStore, Pool, Reservation, Stats};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::state::{NewEvent, NewLease, State};
+use crate::Error;
+
+/// Leases over the appliance's state.
+pub struct StateLeases {
+    pub state: State,
+}
+
+fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    v.try_into().ok()
+}
+
+#[async_trait]
+impl LeaseStore for StateLeases {
+    async fn load(&self, network: &str) -> Result<Vec<Lease>, String> {
+        let rows = self
+            .state
+            .leases_raw(Some(network.to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(r, client)| {
+                Some(Lease {
+                    ip: r.ip.parse().ok()?,
+                    client,
+                    mac: parse_mac(&r.mac)?,
+                    hostname: r.hostname,
+                    state: LeaseState::parse(&r.state)?,
+                    expires_ms: r.expires_ms,
+                })
+            })
+            .collect())
+    }
+
+    async fn commit(&self, network: &str, l: &Lease) -> Result<(), String> {
+        let state = match l.state {
+            LeaseState::Bound => "bound",
+            LeaseState::Released => "released",
+            LeaseState::Declined => "declined",
+            LeaseState::Offered => return Err("an offer is not a lease".into()),
+        };
+        self.state
+            .commit_lease(NewLease {
+                network: network.to_string(),
+                ip: l.ip.to_string(),
+                client: l.client.clone(),
+                mac: mac_text(&l.mac),
+                hostname: l.hostname.clone(),
+                state,
+                expires_ms: l.expires_ms,
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The pools `cfg` describes.
+pub fn pools(cfg: &Config) -> Vec<Pool> {
+    cfg.networks
+        .iter()
+        .filter_map(|n| {
+            let range = n.dhcp_range?;
+            Some(Pool {
+                network: n.name.clone(),
+                interface: n.interface.clone(),
+                server: n.address.addr(),
+                prefix: n.address.prefix_len(),
+                range,
+                lease_time: n.lease_time,
+                domain: n.domain.clone(),
+                reservations: cfg
+                    .reservations
+                    .iter()
+                    .filter(|r| r.network == n.name)
+                    .map(|r| Reservation {
+                        mac: r.mac.as_ref().map(|m| m.0),
+                        client_id: r.client_id.as_deref().and_then(|c| {
+                            c.split(':')
+                                .map(|p| u8::from_str_radix(p, 16).ok())
+                                .collect::<Option<Vec<u8>>>()
+                        }),
+                        hostname: r.hostname.clone(),
+                        ip: r.ip,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Starts a server per pool. One that cannot listen (no such interface, no privilege) is
+/// reported as an event and the others go on.
+pub async fn start(
+    cfg: &Config,
+    state: &State,
+) -> Result<(Arc<Stats>, Vec<JoinHandle<()>>), Error> {
+    let stats = Arc::new(Stats::default());
+    let store: Arc<dyn LeaseStore> = Arc::new(StateLeases {
+        state: state.clone(),
+    });
+    let mut tasks = Vec::new();
+    for pool in pools(cfg) {
+        let (net, iface) = (pool.network.clone(), pool.interface.clone());
+        let (lo, hi): (Ipv4Addr, Ipv4Addr) = pool.range;
+        match dhcp::serve(pool, store.clone(), stats.clone()).await {
+            Ok(t) => {
+                tracing::info!("DHCP serving {lo}-{hi} on {iface} (network {net})");
+                tasks.push(t);
+            }
+            Err(e) => {
+                state
+                    .record(NewEvent::warn("dhcp.listen", e).about(&net))
+                    .await?;
+            }
+        }
+    }
+    Ok((stats, tasks))
+}

@@ -1,0 +1,131 @@
+//! The DHCPv4 server (RFC 2131/2132, dhcproto): one socket per configured interface, bound to
+//! it, answering only there. Leases are decided in memory (`lease::Leases`, loaded at start) and
+//! made durable through the appliance's `LeaseStore` before an ACK leaves: a lease the client
+//! was told about survives a crash. Offers are not leases and are only held in memory.
+//! Malformed packets are counted and dropped.
+
+mod answer;
+mod lease;
+mod socket;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use answer::{answer, Answer};
+pub use lease::{client_key, Lease, LeaseState, Leases};
+pub use socket::serve;
+
+/// Decodes one packet. dhcproto asserts on some malformed option lengths (in debug builds) and
+/// may have other such bugs: a panic while decoding counts as malformed, it never ends the
+/// server.
+pub fn decode(bytes: &[u8]) -> Result<dhcproto::v4::Message, String> {
+    use dhcproto::{Decodable, Decoder};
+    match std::panic::catch_unwind(|| dhcproto::v4::Message::decode(&mut Decoder::new(bytes))) {
+        // chaddr() slices by hlen: more than the field's 16 bytes would panic later.
+        Ok(Ok(m)) if m.hlen() > 16 => Err(format!("hardware address length {}", m.hlen())),
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the decoder failed on it".into()),
+    }
+}
+
+/// One network the server hands out addresses on.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub network: String,
+    pub interface: String,
+    /// The appliance's address there: server identifier, router and DNS server.
+    pub server: Ipv4Addr,
+    pub prefix: u8,
+    pub range: (Ipv4Addr, Ipv4Addr),
+    pub lease_time: Duration,
+    pub domain: Option<String>,
+    pub reservations: Vec<Reservation>,
+}
+
+/// A fixed address for one client, known by MAC, client identifier or host name.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub mac: Option<[u8; 6]>,
+    pub client_id: Option<Vec<u8>>,
+    pub hostname: Option<String>,
+    pub ip: Ipv4Addr,
+}
+
+impl Pool {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let m = u32::from(self.netmask());
+        u32::from(ip) & m == u32::from(self.server) & m
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.server) | !u32::from(self.netmask()))
+    }
+
+    pub fn in_range(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.range.0)..=u32::from(self.range.1)).contains(&u32::from(ip))
+    }
+}
+
+/// Where leases are made durable. The appliance implements it over its SQLite state.
+#[async_trait::async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Every lease of `network` (bound, released or declined), at start.
+    async fn load(&self, network: &str) -> Result<Vec<Lease>, String>;
+    /// Writes `lease`, replacing the one at its address; returns once durable.
+    async fn commit(&self, network: &str, lease: &Lease) -> Result<(), String>;
+}
+
+/// What the server saw, for `status` and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub malformed: AtomicU64,
+    pub discovers: AtomicU64,
+    pub offers: AtomicU64,
+    pub requests: AtomicU64,
+    pub acks: AtomicU64,
+    pub naks: AtomicU64,
+    pub releases: AtomicU64,
+    pub declines: AtomicU64,
+    pub informs: AtomicU64,
+    pub ignored: AtomicU64,
+    /// ACKs not sent because the lease could not be made durable.
+    pub commit_failures: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("received", g(&self.received)),
+            ("malformed", g(&self.malformed)),
+            ("discovers", g(&self.discovers)),
+            ("offers", g(&self.offers)),
+            ("requests", g(&self.requests)),
+            ("acks", g(&self.acks)),
+            ("naks", g(&self.naks)),
+            ("releases", g(&self.releases)),
+            ("declines", g(&self.declines)),
+            ("informs", g(&self.informs)),
+            ("ignored", g(&self.ignored)),
+            ("commit_failures", g(&self.commit_failures)),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;

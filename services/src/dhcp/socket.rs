@@ -1,0 +1,109 @@
+//! The server's I/O: one UDP socket per pool, on port 67, bound to the pool's interface
+//! (SO_BINDTODEVICE), so a request arriving on another interface never reaches it.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use dhcproto::v4::{Message, MessageType};
+use dhcproto::{Encodable, Encoder};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use super::{answer, LeaseStore, Leases, Pool, Stats};
+
+pub const SERVER_PORT: u16 = 67;
+pub const CLIENT_PORT: u16 = 68;
+
+fn socket(interface: &str) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(interface.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, SERVER_PORT)).into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Where a reply goes (RFC 2131 4.1): to the relay, to the client's address, or broadcast on
+/// the interface (a client without an address; no ARP entry is forged for unicast).
+fn destination(req: &Message, reply: &Message) -> SocketAddr {
+    let to = |ip: Ipv4Addr, port| SocketAddr::V4(SocketAddrV4::new(ip, port));
+    if !req.giaddr().is_unspecified() {
+        return to(req.giaddr(), SERVER_PORT);
+    }
+    if reply.opts().msg_type() == Some(MessageType::Nak) || req.ciaddr().is_unspecified() {
+        return to(Ipv4Addr::BROADCAST, CLIENT_PORT);
+    }
+    to(req.ciaddr(), CLIENT_PORT)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Loads `pool`'s leases and starts answering on its interface.
+pub async fn serve(
+    pool: Pool,
+    store: Arc<dyn LeaseStore>,
+    stats: Arc<Stats>,
+) -> Result<JoinHandle<()>, String> {
+    let sock = socket(&pool.interface).map_err(|e| {
+        format!(
+            "DHCP on {} (network {}): cannot listen on port {SERVER_PORT}: {e}",
+            pool.interface, pool.network
+        )
+    })?;
+    let mut leases = Leases::new(store.load(&pool.network).await?);
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, from) = match sock.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(interface = %pool.interface, "DHCP receive: {e}");
+                    continue;
+                }
+            };
+            Stats::add(&stats.received);
+            let req = match super::decode(&buf[..n]) {
+                Ok(m) => m,
+                Err(e) => {
+                    Stats::add(&stats.malformed);
+                    tracing::debug!(%from, "DHCP: malformed packet dropped: {e}");
+                    continue;
+                }
+            };
+            let a = answer(&pool, &leases, &req, now_ms(), &stats);
+            if let Some(h) = a.hold {
+                leases.put(h);
+            }
+            if let Some(c) = a.commit {
+                // The client hears of a lease only once it is durable.
+                if let Err(e) = store.commit(&pool.network, &c).await {
+                    Stats::add(&stats.commit_failures);
+                    tracing::error!(network = %pool.network, ip = %c.ip, "DHCP: lease not recorded, no answer sent: {e}");
+                    continue;
+                }
+                leases.put(c);
+            }
+            let Some(reply) = a.reply else { continue };
+            let mut out = Vec::with_capacity(576);
+            if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
+                tracing::error!("DHCP: encoding a reply: {e}");
+                continue;
+            }
+            // Short replies are padded to the BOOTP minimum some clients expect.
+            if out.len() < 300 {
+                out.resize(300, 0);
+            }
+            let dest = destination(&req, &reply);
+            if let Err(e) = sock.send_to(&out, dest).await {
+                tracing::warn!(%dest, "DHCP send: {e}");
+            }
+        }
+    }))
+}

@@ -1,0 +1,201 @@
+//! The DHCP server with real clients in lab namespaces: busybox udhcpc and ISC dhclient get
+//! addresses from the appliance, renew, release; leases survive a crash of the appliance; a
+//! reservation wins over a dynamic lease.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use netmigrate_lab::sys::wait_for;
+use netmigrate_lab::{require_lab, Lab};
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap()
+}
+
+/// A client script that only sets the address in its namespace (never /etc/resolv.conf) and
+/// logs what it was told.
+fn script(lab: &Lab, name: &str, body: &str) -> (PathBuf, PathBuf) {
+    let log = lab.dir.join(format!("{name}.events"));
+    let path = lab.dir.join(format!("{name}.sh"));
+    std::fs::write(&path, format!("#!/bin/sh\nLOG={}\n{body}\n", log.display())).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (path, log)
+}
+
+fn udhcpc_script(lab: &Lab) -> (PathBuf, PathBuf) {
+    script(
+        lab,
+        "udhcpc",
+        r#"case "$1" in
+  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$subnet" dev "$interface"
+               echo "$1 $ip $subnet router=$router dns=$dns domain=$domain lease=$lease" >> "$LOG";;
+  deconfig)    ip addr flush dev "$interface";;
+  nak)         echo "nak" >> "$LOG";;
+esac"#,
+    )
+}
+
+fn dhclient_script(lab: &Lab) -> (PathBuf, PathBuf) {
+    script(
+        lab,
+        "dhclient",
+        r#"case "$reason" in
+  PREINIT) ip link set "$interface" up;;
+  BOUND|RENEW|REBIND|REBOOT) ip addr flush dev "$interface"
+      ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+      echo "$reason $new_ip_address" >> "$LOG";;
+  RELEASE|EXPIRE|STOP) ip addr flush dev "$interface"; echo "$reason" >> "$LOG";;
+esac"#,
+    )
+}
+
+fn addr_of(lab: &Lab, ns: &str) -> Option<String> {
+    let out = lab
+        .exec(ns, "ip", &["-4", "-o", "addr", "show", "dev", "eth0"])
+        .ok()?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .map(|a| a.split('/').next().unwrap_or("").to_string())
+}
+
+fn lease<'a>(v: &'a serde_json::Value, ip: &str) -> Option<&'a serde_json::Value> {
+    v["leases"].as_array()?.iter().find(|l| l["ip"] == ip)
+}
+
+fn udhcpc(lab: &Lab, ns: &str, script: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s",
+    ];
+    let s = script.to_str().unwrap();
+    args.push(s);
+    args.extend_from_slice(extra);
+    lab.exec(ns, "busybox", &args).unwrap()
+}
+
+#[test]
+fn real_clients_get_renew_and_release_leases_that_survive_a_crash() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let state_dir = lab.appliance_state_dir().unwrap();
+    let mut config = netmigrate_lab::appliance::network_config(&state_dir);
+    config.push_str(
+        "\n[[reservation]]\nnetwork = \"lab\"\nmac = \"52:54:00:aa:00:03\"\nip = \"10.213.0.60\"\n",
+    );
+    let mut app = lab.appliance_with(&config).unwrap();
+
+    // udhcpc, with a host name.
+    let c1 = lab.bare_node("d1").unwrap();
+    let (us, ulog) = udhcpc_script(&lab);
+    udhcpc(&lab, &c1.ns, &us, &["-x", "hostname:dhcp-one"]);
+    let ip1 = addr_of(&lab, &c1.ns).expect("udhcpc configured no address");
+    let told = std::fs::read_to_string(&ulog).unwrap();
+    eprintln!("udhcpc: {told}");
+    assert!(
+        told.starts_with(&format!("bound {ip1} 255.255.255.0 router=10.213.0.1")),
+        "{told}"
+    );
+    assert!(told.contains("lease=3600"), "{told}");
+    let ip1_n: u8 = ip1.rsplit('.').next().unwrap().parse().unwrap();
+    assert!((150..=199).contains(&ip1_n), "{ip1} outside the range");
+    let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
+    let l = lease(&v, &ip1).unwrap();
+    assert_eq!(l["state"], "bound");
+    assert_eq!(l["hostname"], "dhcp-one");
+    // It answers from its new address.
+    lab.exec(
+        &c1.ns,
+        "busybox",
+        &["ping", "-c", "1", "-W", "2", "10.213.0.1"],
+    )
+    .unwrap();
+
+    // ISC dhclient: bound, then released.
+    let c2 = lab.bare_node("d2").unwrap();
+    let (ds, dlog) = dhclient_script(&lab);
+    let (lf, pf) = (
+        lab.dir.join("dhclient.leases"),
+        lab.dir.join("dhclient.pid"),
+    );
+    let dh = |extra: &[&str]| {
+        let mut a = vec![
+            "-v",
+            "-sf",
+            ds.to_str().unwrap(),
+            "-lf",
+            lf.to_str().unwrap(),
+        ];
+        a.extend_from_slice(&["-pf", pf.to_str().unwrap()]);
+        a.extend_from_slice(extra);
+        a.push("eth0");
+        lab.exec(&c2.ns, "dhclient", &a)
+    };
+    dh(&["-1"]).unwrap();
+    let ip2 = wait_for("dhclient's address", Duration::from_secs(20), || {
+        addr_of(&lab, &c2.ns)
+    })
+    .unwrap();
+    assert_ne!(ip1, ip2);
+    assert_eq!(
+        lease(&json(&app.cli_ok(&["leases", "--json"]).unwrap()), &ip2).unwrap()["state"],
+        "bound"
+    );
+    // Renew: a second run of dhclient asks for its address again (INIT-REBOOT, then bound).
+    dh(&["-x"]).unwrap();
+    dh(&["-1"]).unwrap();
+    wait_for(
+        "dhclient's renewed address",
+        Duration::from_secs(20),
+        || addr_of(&lab, &c2.ns).filter(|a| *a == ip2),
+    )
+    .unwrap();
+    dh(&["-r"]).unwrap();
+    let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
+    assert_eq!(lease(&v, &ip2).unwrap()["state"], "released", "{v:#}");
+    eprintln!("dhclient: {}", std::fs::read_to_string(&dlog).unwrap());
+
+    // A crash: every lease is still there, and udhcpc asking again for its address keeps it.
+    lab.crash_and_restart(&mut app).unwrap();
+    let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
+    assert_eq!(lease(&v, &ip1).unwrap()["state"], "bound", "{v:#}");
+    assert_eq!(lease(&v, &ip2).unwrap()["state"], "released", "{v:#}");
+    lab.exec(&c1.ns, "ip", &["addr", "flush", "dev", "eth0"])
+        .unwrap();
+    udhcpc(&lab, &c1.ns, &us, &["-x", "hostname:dhcp-one", "-r", &ip1]);
+    assert_eq!(addr_of(&lab, &c1.ns).as_deref(), Some(ip1.as_str()));
+
+    // A reservation: this MAC gets its address, not one from the range.
+    let c3 = lab.bare_node("d3").unwrap();
+    lab.exec(
+        &c3.ns,
+        "ip",
+        &["link", "set", "eth0", "address", "52:54:00:aa:00:03"],
+    )
+    .unwrap();
+    udhcpc(&lab, &c3.ns, &us, &[]);
+    assert_eq!(addr_of(&lab, &c3.ns).as_deref(), Some("10.213.0.60"));
+
+    // Garbage on port 67 is counted and dropped; the server goes on answering.
+    lab.exec(
+        &c1.ns,
+        "python3",
+        &[
+            "-c",
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.sendto(b'not a dhcp packet', ('10.213.0.1', 67))",
+        ],
+    )
+    .unwrap();
+    let v = wait_for(
+        "the malformed packet to be counted",
+        Duration::from_secs(10),
+        || {
+            let v = json(&app.cli_ok(&["leases", "--json"]).ok()?);
+            (v["stats"]["malformed"].as_u64()? >= 1).then_some(v)
+        },
+    )
+    .unwrap();
+    // Since the restart: udhcpc's INIT-REBOOT and the reserved client.
+    assert!(v["stats"]["acks"].as_u64().unwrap() >= 2, "{v:#}");
+    eprintln!("{}", app.cli_ok(&["leases"]).unwrap());
+}
