@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: all deps build demo demo-hold paper test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
+.PHONY: all deps build demo demo-hold paper bench-dhcp test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
 
 all: build
 
@@ -57,6 +57,11 @@ bench-inventory: deps
 bench-ftp: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=target/release/netmigrate target/release/netmigrate-lab bench-ftp --mib 1024 --runs 3
+
+## bench-dhcp: perfdhcp (full DORA) against netmigrate, Kea (memfile, persist) and dnsmasq (root)
+bench-dhcp: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-dhcp
 
 ## cleanup: remove namespaces and run directories left by killed lab runs
 cleanup:

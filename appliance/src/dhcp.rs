@@ -58,25 +58,37 @@ impl LeaseStore for StateLeases {
     }
 
     async fn commit(&self, network: &str, l: &Lease) -> Result<(), String> {
-        let state = match l.state {
-            LeaseState::Bound => "bound",
-            LeaseState::Released => "released",
-            LeaseState::Declined => "declined",
-            LeaseState::Offered => return Err("an offer is not a lease".into()),
-        };
+        self.commit_all(network, std::slice::from_ref(l)).await
+    }
+
+    async fn commit_all(&self, network: &str, leases: &[Lease]) -> Result<(), String> {
+        let rows = leases
+            .iter()
+            .map(|l| new_lease(network, l))
+            .collect::<Result<Vec<_>, _>>()?;
         self.state
-            .commit_lease(NewLease {
-                network: network.to_string(),
-                ip: l.ip.to_string(),
-                client: l.client.clone(),
-                mac: mac_text(&l.mac),
-                hostname: l.hostname.clone(),
-                state,
-                expires_ms: l.expires_ms,
-            })
+            .commit_leases(rows)
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+fn new_lease(network: &str, l: &Lease) -> Result<NewLease, String> {
+    let state = match l.state {
+        LeaseState::Bound => "bound",
+        LeaseState::Released => "released",
+        LeaseState::Declined => "declined",
+        LeaseState::Offered => return Err("an offer is not a lease".into()),
+    };
+    Ok(NewLease {
+        network: network.to_string(),
+        ip: l.ip.to_string(),
+        client: l.client.clone(),
+        mac: mac_text(&l.mac),
+        hostname: l.hostname.clone(),
+        state,
+        expires_ms: l.expires_ms,
+    })
 }
 
 /// The pools `cfg` describes.

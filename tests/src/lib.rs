@@ -12,6 +12,7 @@
 //! `netmigrate-lab cleanup` removes what a killed run left.
 
 pub mod appliance;
+pub mod bench_dhcp;
 pub mod cleanup;
 pub mod guest;
 pub mod hand;

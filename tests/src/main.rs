@@ -58,6 +58,19 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         baseline_runs: usize,
     },
+    /// Benchmark the DHCP server: perfdhcp (full DORA) against netmigrate, Kea (memfile,
+    /// persist) and dnsmasq, each fresh per offered rate, in one run.
+    BenchDhcp {
+        /// Offered rates (exchanges/s), comma-separated.
+        #[arg(long, default_value = "1000,4000,8000,12000", value_delimiter = ',')]
+        rates: Vec<u32>,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 10)]
+        secs: u32,
+        /// Simulated clients.
+        #[arg(long, default_value_t = 60000)]
+        clients: u32,
+    },
     /// Remove namespaces and run directories left by lab runs that were killed.
     Cleanup {
         /// Also remove labs whose run is still alive.
@@ -70,6 +83,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Cmd::Demo { hold } => demo(hold),
+        Cmd::BenchDhcp {
+            rates,
+            secs,
+            clients,
+        } => bench_dhcp(&rates, secs, clients),
         Cmd::Paper {
             out,
             scenarios,
@@ -273,6 +291,54 @@ fn paper(
     )?;
     println!("{table}");
     println!("results in {}", out.display());
+    Ok(())
+}
+
+fn bench_dhcp(rates: &[u32], secs: u32, clients: u32) -> Result<()> {
+    anyhow::ensure!(
+        rates.iter().all(|r| (1..=20_000).contains(r)) && (1..=60).contains(&secs),
+        "rates 1 to 20000/s, 1 to 60 s per step"
+    );
+    let steps = netmigrate_lab::bench_dhcp::run(rates, secs, clients)?;
+    println!("| offered /s | netmigrate DORA/s (drops) | Kea persist (drops) | dnsmasq (drops) | netmigrate / Kea | netmigrate / dnsmasq |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for rate in rates {
+        let of = |s: &str| steps.iter().find(|x| x.server == s && x.offered == *rate);
+        let (Some(n), Some(k), Some(d)) = (of("netmigrate"), of("kea"), of("dnsmasq")) else {
+            continue;
+        };
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "| {rate} | {:.0} ({:.1} %) | {:.0} ({:.1} %) | {:.0} ({:.1} %) | {} | {} |",
+            n.dora_per_s,
+            n.drops_pct(),
+            k.dora_per_s,
+            k.drops_pct(),
+            d.dora_per_s,
+            d.drops_pct(),
+            ratio(n.dora_per_s, k.dora_per_s),
+            ratio(n.dora_per_s, d.dora_per_s)
+        );
+    }
+    let best = |s: &str| {
+        steps
+            .iter()
+            .filter(|x| x.server == s)
+            .map(|x| x.dora_per_s)
+            .fold(0.0, f64::max)
+    };
+    println!(
+        "best: netmigrate {:.0} DORA/s, Kea {:.0}, dnsmasq {:.0}",
+        best("netmigrate"),
+        best("kea"),
+        best("dnsmasq")
+    );
     Ok(())
 }
 

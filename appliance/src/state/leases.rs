@@ -37,36 +37,46 @@ fn hex(b: &[u8]) -> String {
 }
 
 impl State {
-    /// Writes `l` in one transaction; durable when this returns (WAL, synchronous=NORMAL:
+    /// Writes `leases` in one transaction; durable when this returns (WAL, synchronous=NORMAL:
     /// survives a crash of the appliance; FULL would be needed against power loss).
-    pub async fn commit_lease(&self, l: NewLease) -> Result<(), StateError> {
+    pub async fn commit_leases(&self, leases: Vec<NewLease>) -> Result<(), StateError> {
         self.write(move |tx| {
-            if !l.client.is_empty() {
-                tx.execute(
-                    "DELETE FROM leases WHERE network = ?1 AND client = ?2 AND ip != ?3",
-                    params![l.network, l.client, l.ip],
-                )?;
+            for l in leases {
+                commit(tx, &l)?;
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO leases
-                   (network, ip, client, mac, hostname, state, expires_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    l.network,
-                    l.ip,
-                    l.client,
-                    l.mac,
-                    l.hostname,
-                    l.state,
-                    l.expires_ms,
-                    now_ms()
-                ],
-            )?;
             Ok(())
         })
         .await
     }
+}
 
+/// One lease row; a client keeps one address per network, so its other rows go.
+fn commit(tx: &rusqlite::Transaction, l: &NewLease) -> Result<(), StateError> {
+    if !l.client.is_empty() {
+        tx.execute(
+            "DELETE FROM leases WHERE network = ?1 AND client = ?2 AND ip != ?3",
+            params![l.network, l.client, l.ip],
+        )?;
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO leases
+           (network, ip, client, mac, hostname, state, expires_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            l.network,
+            l.ip,
+            l.client,
+            l.mac,
+            l.hostname,
+            l.state,
+            l.expires_ms,
+            now_ms()
+        ],
+    )?;
+    Ok(())
+}
+
+impl State {
     /// The leases of `network` (all networks when None), with the raw client identity.
     pub async fn leases_raw(
         &self,

@@ -78,6 +78,9 @@ pub fn client_key(client_id: Option<&[u8]>, mac: &[u8; 6]) -> Vec<u8> {
 pub struct Leases {
     by_ip: HashMap<Ipv4Addr, Lease>,
     by_client: HashMap<Vec<u8>, Ipv4Addr>,
+    /// Where the search for a never-leased address goes on (offset into the range): each
+    /// allocation is amortized O(1) instead of a scan of the whole range.
+    cursor: std::cell::Cell<u32>,
 }
 
 impl Leases {
@@ -145,18 +148,25 @@ impl Leases {
         }
     }
 
-    /// The first address of the range that is free for `client`, preferring ones never leased
-    /// (so a released address goes back to its last client if it returns).
+    /// An address of the range free for `who`: one never leased first (searched from where the
+    /// last search ended), so that a released address goes back to its last client if it
+    /// returns; else the one whose lease ended longest ago.
     pub fn pick(&self, pool: &Pool, who: &Who, now_ms: i64) -> Option<Ipv4Addr> {
         let (lo, hi) = (u32::from(pool.range.0), u32::from(pool.range.1));
-        let range = (lo..=hi).map(Ipv4Addr::from);
-        let fresh = range
-            .clone()
-            .find(|ip| !self.by_ip.contains_key(ip) && self.free_for(pool, *ip, who, now_ms));
-        fresh.or_else(|| {
-            range
-                .filter(|ip| self.free_for(pool, *ip, who, now_ms))
-                .min_by_key(|ip| self.by_ip.get(ip).map(|l| l.expires_ms).unwrap_or(0))
-        })
+        let size = hi.checked_sub(lo)? + 1;
+        let start = self.cursor.get() % size;
+        for i in 0..size {
+            let off = (start + i) % size;
+            let ip = Ipv4Addr::from(lo + off);
+            if !self.by_ip.contains_key(&ip) && self.free_for(pool, ip, who, now_ms) {
+                self.cursor.set(off + 1);
+                return Some(ip);
+            }
+        }
+        self.by_ip
+            .values()
+            .filter(|l| pool.in_range(l.ip) && self.free_for(pool, l.ip, who, now_ms))
+            .min_by_key(|l| l.expires_ms)
+            .map(|l| l.ip)
     }
 }

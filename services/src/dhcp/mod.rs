@@ -83,6 +83,14 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn load(&self, network: &str) -> Result<Vec<Lease>, String>;
     /// Writes `lease`, replacing the one at its address; returns once durable.
     async fn commit(&self, network: &str, lease: &Lease) -> Result<(), String>;
+    /// Writes several leases at once (in one transaction where the store can): the server
+    /// groups the commits of the requests that arrived together.
+    async fn commit_all(&self, network: &str, leases: &[Lease]) -> Result<(), String> {
+        for l in leases {
+            self.commit(network, l).await?;
+        }
+        Ok(())
+    }
 }
 
 /// What the server saw, for `status` and metrics.

@@ -13,6 +13,8 @@ use super::{answer, LeaseStore, Leases, Pool, Stats};
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
+/// Requests answered together at most, their leases committed in one transaction.
+const BATCH: usize = 64;
 
 fn socket(interface: &str) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -61,48 +63,78 @@ pub async fn serve(
     Ok(tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
-            let (n, from) = match sock.recv_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(interface = %pool.interface, "DHCP receive: {e}");
+            // Wait for one request, then take what else has arrived (up to BATCH): their
+            // leases are committed together, in one transaction, before any reply leaves.
+            let mut batch: Vec<(Message, Message)> = Vec::new();
+            let mut commits = Vec::new();
+            let mut first = true;
+            while batch.len() < BATCH {
+                let got = if first {
+                    sock.recv_from(&mut buf).await
+                } else {
+                    match sock.try_recv_from(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        r => r,
+                    }
+                };
+                first = false;
+                let (n, from) = match got {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(interface = %pool.interface, "DHCP receive: {e}");
+                        break;
+                    }
+                };
+                Stats::add(&stats.received);
+                let req = match super::decode(&buf[..n]) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        Stats::add(&stats.malformed);
+                        tracing::debug!(%from, "DHCP: malformed packet dropped: {e}");
+                        continue;
+                    }
+                };
+                let a = answer(&pool, &leases, &req, now_ms(), &stats);
+                if let Some(h) = a.hold {
+                    leases.put(h);
+                }
+                if let Some(c) = a.commit {
+                    commits.push(c.clone());
+                    leases.put(c);
+                }
+                if let Some(r) = a.reply {
+                    batch.push((req, r));
+                }
+            }
+            if !commits.is_empty() {
+                // The clients hear of their leases only once they are durable.
+                if let Err(e) = store.commit_all(&pool.network, &commits).await {
+                    for _ in &commits {
+                        Stats::add(&stats.commit_failures);
+                    }
+                    tracing::error!(network = %pool.network, "DHCP: {} lease(s) not recorded, no answers sent: {e}", commits.len());
+                    // What memory believes may now differ from the store: read it back.
+                    match store.load(&pool.network).await {
+                        Ok(l) => leases = Leases::new(l),
+                        Err(e) => tracing::error!("DHCP: reloading leases: {e}"),
+                    }
                     continue;
                 }
-            };
-            Stats::add(&stats.received);
-            let req = match super::decode(&buf[..n]) {
-                Ok(m) => m,
-                Err(e) => {
-                    Stats::add(&stats.malformed);
-                    tracing::debug!(%from, "DHCP: malformed packet dropped: {e}");
+            }
+            for (req, reply) in batch {
+                let mut out = Vec::with_capacity(576);
+                if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
+                    tracing::error!("DHCP: encoding a reply: {e}");
                     continue;
                 }
-            };
-            let a = answer(&pool, &leases, &req, now_ms(), &stats);
-            if let Some(h) = a.hold {
-                leases.put(h);
-            }
-            if let Some(c) = a.commit {
-                // The client hears of a lease only once it is durable.
-                if let Err(e) = store.commit(&pool.network, &c).await {
-                    Stats::add(&stats.commit_failures);
-                    tracing::error!(network = %pool.network, ip = %c.ip, "DHCP: lease not recorded, no answer sent: {e}");
-                    continue;
+                // Short replies are padded to the BOOTP minimum some clients expect.
+                if out.len() < 300 {
+                    out.resize(300, 0);
                 }
-                leases.put(c);
-            }
-            let Some(reply) = a.reply else { continue };
-            let mut out = Vec::with_capacity(576);
-            if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
-                tracing::error!("DHCP: encoding a reply: {e}");
-                continue;
-            }
-            // Short replies are padded to the BOOTP minimum some clients expect.
-            if out.len() < 300 {
-                out.resize(300, 0);
-            }
-            let dest = destination(&req, &reply);
-            if let Err(e) = sock.send_to(&out, dest).await {
-                tracing::warn!(%dest, "DHCP send: {e}");
+                let dest = destination(&req, &reply);
+                if let Err(e) = sock.send_to(&out, dest).await {
+                    tracing::warn!(%dest, "DHCP send: {e}");
+                }
             }
         }
     }))
