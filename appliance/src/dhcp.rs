@@ -6,7 +6,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use netmigrate_services::dhcp::{self, Lease, LeaseState, LeaseStore, Pool, Reservation, Stats};
+use netmigrate_services::dhcp::{
+    self, Lease, LeaseEvent, LeaseState, LeaseStore, Pool, Reservation, Stats,
+};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -16,6 +19,49 @@ use crate::Error;
 /// Leases over the appliance's state.
 pub struct StateLeases {
     pub state: State,
+    /// Lease changes on their way to the events table and the script (off the ACK path).
+    changes: mpsc::Sender<(String, LeaseEvent, Lease)>,
+}
+
+/// Lease changes queued for events and the script; beyond this they are dropped and said so.
+const CHANGES_QUEUED: usize = 4096;
+
+/// Records each lease change as a `dhcp.lease` event and runs `script` on it, one at a time.
+async fn follow_changes(
+    state: State,
+    script: Option<std::path::PathBuf>,
+    mut rx: mpsc::Receiver<(String, LeaseEvent, Lease)>,
+) {
+    while let Some((network, event, l)) = rx.recv().await {
+        let (mac, ip) = (mac_text(&l.mac), l.ip.to_string());
+        let host = l.hostname.clone().unwrap_or_default();
+        let _ = state
+            .record(
+                NewEvent::info(
+                    "dhcp.lease",
+                    format!("{} {ip} {mac} {host}", event.as_str())
+                        .trim_end()
+                        .to_string(),
+                )
+                .about(&network),
+            )
+            .await;
+        let Some(script) = &script else { continue };
+        let mut cmd = tokio::process::Command::new(script);
+        cmd.args([event.as_str(), &mac, &ip]);
+        if !host.is_empty() {
+            cmd.arg(&host);
+        }
+        cmd.env("NETMIGRATE_NETWORK", &network)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), cmd.status()).await {
+            Ok(Ok(st)) if st.success() => {}
+            Ok(Ok(st)) => tracing::warn!("dhcp script {}: {st}", script.display()),
+            Ok(Err(e)) => tracing::warn!("dhcp script {}: {e}", script.display()),
+            Err(_) => tracing::warn!("dhcp script {} took over 10 s; killed", script.display()),
+        }
+    }
 }
 
 fn mac_text(m: &[u8; 6]) -> String {
@@ -70,6 +116,18 @@ impl LeaseStore for StateLeases {
             .commit_leases(rows)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn changed(&self, network: &str, changes: Vec<(LeaseEvent, Lease)>) {
+        for (event, l) in changes {
+            if self
+                .changes
+                .try_send((network.to_string(), event, l))
+                .is_err()
+            {
+                tracing::warn!("DHCP: lease events are behind; one was dropped");
+            }
+        }
     }
 }
 
@@ -132,10 +190,16 @@ pub async fn start(
     state: &State,
 ) -> Result<(Arc<Stats>, Vec<JoinHandle<()>>), Error> {
     let stats = Arc::new(Stats::default());
+    let (tx, rx) = mpsc::channel(CHANGES_QUEUED);
+    let mut tasks = vec![tokio::spawn(follow_changes(
+        state.clone(),
+        cfg.dhcp.script.clone(),
+        rx,
+    ))];
     let store: Arc<dyn LeaseStore> = Arc::new(StateLeases {
         state: state.clone(),
+        changes: tx,
     });
-    let mut tasks = Vec::new();
     for pool in pools(cfg) {
         let (net, iface) = (pool.network.clone(), pool.interface.clone());
         let (lo, hi): (Ipv4Addr, Ipv4Addr) = pool.range;

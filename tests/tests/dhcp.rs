@@ -82,6 +82,21 @@ fn real_clients_get_renew_and_release_leases_that_survive_a_crash() {
     config.push_str(
         "\n[[reservation]]\nnetwork = \"lab\"\nmac = \"52:54:00:aa:00:03\"\nip = \"10.213.0.60\"\n",
     );
+    // dnsmasq's dhcp-script convention: ACTION MAC IP [HOSTNAME], one call per change.
+    let (hook, hook_log) = script(&lab, "lease-hook", r#"echo "$@" >> "$LOG""#);
+    config.push_str(&format!("\n[dhcp]\nscript = \"{}\"\n", hook.display()));
+    let hook_says = |line: &str| {
+        wait_for(
+            &format!("the lease script to say `{line}`"),
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&hook_log)
+                    .ok()
+                    .filter(|t| t.lines().any(|l| l == line))
+            },
+        )
+        .unwrap()
+    };
     let mut app = lab.appliance_with(&config).unwrap();
 
     // udhcpc, with a host name.
@@ -102,6 +117,8 @@ fn real_clients_get_renew_and_release_leases_that_survive_a_crash() {
     let l = lease(&v, &ip1).unwrap();
     assert_eq!(l["state"], "bound");
     assert_eq!(l["hostname"], "dhcp-one");
+    let mac1 = l["mac"].as_str().unwrap().to_string();
+    hook_says(&format!("add {mac1} {ip1} dhcp-one"));
     // It answers from its new address.
     lab.exec(
         &c1.ns,
@@ -152,6 +169,18 @@ fn real_clients_get_renew_and_release_leases_that_survive_a_crash() {
     dh(&["-r"]).unwrap();
     let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
     assert_eq!(lease(&v, &ip2).unwrap()["state"], "released", "{v:#}");
+    let l2 = lease(&v, &ip2).unwrap();
+    let (mac2, host2) = (
+        l2["mac"].as_str().unwrap(),
+        l2["hostname"].as_str().unwrap_or(""),
+    );
+    let with_host = |a: &str| format!("{a} {mac2} {ip2} {host2}").trim_end().to_string();
+    let said = hook_says(&with_host("del"));
+    assert!(said.lines().any(|l| l == with_host("add")), "{said}");
+    // The second dhclient run asked again for the address it held: a renewal.
+    assert!(said.lines().any(|l| l == with_host("old")), "{said}");
+    let events = app.cli_ok(&["events", "--limit", "200"]).unwrap();
+    assert!(events.contains("dhcp.lease"), "{events}");
     eprintln!("dhclient: {}", std::fs::read_to_string(&dlog).unwrap());
 
     // A crash: every lease is still there, and udhcpc asking again for its address keeps it.

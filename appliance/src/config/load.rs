@@ -24,6 +24,7 @@ const TOP_KEYS: &[&str] = &[
     "router",
     "placement",
     "migration",
+    "dhcp",
     "host",
 ];
 
@@ -95,6 +96,10 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         .table(&mut cx.p, "migration")
         .map(|t| cx.migration(t))
         .unwrap_or_default();
+    let dhcp = root
+        .table(&mut cx.p, "dhcp")
+        .map(|t| cx.dhcp(t))
+        .unwrap_or_default();
     let hosts: Vec<_> = root
         .tables(&mut cx.p, "host")
         .into_iter()
@@ -135,6 +140,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         router: router.map(|r| r.value),
         placement,
         migration,
+        dhcp,
         hosts: hosts.into_iter().map(|h| h.value).collect(),
     })
 }
@@ -649,6 +655,36 @@ impl Cx<'_> {
         pc
     }
 
+    fn dhcp(&mut self, t: Table) -> DhcpConfig {
+        let mut dc = DhcpConfig::default();
+        if let Some(s) = t.string(&mut self.p, "script") {
+            dc.script = self.script(&s.value, &s.span, "dhcp.script");
+        }
+        t.finish(&mut self.p, &["script"]);
+        dc
+    }
+
+    /// An executable file the appliance will run, or the problem reported at `key`.
+    fn script(&mut self, value: &str, span: &Range<usize>, key: &str) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path(value);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Some(path),
+            Ok(_) => {
+                self.p.at(
+                    span,
+                    key,
+                    format!("`{}` is not an executable file", path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                self.p.at(span, key, format!("`{}`: {e}", path.display()));
+                None
+            }
+        }
+    }
+
     fn migration(&mut self, t: Table) -> MigrationConfig {
         let mut mc = MigrationConfig::default();
         if let Some(n) = t.integer_in(&mut self.p, "max_per_host", 1..=64, |v| {
@@ -673,20 +709,7 @@ impl Cx<'_> {
             }
         }
         if let Some(s) = t.string(&mut self.p, "after_move") {
-            let path = self.path(&s.value);
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => mc.after_move = Some(path),
-                Ok(_) => self.p.at(
-                    &s.span,
-                    "migration.after_move",
-                    format!("`{}` is not a file", path.display()),
-                ),
-                Err(e) => self.p.at(
-                    &s.span,
-                    "migration.after_move",
-                    format!("`{}`: {e}", path.display()),
-                ),
-            }
+            mc.after_move = self.script(&s.value, &s.span, "migration.after_move");
         }
         if let Some((d, span)) = t.parse(&mut self.p, "hook_timeout", values::parse_duration) {
             if d.is_zero() || d > Duration::from_secs(600) {

@@ -31,7 +31,16 @@ pub struct Config {
     pub router: Option<RouterConfig>,
     pub placement: PlacementConfig,
     pub migration: MigrationConfig,
+    pub dhcp: DhcpConfig,
     pub hosts: Vec<HostConfig>,
+}
+
+/// The DHCP server's settings beyond each network's range.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DhcpConfig {
+    /// Run on each lease change as `SCRIPT add|old|del MAC IP [HOSTNAME]` (dnsmasq's
+    /// dhcp-script), one at a time.
+    pub script: Option<PathBuf>,
 }
 
 /// How batches of moves run.

@@ -91,6 +91,30 @@ pub trait LeaseStore: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// Told after a commit what it meant (dnsmasq's dhcp-script actions), for events and hooks.
+    /// Must not block: the replies wait for it.
+    fn changed(&self, _network: &str, _changes: Vec<(LeaseEvent, Lease)>) {}
+}
+
+/// What a committed lease change means to the outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A client got an address it did not hold.
+    Add,
+    /// A client renewed (or re-requested) the address it holds.
+    Old,
+    /// The address was released or declined.
+    Del,
+}
+
+impl LeaseEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseEvent::Add => "add",
+            LeaseEvent::Old => "old",
+            LeaseEvent::Del => "del",
+        }
+    }
 }
 
 /// What the server saw, for `status` and metrics.

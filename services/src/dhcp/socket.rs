@@ -9,7 +9,7 @@ use dhcproto::{Encodable, Encoder};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use super::{answer, LeaseStore, Leases, Pool, Stats};
+use super::{answer, LeaseEvent, LeaseState, LeaseStore, Leases, Pool, Stats};
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
@@ -94,12 +94,26 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let a = answer(&pool, &leases, &req, now_ms(), &stats);
+                let now = now_ms();
+                let a = answer(&pool, &leases, &req, now, &stats);
                 if let Some(h) = a.hold {
                     leases.put(h);
                 }
                 if let Some(c) = a.commit {
-                    commits.push(c.clone());
+                    let event = match c.state {
+                        LeaseState::Bound => {
+                            let held = leases.at(c.ip).is_some_and(|p| {
+                                p.state == LeaseState::Bound && p.client == c.client && p.holds(now)
+                            });
+                            if held {
+                                LeaseEvent::Old
+                            } else {
+                                LeaseEvent::Add
+                            }
+                        }
+                        _ => LeaseEvent::Del,
+                    };
+                    commits.push((event, c.clone()));
                     leases.put(c);
                 }
                 if let Some(r) = a.reply {
@@ -108,7 +122,8 @@ pub async fn serve(
             }
             if !commits.is_empty() {
                 // The clients hear of their leases only once they are durable.
-                if let Err(e) = store.commit_all(&pool.network, &commits).await {
+                let rows: Vec<_> = commits.iter().map(|(_, l)| l.clone()).collect();
+                if let Err(e) = store.commit_all(&pool.network, &rows).await {
                     for _ in &commits {
                         Stats::add(&stats.commit_failures);
                     }
@@ -120,6 +135,7 @@ pub async fn serve(
                     }
                     continue;
                 }
+                store.changed(&pool.network, commits);
             }
             for (req, reply) in batch {
                 let mut out = Vec::with_capacity(576);
