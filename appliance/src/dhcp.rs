@@ -21,46 +21,59 @@ pub struct StateLeases {
     pub state: State,
     /// Lease changes on their way to the events table and the script (off the ACK path).
     changes: mpsc::Sender<(String, LeaseEvent, Lease)>,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 /// Lease changes queued for events and the script; beyond this they are dropped and said so.
 const CHANGES_QUEUED: usize = 4096;
 
-/// Records each lease change as a `dhcp.lease` event and runs `script` on it, one at a time.
+/// Records each lease change as a `dhcp.lease` event (a burst in one transaction) and runs
+/// `script` on it, one at a time.
 async fn follow_changes(
     state: State,
     script: Option<std::path::PathBuf>,
     mut rx: mpsc::Receiver<(String, LeaseEvent, Lease)>,
 ) {
-    while let Some((network, event, l)) = rx.recv().await {
-        let (mac, ip) = (mac_text(&l.mac), l.ip.to_string());
-        let host = l.hostname.clone().unwrap_or_default();
-        let _ = state
-            .record(
+    let mut burst = Vec::new();
+    while rx.recv_many(&mut burst, 256).await > 0 {
+        let events = burst
+            .iter()
+            .map(|(network, event, l)| {
+                let host = l.hostname.clone().unwrap_or_default();
                 NewEvent::info(
                     "dhcp.lease",
-                    format!("{} {ip} {mac} {host}", event.as_str())
+                    format!("{} {} {} {host}", event.as_str(), l.ip, mac_text(&l.mac))
                         .trim_end()
                         .to_string(),
                 )
-                .about(&network),
-            )
-            .await;
-        let Some(script) = &script else { continue };
-        let mut cmd = tokio::process::Command::new(script);
-        cmd.args([event.as_str(), &mac, &ip]);
-        if !host.is_empty() {
-            cmd.arg(&host);
+                .about(network)
+            })
+            .collect();
+        let _ = state.record_all(events).await;
+        for (network, event, l) in burst.drain(..) {
+            if let Some(script) = &script {
+                run_script(script, &network, event, &l).await;
+            }
         }
-        cmd.env("NETMIGRATE_NETWORK", &network)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        match tokio::time::timeout(std::time::Duration::from_secs(10), cmd.status()).await {
-            Ok(Ok(st)) if st.success() => {}
-            Ok(Ok(st)) => tracing::warn!("dhcp script {}: {st}", script.display()),
-            Ok(Err(e)) => tracing::warn!("dhcp script {}: {e}", script.display()),
-            Err(_) => tracing::warn!("dhcp script {} took over 10 s; killed", script.display()),
-        }
+    }
+}
+
+/// `SCRIPT add|old|del MAC IP [HOSTNAME]`, as dnsmasq's dhcp-script.
+async fn run_script(script: &std::path::Path, network: &str, event: LeaseEvent, l: &Lease) {
+    let (mac, ip) = (mac_text(&l.mac), l.ip.to_string());
+    let mut cmd = tokio::process::Command::new(script);
+    cmd.args([event.as_str(), &mac, &ip]);
+    if let Some(h) = &l.hostname {
+        cmd.arg(h);
+    }
+    cmd.env("NETMIGRATE_NETWORK", network)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), cmd.status()).await {
+        Ok(Ok(st)) if st.success() => {}
+        Ok(Ok(st)) => tracing::warn!("dhcp script {}: {st}", script.display()),
+        Ok(Err(e)) => tracing::warn!("dhcp script {}: {e}", script.display()),
+        Err(_) => tracing::warn!("dhcp script {} took over 10 s; killed", script.display()),
     }
 }
 
@@ -125,7 +138,13 @@ impl LeaseStore for StateLeases {
                 .try_send((network.to_string(), event, l))
                 .is_err()
             {
-                tracing::warn!("DHCP: lease events are behind; one was dropped");
+                // Said once per thousand, not once per lost event.
+                let n = self
+                    .dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_multiple_of(1000) {
+                    tracing::warn!("DHCP: lease events are behind; {} dropped so far", n + 1);
+                }
             }
         }
     }
@@ -199,6 +218,7 @@ pub async fn start(
     let store: Arc<dyn LeaseStore> = Arc::new(StateLeases {
         state: state.clone(),
         changes: tx,
+        dropped: Default::default(),
     });
     for pool in pools(cfg) {
         let (net, iface) = (pool.network.clone(), pool.interface.clone());

@@ -154,6 +154,39 @@ impl State {
         Ok(id)
     }
 
+    /// Records several events in one transaction (for bursts, e.g. DHCP lease changes).
+    pub async fn record_all(&self, events: Vec<NewEvent>) -> Result<(), StateError> {
+        for e in &events {
+            tracing::info!(
+                kind = e.kind,
+                subject = e.subject.as_deref(),
+                "{}",
+                e.message
+            );
+        }
+        let at_ms = now_ms();
+        let ids = self
+            .write(move |tx| {
+                let mut ids = Vec::new();
+                for e in events {
+                    ids.push((insert(tx, &e)?, e));
+                }
+                Ok(ids)
+            })
+            .await?;
+        for (id, e) in ids {
+            self.notify(super::Notice::Event {
+                id,
+                at_ms,
+                level: e.level.as_str().into(),
+                event: e.kind.into(),
+                subject: e.subject,
+                message: e.message,
+            });
+        }
+        Ok(())
+    }
+
     pub async fn events(&self, limit: u32) -> Result<Vec<Event>, StateError> {
         self.read(move |c| Ok(recent(c, limit)?)).await
     }
