@@ -124,6 +124,18 @@ impl Leases {
         self.by_ip.get(&ip)
     }
 
+    /// Bound leases whose time has run out at `now`, as they are to be recorded: released.
+    pub fn expired(&self, now_ms: i64) -> Vec<Lease> {
+        self.by_ip
+            .values()
+            .filter(|l| l.state == LeaseState::Bound && l.expires_ms <= now_ms)
+            .map(|l| Lease {
+                state: LeaseState::Released,
+                ..l.clone()
+            })
+            .collect()
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &Lease> {
         self.by_ip.values()
     }

@@ -15,6 +15,8 @@ pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
 /// Requests answered together at most, their leases committed in one transaction.
 const BATCH: usize = 64;
+/// How often leases that ran out are looked for.
+const RECLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn socket(interface: &str) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -62,6 +64,8 @@ pub async fn serve(
     let mut leases = Leases::new(store.load(&pool.network).await?);
     Ok(tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
+        let mut reclaim = tokio::time::interval(RECLAIM_EVERY);
+        reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Wait for one request, then take what else has arrived (up to BATCH): their
             // leases are committed together, in one transaction, before any reply leaves.
@@ -70,7 +74,28 @@ pub async fn serve(
             let mut first = true;
             while batch.len() < BATCH {
                 let got = if first {
-                    sock.recv_from(&mut buf).await
+                    tokio::select! {
+                        r = sock.recv_from(&mut buf) => r,
+                        _ = reclaim.tick() => {
+                            // Leases that ran out are recorded as ended, with a `del` event.
+                            let ended = leases.expired(now_ms());
+                            if !ended.is_empty() {
+                                match store.commit_all(&pool.network, &ended).await {
+                                    Ok(()) => {
+                                        for l in &ended {
+                                            leases.put(l.clone());
+                                        }
+                                        store.changed(
+                                            &pool.network,
+                                            ended.into_iter().map(|l| (LeaseEvent::Del, l)).collect(),
+                                        );
+                                    }
+                                    Err(e) => tracing::warn!(network = %pool.network, "DHCP: recording expired leases: {e}"),
+                                }
+                            }
+                            continue;
+                        }
+                    }
                 } else {
                     match sock.try_recv_from(&mut buf) {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

@@ -227,6 +227,18 @@ fn expired_leases_are_reused() {
 }
 
 #[test]
+fn leases_that_ran_out_are_found_for_reclaiming() {
+    let (p, mut l) = (pool(), Leases::default());
+    let ip = dora(&p, &mut l, mac(1));
+    assert!(l.expired(NOW + 3_599_999).is_empty());
+    let ended = l.expired(NOW + 3_600_000);
+    assert_eq!(ended.len(), 1);
+    assert_eq!((ended[0].ip, ended[0].state), (ip, LeaseState::Released));
+    l.put(ended[0].clone());
+    assert!(l.expired(NOW + 7_200_000).is_empty());
+}
+
+#[test]
 fn inform_gets_options_without_a_lease() {
     let (p, mut l) = (pool(), Leases::default());
     let mut inf = msg(MessageType::Inform, mac(1));
