@@ -12,6 +12,7 @@ use netmigrate_services::dhcp::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::config::values::Mac;
 use crate::config::Config;
 use crate::state::{NewEvent, NewLease, State};
 use crate::Error;
@@ -61,36 +62,24 @@ async fn follow_changes(
 /// `SCRIPT add|old|del MAC IP [HOSTNAME]`, as dnsmasq's dhcp-script.
 async fn run_script(script: &std::path::Path, network: &str, event: LeaseEvent, l: &Lease) {
     let (mac, ip) = (mac_text(&l.mac), l.ip.to_string());
-    let mut cmd = tokio::process::Command::new(script);
-    cmd.args([event.as_str(), &mac, &ip]);
+    let mut args = vec![event.as_str(), &mac, &ip];
     if let Some(h) = &l.hostname {
-        cmd.arg(h);
+        args.push(h);
     }
-    cmd.env("NETMIGRATE_NETWORK", network)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    match tokio::time::timeout(std::time::Duration::from_secs(10), cmd.status()).await {
-        Ok(Ok(st)) if st.success() => {}
-        Ok(Ok(st)) => tracing::warn!("dhcp script {}: {st}", script.display()),
-        Ok(Err(e)) => tracing::warn!("dhcp script {}: {e}", script.display()),
-        Err(_) => tracing::warn!("dhcp script {} took over 10 s; killed", script.display()),
+    let timeout = std::time::Duration::from_secs(10);
+    if let Err(e) =
+        crate::script::run(script, &args, ("NETMIGRATE_NETWORK", network), timeout).await
+    {
+        tracing::warn!("dhcp script: {e}");
     }
 }
 
 fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    Mac(*m).to_string()
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    v.try_into().ok()
+    s.parse::<Mac>().ok().map(|m| m.0)
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod network;
 pub mod placement;
 pub mod planner;
+pub mod script;
 pub mod state;
 
 /// The appliance's error; the binary turns it into one line and an exit code.

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use netmigrate_lab::guest::{initramfs, kernel};
 use netmigrate_lab::Prober;
 use netmigrate_lab::{require_lab, Lab};
 use netmigrate_lab::{Appliance, Host};
@@ -16,36 +15,9 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()
 }
 
-/// Defines VM `n` (vmN at 10.213.0.(20 + n)) booting the lab's kernel and initramfs.
+/// Defines VM `n` (vmN at 10.213.0.(20 + n), 128 MiB) booting the lab's kernel and initramfs.
 fn define(app: &Appliance, n: u8) -> (String, std::net::Ipv4Addr) {
-    define_with_mem(app, n, "128")
-}
-
-/// `define` with `mem` MiB (also to redefine a VM).
-fn define_with_mem(app: &Appliance, n: u8, mem: &str) -> (String, std::net::Ipv4Addr) {
-    let name = format!("vm{n}");
-    let ip = std::net::Ipv4Addr::new(10, 213, 0, 20 + n);
-    let k = kernel().unwrap();
-    let i = initramfs().unwrap();
-    app.cli_ok(&[
-        "vm",
-        "define",
-        &name,
-        "--mem",
-        mem,
-        "--mac",
-        &format!("52:54:00:d5:00:{:02x}", 20 + n),
-        "--ip",
-        &ip.to_string(),
-        "--kernel",
-        k.to_str().unwrap(),
-        "--initrd",
-        i.to_str().unwrap(),
-        "--append",
-        &format!("console=ttyS0 quiet nm_ip={ip}/24 nm_name={name}"),
-    ])
-    .unwrap();
-    (name, ip)
+    app.define_guest(n, 128, 1).unwrap()
 }
 
 fn ports(h: &Host) -> Vec<String> {
@@ -421,12 +393,12 @@ fn faults_on_the_target_roll_back_and_leave_the_vm_where_it_was() {
     still_on_a("OVS refusing the port");
 
     // No room: the VM's definition now asks for more memory than hostC has free.
-    define_with_mem(&app, 3, "1048576");
+    app.define_guest(3, 1_048_576, 1).unwrap();
     let o = app.cli(&["migrate", &vm, "--to", "hostC"]).unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no room on hostC for vm3"), "{err}");
-    define_with_mem(&app, 3, "128");
+    app.define_guest(3, 128, 1).unwrap();
     still_on_a("no room");
 
     // The target is cut off (its switch is down, so nothing reaches it): refused up front.

@@ -46,35 +46,14 @@ impl AfterMove for Script {
 
     async fn moved(&self, m: &Moved) -> Result<(), String> {
         let ip = m.ip.map(|i| i.to_string()).unwrap_or_default();
-        let child = tokio::process::Command::new(&self.path)
-            .args(["moved", &m.vm, &m.from, &m.to, &m.mac, &ip])
-            .env("NETMIGRATE_MIGRATION", m.migration.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
-            .await
-            .map_err(|_| {
-                format!(
-                    "{} did not finish within {} s and was killed",
-                    self.path.display(),
-                    self.timeout.as_secs()
-                )
-            })?
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(format!(
-                "{} exited with {}: {}",
-                self.path.display(),
-                out.status,
-                err.trim().lines().last().unwrap_or("")
-            ));
-        }
-        Ok(())
+        let id = m.migration.to_string();
+        crate::script::run(
+            &self.path,
+            &["moved", &m.vm, &m.from, &m.to, &m.mac, &ip],
+            ("NETMIGRATE_MIGRATION", &id),
+            self.timeout,
+        )
+        .await
     }
 }
 

@@ -119,62 +119,34 @@ pub fn count(c: &Connection) -> rusqlite::Result<i64> {
 impl State {
     /// Records an event and logs it through tracing.
     pub async fn record(&self, e: NewEvent) -> Result<i64, StateError> {
-        match e.level {
-            Level::Info => tracing::info!(
-                kind = e.kind,
-                subject = e.subject.as_deref(),
-                "{}",
-                e.message
-            ),
-            Level::Warn => tracing::warn!(
-                kind = e.kind,
-                subject = e.subject.as_deref(),
-                "{}",
-                e.message
-            ),
-            Level::Error => tracing::error!(
-                kind = e.kind,
-                subject = e.subject.as_deref(),
-                "{}",
-                e.message
-            ),
-        }
-        let (level, kind, subject, message) =
-            (e.level, e.kind, e.subject.clone(), e.message.clone());
-        let at_ms = now_ms();
-        let id = self.write(move |tx| Ok(insert(tx, &e)?)).await?;
-        self.notify(super::Notice::Event {
-            id,
-            at_ms,
-            level: level.as_str().into(),
-            event: kind.into(),
-            subject,
-            message,
-        });
-        Ok(id)
+        let ids = self.record_all(vec![e]).await?;
+        Ok(ids[0])
     }
 
-    /// Records several events in one transaction (for bursts, e.g. DHCP lease changes).
-    pub async fn record_all(&self, events: Vec<NewEvent>) -> Result<(), StateError> {
+    /// Records events in one transaction (a burst, e.g. DHCP lease changes), logs each at its
+    /// level and tells watchers; returns their ids.
+    pub async fn record_all(&self, events: Vec<NewEvent>) -> Result<Vec<i64>, StateError> {
         for e in &events {
-            tracing::info!(
-                kind = e.kind,
-                subject = e.subject.as_deref(),
-                "{}",
-                e.message
-            );
+            let subject = e.subject.as_deref();
+            match e.level {
+                Level::Info => tracing::info!(kind = e.kind, subject, "{}", e.message),
+                Level::Warn => tracing::warn!(kind = e.kind, subject, "{}", e.message),
+                Level::Error => tracing::error!(kind = e.kind, subject, "{}", e.message),
+            }
         }
         let at_ms = now_ms();
-        let ids = self
+        let written = self
             .write(move |tx| {
-                let mut ids = Vec::new();
+                let mut written = Vec::new();
                 for e in events {
-                    ids.push((insert(tx, &e)?, e));
+                    written.push((insert(tx, &e)?, e));
                 }
-                Ok(ids)
+                Ok(written)
             })
             .await?;
-        for (id, e) in ids {
+        let mut ids = Vec::with_capacity(written.len());
+        for (id, e) in written {
+            ids.push(id);
             self.notify(super::Notice::Event {
                 id,
                 at_ms,
@@ -184,7 +156,7 @@ impl State {
                 message: e.message,
             });
         }
-        Ok(())
+        Ok(ids)
     }
 
     pub async fn events(&self, limit: u32) -> Result<Vec<Event>, StateError> {
