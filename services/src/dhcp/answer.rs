@@ -3,10 +3,11 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{fqdn, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Encodable, Encoder};
 
 use super::lease::{client_key, Lease, LeaseState, Leases};
-use super::{Pool, Reservation, Stats};
+use super::{Boot, Pool, Reservation, Stats};
 
 /// How long an offer is held for its client.
 pub const OFFER_HOLD_MS: i64 = 30_000;
@@ -64,9 +65,13 @@ pub fn answer(pool: &Pool, leases: &Leases, req: &Message, now_ms: i64, stats: &
         Some(DhcpOption::ClientIdentifier(id)) => Some(id.as_slice()),
         _ => None,
     };
+    let fqdn_label = client_fqdn(req).and_then(|f| f.domain().iter().next().map(|l| l.to_vec()));
     let hostname = match req.opts().get(OptionCode::Hostname) {
         Some(DhcpOption::Hostname(h)) => Some(h.as_str()),
-        _ => None,
+        // A client that sends only its FQDN (81) is known by its first label.
+        _ => fqdn_label
+            .as_deref()
+            .and_then(|l| std::str::from_utf8(l).ok()),
     };
     let key = client_key(client_id, &mac);
     let who = Who {
@@ -83,11 +88,20 @@ pub fn answer(pool: &Pool, leases: &Leases, req: &Message, now_ms: i64, stats: &
         Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
         _ => None,
     };
+    // A reserved address still held by another client's lease is not given twice: the client
+    // gets a dynamic one until the holder renews (and is refused) or lets it go.
     let reserved = pool
         .reservations
         .iter()
         .find(|r| reservation_matches(r, &who))
-        .map(|r| r.ip);
+        .map(|r| r.ip)
+        .filter(|ip| {
+            let free = leases.free_for(pool, *ip, &who, now_ms);
+            if !free {
+                tracing::warn!(network = %pool.network, %ip, "DHCP: {} has a reservation for {ip}, still held by another client; a dynamic address until it is free", fmt_mac(&mac));
+            }
+            free
+        });
     let lease_for = |ip: Ipv4Addr, state: LeaseState, ms: i64| Lease {
         ip,
         client: key.clone(),
@@ -257,7 +271,7 @@ fn reply(pool: &Pool, req: &Message, kind: MessageType, ip: Ipv4Addr, lease: boo
     for code in asked {
         match code {
             OptionCode::Router => {
-                o.insert(DhcpOption::Router(vec![pool.server]));
+                o.insert(DhcpOption::Router(vec![pool.router]));
             }
             OptionCode::DomainNameServer => {
                 o.insert(DhcpOption::DomainNameServer(vec![pool.server]));
@@ -278,7 +292,104 @@ fn reply(pool: &Pool, req: &Message, kind: MessageType, ip: Ipv4Addr, lease: boo
             o.insert(DhcpOption::Hostname(h.clone()));
         }
     }
+    if let Some(f) = client_fqdn(req) {
+        o.insert(DhcpOption::ClientFQDN(fqdn_answer(pool, f)));
+    }
+    if let Some(boot) = &pool.boot {
+        pxe(&mut m, pool.server, boot, req);
+    }
+    echo_relay_info(&mut m, req);
     m
+}
+
+fn client_fqdn(req: &Message) -> Option<&fqdn::ClientFQDN> {
+    match req.opts().get(OptionCode::ClientFQDN) {
+        Some(DhcpOption::ClientFQDN(f)) => Some(f),
+        _ => None,
+    }
+}
+
+/// The answer to a client's FQDN (RFC 4702): the name completed with the network's domain,
+/// and the server's part in updating DNS. The server does not update DNS for clients (yet), so
+/// it says so (S=0, N=0): the client may update its own records.
+fn fqdn_answer(pool: &Pool, asked: &fqdn::ClientFQDN) -> fqdn::ClientFQDN {
+    let mut name = asked.domain().clone();
+    if !name.is_fqdn() {
+        if let Some(d) = pool.domain.as_deref().and_then(|d| dhcproto::Name::from_ascii(d).ok()) {
+            if let Ok(full) = name.clone().append_domain(&d) {
+                name = full;
+            }
+        }
+        name.set_fqdn(true);
+    }
+    let flags = fqdn::FqdnFlags::new(0).set_e(asked.flags().e());
+    let mut f = fqdn::ClientFQDN::new(flags, name);
+    // RFC 4702 section 3.3: a server sets both RCODEs to 255.
+    f.set_r1(255).set_r2(255);
+    f
+}
+
+/// Whether a client is network-booting, and how: (PXE firmware, already iPXE, architecture).
+fn boot_client(req: &Message) -> Option<(bool, bool, Option<u16>)> {
+    let pxe = matches!(req.opts().get(OptionCode::ClassIdentifier),
+        Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"));
+    let ipxe = matches!(req.opts().get(OptionCode::UserClass),
+        Some(DhcpOption::UserClass(u)) if u.windows(4).any(|w| w == b"iPXE"));
+    let arch = match req.opts().get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+        _ => None,
+    };
+    (pxe || ipxe || arch.is_some()).then_some((pxe, ipxe, arch))
+}
+
+/// The boot file for a booting client: iPXE chains to the script; firmware gets the file
+/// for its architecture (RFC 4578: 0 BIOS, 7 and 9 x86-64 UEFI, 11 ARM64 UEFI).
+pub fn boot_file<'b>(boot: &'b Boot, ipxe: bool, arch: Option<u16>) -> Option<&'b str> {
+    if ipxe {
+        if let Some(s) = &boot.ipxe_script {
+            return Some(s);
+        }
+    }
+    match arch.unwrap_or(0) {
+        0 => boot.bios.as_deref(),
+        7 | 9 => boot.uefi.as_deref(),
+        11 => boot.uefi_arm64.as_deref(),
+        _ => None,
+    }
+}
+
+/// Next server, file (header and options 66/67) for a booting client; nothing for others.
+fn pxe(m: &mut Message, server: Ipv4Addr, boot: &Boot, req: &Message) {
+    let Some((pxe, ipxe, arch)) = boot_client(req) else {
+        return;
+    };
+    let Some(file) = boot_file(boot, ipxe, arch) else {
+        return;
+    };
+    let next = boot.next_server.unwrap_or(server);
+    m.set_siaddr(next);
+    if file.len() < 128 {
+        m.set_fname_str(file);
+    }
+    let o = m.opts_mut();
+    o.insert(DhcpOption::TFTPServerName(next.to_string().into_bytes()));
+    o.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+    if pxe {
+        // PXE firmware ignores an offer that does not say it is for PXE clients.
+        o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    }
+}
+
+/// RFC 3046: a relay's agent information comes back to it unchanged.
+fn echo_relay_info(m: &mut Message, req: &Message) {
+    if req.giaddr().is_unspecified() {
+        return;
+    }
+    if let Some(o @ DhcpOption::RelayAgentInformation(_)) =
+        req.opts().get(OptionCode::RelayAgentInformation)
+    {
+        m.opts_mut().insert(o.clone());
+    }
 }
 
 fn nak(pool: &Pool, req: &Message) -> Message {
@@ -293,5 +404,53 @@ fn nak(pool: &Pool, req: &Message) -> Message {
         .insert(DhcpOption::MessageType(MessageType::Nak));
     m.opts_mut()
         .insert(DhcpOption::ServerIdentifier(pool.server));
+    echo_relay_info(&mut m, req);
     m
+}
+
+/// Options a reply cannot do without; the others may be left out to fit the client's size.
+const ESSENTIAL: [OptionCode; 7] = [
+    OptionCode::MessageType,
+    OptionCode::ServerIdentifier,
+    OptionCode::AddressLeaseTime,
+    OptionCode::Renewal,
+    OptionCode::Rebinding,
+    OptionCode::SubnetMask,
+    OptionCode::RelayAgentInformation,
+];
+
+/// Encodes `reply` within the largest message `req`'s client accepts (option 57, at least
+/// 576 bytes of IP datagram; RFC 2131 2): optional options are left out, highest code first,
+/// until it fits. Short replies are padded to the BOOTP minimum some clients expect.
+pub fn encode(reply: &mut Message, req: &Message) -> Result<Vec<u8>, String> {
+    let datagram = match req.opts().get(OptionCode::MaxMessageSize) {
+        Some(DhcpOption::MaxMessageSize(n)) => (*n).max(576),
+        _ => 576,
+    };
+    // Less the IP and UDP headers.
+    let max = usize::from(datagram) - 28;
+    loop {
+        let mut out = Vec::with_capacity(576);
+        reply
+            .encode(&mut Encoder::new(&mut out))
+            .map_err(|e| e.to_string())?;
+        if out.len() <= max {
+            if out.len() < 300 {
+                out.resize(300, 0);
+            }
+            return Ok(out);
+        }
+        let victim = reply
+            .opts()
+            .iter()
+            .map(|(c, _)| *c)
+            .filter(|c| !ESSENTIAL.contains(c))
+            .max_by_key(|c| u8::from(*c));
+        match victim {
+            Some(c) => {
+                reply.opts_mut().remove(c);
+            }
+            None => return Ok(out),
+        }
+    }
 }

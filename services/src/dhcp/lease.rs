@@ -80,7 +80,7 @@ pub struct Leases {
     by_client: HashMap<Vec<u8>, Ipv4Addr>,
     /// Where the search for a never-leased address goes on (offset into the range): each
     /// allocation is amortized O(1) instead of a scan of the whole range.
-    cursor: std::cell::Cell<u32>,
+    cursor: std::sync::atomic::AtomicU32,
 }
 
 impl Leases {
@@ -143,7 +143,7 @@ impl Leases {
     /// Whether `ip` may go to `client` at `now`: not held by another client, not reserved for
     /// another, not quarantined.
     pub fn free_for(&self, pool: &Pool, ip: Ipv4Addr, who: &Who, now_ms: i64) -> bool {
-        if ip == pool.server || !pool.contains(ip) {
+        if ip == pool.server || ip == pool.router || !pool.contains(ip) {
             return false;
         }
         let reserved_elsewhere = pool
@@ -166,12 +166,13 @@ impl Leases {
     pub fn pick(&self, pool: &Pool, who: &Who, now_ms: i64) -> Option<Ipv4Addr> {
         let (lo, hi) = (u32::from(pool.range.0), u32::from(pool.range.1));
         let size = hi.checked_sub(lo)? + 1;
-        let start = self.cursor.get() % size;
+        let start = self.cursor.load(std::sync::atomic::Ordering::Relaxed) % size;
         for i in 0..size {
             let off = (start + i) % size;
             let ip = Ipv4Addr::from(lo + off);
             if !self.by_ip.contains_key(&ip) && self.free_for(pool, ip, who, now_ms) {
-                self.cursor.set(off + 1);
+                self.cursor
+                    .store(off + 1, std::sync::atomic::Ordering::Relaxed);
                 return Some(ip);
             }
         }

@@ -6,15 +6,16 @@
 
 mod answer;
 mod lease;
+mod probe;
 mod socket;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use answer::{answer, Answer};
+pub use answer::{answer, boot_file, encode, Answer};
 pub use lease::{client_key, Lease, LeaseState, Leases};
-pub use socket::serve;
+pub use socket::{serve, Settings};
 
 /// Decodes one packet. dhcproto asserts on some malformed option lengths (in debug builds) and
 /// may have other such bugs: a panic while decoding counts as malformed, it never ends the
@@ -30,18 +31,41 @@ pub fn decode(bytes: &[u8]) -> Result<dhcproto::v4::Message, String> {
     }
 }
 
-/// One network the server hands out addresses on.
+/// One network the server hands out addresses on: attached to the interface it is served on,
+/// or behind a relay agent whose requests arrive there.
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub network: String,
     pub interface: String,
-    /// The appliance's address there: server identifier, router and DNS server.
+    /// The appliance's address the clients talk to: server identifier and DNS server.
     pub server: Ipv4Addr,
+    /// An address on the segment, with `prefix`: the clients' router (the appliance's own
+    /// address, or the relay agent's).
+    pub router: Ipv4Addr,
     pub prefix: u8,
+    /// Reached through a relay: only relayed requests (giaddr inside it) are answered from it.
+    pub relayed: bool,
     pub range: (Ipv4Addr, Ipv4Addr),
     pub lease_time: Duration,
     pub domain: Option<String>,
     pub reservations: Vec<Reservation>,
+    pub boot: Option<Boot>,
+}
+
+/// Network boot (PXE): which file a booting client gets, by its architecture (option 93) and
+/// whether it is already iPXE (user class "iPXE").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Boot {
+    /// The TFTP server (siaddr, option 66); the appliance itself when not set.
+    pub next_server: Option<Ipv4Addr>,
+    /// For legacy BIOS PXE (architecture 0).
+    pub bios: Option<String>,
+    /// For x86-64 UEFI (architectures 7 and 9).
+    pub uefi: Option<String>,
+    /// For ARM64 UEFI (architecture 11).
+    pub uefi_arm64: Option<String>,
+    /// For a client that is already iPXE: a URL to chain to (an HTTP boot script).
+    pub ipxe_script: Option<String>,
 }
 
 /// A fixed address for one client, known by MAC, client identifier or host name.
@@ -64,11 +88,20 @@ impl Pool {
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let m = u32::from(self.netmask());
-        u32::from(ip) & m == u32::from(self.server) & m
+        u32::from(ip) & m == u32::from(self.router) & m
     }
 
     pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.server) | !u32::from(self.netmask()))
+        Ipv4Addr::from(u32::from(self.router) | !u32::from(self.netmask()))
+    }
+
+    /// Whether a request relayed through `giaddr` (unspecified: not relayed) is this pool's.
+    pub fn serves(&self, giaddr: Ipv4Addr) -> bool {
+        if giaddr.is_unspecified() {
+            !self.relayed
+        } else {
+            self.contains(giaddr)
+        }
     }
 
     pub fn in_range(&self, ip: Ipv4Addr) -> bool {
@@ -131,6 +164,10 @@ pub struct Stats {
     pub declines: AtomicU64,
     pub informs: AtomicU64,
     pub ignored: AtomicU64,
+    /// Relayed requests from a relay in none of the pools' networks.
+    pub unknown_relay: AtomicU64,
+    /// Addresses found in use by the conflict check before an offer, then quarantined.
+    pub conflicts: AtomicU64,
     /// ACKs not sent because the lease could not be made durable.
     pub commit_failures: AtomicU64,
 }
@@ -154,6 +191,8 @@ impl Stats {
             ("declines", g(&self.declines)),
             ("informs", g(&self.informs)),
             ("ignored", g(&self.ignored)),
+            ("unknown_relay", g(&self.unknown_relay)),
+            ("conflicts", g(&self.conflicts)),
             ("commit_failures", g(&self.commit_failures)),
         ]
     }

@@ -1,15 +1,19 @@
-//! The server's I/O: one UDP socket per pool, on port 67, bound to the pool's interface
-//! (SO_BINDTODEVICE), so a request arriving on another interface never reaches it.
+//! The server's I/O: one UDP socket per interface, on port 67, bound to it (SO_BINDTODEVICE),
+//! so a request arriving on another interface never reaches it. The pools answered there are
+//! the interface's own network (direct requests) and the networks relayed to it (by giaddr).
 
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dhcproto::v4::{Message, MessageType};
-use dhcproto::{Encodable, Encoder};
 use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{answer, LeaseEvent, LeaseState, LeaseStore, Leases, Pool, Stats};
+use super::probe::Prober;
+use super::{answer, Lease, LeaseEvent, LeaseState, LeaseStore, Leases, Pool, Stats};
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
@@ -49,134 +53,337 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Loads `pool`'s leases and starts answering on its interface.
-pub async fn serve(
+/// How the server runs beyond its pools.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Ping an address the server has no record of before offering it, waiting this long
+    /// for an answer; `None` offers at once.
+    pub conflict_wait: Option<Duration>,
+}
+
+/// One pool and its leases.
+struct Net {
     pool: Pool,
+    leases: Leases,
+}
+
+/// A probe's outcome, back in the serving loop.
+struct Probed {
+    network: String,
+    ip: Ipv4Addr,
+    in_use: bool,
+    req: Message,
+    reply: Message,
+}
+
+/// The serving loop's state: one interface, the pools answered there.
+struct Server {
+    interface: String,
+    sock: UdpSocket,
+    nets: Vec<Net>,
     store: Arc<dyn LeaseStore>,
     stats: Arc<Stats>,
+    prober: Option<(Arc<Prober>, Duration)>,
+    /// Addresses found free by a probe; offers of them need no new one.
+    checked: HashSet<Ipv4Addr>,
+    /// Addresses being probed, with their offer waiting.
+    probing: HashSet<Ipv4Addr>,
+    probed: mpsc::UnboundedSender<Probed>,
+}
+
+/// Starts answering on `interface` for `pools` (the attached network's and those relayed to
+/// it), loading their leases first. A new list on `pools` is taken up between requests: the
+/// leases of networks it keeps stay, those of new networks are loaded.
+pub async fn serve(
+    interface: String,
+    mut pools: watch::Receiver<Vec<Pool>>,
+    store: Arc<dyn LeaseStore>,
+    stats: Arc<Stats>,
+    settings: Settings,
 ) -> Result<JoinHandle<()>, String> {
-    let sock = socket(&pool.interface).map_err(|e| {
-        format!(
-            "DHCP on {} (network {}): cannot listen on port {SERVER_PORT}: {e}",
-            pool.interface, pool.network
-        )
-    })?;
-    let mut leases = Leases::new(store.load(&pool.network).await?);
+    let sock = socket(&interface)
+        .map_err(|e| format!("DHCP on {interface}: cannot listen on port {SERVER_PORT}: {e}"))?;
+    let prober = match settings.conflict_wait {
+        Some(wait) => match Prober::new() {
+            Ok(p) => Some((Arc::new(p), wait)),
+            Err(e) => {
+                tracing::warn!("DHCP on {interface}: no conflict check (cannot open an ICMP socket: {e})");
+                None
+            }
+        },
+        None => None,
+    };
+    let (probed, mut probed_rx) = mpsc::unbounded_channel();
+    let mut server = Server {
+        interface,
+        sock,
+        nets: Vec::new(),
+        store,
+        stats,
+        prober,
+        checked: HashSet::new(),
+        probing: HashSet::new(),
+        probed,
+    };
+    let first = pools.borrow_and_update().clone();
+    server.update(first).await?;
     Ok(tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         let mut reclaim = tokio::time::interval(RECLAIM_EVERY);
         reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Wait for one request, then take what else has arrived (up to BATCH): their
-            // leases are committed together, in one transaction, before any reply leaves.
-            let mut batch: Vec<(Message, Message)> = Vec::new();
-            let mut commits = Vec::new();
-            let mut first = true;
-            while batch.len() < BATCH {
-                let got = if first {
-                    tokio::select! {
-                        r = sock.recv_from(&mut buf) => r,
-                        _ = reclaim.tick() => {
-                            // Leases that ran out are recorded as ended, with a `del` event.
-                            let ended = leases.expired(now_ms());
-                            if !ended.is_empty() {
-                                match store.commit_all(&pool.network, &ended).await {
-                                    Ok(()) => {
-                                        for l in &ended {
-                                            leases.put(l.clone());
-                                        }
-                                        store.changed(
-                                            &pool.network,
-                                            ended.into_iter().map(|l| (LeaseEvent::Del, l)).collect(),
-                                        );
-                                    }
-                                    Err(e) => tracing::warn!(network = %pool.network, "DHCP: recording expired leases: {e}"),
-                                }
-                            }
-                            continue;
-                        }
-                    }
-                } else {
-                    match sock.try_recv_from(&mut buf) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        r => r,
-                    }
-                };
-                first = false;
-                let (n, from) = match got {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(interface = %pool.interface, "DHCP receive: {e}");
-                        break;
-                    }
-                };
-                Stats::add(&stats.received);
-                let req = match super::decode(&buf[..n]) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        Stats::add(&stats.malformed);
-                        tracing::debug!(%from, "DHCP: malformed packet dropped: {e}");
-                        continue;
-                    }
-                };
-                let now = now_ms();
-                let a = answer(&pool, &leases, &req, now, &stats);
-                if let Some(h) = a.hold {
-                    leases.put(h);
+            let got = tokio::select! {
+                r = server.sock.recv_from(&mut buf) => r,
+                _ = reclaim.tick() => {
+                    server.reclaim().await;
+                    continue;
                 }
-                if let Some(c) = a.commit {
-                    let event = match c.state {
-                        LeaseState::Bound => {
-                            let held = leases.at(c.ip).is_some_and(|p| {
-                                p.state == LeaseState::Bound && p.client == c.client && p.holds(now)
-                            });
-                            if held {
-                                LeaseEvent::Old
-                            } else {
-                                LeaseEvent::Add
-                            }
-                        }
-                        _ => LeaseEvent::Del,
-                    };
-                    commits.push((event, c.clone()));
-                    leases.put(c);
-                }
-                if let Some(r) = a.reply {
-                    batch.push((req, r));
-                }
-            }
-            if !commits.is_empty() {
-                // The clients hear of their leases only once they are durable.
-                let rows: Vec<_> = commits.iter().map(|(_, l)| l.clone()).collect();
-                if let Err(e) = store.commit_all(&pool.network, &rows).await {
-                    for _ in &commits {
-                        Stats::add(&stats.commit_failures);
-                    }
-                    tracing::error!(network = %pool.network, "DHCP: {} lease(s) not recorded, no answers sent: {e}", commits.len());
-                    // What memory believes may now differ from the store: read it back.
-                    match store.load(&pool.network).await {
-                        Ok(l) => leases = Leases::new(l),
-                        Err(e) => tracing::error!("DHCP: reloading leases: {e}"),
+                Ok(()) = pools.changed() => {
+                    let new = pools.borrow_and_update().clone();
+                    if let Err(e) = server.update(new).await {
+                        tracing::error!("DHCP on {}: {e}", server.interface);
                     }
                     continue;
                 }
-                store.changed(&pool.network, commits);
-            }
-            for (req, reply) in batch {
-                let mut out = Vec::with_capacity(576);
-                if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
-                    tracing::error!("DHCP: encoding a reply: {e}");
+                Some(p) = probed_rx.recv() => {
+                    server.probed(p).await;
                     continue;
                 }
-                // Short replies are padded to the BOOTP minimum some clients expect.
-                if out.len() < 300 {
-                    out.resize(300, 0);
+            };
+            server.batch(got, &mut buf).await;
+        }
+    }))
+}
+
+impl Server {
+    /// Takes up a new list of pools, keeping the leases of the networks it still has.
+    async fn update(&mut self, pools: Vec<Pool>) -> Result<(), String> {
+        let mut old: HashMap<String, Leases> = self
+            .nets
+            .drain(..)
+            .map(|n| (n.pool.network, n.leases))
+            .collect();
+        for pool in pools {
+            let leases = match old.remove(&pool.network) {
+                Some(l) => l,
+                None => Leases::new(self.store.load(&pool.network).await?),
+            };
+            self.nets.push(Net { pool, leases });
+        }
+        Ok(())
+    }
+
+    /// Leases that ran out are recorded as ended, with a `del` event.
+    async fn reclaim(&mut self) {
+        for net in &mut self.nets {
+            let ended = net.leases.expired(now_ms());
+            if ended.is_empty() {
+                continue;
+            }
+            let network = &net.pool.network;
+            match self.store.commit_all(network, &ended).await {
+                Ok(()) => {
+                    for l in &ended {
+                        net.leases.put(l.clone());
+                    }
+                    self.store.changed(
+                        network,
+                        ended.into_iter().map(|l| (LeaseEvent::Del, l)).collect(),
+                    );
                 }
-                let dest = destination(&req, &reply);
-                if let Err(e) = sock.send_to(&out, dest).await {
-                    tracing::warn!(%dest, "DHCP send: {e}");
+                Err(e) => {
+                    tracing::warn!(%network, "DHCP: recording expired leases: {e}")
                 }
             }
         }
-    }))
+    }
+
+    /// Answers `first` and whatever else has arrived with it (up to BATCH): their leases are
+    /// committed together, per network in one transaction, before any reply leaves.
+    async fn batch(&mut self, first: std::io::Result<(usize, SocketAddr)>, buf: &mut [u8]) {
+        let mut replies: Vec<(Message, Message)> = Vec::new();
+        let mut commits: Vec<Vec<(LeaseEvent, Lease)>> = vec![Vec::new(); self.nets.len()];
+        let mut got = Some(first);
+        let mut seen = 0;
+        while seen < BATCH {
+            let r = match got.take() {
+                Some(r) => r,
+                None => match self.sock.try_recv_from(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    r => r,
+                },
+            };
+            seen += 1;
+            let (n, from) = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(interface = %self.interface, "DHCP receive: {e}");
+                    break;
+                }
+            };
+            Stats::add(&self.stats.received);
+            let req = match super::decode(&buf[..n]) {
+                Ok(m) => m,
+                Err(e) => {
+                    Stats::add(&self.stats.malformed);
+                    tracing::debug!(%from, "DHCP: malformed packet dropped: {e}");
+                    continue;
+                }
+            };
+            if let Some((i, reply, commit)) = self.handle(&req) {
+                if let Some(c) = commit {
+                    commits[i].push(c);
+                }
+                if let Some(r) = reply {
+                    replies.push((req, r));
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        for (i, commits) in commits.into_iter().enumerate() {
+            if commits.is_empty() {
+                continue;
+            }
+            let network = self.nets[i].pool.network.clone();
+            let rows: Vec<_> = commits.iter().map(|(_, l)| l.clone()).collect();
+            match self.store.commit_all(&network, &rows).await {
+                Ok(()) => self.store.changed(&network, commits),
+                Err(e) => {
+                    for _ in &commits {
+                        Stats::add(&self.stats.commit_failures);
+                    }
+                    tracing::error!(%network, "DHCP: {} lease(s) not recorded, no answers sent: {e}", commits.len());
+                    failed.push(i);
+                }
+            }
+        }
+        for i in failed {
+            // What memory believes may now differ from the store: read it back, and answer
+            // nobody of that network (the clients will ask again).
+            let network = self.nets[i].pool.network.clone();
+            match self.store.load(&network).await {
+                Ok(l) => self.nets[i].leases = Leases::new(l),
+                Err(e) => tracing::error!("DHCP: reloading leases: {e}"),
+            }
+            let nets = &self.nets;
+            replies.retain(|(req, _)| !nets[i].pool.serves(req.giaddr()));
+        }
+        for (req, mut reply) in replies {
+            self.send(&req, &mut reply).await;
+        }
+    }
+
+    /// The answer to one request: its network, the reply to send now, the lease change to
+    /// commit first. An offer of an address nobody is known to hold waits for a probe.
+    #[allow(clippy::type_complexity)]
+    fn handle(
+        &mut self,
+        req: &Message,
+    ) -> Option<(usize, Option<Message>, Option<(LeaseEvent, Lease)>)> {
+        let giaddr = req.giaddr();
+        let Some(i) = self.nets.iter().position(|n| n.pool.serves(giaddr)) else {
+            if giaddr.is_unspecified() {
+                Stats::add(&self.stats.ignored);
+            } else {
+                Stats::add(&self.stats.unknown_relay);
+                tracing::debug!(%giaddr, "DHCP: relayed request from a relay in none of the networks on {}", self.interface);
+            }
+            return None;
+        };
+        let now = now_ms();
+        let net = &mut self.nets[i];
+        let a = answer(&net.pool, &net.leases, req, now, &self.stats);
+        let mut reply = a.reply;
+        if let Some(h) = a.hold {
+            let ip = h.ip;
+            let known = net.leases.at(ip).is_some() || self.checked.contains(&ip);
+            let reserved = net.pool.reservations.iter().any(|r| r.ip == ip);
+            net.leases.put(h);
+            if self.probing.contains(&ip) {
+                // A retransmission: the probe under way answers it.
+                return Some((i, None, None));
+            }
+            if let (Some((prober, wait)), false, false) = (&self.prober, known, reserved) {
+                let (prober, wait, tx) = (prober.clone(), *wait, self.probed.clone());
+                let (req, reply, network) = (req.clone(), reply.take()?, net.pool.network.clone());
+                self.probing.insert(ip);
+                tokio::spawn(async move {
+                    let in_use = prober.in_use(ip, wait).await;
+                    let _ = tx.send(Probed {
+                        network,
+                        ip,
+                        in_use,
+                        req,
+                        reply,
+                    });
+                });
+                return Some((i, None, None));
+            }
+        }
+        let commit = a.commit.map(|c| {
+            let event = match c.state {
+                LeaseState::Bound => {
+                    let held = net.leases.at(c.ip).is_some_and(|p| {
+                        p.state == LeaseState::Bound && p.client == c.client && p.holds(now)
+                    });
+                    if held {
+                        LeaseEvent::Old
+                    } else {
+                        LeaseEvent::Add
+                    }
+                }
+                _ => LeaseEvent::Del,
+            };
+            net.leases.put(c.clone());
+            (event, c)
+        });
+        Some((i, reply, commit))
+    }
+
+    /// A probe's outcome: the waiting offer leaves, or the address is quarantined as in use
+    /// and the request answered again (with another address).
+    async fn probed(&mut self, p: Probed) {
+        self.probing.remove(&p.ip);
+        let Some(i) = self.nets.iter().position(|n| n.pool.network == p.network) else {
+            return;
+        };
+        if !p.in_use {
+            self.checked.insert(p.ip);
+            let mut reply = p.reply;
+            self.send(&p.req, &mut reply).await;
+            return;
+        }
+        Stats::add(&self.stats.conflicts);
+        tracing::warn!(network = %p.network, ip = %p.ip, "DHCP: {} answers a ping but has no lease: in use by a host the server does not know; quarantined", p.ip);
+        let net = &mut self.nets[i];
+        let taken = Lease {
+            ip: p.ip,
+            client: Vec::new(),
+            mac: [0; 6],
+            hostname: None,
+            state: LeaseState::Declined,
+            expires_ms: now_ms() + super::answer::QUARANTINE_MS,
+        };
+        if let Err(e) = self.store.commit(&p.network, &taken).await {
+            tracing::error!(network = %p.network, "DHCP: recording a conflict: {e}");
+        }
+        net.leases.put(taken);
+        if let Some((_, Some(mut reply), _)) = self.handle(&p.req) {
+            self.send(&p.req, &mut reply).await;
+        }
+    }
+
+    async fn send(&self, req: &Message, reply: &mut Message) {
+        let out = match super::answer::encode(reply, req) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("DHCP: encoding a reply: {e}");
+                return;
+            }
+        };
+        let dest = destination(req, reply);
+        if let Err(e) = self.sock.send_to(&out, dest).await {
+            tracing::warn!(%dest, "DHCP send: {e}");
+        }
+    }
 }

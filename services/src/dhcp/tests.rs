@@ -14,7 +14,9 @@ fn pool() -> Pool {
         network: "lab".into(),
         interface: "eth0".into(),
         server: Ipv4Addr::new(10, 0, 0, 1),
+        router: Ipv4Addr::new(10, 0, 0, 1),
         prefix: 24,
+        relayed: false,
         range: (Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 102)),
         lease_time: Duration::from_secs(3600),
         domain: Some("lab.internal".into()),
@@ -24,6 +26,25 @@ fn pool() -> Pool {
             hostname: None,
             ip: Ipv4Addr::new(10, 0, 0, 50),
         }],
+        boot: Some(Boot {
+            next_server: None,
+            bios: Some("undionly.kpxe".into()),
+            uefi: Some("ipxe.efi".into()),
+            uefi_arm64: None,
+            ipxe_script: Some("http://10.0.0.1:8080/boot.ipxe".into()),
+        }),
+    }
+}
+
+/// A network behind a relay at 10.0.2.1, answered from the appliance at 10.0.0.1.
+fn relayed() -> Pool {
+    Pool {
+        network: "far".into(),
+        router: Ipv4Addr::new(10, 0, 2, 1),
+        relayed: true,
+        range: (Ipv4Addr::new(10, 0, 2, 100), Ipv4Addr::new(10, 0, 2, 150)),
+        reservations: Vec::new(),
+        ..pool()
     }
 }
 
@@ -273,12 +294,205 @@ fn a_bad_option_length_is_malformed_not_a_crash() {
     let _ = decode(&bytes);
 }
 
+#[test]
+fn a_relayed_request_is_answered_from_the_relays_network() {
+    let (near, far) = (pool(), relayed());
+    let direct = Ipv4Addr::UNSPECIFIED;
+    assert!(near.serves(direct) && !far.serves(direct));
+    let relay = Ipv4Addr::new(10, 0, 2, 1);
+    assert!(far.serves(relay) && !near.serves(relay));
+    // A relay inside the attached network (as perfdhcp is) is the attached network's.
+    assert!(near.serves(Ipv4Addr::new(10, 0, 0, 254)));
+    let mut l = Leases::default();
+    let mut d = msg(MessageType::Discover, mac(1));
+    d.set_giaddr(relay);
+    let offer = step(&far, &mut l, &d, NOW).unwrap();
+    assert!(far.in_range(offer.yiaddr()));
+    assert_eq!(offer.giaddr(), relay);
+    let opts = offer.opts();
+    assert_eq!(opts.get(OptionCode::Router), Some(&DhcpOption::Router(vec![relay])));
+    assert_eq!(
+        opts.get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(far.server))
+    );
+    // The relay's own address is never leased.
+    assert!(!l.free_for(&far, relay, &who(&mac(2)), NOW));
+}
+
+fn who(m: &[u8; 6]) -> answer::Who<'static> {
+    let key: &'static [u8] = Box::leak(client_key(None, m).into_boxed_slice());
+    answer::Who {
+        key,
+        mac: *m,
+        client_id: None,
+        hostname: None,
+    }
+}
+
+#[test]
+fn the_relay_agent_information_comes_back_to_the_relay() {
+    use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
+    let (p, mut l) = (pool(), Leases::default());
+    let mut info = RelayAgentInformation::default();
+    info.insert(RelayInfo::AgentCircuitId(b"port7".to_vec()));
+    let mut d = msg(MessageType::Discover, mac(1));
+    d.set_giaddr(Ipv4Addr::new(10, 0, 0, 254));
+    d.opts_mut()
+        .insert(DhcpOption::RelayAgentInformation(info.clone()));
+    let offer = step(&p, &mut l, &d, NOW).unwrap();
+    assert_eq!(
+        offer.opts().get(OptionCode::RelayAgentInformation),
+        Some(&DhcpOption::RelayAgentInformation(info.clone()))
+    );
+    let mut r = request(mac(5), Ipv4Addr::new(10, 9, 9, 9), None);
+    r.set_giaddr(Ipv4Addr::new(10, 0, 0, 254));
+    r.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
+    let nak = step(&p, &mut l, &r, NOW).unwrap();
+    assert_eq!(kind(&nak), MessageType::Nak);
+    assert!(nak.opts().get(OptionCode::RelayAgentInformation).is_some());
+}
+
+#[test]
+fn a_client_fqdn_names_the_lease_and_is_answered_whole() {
+    use dhcproto::v4::fqdn::{ClientFQDN, FqdnFlags};
+    let (p, mut l) = (pool(), Leases::default());
+    let mut name = dhcproto::Name::from_ascii("vm7").unwrap();
+    name.set_fqdn(false);
+    let f = ClientFQDN::new(FqdnFlags::new(0).set_e(true).set_s(true), name);
+    let mut d = msg(MessageType::Discover, mac(7));
+    d.opts_mut().insert(DhcpOption::ClientFQDN(f.clone()));
+    let offer = step(&p, &mut l, &d, NOW).unwrap();
+    let mut r = request(mac(7), offer.yiaddr(), Some(p.server));
+    r.opts_mut().insert(DhcpOption::ClientFQDN(f));
+    let ack = step(&p, &mut l, &r, NOW).unwrap();
+    assert_eq!(l.at(ack.yiaddr()).unwrap().hostname.as_deref(), Some("vm7"));
+    let Some(DhcpOption::ClientFQDN(back)) = ack.opts().get(OptionCode::ClientFQDN) else {
+        panic!("no FQDN in the ACK");
+    };
+    assert_eq!(back.domain().to_ascii(), "vm7.lab.internal.");
+    assert!(back.flags().e() && !back.flags().s() && !back.flags().n());
+    assert_eq!((back.r1(), back.r2()), (255, 255));
+    // It survives the wire.
+    let bytes = encode(&mut ack.clone(), &r).unwrap();
+    assert!(decode(&bytes).unwrap().opts().get(OptionCode::ClientFQDN).is_some());
+}
+
+fn booting(arch: Option<u16>, user_class: Option<&[u8]>) -> Message {
+    let mut d = msg(MessageType::Discover, mac(9));
+    d.opts_mut()
+        .insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
+    if let Some(a) = arch {
+        d.opts_mut()
+            .insert(DhcpOption::ClientSystemArchitecture(a.into()));
+    }
+    if let Some(u) = user_class {
+        d.opts_mut().insert(DhcpOption::UserClass(u.to_vec()));
+    }
+    d
+}
+
+#[test]
+fn a_booting_client_gets_the_file_for_its_firmware() {
+    let p = pool();
+    let file = |m: &Message| {
+        let offer = step(&p, &mut Leases::default(), m, NOW).unwrap();
+        let opt67 = match offer.opts().get(OptionCode::BootfileName) {
+            Some(DhcpOption::BootfileName(b)) => Some(String::from_utf8(b.clone()).unwrap()),
+            _ => None,
+        };
+        let header = offer.fname_str().and_then(|r| r.ok()).map(str::to_string);
+        assert_eq!(opt67, header.filter(|h| !h.is_empty()), "option 67 and the file field agree");
+        if opt67.is_some() {
+            assert_eq!(offer.siaddr(), p.server, "next server");
+            assert_eq!(
+                offer.opts().get(OptionCode::ClassIdentifier),
+                Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+            );
+        }
+        opt67
+    };
+    assert_eq!(file(&booting(Some(0), None)).as_deref(), Some("undionly.kpxe"));
+    assert_eq!(file(&booting(Some(7), None)).as_deref(), Some("ipxe.efi"));
+    assert_eq!(file(&booting(Some(9), None)).as_deref(), Some("ipxe.efi"));
+    assert_eq!(file(&booting(Some(11), None)), None, "no ARM64 file configured");
+    assert_eq!(
+        file(&booting(Some(0), Some(b"iPXE"))).as_deref(),
+        Some("http://10.0.0.1:8080/boot.ipxe"),
+        "iPXE chains to the script"
+    );
+    assert_eq!(file(&msg(MessageType::Discover, mac(9))), None, "not booting");
+}
+
+#[test]
+fn a_reply_is_cut_to_the_clients_maximum_message_size() {
+    let mut p = pool();
+    let long = "x".repeat(200);
+    p.domain = Some(format!("{}.internal", "d".repeat(60)));
+    p.boot.as_mut().unwrap().bios = Some(long.clone());
+    let mut d = booting(Some(0), None);
+    d.opts_mut()
+        .insert(DhcpOption::Hostname("h".repeat(200)));
+    let mut r = request(mac(9), Ipv4Addr::new(10, 0, 0, 100), Some(p.server));
+    for (c, o) in d.opts().iter() {
+        if *c != OptionCode::MessageType {
+            r.opts_mut().insert(o.clone());
+        }
+    }
+    let mut ack = step(&p, &mut Leases::default(), &r, NOW).unwrap();
+    assert_eq!(kind(&ack), MessageType::Ack);
+    let whole = encode(&mut ack.clone(), &{
+        let mut big = r.clone();
+        big.opts_mut().insert(DhcpOption::MaxMessageSize(1500));
+        big
+    })
+    .unwrap();
+    assert!(whole.len() > 548, "the test needs a big reply, got {}", whole.len());
+    let cut = encode(&mut ack, &r).unwrap();
+    assert!(cut.len() <= 548, "{} bytes", cut.len());
+    let back = decode(&cut).unwrap();
+    for c in [
+        OptionCode::MessageType,
+        OptionCode::ServerIdentifier,
+        OptionCode::AddressLeaseTime,
+        OptionCode::SubnetMask,
+    ] {
+        assert!(back.opts().get(c).is_some(), "{c:?} kept");
+    }
+}
+
+#[test]
+fn a_reserved_address_held_by_another_is_not_given_twice() {
+    let (p, mut l) = (pool(), Leases::default());
+    let reserved = Ipv4Addr::new(10, 0, 0, 50);
+    // Someone else holds it (a lease from before the reservation existed).
+    l.put(Lease {
+        ip: reserved,
+        client: client_key(None, &mac(3)),
+        mac: mac(3),
+        hostname: None,
+        state: LeaseState::Bound,
+        expires_ms: NOW + 60_000,
+    });
+    let got = dora(&p, &mut l, mac(0x99));
+    assert_ne!(got, reserved);
+    // The holder is refused at renewal, and then the reservation is honoured.
+    let mut renew = request(mac(3), reserved, None);
+    renew.set_ciaddr(reserved);
+    assert_eq!(kind(&step(&p, &mut l, &renew, NOW).unwrap()), MessageType::Nak);
+    let later = NOW + 60_001;
+    let offer = step(&p, &mut l, &msg(MessageType::Discover, mac(0x99)), later).unwrap();
+    assert_eq!(offer.yiaddr(), reserved);
+}
+
 proptest::proptest! {
-    /// Whatever arrives, decoding and answering never panics.
+    /// Whatever arrives, decoding, answering and encoding the answer never panics.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700)) {
         if let Ok(m) = decode(&bytes) {
-            let _ = answer(&pool(), &Leases::default(), &m, NOW, &Stats::default());
+            let a = answer(&pool(), &Leases::default(), &m, NOW, &Stats::default());
+            if let Some(mut r) = a.reply {
+                let _ = encode(&mut r, &m);
+            }
         }
     }
 }
