@@ -1,20 +1,22 @@
 //! The DHCP server as the appliance runs it: one pool per network that has a `dhcp_range`,
-//! with that network's reservations, answering on the network's interface only; leases kept in
-//! the state, each committed before its ACK leaves.
+//! with that network's reservations (the config's and those made at run time), answered on
+//! the network's interface (a relayed network: on its `via` network's); leases kept in the
+//! state, each committed before its ACK leaves. A reload or a reservation change hands the
+//! servers new pools without a restart.
 
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use netmigrate_services::dhcp::{
-    self, Lease, LeaseEvent, LeaseState, LeaseStore, Pool, Reservation, Stats,
+    self, Boot, Lease, LeaseEvent, LeaseState, LeaseStore, Pool, Reservation, Settings, Stats,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::values::Mac;
 use crate::config::Config;
-use crate::state::{NewEvent, NewLease, State};
+use crate::state::{NewEvent, NewLease, ReservationRow, State};
 use crate::Error;
 
 /// Leases over the appliance's state.
@@ -157,46 +159,105 @@ fn new_lease(network: &str, l: &Lease) -> Result<NewLease, String> {
     })
 }
 
-/// The pools `cfg` describes.
-pub fn pools(cfg: &Config) -> Vec<Pool> {
-    cfg.networks
-        .iter()
-        .filter_map(|n| {
-            let range = n.dhcp_range?;
-            Some(Pool {
-                network: n.name.clone(),
-                interface: n.interface.clone(),
-                server: n.address.addr(),
-                prefix: n.address.prefix_len(),
-                range,
-                lease_time: n.lease_time,
-                domain: n.domain.clone(),
-                reservations: cfg
-                    .reservations
-                    .iter()
-                    .filter(|r| r.network == n.name)
-                    .map(|r| Reservation {
-                        mac: r.mac.as_ref().map(|m| m.0),
-                        client_id: r.client_id.as_deref().and_then(|c| {
-                            c.split(':')
-                                .map(|p| u8::from_str_radix(p, 16).ok())
-                                .collect::<Option<Vec<u8>>>()
-                        }),
-                        hostname: r.hostname.clone(),
-                        ip: r.ip,
-                    })
-                    .collect(),
-            })
-        })
+/// Hex pairs ("01:52:54:...") as bytes.
+pub fn parse_client_id(s: &str) -> Option<Vec<u8>> {
+    s.split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok())
         .collect()
 }
 
-/// Starts a server per pool. One that cannot listen (no such interface, no privilege) is
-/// reported as an event and the others go on.
-pub async fn start(
-    cfg: &Config,
-    state: &State,
-) -> Result<(Arc<Stats>, Vec<JoinHandle<()>>), Error> {
+/// The pools `cfg` describes, with the reservations made at run time (`extra`), by the
+/// interface they are served on.
+pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool>> {
+    let mut by_iface: HashMap<String, Vec<Pool>> = HashMap::new();
+    for n in &cfg.networks {
+        let Some(range) = n.dhcp_range else { continue };
+        let Some(attached) = cfg.attached(n) else {
+            continue;
+        };
+        let from_config = cfg
+            .reservations
+            .iter()
+            .filter(|r| r.network == n.name)
+            .map(|r| Reservation {
+                mac: r.mac.as_ref().map(|m| m.0),
+                client_id: r.client_id.as_deref().and_then(parse_client_id),
+                hostname: r.hostname.clone(),
+                ip: r.ip,
+            });
+        let made = extra
+            .iter()
+            .filter(|r| r.network == n.name)
+            .filter_map(|r| {
+                Some(Reservation {
+                    mac: r.mac.as_deref().and_then(parse_mac),
+                    client_id: r.client_id.as_deref().and_then(parse_client_id),
+                    hostname: r.hostname.clone(),
+                    ip: r.ip.parse().ok()?,
+                })
+            });
+        let server = attached.address.addr();
+        let boot = cfg.dhcp.pxe.as_ref().map(|p| Boot {
+            next_server: p.next_server,
+            bios: p.bios.clone(),
+            uefi: p.uefi.clone(),
+            uefi_arm64: p.uefi_arm64.clone(),
+            ipxe_script: p.ipxe_script.clone(),
+        });
+        by_iface
+            .entry(attached.interface.clone())
+            .or_default()
+            .push(Pool {
+                network: n.name.clone(),
+                interface: attached.interface.clone(),
+                server,
+                router: n.address.addr(),
+                prefix: n.address.prefix_len(),
+                relayed: n.via.is_some(),
+                range,
+                lease_time: n.lease_time,
+                domain: n.domain.clone(),
+                reservations: from_config.chain(made).collect(),
+                boot,
+            });
+    }
+    by_iface
+}
+
+/// The running DHCP server: its counters, and the way to hand each interface new pools.
+pub struct Dhcp {
+    pub stats: Arc<Stats>,
+    state: State,
+    /// By interface: the servers listening.
+    listening: HashMap<String, watch::Sender<Vec<Pool>>>,
+}
+
+impl Dhcp {
+    /// Hands every interface its pools as `cfg` and the state's reservations now say. An
+    /// interface the server does not listen on yet needs a restart; it is named.
+    pub async fn update(&self, cfg: &Config) -> Result<(), String> {
+        let extra = self.state.reservations().await.map_err(|e| e.to_string())?;
+        let mut pools = pools(cfg, &extra);
+        let mut not_listening = Vec::new();
+        for (iface, tx) in &self.listening {
+            tx.send_replace(pools.remove(iface).unwrap_or_default());
+        }
+        not_listening.extend(pools.into_keys());
+        if not_listening.is_empty() {
+            Ok(())
+        } else {
+            not_listening.sort();
+            Err(format!(
+                "DHCP is not listening on {}; restart netmigrate to serve it",
+                not_listening.join(", ")
+            ))
+        }
+    }
+}
+
+/// Starts a server per interface that has pools. One that cannot listen (no such interface,
+/// no privilege) is reported as an event and the others go on.
+pub async fn start(cfg: &Config, state: &State) -> Result<(Arc<Dhcp>, Vec<JoinHandle<()>>), Error> {
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(CHANGES_QUEUED);
     let mut tasks = vec![tokio::spawn(follow_changes(
@@ -209,20 +270,44 @@ pub async fn start(
         changes: tx,
         dropped: Default::default(),
     });
-    for pool in pools(cfg) {
-        let (net, iface) = (pool.network.clone(), pool.interface.clone());
-        let (lo, hi): (Ipv4Addr, Ipv4Addr) = pool.range;
-        match dhcp::serve(pool, store.clone(), stats.clone()).await {
+    let settings = Settings {
+        conflict_wait: cfg.dhcp.conflict_check.then_some(cfg.dhcp.conflict_wait),
+    };
+    let extra = state.reservations().await?;
+    let mut listening = HashMap::new();
+    for (iface, pools) in pools(cfg, &extra) {
+        let names: Vec<_> = pools
+            .iter()
+            .map(|p| format!("{} {}-{}", p.network, p.range.0, p.range.1))
+            .collect();
+        let (ptx, prx) = watch::channel(pools);
+        match dhcp::serve(
+            iface.clone(),
+            prx,
+            store.clone(),
+            stats.clone(),
+            settings.clone(),
+        )
+        .await
+        {
             Ok(t) => {
-                tracing::info!("DHCP serving {lo}-{hi} on {iface} (network {net})");
+                tracing::info!("DHCP serving on {iface}: {}", names.join(", "));
                 tasks.push(t);
+                listening.insert(iface, ptx);
             }
             Err(e) => {
                 state
-                    .record(NewEvent::warn("dhcp.listen", e).about(&net))
+                    .record(NewEvent::warn("dhcp.listen", e).about(&iface))
                     .await?;
             }
         }
     }
-    Ok((stats, tasks))
+    Ok((
+        Arc::new(Dhcp {
+            stats,
+            state: state.clone(),
+            listening,
+        }),
+        tasks,
+    ))
 }

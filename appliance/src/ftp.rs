@@ -188,7 +188,8 @@ pub async fn start(cfg: &Config, state: &State) -> Result<(Store, Vec<JoinHandle
     });
     let (lo, hi) = cfg.ftp.passive_ports;
     let mut tasks = Vec::new();
-    for n in &cfg.networks {
+    // Relayed networks reach the store through the network they are relayed via.
+    for n in cfg.networks.iter().filter(|n| n.via.is_none()) {
         let addr = format!("{}:{}", n.address.addr(), cfg.ftp.port);
         // Bind first, so that a missing address is reported now, by name.
         if let Err(e) = std::net::TcpListener::bind(&addr) {

@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod network;
 pub mod placement;
 pub mod planner;
+pub mod reservations;
 pub mod script;
 pub mod state;
 

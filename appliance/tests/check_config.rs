@@ -518,3 +518,80 @@ fn migration_limits_and_hook_are_checked() {
         &["no-such-script", "No such file"],
     );
 }
+
+const RELAYED: &str = "\n[[network]]\nname = \"far\"\nrelay = \"10.0.2.1/24\"\nvia = \"lab\"\ndhcp_range = [\"10.0.2.100\", \"10.0.2.199\"]\n";
+
+#[test]
+fn a_relayed_network_is_accepted_and_summarized() {
+    let c = Case::new();
+    let (code, out, err) = c.check(&format!("{GOOD}{RELAYED}"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("network far via lab, relay 10.0.2.1/24"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_relayed_network_must_name_an_attached_network() {
+    let c = Case::new();
+    let text = format!(
+        "{GOOD}{}",
+        RELAYED.replace("via = \"lab\"", "via = \"lob\"")
+    );
+    let line = GOOD.lines().count() + 5;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "network[1].via",
+        &["no [[network]] is named `lob`"],
+    );
+}
+
+#[test]
+fn a_relayed_network_has_no_interface_of_its_own() {
+    let c = Case::new();
+    let text = format!("{GOOD}{RELAYED}interface = \"eth2\"\n");
+    let line = GOOD.lines().count() + 7;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "network[1].interface",
+        &["relayed network has no interface"],
+    );
+}
+
+#[test]
+fn a_pxe_section_needs_a_boot_file_and_urls_for_ipxe() {
+    let c = Case::new();
+    let text =
+        format!("{GOOD}\n[dhcp.pxe]\nbios = \"undionly.kpxe\"\nipxe_script = \"boot.ipxe\"\n");
+    let line = GOOD.lines().count() + 4;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "dhcp.pxe.ipxe_script",
+        &["not a URL iPXE can chain to"],
+    );
+    let text = format!("{GOOD}\n[dhcp.pxe]\nnext_server = \"10.0.0.1\"\n");
+    let (code, _, err) = c.check(&text);
+    assert_eq!(code, 2);
+    assert!(err.contains("dhcp.pxe: names no boot file"), "{err}");
+}
+
+#[test]
+fn a_conflict_wait_out_of_bounds_is_refused() {
+    let c = Case::new();
+    let text = format!("{GOOD}\n[dhcp]\nconflict_wait = \"10s\"\n");
+    let line = GOOD.lines().count() + 3;
+    assert_one(
+        &c,
+        &text,
+        line,
+        "dhcp.conflict_wait",
+        &["not a useful wait"],
+    );
+}

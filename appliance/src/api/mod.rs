@@ -6,6 +6,7 @@ pub mod hosts;
 pub mod images;
 pub mod migrations;
 pub mod plan;
+pub mod reservations;
 pub mod server;
 pub mod watch;
 
@@ -109,6 +110,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/reload", post(reload))
+        .route(
+            "/v1/reservations",
+            get(reservations::list).post(reservations::add),
+        )
+        .route(
+            "/v1/reservations/{network}/{ip}",
+            axum::routing::delete(reservations::remove),
+        )
         .route("/v1/hosts", get(hosts::list))
         .route("/v1/hosts/collect", post(hosts::collect))
         .route("/v1/hosts/trust", post(hosts::trust))
@@ -172,7 +181,12 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
             .iter()
             .map(|n| NetworkStatus {
                 name: n.name.clone(),
-                interface: n.interface.clone(),
+                // A relayed network is heard through another's interface.
+                interface: n
+                    .via
+                    .as_ref()
+                    .map(|v| format!("via {v}"))
+                    .unwrap_or_else(|| n.interface.clone()),
                 address: n.address.to_string(),
                 dhcp_range: n.dhcp_range.map(|(a, b)| format!("{a}-{b}")),
                 lease_time: format_duration(n.lease_time),
@@ -211,6 +225,7 @@ async fn leases(State(app): State<Arc<App>>) -> Result<Json<LeasesReply>, ApiErr
         leases: app.state.leases().await?,
         stats: app
             .dhcp
+            .stats
             .snapshot()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))

@@ -171,6 +171,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// DHCP reservations: the config file's and those made here (taken up at once, kept in
+    /// the state).
+    Reservations {
+        #[command(subcommand)]
+        action: Option<ReservationCmd>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Batches (the moves of one `migrate`), newest first, or one with its moves.
     Batches {
         id: Option<i64>,
@@ -190,6 +199,32 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReservationCmd {
+    /// Every reservation and where it is defined (the default).
+    List,
+    /// Reserve IP in NETWORK for the client known by a MAC, client id or host name.
+    Add {
+        ip: String,
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        mac: Option<String>,
+        /// Client identifier (option 61) as hex pairs, like 01:52:54:00:00:00:10.
+        #[arg(long)]
+        client_id: Option<String>,
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// Remove the reservation of IP (made here; the config's are edited in the file).
+    Rm {
+        ip: String,
+        /// Needed only when IP is reserved in more than one network.
+        #[arg(long)]
+        network: Option<String>,
     },
 }
 
@@ -691,6 +726,55 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                 };
                 progress::run_batch(&client, req, *json).await?;
             }
+            Command::Reservations { action, json } => match action {
+                None | Some(ReservationCmd::List) => {
+                    let v: serde_json::Value = client.get("/v1/reservations").await?;
+                    print_as(&v, *json, show::reservations)?;
+                }
+                Some(ReservationCmd::Add {
+                    ip,
+                    network,
+                    mac,
+                    client_id,
+                    hostname,
+                }) => {
+                    let body = serde_json::json!({
+                        "network": network, "ip": ip, "mac": mac,
+                        "client_id": client_id, "hostname": hostname,
+                    });
+                    let v: serde_json::Value = client.post("/v1/reservations", Some(body)).await?;
+                    print_as(&v, *json, |r: &crate::reservations::ReservationView| {
+                        format!("reserved {} in network {}\n", r.row.ip, r.row.network)
+                    })?;
+                }
+                Some(ReservationCmd::Rm { ip, network }) => {
+                    let network = match network {
+                        Some(n) => n.clone(),
+                        None => {
+                            let all: Vec<crate::reservations::ReservationView> =
+                                client.get("/v1/reservations").await?;
+                            let nets: Vec<_> =
+                                all.iter().filter(|r| &r.row.ip == ip).map(|r| r.row.network.clone()).collect();
+                            match &nets[..] {
+                                [one] => one.clone(),
+                                [] => return Err(Error::Invalid(format!("{ip} is not reserved"))),
+                                _ => {
+                                    return Err(Error::Invalid(format!(
+                                        "{ip} is reserved in networks {}; say which with --network",
+                                        nets.join(", ")
+                                    )))
+                                }
+                            }
+                        }
+                    };
+                    let v: serde_json::Value = client
+                        .delete(&format!("/v1/reservations/{network}/{ip}"))
+                        .await?;
+                    print_as(&v, *json, |r: &crate::reservations::ReservationView| {
+                        format!("removed the reservation of {} in network {}\n", r.row.ip, r.row.network)
+                    })?;
+                }
+            },
             Command::Leases { json } => {
                 let v: serde_json::Value = client.get("/v1/leases").await?;
                 print_as(&v, *json, show::leases)?;

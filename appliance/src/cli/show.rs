@@ -426,6 +426,28 @@ pub fn leases(r: &crate::api::LeasesReply) -> String {
     o
 }
 
+pub fn reservations(r: &Vec<crate::reservations::ReservationView>) -> String {
+    let mut o = String::from(
+        "NETWORK  IP               MAC                CLIENT ID              HOSTNAME         SOURCE\n",
+    );
+    for v in r {
+        let r = &v.row;
+        o.push_str(&format!(
+            "{:<8} {:<16} {:<18} {:<22} {:<16} {}\n",
+            r.network,
+            r.ip,
+            r.mac.as_deref().unwrap_or("-"),
+            r.client_id.as_deref().unwrap_or("-"),
+            r.hostname.as_deref().unwrap_or("-"),
+            v.source
+        ));
+    }
+    if r.is_empty() {
+        o.push_str("(no reservations)\n");
+    }
+    o
+}
+
 /// A batch: its moves with where each VM went, the break the probe saw and how long it took.
 pub fn batch(b: &crate::state::BatchRow) -> String {
     let took = b

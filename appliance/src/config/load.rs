@@ -238,18 +238,45 @@ impl Cx<'_> {
         let name = check(&mut self.p, name, |s| {
             values::check_hostname(s).map(|_| s.to_string())
         });
-        let iface = t.required_string(
-            &mut self.p,
-            "interface",
-            "name the interface this network is served on, like interface = \"eth1\"",
-        );
-        let iface = check(&mut self.p, iface, |s| {
-            values::check_interface_name(s).map(|_| s.to_string())
-        });
+        // A network is either attached (the appliance has an interface and an address on it)
+        // or reached through a DHCP relay agent (RFC 1542), whose address is the giaddr of
+        // its requests and the clients' router there.
+        let relayed = t.get("relay").is_some();
+        let (iface, addr_key, via) = if relayed {
+            for k in ["interface", "address"] {
+                if let Some(v) = t.get(k) {
+                    self.p.at(
+                        &v.span(),
+                        &t.key_path(k),
+                        format!("a relayed network has no {k} of its own; `via` names the network its relay reaches the appliance through"),
+                    );
+                }
+            }
+            let via = t.required_string(
+                &mut self.p,
+                "via",
+                "name the network whose interface the relay's requests arrive on, like via = \"lab\"",
+            );
+            (None, "relay", via.map(|v| (v.value, v.span)))
+        } else {
+            let iface = t.required_string(
+                &mut self.p,
+                "interface",
+                "name the interface this network is served on, like interface = \"eth1\"",
+            );
+            let iface = check(&mut self.p, iface, |s| {
+                values::check_interface_name(s).map(|_| s.to_string())
+            });
+            (iface, "address", None)
+        };
         let addr = t.required_string(
             &mut self.p,
-            "address",
-            "give the appliance's address with its prefix, like address = \"10.0.0.1/24\"",
+            addr_key,
+            if relayed {
+                "give the relay agent's address with the network's prefix, like relay = \"10.0.2.1/24\""
+            } else {
+                "give the appliance's address with its prefix, like address = \"10.0.0.1/24\""
+            },
         );
         let address = check(&mut self.p, addr, |s| {
             let net: Ipv4Net = s.parse().map_err(|_| {
@@ -263,10 +290,19 @@ impl Cx<'_> {
             }
             if net.addr() == net.network() || net.addr() == net.broadcast() {
                 return Err(format!(
-                    "{} is the {} address of {}; the appliance needs a host address, like \"{}/{}\"",
+                    "{} is the {} address of {}; {} needs a host address, like \"{}/{}\"",
                     net.addr(),
-                    if net.addr() == net.network() { "network" } else { "broadcast" },
+                    if net.addr() == net.network() {
+                        "network"
+                    } else {
+                        "broadcast"
+                    },
                     net.trunc(),
+                    if relayed {
+                        "the relay"
+                    } else {
+                        "the appliance"
+                    },
                     Ipv4Addr::from(u32::from(net.network()) + 1),
                     net.prefix_len()
                 ));
@@ -324,7 +360,19 @@ impl Cx<'_> {
                     if a > b {
                         self.p.at(&span, &key, format!("the range runs backwards ({a} > {b}); write the lower address first"));
                     } else if (a..=b).contains(&net.addr()) {
-                        self.p.at(&span, &key, format!("the range contains the appliance's own address {}; start or end it elsewhere", net.addr()));
+                        self.p.at(
+                            &span,
+                            &key,
+                            format!(
+                                "the range contains {} own address {}; start or end it elsewhere",
+                                if relayed {
+                                    "the relay's"
+                                } else {
+                                    "the appliance's"
+                                },
+                                net.addr()
+                            ),
+                        );
                     } else {
                         dhcp_range = Some((a, b));
                     }
@@ -352,6 +400,8 @@ impl Cx<'_> {
                 "name",
                 "interface",
                 "address",
+                "relay",
+                "via",
                 "dhcp_range",
                 "lease_time",
                 "domain",
@@ -370,11 +420,16 @@ impl Cx<'_> {
             }
             None => String::new(),
         };
+        let via = via.map(|(v, span)| {
+            fields.insert("via", span);
+            v
+        });
         Some(Item {
             value: Network {
                 name,
                 interface,
                 address,
+                via,
                 dhcp_range,
                 lease_time: lease
                     .map(|(d, _)| d)
@@ -660,8 +715,80 @@ impl Cx<'_> {
         if let Some(s) = t.string(&mut self.p, "script") {
             dc.script = self.script(&s.value, &s.span, "dhcp.script");
         }
-        t.finish(&mut self.p, &["script"]);
+        if let Some(b) = t.boolean(&mut self.p, "conflict_check") {
+            dc.conflict_check = b.value;
+        }
+        if let Some((d, _)) = t.parse(&mut self.p, "conflict_wait", |s| {
+            let d = values::parse_duration(s)?;
+            if d.is_zero() || d > Duration::from_secs(5) {
+                return Err(format!(
+                    "`{s}` is not a useful wait; clients retry after 4 s, use \"100ms\" to \"5s\""
+                ));
+            }
+            Ok(d)
+        }) {
+            dc.conflict_wait = d;
+        }
+        if let Some(pt) = t.table(&mut self.p, "pxe") {
+            dc.pxe = Some(self.pxe(pt));
+        }
+        t.finish(
+            &mut self.p,
+            &["script", "conflict_check", "conflict_wait", "pxe"],
+        );
         dc
+    }
+
+    /// `[dhcp.pxe]`: what network-booting clients get.
+    fn pxe(&mut self, t: Table) -> PxeConfig {
+        let next_server = t
+            .parse(&mut self.p, "next_server", |s| {
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("`{s}` is not an IPv4 address"))
+            })
+            .map(|(a, _)| a);
+        let mut file = |key: &str| {
+            t.parse(&mut self.p, key, |s| {
+                if s.is_empty() || s.len() > 255 || s.chars().any(|c| c.is_control()) {
+                    Err(format!(
+                        "`{s}` is not a boot file name (1 to 255 printable characters)"
+                    ))
+                } else {
+                    Ok(s.to_string())
+                }
+            })
+            .map(|(f, _)| f)
+        };
+        let (bios, uefi, uefi_arm64) = (file("bios"), file("uefi"), file("uefi_arm64"));
+        let ipxe_script = t
+            .parse(&mut self.p, "ipxe_script", |s| {
+                if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("tftp://") {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!(
+                        "`{s}` is not a URL iPXE can chain to; write it like \"http://10.0.0.1:8080/boot.ipxe\""
+                    ))
+                }
+            })
+            .map(|(u, _)| u);
+        if bios.is_none() && uefi.is_none() && uefi_arm64.is_none() && ipxe_script.is_none() {
+            self.p.at(
+                &t.span,
+                "dhcp.pxe",
+                "names no boot file; give at least one of bios, uefi, uefi_arm64, ipxe_script",
+            );
+        }
+        t.finish(
+            &mut self.p,
+            &["next_server", "bios", "uefi", "uefi_arm64", "ipxe_script"],
+        );
+        PxeConfig {
+            next_server,
+            bios,
+            uefi,
+            uefi_arm64,
+            ipxe_script,
+        }
     }
 
     /// An executable file the appliance will run, or the problem reported at `key`.
@@ -899,6 +1026,20 @@ impl Cx<'_> {
 
     fn check_networks(&mut self, nets: &[Item<Network>]) {
         self.unique("network", nets, "name", |n| Some(n.name.clone()));
+        for (i, n) in nets.iter().enumerate() {
+            let Some(via) = &n.value.via else { continue };
+            let problem = match nets.iter().find(|m| &m.value.name == via) {
+                Some(m) if m.value.via.is_some() => Some(format!(
+                    "`{via}` is itself relayed; name a network the appliance is attached to"
+                )),
+                Some(_) => None,
+                None if self.network_names.contains(via) => None,
+                None => Some(format!("no [[network]] is named `{via}`")),
+            };
+            if let Some(m) = problem {
+                self.p.at(&n.at("via"), &format!("network[{i}].via"), m);
+            }
+        }
         self.unique("network", nets, "interface", |n| {
             Some(n.interface.clone()).filter(|i| !i.is_empty())
         });
@@ -941,28 +1082,7 @@ impl Cx<'_> {
                 );
                 continue;
             };
-            let n = net.value.address;
-            let ip = r.value.ip;
-            let problem = if !n.contains(&ip) {
-                Some(format!(
-                    "{ip} lies outside network `{}` ({}); pick an address inside it",
-                    net.value.name,
-                    n.trunc()
-                ))
-            } else if ip == n.network() || ip == n.broadcast() {
-                Some(format!(
-                    "{ip} is the network's {} address",
-                    if ip == n.network() {
-                        "network"
-                    } else {
-                        "broadcast"
-                    }
-                ))
-            } else if ip == n.addr() {
-                Some(format!("{ip} is the appliance's own address"))
-            } else {
-                None
-            };
+            let problem = net.value.reservable(r.value.ip).err();
             if let Some(m) = problem {
                 self.p.at(&r.at("ip"), &format!("reservation[{i}].ip"), m);
             }

@@ -36,11 +36,43 @@ pub struct Config {
 }
 
 /// The DHCP server's settings beyond each network's range.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DhcpConfig {
     /// Run on each lease change as `SCRIPT add|old|del MAC IP [HOSTNAME]` (dnsmasq's
     /// dhcp-script), one at a time.
     pub script: Option<PathBuf>,
+    /// Ping an address the server has no record of before offering it (as dnsmasq does).
+    pub conflict_check: bool,
+    /// How long to wait for an answer to that ping.
+    #[serde(serialize_with = "ser_duration")]
+    pub conflict_wait: Duration,
+    pub pxe: Option<PxeConfig>,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            script: None,
+            conflict_check: true,
+            conflict_wait: Duration::from_millis(500),
+            pxe: None,
+        }
+    }
+}
+
+/// `[dhcp.pxe]`: the boot file a network-booting client gets, by firmware.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PxeConfig {
+    /// The TFTP server; the appliance's own address on the client's network when not set.
+    pub next_server: Option<Ipv4Addr>,
+    /// Legacy BIOS PXE (client architecture 0).
+    pub bios: Option<String>,
+    /// x86-64 UEFI (architectures 7 and 9).
+    pub uefi: Option<String>,
+    /// ARM64 UEFI (architecture 11).
+    pub uefi_arm64: Option<String>,
+    /// Where a client that is already iPXE (user class "iPXE") chains to.
+    pub ipxe_script: Option<String>,
 }
 
 /// How batches of moves run.
@@ -102,13 +134,18 @@ pub struct ApiConfig {
     pub token_file: Option<PathBuf>,
 }
 
-/// One L2 segment the appliance serves.
+/// One L2 segment the appliance serves: attached (its own interface and address there) or
+/// reached through a DHCP relay agent.
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
     pub name: String,
+    /// Empty for a relayed network.
     pub interface: String,
-    /// The appliance's own address and the segment's prefix.
+    /// The appliance's own address and the segment's prefix; for a relayed network, the relay
+    /// agent's address (the clients' router) and the prefix.
     pub address: Ipv4Net,
+    /// For a relayed network, the attached network whose interface its requests arrive on.
+    pub via: Option<String>,
     pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
     #[serde(serialize_with = "ser_duration")]
     pub lease_time: Duration,
@@ -282,7 +319,58 @@ fn read(path: &Path) -> Result<String, ConfigErrors> {
     })
 }
 
+impl Network {
+    /// Whether `ip` may be reserved for a client here, or why not.
+    pub fn reservable(&self, ip: Ipv4Addr) -> Result<(), String> {
+        let n = self.address;
+        if !n.contains(&ip) {
+            Err(format!(
+                "{ip} lies outside network `{}` ({}); pick an address inside it",
+                self.name,
+                n.trunc()
+            ))
+        } else if ip == n.network() || ip == n.broadcast() {
+            Err(format!(
+                "{ip} is the network's {} address",
+                if ip == n.network() {
+                    "network"
+                } else {
+                    "broadcast"
+                }
+            ))
+        } else if ip == n.addr() {
+            Err(format!(
+                "{ip} is {} own address",
+                if self.via.is_some() {
+                    "the relay's"
+                } else {
+                    "the appliance's"
+                }
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl Config {
+    /// The attached network through which `n` is reached: itself, or its relay's `via`.
+    pub fn attached<'a>(&'a self, n: &'a Network) -> Option<&'a Network> {
+        match &n.via {
+            None => Some(n),
+            Some(v) => self
+                .networks
+                .iter()
+                .find(|m| &m.name == v && m.via.is_none()),
+        }
+    }
+
+    /// The appliance's address that clients of `n` talk to (its server identifier, and where
+    /// it serves images and names).
+    pub fn own_address(&self, n: &Network) -> Option<Ipv4Addr> {
+        self.attached(n).map(|a| a.address.addr())
+    }
+
     /// Reads and checks a config file; all problems are returned together.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         Config::parse(path, &read(path)?)
@@ -324,10 +412,13 @@ impl Config {
                 .dhcp_range
                 .map(|(a, b)| format!("dhcp {a}-{b}"))
                 .unwrap_or_else(|| "no dhcp range".into());
+            let on = match &n.via {
+                Some(v) => format!("via {v}, relay"),
+                None => format!("on {}:", n.interface),
+            };
             s.push_str(&format!(
-                "network {} on {}: {} {} lease {}{}\n",
+                "network {} {on} {} {} lease {}{}\n",
                 n.name,
-                n.interface,
                 n.address,
                 range,
                 values::format_duration(n.lease_time),

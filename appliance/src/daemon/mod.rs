@@ -28,8 +28,8 @@ pub struct App {
     pub images: netmigrate_image::Store,
     /// What follows a VM after a move, registered by the services (DHCP, DNS).
     pub after_move: crate::migrate::hooks::Hooks,
-    /// The DHCP server's counters.
-    pub dhcp: Arc<netmigrate_services::dhcp::Stats>,
+    /// The DHCP server: its counters, and where new pools go.
+    pub dhcp: Arc<crate::dhcp::Dhcp>,
     config: RwLock<Arc<Config>>,
     config_path: PathBuf,
     pub started_ms: i64,
@@ -143,15 +143,22 @@ impl App {
             return Err(ReloadError::NeedsRestart("api.listen changed".into()));
         }
         let sync = self.state.sync_hosts(new.hosts.clone()).await?;
+        // Networks, ranges, reservations and boot files take effect at once; a network on an
+        // interface the server does not listen on yet waits for a restart, and says so.
+        let dhcp = self.dhcp.update(&new).await;
         *self.config.write().expect("config lock") = Arc::new(new);
-        Ok(if sync.is_empty() {
-            "config reloaded; hosts unchanged".into()
+        let mut msg = if sync.is_empty() {
+            "config reloaded; hosts unchanged".to_string()
         } else {
             format!(
                 "config reloaded; hosts added {:?}, changed {:?}, removed {:?}",
                 sync.added, sync.changed, sync.removed
             )
-        })
+        };
+        if let Err(e) = dhcp {
+            msg.push_str(&format!("; {e}"));
+        }
+        Ok(msg)
     }
 }
 
@@ -184,13 +191,13 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     );
 
     let (images, ftp_tasks) = crate::ftp::start(&config, &state).await?;
-    let (dhcp_stats, dhcp_tasks) = crate::dhcp::start(&config, &state).await?;
+    let (dhcp, dhcp_tasks) = crate::dhcp::start(&config, &state).await?;
     let app = Arc::new(App {
         images,
         state: state.clone(),
         inventory: Arc::new(crate::inventory::Inventory::new(INVENTORY_CONCURRENCY)),
         after_move: Arc::new(Vec::new()),
-        dhcp: dhcp_stats,
+        dhcp,
         config: RwLock::new(Arc::new(config)),
         config_path: config_path.to_path_buf(),
         started_ms: now_ms(),

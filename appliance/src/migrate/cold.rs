@@ -36,7 +36,7 @@ impl Move<'_> {
             .networks
             .iter()
             .find(|n| n.address.contains(&a))
-            .map(|n| n.address.addr())
+            .and_then(|n| self.cfg.own_address(n))
             .ok_or_else(|| {
                 format!(
                     "{} ({a}) is on none of the appliance's networks: it cannot reach the image store",

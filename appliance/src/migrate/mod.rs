@@ -644,7 +644,9 @@ impl Move<'_> {
             problems.push(e);
         }
         if let Some(ip) = self.def.ip {
-            if let Some(net) = self.cfg.networks.iter().find(|n| n.address.contains(&ip)) {
+            // Only on a segment the appliance is attached to: a relayed one is routed.
+            let on_link = |n: &&crate::config::Network| n.via.is_none() && n.address.contains(&ip);
+            if let Some(net) = self.cfg.networks.iter().find(on_link) {
                 if let Err(e) = self
                     .journal
                     .step("appliance neighbour", async {

@@ -11,6 +11,7 @@ mod images;
 mod leases;
 mod migrations;
 mod notices;
+mod reservations;
 mod schema;
 mod vms;
 
@@ -28,6 +29,7 @@ pub use images::{AccountRow, ImageChange, ImageRow};
 pub use leases::{LeaseRow, NewLease};
 pub use migrations::{MigrationRow, StepRow};
 pub use notices::Notice;
+pub use reservations::ReservationRow;
 pub use schema::latest as latest_schema;
 pub use vms::VmRow;
 

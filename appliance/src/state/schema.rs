@@ -137,6 +137,19 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX leases_client ON leases (network, client);
     "#,
+    // 7: reservations made at run time (`netmigrate reservations add`), beside the config's.
+    r#"
+    CREATE TABLE reservations (
+        network     TEXT NOT NULL,
+        ip          TEXT NOT NULL,
+        mac         TEXT,
+        client_id   TEXT,                   -- hex pairs, like 01:52:54:00:00:00:10
+        hostname    TEXT,
+        created_ms  INTEGER NOT NULL,
+        PRIMARY KEY (network, ip),
+        CHECK (mac IS NOT NULL OR client_id IS NOT NULL OR hostname IS NOT NULL)
+    ) STRICT;
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).

@@ -315,7 +315,11 @@ fn client_fqdn(req: &Message) -> Option<&fqdn::ClientFQDN> {
 fn fqdn_answer(pool: &Pool, asked: &fqdn::ClientFQDN) -> fqdn::ClientFQDN {
     let mut name = asked.domain().clone();
     if !name.is_fqdn() {
-        if let Some(d) = pool.domain.as_deref().and_then(|d| dhcproto::Name::from_ascii(d).ok()) {
+        if let Some(d) = pool
+            .domain
+            .as_deref()
+            .and_then(|d| dhcproto::Name::from_ascii(d).ok())
+        {
             if let Ok(full) = name.clone().append_domain(&d) {
                 name = full;
             }

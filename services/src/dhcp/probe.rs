@@ -50,9 +50,7 @@ impl Prober {
             .push(tx);
         let send = async {
             for _ in 0..2 {
-                let seq = self
-                    .seq
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let pkt = echo_request(self.id, seq);
                 let to: socket2::SockAddr = SocketAddr::from((ip, 0)).into();
                 loop {
@@ -149,7 +147,9 @@ mod tests {
     fn an_echo_request_checks_out_and_a_reply_is_matched_by_id() {
         let req = echo_request(0x1234, 7);
         assert_eq!(checksum(&req), 0, "a packet with its checksum sums to zero");
-        let mut reply = vec![0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 9, 10, 0, 0, 1];
+        let mut reply = vec![
+            0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 9, 10, 0, 0, 1,
+        ];
         let mut icmp = req.clone();
         icmp[0] = 0;
         reply.extend_from_slice(&icmp);
@@ -160,6 +160,10 @@ mod tests {
         assert_eq!(echo_reply_from(&reply, 0x9999), None, "someone else's ping");
         assert_eq!(echo_reply_from(&reply[..22], 0x1234), None, "truncated");
         reply[20] = 8;
-        assert_eq!(echo_reply_from(&reply, 0x1234), None, "a request is no reply");
+        assert_eq!(
+            echo_reply_from(&reply, 0x1234),
+            None,
+            "a request is no reply"
+        );
     }
 }

@@ -101,13 +101,20 @@ pub async fn serve(
     stats: Arc<Stats>,
     settings: Settings,
 ) -> Result<JoinHandle<()>, String> {
-    let sock = socket(&interface)
-        .map_err(|e| format!("DHCP on {interface}: cannot listen on port {SERVER_PORT}: {e}"))?;
+    let sock = socket(&interface).map_err(|e| {
+        let names: Vec<_> = pools.borrow().iter().map(|p| p.network.clone()).collect();
+        format!(
+            "DHCP on {interface} (network {}): cannot listen on port {SERVER_PORT}: {e}",
+            names.join(", ")
+        )
+    })?;
     let prober = match settings.conflict_wait {
         Some(wait) => match Prober::new() {
             Ok(p) => Some((Arc::new(p), wait)),
             Err(e) => {
-                tracing::warn!("DHCP on {interface}: no conflict check (cannot open an ICMP socket: {e})");
+                tracing::warn!(
+                    "DHCP on {interface}: no conflict check (cannot open an ICMP socket: {e})"
+                );
                 None
             }
         },

@@ -310,7 +310,10 @@ fn a_relayed_request_is_answered_from_the_relays_network() {
     assert!(far.in_range(offer.yiaddr()));
     assert_eq!(offer.giaddr(), relay);
     let opts = offer.opts();
-    assert_eq!(opts.get(OptionCode::Router), Some(&DhcpOption::Router(vec![relay])));
+    assert_eq!(
+        opts.get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![relay]))
+    );
     assert_eq!(
         opts.get(OptionCode::ServerIdentifier),
         Some(&DhcpOption::ServerIdentifier(far.server))
@@ -374,13 +377,18 @@ fn a_client_fqdn_names_the_lease_and_is_answered_whole() {
     assert_eq!((back.r1(), back.r2()), (255, 255));
     // It survives the wire.
     let bytes = encode(&mut ack.clone(), &r).unwrap();
-    assert!(decode(&bytes).unwrap().opts().get(OptionCode::ClientFQDN).is_some());
+    assert!(decode(&bytes)
+        .unwrap()
+        .opts()
+        .get(OptionCode::ClientFQDN)
+        .is_some());
 }
 
 fn booting(arch: Option<u16>, user_class: Option<&[u8]>) -> Message {
     let mut d = msg(MessageType::Discover, mac(9));
-    d.opts_mut()
-        .insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
+    d.opts_mut().insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+    ));
     if let Some(a) = arch {
         d.opts_mut()
             .insert(DhcpOption::ClientSystemArchitecture(a.into()));
@@ -401,7 +409,11 @@ fn a_booting_client_gets_the_file_for_its_firmware() {
             _ => None,
         };
         let header = offer.fname_str().and_then(|r| r.ok()).map(str::to_string);
-        assert_eq!(opt67, header.filter(|h| !h.is_empty()), "option 67 and the file field agree");
+        assert_eq!(
+            opt67,
+            header.filter(|h| !h.is_empty()),
+            "option 67 and the file field agree"
+        );
         if opt67.is_some() {
             assert_eq!(offer.siaddr(), p.server, "next server");
             assert_eq!(
@@ -411,16 +423,27 @@ fn a_booting_client_gets_the_file_for_its_firmware() {
         }
         opt67
     };
-    assert_eq!(file(&booting(Some(0), None)).as_deref(), Some("undionly.kpxe"));
+    assert_eq!(
+        file(&booting(Some(0), None)).as_deref(),
+        Some("undionly.kpxe")
+    );
     assert_eq!(file(&booting(Some(7), None)).as_deref(), Some("ipxe.efi"));
     assert_eq!(file(&booting(Some(9), None)).as_deref(), Some("ipxe.efi"));
-    assert_eq!(file(&booting(Some(11), None)), None, "no ARM64 file configured");
+    assert_eq!(
+        file(&booting(Some(11), None)),
+        None,
+        "no ARM64 file configured"
+    );
     assert_eq!(
         file(&booting(Some(0), Some(b"iPXE"))).as_deref(),
         Some("http://10.0.0.1:8080/boot.ipxe"),
         "iPXE chains to the script"
     );
-    assert_eq!(file(&msg(MessageType::Discover, mac(9))), None, "not booting");
+    assert_eq!(
+        file(&msg(MessageType::Discover, mac(9))),
+        None,
+        "not booting"
+    );
 }
 
 #[test]
@@ -430,8 +453,7 @@ fn a_reply_is_cut_to_the_clients_maximum_message_size() {
     p.domain = Some(format!("{}.internal", "d".repeat(60)));
     p.boot.as_mut().unwrap().bios = Some(long.clone());
     let mut d = booting(Some(0), None);
-    d.opts_mut()
-        .insert(DhcpOption::Hostname("h".repeat(200)));
+    d.opts_mut().insert(DhcpOption::Hostname("h".repeat(200)));
     let mut r = request(mac(9), Ipv4Addr::new(10, 0, 0, 100), Some(p.server));
     for (c, o) in d.opts().iter() {
         if *c != OptionCode::MessageType {
@@ -446,7 +468,11 @@ fn a_reply_is_cut_to_the_clients_maximum_message_size() {
         big
     })
     .unwrap();
-    assert!(whole.len() > 548, "the test needs a big reply, got {}", whole.len());
+    assert!(
+        whole.len() > 548,
+        "the test needs a big reply, got {}",
+        whole.len()
+    );
     let cut = encode(&mut ack, &r).unwrap();
     assert!(cut.len() <= 548, "{} bytes", cut.len());
     let back = decode(&cut).unwrap();
@@ -478,7 +504,10 @@ fn a_reserved_address_held_by_another_is_not_given_twice() {
     // The holder is refused at renewal, and then the reservation is honoured.
     let mut renew = request(mac(3), reserved, None);
     renew.set_ciaddr(reserved);
-    assert_eq!(kind(&step(&p, &mut l, &renew, NOW).unwrap()), MessageType::Nak);
+    assert_eq!(
+        kind(&step(&p, &mut l, &renew, NOW).unwrap()),
+        MessageType::Nak
+    );
     let later = NOW + 60_001;
     let offer = step(&p, &mut l, &msg(MessageType::Discover, mac(0x99)), later).unwrap();
     assert_eq!(offer.yiaddr(), reserved);
