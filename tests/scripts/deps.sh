@@ -9,7 +9,8 @@ CACHE=${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}
 PKGS=(
   qemu-system-x86 openvswitch-switch openvswitch-common busybox-static cpio iproute2
   iputils-ping arping tcpdump openssh-server openssh-client curl lftp python3 procps psmisc
-  vsftpd iperf3 isc-dhcp-client kea-dhcp4-server kea-admin dnsmasq-base
+  vsftpd iperf3 isc-dhcp-client kea-dhcp4-server kea-admin dnsmasq-base isc-dhcp-relay
+  dhcpcd-base ipxe-qemu
 )
 
 missing=()

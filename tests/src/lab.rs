@@ -189,6 +189,19 @@ impl Lab {
         })
     }
 
+    /// A node with `eth0` and no address, on a segment of its own behind `router`: a veth
+    /// pair whose other end is `router`'s `dev` (a relay's or router's second interface).
+    pub fn behind(&self, role: &str, router: &Node, dev: &str) -> Result<Node> {
+        let ns = self.ns_name(role);
+        self.add_ns(&ns)?;
+        netns::veth(&router.ns, dev, &ns, "eth0")?;
+        Ok(Node {
+            role: role.into(),
+            ns,
+            ip: Ipv4Addr::UNSPECIFIED,
+        })
+    }
+
     pub fn client(&self) -> Result<Node> {
         self.node("cl", CLIENT_IP)
     }

@@ -228,3 +228,186 @@ fn real_clients_get_renew_and_release_leases_that_survive_a_crash() {
     assert!(v["stats"]["acks"].as_u64().unwrap() >= 2, "{v:#}");
     eprintln!("{}", app.cli_ok(&["leases"]).unwrap());
 }
+
+/// dhcpcd confined to the lab: its lease and control files go to `dir` (bind-mounted in the
+/// mount namespace `ip netns exec` makes), its hook is our script (never resolv.conf).
+fn dhcpcd(lab: &Lab, ns: &str, dir: &Path, hook: &Path, args: &[&str]) -> std::process::Command {
+    let (db, run) = (dir.join("db"), dir.join("run"));
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let _ = lab;
+    let mut c = netmigrate_lab::netns::exec(ns, "sh");
+    c.arg("-c")
+        .arg(format!(
+            "mount --bind {} /var/lib/dhcpcd && mount --bind {} /run/dhcpcd && exec dhcpcd -4 -f /dev/null -c {} \"$@\"",
+            db.display(),
+            run.display(),
+            hook.display()
+        ))
+        .arg("dhcpcd")
+        .args(args);
+    c
+}
+
+fn events_say(log: &Path, what: &str) -> String {
+    wait_for(
+        &format!("the client to report {what}"),
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(log)
+                .ok()
+                .filter(|t| t.lines().any(|l| l.starts_with(what)))
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_relay_serves_a_second_subnet_to_dhcpcd_and_reservations_change_at_once() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let state_dir = lab.appliance_state_dir().unwrap();
+    let mut config = netmigrate_lab::appliance::network_config(&state_dir);
+    config.push_str(
+        "\n[[network]]\nname = \"far\"\nrelay = \"10.214.0.1/24\"\nvia = \"lab\"\n\
+         dhcp_range = [\"10.214.0.100\", \"10.214.0.150\"]\nlease_time = \"1h\"\n\
+         \n[[reservation]]\nnetwork = \"far\"\nhostname = \"fixed\"\nip = \"10.214.0.9\"\n",
+    );
+    let app = lab.appliance_with(&config).unwrap();
+    // The relay: one leg on the lab network, one on the far segment; the appliance routes
+    // its replies to the relay's far address through the relay's lab address.
+    let relay = lab.node("rl", "10.213.0.2".parse().unwrap()).unwrap();
+    let far = lab.behind("far", &relay, "far0").unwrap();
+    netmigrate_lab::netns::add_addr(&relay.ns, "far0", "10.214.0.1".parse().unwrap(), 24).unwrap();
+    // Renewals go straight to the appliance (unicast), routed by the relay.
+    lab.exec(&relay.ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    lab.exec(
+        &app.node.ns,
+        "ip",
+        &["route", "add", "10.214.0.0/24", "via", "10.213.0.2"],
+    )
+    .unwrap();
+    // ISC dhcrelay, adding option 82 (-a): it drops replies whose agent information does not
+    // come back.
+    lab.track(
+        "dhcrelay",
+        netmigrate_lab::netns::exec(&relay.ns, "dhcrelay").args([
+            "-4",
+            "-d",
+            "-a",
+            "--no-pid",
+            "-id",
+            "far0",
+            "-iu",
+            "eth0",
+            "10.213.0.1",
+        ]),
+    )
+    .unwrap();
+
+    // dhcpcd on the far segment: an address from the far range, the relay as its router.
+    let dir = lab.subdir("dhcpcd").unwrap();
+    let (hook, log) = script(
+        &lab,
+        "dhcpcd",
+        r#"echo "$reason $new_ip_address $new_routers" >> "$LOG""#,
+    );
+    lab.track(
+        "dhcpcd",
+        &mut dhcpcd(&lab, &far.ns, &dir, &hook, &["-B", "eth0"]),
+    )
+    .unwrap();
+    let said = events_say(&log, "BOUND");
+    let bound = said.lines().find(|l| l.starts_with("BOUND")).unwrap();
+    let words: Vec<_> = bound.split_whitespace().collect();
+    let ip = words[1].to_string();
+    let n: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        ip.starts_with("10.214.0.") && (100..=150).contains(&n),
+        "{bound}"
+    );
+    assert_eq!(words.get(2), Some(&"10.214.0.1"), "router: {bound}");
+    let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
+    let l = lease(&v, &ip).unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(
+        (l["network"].as_str(), l["state"].as_str()),
+        (Some("far"), Some("bound"))
+    );
+    let mac = l["mac"].as_str().unwrap().to_string();
+
+    // Renew through the relay.
+    let ctl = |args: &[&str]| {
+        netmigrate_lab::sys::run(&mut dhcpcd(&lab, &far.ns, &dir, &hook, args)).unwrap();
+    };
+    ctl(&["-N", "eth0"]);
+    events_say(&log, &format!("RENEW {ip}"));
+
+    // A reservation made now, for this client, wins over the lease it holds: at its next
+    // renewal it is refused, and it comes back with the reserved address. No restart.
+    app.cli_ok(&[
+        "reservations",
+        "add",
+        "10.214.0.77",
+        "--network",
+        "far",
+        "--mac",
+        &mac,
+    ])
+    .unwrap();
+    let list = app.cli_ok(&["reservations"]).unwrap();
+    assert!(
+        list.contains("10.214.0.77") && list.contains("runtime"),
+        "{list}"
+    );
+    assert!(
+        list.contains("10.214.0.9") && list.contains("config"),
+        "{list}"
+    );
+    ctl(&["-N", "eth0"]);
+    events_say(&log, "BOUND 10.214.0.77");
+    // Bad input is named; a config reservation is not removed from here.
+    let taken = app
+        .cli(&[
+            "reservations",
+            "add",
+            "10.214.0.77",
+            "--network",
+            "far",
+            "--hostname",
+            "x",
+        ])
+        .unwrap();
+    assert!(!taken.status.success());
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("already reserved"));
+    let outside = app
+        .cli(&[
+            "reservations",
+            "add",
+            "10.99.0.5",
+            "--network",
+            "far",
+            "--hostname",
+            "y",
+        ])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&outside.stderr).contains("outside network `far`"));
+    let cfg_rm = app.cli(&["reservations", "rm", "10.214.0.9"]).unwrap();
+    assert!(String::from_utf8_lossy(&cfg_rm.stderr).contains("config file"));
+
+    // Release: the lease is released in the appliance.
+    ctl(&["-k", "eth0"]);
+    events_say(&log, "STOPPED");
+    let released = wait_for("the release", Duration::from_secs(10), || {
+        let v = json(&app.cli_ok(&["leases", "--json"]).ok()?);
+        (lease(&v, "10.214.0.77")?["state"] == "released").then_some(v)
+    })
+    .unwrap();
+    app.cli_ok(&["reservations", "rm", "10.214.0.77"]).unwrap();
+    assert!(!app
+        .cli_ok(&["reservations"])
+        .unwrap()
+        .contains("10.214.0.77"));
+    eprintln!("{}", app.cli_ok(&["leases"]).unwrap());
+    assert_eq!(released["stats"]["unknown_relay"], 0, "{released:#}");
+}

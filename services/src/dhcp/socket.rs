@@ -34,13 +34,16 @@ fn socket(interface: &str) -> std::io::Result<UdpSocket> {
 }
 
 /// Where a reply goes (RFC 2131 4.1): to the relay, to the client's address, or broadcast on
-/// the interface (a client without an address; no ARP entry is forged for unicast).
-fn destination(req: &Message, reply: &Message) -> SocketAddr {
+/// the interface (a client without an address; no ARP entry is forged for unicast). A NAK is
+/// broadcast, except to a client renewing from behind a router (`on_link` false): a broadcast
+/// would never reach it.
+fn destination(req: &Message, reply: &Message, on_link: bool) -> SocketAddr {
     let to = |ip: Ipv4Addr, port| SocketAddr::V4(SocketAddrV4::new(ip, port));
     if !req.giaddr().is_unspecified() {
         return to(req.giaddr(), SERVER_PORT);
     }
-    if reply.opts().msg_type() == Some(MessageType::Nak) || req.ciaddr().is_unspecified() {
+    let nak = reply.opts().msg_type() == Some(MessageType::Nak);
+    if req.ciaddr().is_unspecified() || (nak && on_link) {
         return to(Ipv4Addr::BROADCAST, CLIENT_PORT);
     }
     to(req.ciaddr(), CLIENT_PORT)
@@ -287,8 +290,8 @@ impl Server {
         &mut self,
         req: &Message,
     ) -> Option<(usize, Option<Message>, Option<(LeaseEvent, Lease)>)> {
-        let giaddr = req.giaddr();
-        let Some(i) = self.nets.iter().position(|n| n.pool.serves(giaddr)) else {
+        let Some(i) = self.pool_of(req) else {
+            let giaddr = req.giaddr();
             if giaddr.is_unspecified() {
                 Stats::add(&self.stats.ignored);
             } else {
@@ -347,6 +350,19 @@ impl Server {
         Some((i, reply, commit))
     }
 
+    /// The pool a request belongs to (RFC 2131 4.3.1): the relay's network if relayed, else the
+    /// network of the address a renewing client holds (it may sit behind a router), else the
+    /// interface's own.
+    fn pool_of(&self, req: &Message) -> Option<usize> {
+        let (giaddr, ciaddr) = (req.giaddr(), req.ciaddr());
+        if giaddr.is_unspecified() && !ciaddr.is_unspecified() {
+            if let Some(i) = self.nets.iter().position(|n| n.pool.contains(ciaddr)) {
+                return Some(i);
+            }
+        }
+        self.nets.iter().position(|n| n.pool.serves(giaddr))
+    }
+
     /// A probe's outcome: the waiting offer leaves, or the address is quarantined as in use
     /// and the request answered again (with another address).
     async fn probed(&mut self, p: Probed) {
@@ -388,7 +404,11 @@ impl Server {
                 return;
             }
         };
-        let dest = destination(req, reply);
+        let on_link = self
+            .nets
+            .iter()
+            .any(|n| !n.pool.relayed && n.pool.contains(req.ciaddr()));
+        let dest = destination(req, reply, on_link);
         if let Err(e) = self.sock.send_to(&out, dest).await {
             tracing::warn!(%dest, "DHCP send: {e}");
         }
