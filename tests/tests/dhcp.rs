@@ -411,3 +411,154 @@ fn a_relay_serves_a_second_subnet_to_dhcpcd_and_reservations_change_at_once() {
     eprintln!("{}", app.cli_ok(&["leases"]).unwrap());
     assert_eq!(released["stats"]["unknown_relay"], 0, "{released:#}");
 }
+
+#[test]
+fn a_qemu_machine_pxe_boots_into_the_ipxe_script_and_a_used_address_is_not_offered() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let state_dir = lab.appliance_state_dir().unwrap();
+    let mut config = netmigrate_lab::appliance::network_config(&state_dir);
+    config.push_str(
+        "\n[dhcp]\nconflict_wait = \"300ms\"\n\n[dhcp.pxe]\nbios = \"undionly.kpxe\"\n\
+         uefi = \"ipxe.efi\"\nipxe_script = \"http://10.213.0.1:8089/boot.ipxe\"\n",
+    );
+    let app = lab.appliance_with(&config).unwrap();
+
+    // A host the server knows nothing of already uses the first address of the range.
+    let _squatter = lab.node("sq", "10.213.0.150".parse().unwrap()).unwrap();
+    let c = lab.bare_node("c1").unwrap();
+    let (us, ulog) = udhcpc_script(&lab);
+    // udhcpc as a daemon: SIGUSR1 renews, SIGUSR2 releases.
+    let pid = lab
+        .track(
+            "udhcpc",
+            netmigrate_lab::netns::exec(&c.ns, "busybox").args([
+                "udhcpc",
+                "-i",
+                "eth0",
+                "-f",
+                "-t",
+                "5",
+                "-T",
+                "1",
+                "-s",
+                us.to_str().unwrap(),
+            ]),
+        )
+        .unwrap();
+    let said = |what: &str| {
+        wait_for(
+            &format!("udhcpc to say {what}"),
+            Duration::from_secs(20),
+            || {
+                std::fs::read_to_string(&ulog)
+                    .ok()
+                    .filter(|t| t.lines().any(|l| l.starts_with(what)))
+            },
+        )
+        .unwrap()
+    };
+    let told = said("bound");
+    let got = told.split_whitespace().nth(1).unwrap().to_string();
+    assert_ne!(got, "10.213.0.150", "an address in use was offered");
+    let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
+    assert!(v["stats"]["conflicts"].as_u64().unwrap() >= 1, "{v:#}");
+    assert_eq!(
+        lease(&v, "10.213.0.150").unwrap()["state"],
+        "declined",
+        "{v:#}"
+    );
+    netmigrate_lab::sys::signal(pid, libc::SIGUSR1);
+    said(&format!("renew {got}"));
+    netmigrate_lab::sys::signal(pid, libc::SIGUSR2);
+    wait_for("udhcpc's release", Duration::from_secs(10), || {
+        let v = json(&app.cli_ok(&["leases", "--json"]).ok()?);
+        (lease(&v, &got)?["state"] == "released").then_some(())
+    })
+    .unwrap();
+    lab.stop(pid);
+
+    // The boot script, served over HTTP beside the appliance: it chains to a second URL, so
+    // a request for that one shows iPXE ran what it was given.
+    let www = lab.subdir("www").unwrap();
+    std::fs::write(
+        www.join("boot.ipxe"),
+        "#!ipxe\nchain http://10.213.0.1:8089/chained-from-script\n",
+    )
+    .unwrap();
+    lab.track(
+        "http",
+        netmigrate_lab::netns::exec(&app.node.ns, "python3")
+            .args([
+                "-m",
+                "http.server",
+                "8089",
+                "--bind",
+                "10.213.0.1",
+                "--directory",
+            ])
+            .arg(&www),
+    )
+    .unwrap();
+
+    // A diskless machine: SeaBIOS, then QEMU's iPXE ROM (-boot n), on a tap bridged to the lab.
+    let m = lab.bare_node("pxe").unwrap();
+    for args in [
+        &["link", "add", "br0", "type", "bridge"][..],
+        &["link", "set", "eth0", "master", "br0"],
+        &["tuntap", "add", "tap0", "mode", "tap"],
+        &["link", "set", "tap0", "master", "br0"],
+        &["link", "set", "tap0", "up"],
+        &["link", "set", "br0", "up"],
+    ] {
+        lab.exec(&m.ns, "ip", args).unwrap();
+    }
+    // e1000: SeaBIOS here does not run the virtio-net ROM.
+    let rom = [
+        "/usr/lib/ipxe/qemu/pxe-e1000.rom",
+        "/usr/share/qemu/pxe-e1000.rom",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("QEMU's iPXE ROM (package ipxe-qemu)");
+    lab.track(
+        "pxe-machine",
+        netmigrate_lab::netns::exec(&m.ns, "qemu-system-x86_64").args([
+            "-accel",
+            "tcg",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-boot",
+            "n",
+            "-netdev",
+            "tap,id=n0,ifname=tap0,script=no,downscript=no",
+            "-device",
+            &format!("e1000,netdev=n0,mac=52:54:00:bb:00:01,romfile={rom}"),
+        ]),
+    )
+    .unwrap();
+    let http_log = lab.dir.join("http.log");
+    let log = wait_for(
+        "iPXE to fetch the script and what it chains to",
+        Duration::from_secs(120),
+        || {
+            std::fs::read_to_string(&http_log)
+                .ok()
+                .filter(|t| t.contains("GET /chained-from-script"))
+        },
+    )
+    .unwrap();
+    assert!(log.contains("GET /boot.ipxe"), "{log}");
+    let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
+    let booted = v["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["mac"] == "52:54:00:bb:00:01")
+        .unwrap_or_else(|| panic!("no lease for the PXE machine: {v:#}"));
+    assert_eq!(booted["state"], "bound");
+}
