@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: all deps build demo demo-hold paper bench-dhcp test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
+.PHONY: fuzz-dhcp all deps build demo demo-hold paper bench-dhcp test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
 
 all: build
 
@@ -62,6 +62,12 @@ bench-ftp: deps
 bench-dhcp: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-dhcp
+
+## fuzz-dhcp: the DHCP decode-answer-encode path under libFuzzer (nightly; FUZZ_SECS, default 300)
+FUZZ_SECS ?= 300
+fuzz-dhcp:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz run dhcp_answer -- -max_total_time=$(FUZZ_SECS)
 
 ## cleanup: remove namespaces and run directories left by killed lab runs
 cleanup:

@@ -62,7 +62,9 @@ fn start(lab: &Lab, ns: &str, server: &str, dir: &Path) -> Result<u32> {
                 format!(
                     "state_dir = \"{}\"\n\n[[network]]\nname = \"bench\"\ninterface = \"eth0\"\n\
                      address = \"{SRV}/16\"\ndhcp_range = [\"10.99.1.0\", \"10.99.255.254\"]\n\
-                     lease_time = \"12h\"\n",
+                     lease_time = \"12h\"\n\n\
+                     # Like dnsmasq --no-ping here, and Kea by default: no probe before offers.\n\
+                     [dhcp]\nconflict_check = false\n",
                     dir.join("state").display()
                 ),
             )?;

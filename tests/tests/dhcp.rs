@@ -408,6 +408,27 @@ fn a_relay_serves_a_second_subnet_to_dhcpcd_and_reservations_change_at_once() {
         .cli_ok(&["reservations"])
         .unwrap()
         .contains("10.214.0.77"));
+
+    // A reload moves the far range; the next client of that network gets an address from the
+    // new one, without a restart.
+    let text = std::fs::read_to_string(&app.config).unwrap().replace(
+        "[\"10.214.0.100\", \"10.214.0.150\"]",
+        "[\"10.214.0.200\", \"10.214.0.210\"]",
+    );
+    std::fs::write(&app.config, text).unwrap();
+    let said = app.cli_ok(&["reload"]).unwrap();
+    assert!(said.contains("reloaded"), "{said}");
+    std::fs::remove_file(&log).unwrap();
+    netmigrate_lab::sys::run(&mut dhcpcd(
+        &lab,
+        &far.ns,
+        &dir,
+        &hook,
+        &["-1", "-t", "20", "eth0"],
+    ))
+    .unwrap();
+    let said = events_say(&log, "BOUND");
+    assert!(said.contains("BOUND 10.214.0.20"), "{said}");
     eprintln!("{}", app.cli_ok(&["leases"]).unwrap());
     assert_eq!(released["stats"]["unknown_relay"], 0, "{released:#}");
 }
