@@ -67,7 +67,7 @@ bench-dhcp: deps
 FUZZ_SECS ?= 300
 fuzz-dhcp:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && $(CARGO) +nightly fuzz run dhcp_answer -- -max_total_time=$(FUZZ_SECS)
+	cd fuzz && { [ -e Cargo.lock ] || cp ../Cargo.lock .; } && $(CARGO) +nightly fuzz run dhcp_answer -- -max_total_time=$(FUZZ_SECS)
 
 ## cleanup: remove namespaces and run directories left by killed lab runs
 cleanup:

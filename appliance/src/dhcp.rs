@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use netmigrate_services::dhcp::{
-    self, Boot, Lease, LeaseEvent, LeaseState, LeaseStore, Pool, Reservation, Settings, Stats,
+    self, Boot, Command, Lease, LeaseEvent, LeaseState, LeaseStore, Pool, Reservation, Settings,
+    Stats,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -228,8 +229,8 @@ pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool
 pub struct Dhcp {
     pub stats: Arc<Stats>,
     state: State,
-    /// By interface: the servers listening.
-    listening: HashMap<String, watch::Sender<Vec<Pool>>>,
+    /// By interface: the servers listening, and where their commands go.
+    listening: HashMap<String, (watch::Sender<Vec<Pool>>, mpsc::Sender<Command>)>,
 }
 
 impl Dhcp {
@@ -239,7 +240,7 @@ impl Dhcp {
         let extra = self.state.reservations().await.map_err(|e| e.to_string())?;
         let mut pools = pools(cfg, &extra);
         let mut not_listening = Vec::new();
-        for (iface, tx) in &self.listening {
+        for (iface, (tx, _)) in &self.listening {
             tx.send_replace(pools.remove(iface).unwrap_or_default());
         }
         not_listening.extend(pools.into_keys());
@@ -252,6 +253,48 @@ impl Dhcp {
                 not_listening.join(", ")
             ))
         }
+    }
+}
+
+impl Dhcp {
+    /// Moves the bound leases of MAC `old` to `new` in every server: the client keeps its
+    /// addresses under its new MAC. Returns them (network, address).
+    pub async fn rebind(&self, old: [u8; 6], new: [u8; 6]) -> Vec<(String, std::net::Ipv4Addr)> {
+        let mut moved = Vec::new();
+        for (_, commands) in self.listening.values() {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if commands
+                .send(Command::Rebind { old, new, reply })
+                .await
+                .is_ok()
+            {
+                moved.extend(answer.await.unwrap_or_default());
+            }
+        }
+        moved
+    }
+}
+
+/// The binding follows a VM that comes back from a move with a new MAC: its leases go to the
+/// new MAC before its new NIC asks, so that it gets the same address.
+pub struct FollowVm(pub Arc<Dhcp>);
+
+#[async_trait]
+impl crate::migrate::hooks::AfterMove for FollowVm {
+    fn name(&self) -> String {
+        "dhcp".into()
+    }
+
+    async fn moved(&self, m: &crate::migrate::hooks::Moved) -> Result<(), String> {
+        let Some(old) = &m.old_mac else {
+            return Ok(());
+        };
+        let (Some(old), Some(new)) = (parse_mac(old), parse_mac(&m.mac)) else {
+            return Err(format!("unreadable MAC {old} or {}", m.mac));
+        };
+        let moved = self.0.rebind(old, new).await;
+        tracing::info!(vm = %m.vm, "DHCP: leases {moved:?} follow the VM to MAC {}", m.mac);
+        Ok(())
     }
 }
 
@@ -281,9 +324,11 @@ pub async fn start(cfg: &Config, state: &State) -> Result<(Arc<Dhcp>, Vec<JoinHa
             .map(|p| format!("{} {}-{}", p.network, p.range.0, p.range.1))
             .collect();
         let (ptx, prx) = watch::channel(pools);
+        let (ctx, crx) = mpsc::channel(16);
         match dhcp::serve(
             iface.clone(),
             prx,
+            crx,
             store.clone(),
             stats.clone(),
             settings.clone(),
@@ -293,7 +338,7 @@ pub async fn start(cfg: &Config, state: &State) -> Result<(Arc<Dhcp>, Vec<JoinHa
             Ok(t) => {
                 tracing::info!("DHCP serving on {iface}: {}", names.join(", "));
                 tasks.push(t);
-                listening.insert(iface, ptx);
+                listening.insert(iface, (ptx, ctx));
             }
             Err(e) => {
                 state

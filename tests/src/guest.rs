@@ -90,7 +90,15 @@ hostname $NM_NAME
 ip link set lo up
 i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
 ip link set eth0 up
-if [ "$NM_IP" = dhcp ]; then udhcpc -i eth0 -b -t 20 -T 1 -s /usr/share/udhcpc/default.script -x hostname:$NM_NAME
+if [ "$NM_IP" = dhcp ]; then
+  dhcp() { touch /tmp/nic.$(cat /sys/class/net/$1/address)
+    udhcpc -i $1 -b -t 20 -T 1 -p /tmp/udhcpc.$1.pid -s /usr/share/udhcpc/default.script -x hostname:$NM_NAME; }
+  dhcp eth0
+  # A NIC plugged in later (a move that gave the VM a new MAC) gets its address the same way.
+  ( while :; do for d in /sys/class/net/eth*; do n=${d##*/}; [ -e /tmp/nic.$(cat $d/address) ] && continue
+      [ -f /tmp/udhcpc.$n.pid ] && kill $(cat /tmp/udhcpc.$n.pid) 2>/dev/null
+      ip link set $n up; echo "NM: new nic $n $(cat $d/address)" > /dev/console; dhcp $n; done
+    usleep 200000; done ) &
 else ip addr add $NM_IP dev eth0; fi
 [ -n "$NM_GW" ] && ip route add default via $NM_GW
 echo "hello from $NM_NAME $(cat /sys/class/net/eth0/address)" > /www/index.html
@@ -104,6 +112,7 @@ case "$1" in
   deconfig) ip addr flush dev $interface; ip link set $interface up;;
   bound|renew) ip addr flush dev $interface; ip addr add $ip/${mask:-24} dev $interface
      [ -n "$router" ] && ip route replace default via ${router%% *}
+     arping -U -c 2 -s $ip -I $interface $ip >/dev/null 2>&1 &
      echo "NM: dhcp $1 $ip" > /dev/console;;
 esac
 "#;

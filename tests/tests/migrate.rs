@@ -417,3 +417,130 @@ fn faults_on_the_target_roll_back_and_leave_the_vm_where_it_was() {
     assert!(ports(&a).contains(&port));
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from vm3"));
 }
+
+#[test]
+fn a_vm_moved_with_a_new_mac_keeps_its_dhcp_address() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let config =
+        netmigrate_lab::appliance::lab_config(&lab, &lab.appliance_state_dir().unwrap(), &[&a, &c])
+            .unwrap();
+    let app = lab.appliance_with(&config).unwrap();
+    // A VM that takes its address from the appliance's DHCP (and takes up hot-plugged NICs).
+    let (old_mac, new_mac) = ("52:54:00:d5:00:19", "52:54:00:d5:01:19");
+    let (k, i) = (
+        netmigrate_lab::guest::kernel().unwrap(),
+        netmigrate_lab::guest::initramfs().unwrap(),
+    );
+    app.cli_ok(&[
+        "vm",
+        "define",
+        "vm5",
+        "--mem",
+        "128",
+        "--mac",
+        old_mac,
+        "--kernel",
+        &k.display().to_string(),
+        "--initrd",
+        &i.display().to_string(),
+        "--append",
+        "console=ttyS0 quiet nm_ip=dhcp nm_name=vm5",
+    ])
+    .unwrap();
+    app.cli_ok(&["vm", "start", "vm5", "--on", "hostA"])
+        .unwrap();
+    let lease_of = |mac: &str| {
+        let v = json(&app.cli_ok(&["leases", "--json"]).ok()?);
+        v["leases"]
+            .as_array()?
+            .iter()
+            .find(|l| l["mac"] == mac && l["state"] == "bound")
+            .and_then(|l| l["ip"].as_str())
+            .and_then(|s| s.parse::<std::net::Ipv4Addr>().ok())
+    };
+    let ip = netmigrate_lab::sys::wait_for("vm5's lease", BOOT, || lease_of(old_mac)).unwrap();
+    let hello = wait_http(&lab, &client.ns, ip);
+    assert!(hello.contains("hello from vm5"), "{hello}");
+
+    // Refused before anything moves: a malformed MAC, and its own.
+    let bad = app
+        .cli(&[
+            "migrate",
+            "vm5",
+            "--to",
+            "hostC",
+            "--new-mac",
+            "vm5=52:54:00",
+        ])
+        .unwrap();
+    assert!(!bad.status.success());
+    let own = app
+        .cli(&[
+            "migrate",
+            "vm5",
+            "--to",
+            "hostC",
+            "--new-mac",
+            &format!("vm5={old_mac}"),
+        ])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&own.stderr).contains("is already its MAC"),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+
+    let out = app
+        .cli(&[
+            "migrate",
+            "vm5",
+            "--to",
+            "hostC",
+            "--new-mac",
+            &format!("vm5={new_mac}"),
+            "--json",
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = &json(&text)["migrations"][0];
+    assert_eq!(m["state"], "done", "{m:#}");
+    let steps: Vec<&str> = m["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    for want in ["new mac", "after move: dhcp"] {
+        assert!(steps.contains(&want), "{want} missing from {steps:?}");
+    }
+    // The definition has the new MAC; the lease went with it, and the guest's new NIC asked
+    // for (and got) the same address; the VM answers there, from its new MAC.
+    let defs = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
+    assert_eq!(defs[0]["def"]["mac"], new_mac, "{defs:#}");
+    assert_eq!(lease_of(new_mac), Some(ip));
+    assert_eq!(lease_of(old_mac), None);
+    wait_http(&lab, &client.ns, ip);
+    let neigh = lab
+        .exec(&client.ns, "ip", &["neigh", "show", &ip.to_string()])
+        .unwrap();
+    assert!(neigh.contains(new_mac), "the client still sees {neigh}");
+    let events = app.cli_ok(&["events", "--limit", "100"]).unwrap();
+    eprintln!(
+        "{}",
+        app.cli_ok(&["migrations", &m["id"].to_string()]).unwrap()
+    );
+    assert!(
+        events.contains(&format!("old {ip} {new_mac}")),
+        "the lease event names the new MAC: {events}"
+    );
+    eprintln!("break {} ms", m["break_ms"]);
+}

@@ -161,6 +161,10 @@ enum Command {
         /// Start the remaining moves even after one did not complete.
         #[arg(long)]
         keep_going: bool,
+        /// Give VM a new MAC on its target (repeatable); the appliance's DHCP keeps its address.
+        /// The guest must take up a hot-plugged NIC.
+        #[arg(long = "new-mac", value_name = "VM=MAC")]
+        new_mac: Vec<String>,
         /// Print the batch as JSON instead of progress and a table.
         #[arg(long)]
         json: bool,
@@ -703,8 +707,18 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                 max_per_host,
                 max_per_link,
                 keep_going,
+                new_mac,
                 json,
             } => {
+                let new_macs = new_mac
+                    .iter()
+                    .map(|p| match p.split_once('=') {
+                        Some((vm, mac)) if !vm.is_empty() && !mac.is_empty() => {
+                            Ok((vm.to_string(), mac.to_string()))
+                        }
+                        _ => Err(Error::Invalid(format!("--new-mac `{p}`: write it as VM=MAC"))),
+                    })
+                    .collect::<Result<_, _>>()?;
                 let downtime_ms = match downtime {
                     Some(d) => Some(
                         crate::config::values::parse_duration(d)
@@ -723,6 +737,7 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     max_per_host: *max_per_host,
                     max_per_link: *max_per_link,
                     keep_going: *keep_going,
+                    new_macs,
                 };
                 progress::run_batch(&client, req, *json).await?;
             }

@@ -196,7 +196,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         images,
         state: state.clone(),
         inventory: Arc::new(crate::inventory::Inventory::new(INVENTORY_CONCURRENCY)),
-        after_move: Arc::new(Vec::new()),
+        after_move: Arc::new(vec![Arc::new(crate::dhcp::FollowVm(dhcp.clone()))]),
         dhcp,
         config: RwLock::new(Arc::new(config)),
         config_path: config_path.to_path_buf(),

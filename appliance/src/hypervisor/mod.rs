@@ -182,4 +182,8 @@ pub trait Hypervisor: Send + Sync {
     async fn announce(&self, vm: &VmDef) -> Result<(), DriverError>;
     /// Ends `vm` here (its process or domain); nothing is left of it on this host.
     async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// Gives running `vm` a NIC with MAC `mac` on the same port, in place of its own; the
+    /// guest sees its NIC go and a new one come (it must take up hot-plugged NICs). Done when
+    /// the NIC with that MAC is there; calling it again then changes nothing.
+    async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError>;
 }

@@ -17,6 +17,11 @@ use crate::inventory::ssh::Conn;
 const POLL: Duration = Duration::from_millis(5);
 /// A cap high enough not to throttle a stopped VM's save (QEMU's default is 128 MiB/s).
 const MAX_BANDWIDTH: u64 = 10 << 30;
+/// The VM's NIC: its QEMU id and PCI slot.
+const NIC: &str = "nic0";
+const NIC_SLOT: &str = "0x10";
+/// How long a guest may take to let its NIC go.
+const NIC_RELEASE: Duration = Duration::from_secs(15);
 
 type QmpConn = Qmp<russh::ChannelStream<russh::client::Msg>>;
 
@@ -98,7 +103,12 @@ impl Qemu {
             "-netdev".into(),
             format!("tap,id=n0,ifname={},script=no,downscript=no", vm.port()),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={}", vm.mac),
+            // A fixed id and slot: a NIC replaced by hot-plug (a new MAC) comes back where the
+            // next host's QEMU, started from the definition, expects it.
+            format!(
+                "virtio-net-pci,id={NIC},netdev=n0,mac={},addr={NIC_SLOT}",
+                vm.mac
+            ),
             "-daemonize".into(),
             "-pidfile".into(),
             self.path(vm, "pid"),
@@ -480,5 +490,56 @@ impl Hypervisor for Qemu {
         self.sh(vm, &script, Duration::from_secs(20))
             .await
             .map(drop)
+    }
+
+    async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {
+        let path = format!("/machine/peripheral/{NIC}");
+        let current = self
+            .exec(vm, "qom-get", json!({"path": path, "property": "mac"}))
+            .await
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_ascii_lowercase));
+        if current.as_deref() == Some(&mac.to_ascii_lowercase()) {
+            return Ok(());
+        }
+        if current.is_some() {
+            // QEMU migrates the MAC with the device's state: a new MAC needs a new device.
+            // The guest must let the old one go (ACPI hot-unplug).
+            self.exec(vm, "device_del", json!({"id": NIC})).await?;
+            let gone = async {
+                loop {
+                    let v = self
+                        .exec(vm, "qom-list", json!({"path": "/machine/peripheral"}))
+                        .await?;
+                    let there = v
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|p| p["name"] == NIC));
+                    if !there {
+                        return Ok::<(), DriverError>(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            match tokio::time::timeout(NIC_RELEASE, gone).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(DriverError::Timeout {
+                        host: self.host.name.clone(),
+                        vm: vm.name.clone(),
+                        what: "for the guest to release its NIC (does it take ACPI hot-unplug?)"
+                            .into(),
+                        after: NIC_RELEASE,
+                    })
+                }
+            }
+        }
+        self.exec(
+            vm,
+            "device_add",
+            json!({"driver": "virtio-net-pci", "id": NIC, "netdev": "n0", "mac": mac,
+                   "addr": NIC_SLOT}),
+        )
+        .await
+        .map(drop)
     }
 }

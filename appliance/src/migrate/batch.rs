@@ -41,6 +41,9 @@ pub struct BatchRequest {
     /// Start the remaining moves even after one did not complete.
     #[serde(default)]
     pub keep_going: bool,
+    /// VMs to give a new MAC on their target, by name.
+    #[serde(default)]
+    pub new_macs: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +103,11 @@ impl Engine {
     ) -> Result<BatchRow, Refused> {
         if req.plan.vms.is_empty() {
             return Err(Refused::Driver("name at least one VM to move".into()));
+        }
+        if let Some(vm) = req.new_macs.keys().find(|v| !req.plan.vms.contains(v)) {
+            return Err(Refused::Driver(format!(
+                "--new-mac names {vm}, which is not among the VMs to move"
+            )));
         }
         let mut involved: Vec<String> = Vec::new();
         for name in &req.plan.vms {
@@ -221,6 +229,7 @@ impl Engine {
                         probe: req.probe_port.map(|p| format!(":{p}")),
                         probe_enabled: req.probe_enabled,
                         batch: Some(id),
+                        new_mac: req.new_macs.get(&m.vm).cloned(),
                     };
                     let (engine, c) = (self.clone(), cfg.clone());
                     let h = tasks.spawn(async move {

@@ -260,8 +260,7 @@ impl Move<'_> {
             return back(e).await;
         }
         let paused_ms = paused_at.elapsed().as_millis() as u64;
-        let told = self.tell_network().await;
-        self.after_move().await;
+        let told = self.arrive().await;
         let _ = self
             .dst
             .sh(&format!(

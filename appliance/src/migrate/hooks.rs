@@ -18,7 +18,10 @@ pub struct Moved {
     pub vm: String,
     pub from: String,
     pub to: String,
+    /// The MAC it has now.
     pub mac: String,
+    /// The MAC it had before, when the move gave it a new one.
+    pub old_mac: Option<String>,
     pub ip: Option<Ipv4Addr>,
 }
 
@@ -68,6 +71,7 @@ mod tests {
             from: "hostA".into(),
             to: "hostC".into(),
             mac: "52:54:00:d5:00:15".into(),
+            old_mac: None,
             ip: Some(Ipv4Addr::new(10, 213, 0, 21)),
         }
     }

@@ -61,6 +61,10 @@ pub struct Request {
     /// The batch this move belongs to, if any.
     #[serde(default)]
     pub batch: Option<i64>,
+    /// Give the VM this MAC on the target (its NIC is replaced once it runs there; DHCP keeps
+    /// its address for it).
+    #[serde(default)]
+    pub new_mac: Option<String>,
 }
 
 fn default_downtime_ms() -> u64 {
@@ -101,6 +105,8 @@ pub enum Refused {
     },
     #[error("host {0} has no pinned SSH host key yet; `netmigrate hosts trust {0}` first")]
     NotTrusted(String),
+    #[error("new MAC for {vm}: {why}")]
+    BadMac { vm: String, why: String },
     #[error("{0}")]
     Driver(String),
     #[error("{0}")]
@@ -394,7 +400,15 @@ impl Engine {
         }
         let src = self.side(src_cfg).await?;
         let dst = self.side(dst_cfg).await?;
-        let def = row.def.clone();
+        let mut def = row.def.clone();
+        if def.ip.is_none() {
+            // A VM that took its address from DHCP: the lease says where it answers.
+            def.ip = self.lease_ip(&def.mac).await;
+        }
+        let req = &Request {
+            new_mac: self.check_new_mac(&def, req.new_mac.as_deref()).await?,
+            ..req.clone()
+        };
         self.check_room(dst_cfg, &def).await?;
 
         let id = self
@@ -411,6 +425,11 @@ impl Engine {
             state: self.state.clone(),
             id,
         };
+        if let Some(mac) = &req.new_mac {
+            self.state
+                .migration_detail(id, serde_json::json!({"new_mac": mac, "old_mac": def.mac}))
+                .await?;
+        }
         self.state
             .record(
                 NewEvent::info(
@@ -497,12 +516,56 @@ impl Engine {
     }
 }
 
-/// Runs the after-move hooks for `def`, moved `from` -> `to`; failures are journaled.
+impl Engine {
+    /// The address of the bound lease of `mac`, if the appliance's DHCP gave it one.
+    pub async fn lease_ip(&self, mac: &str) -> Option<std::net::Ipv4Addr> {
+        let leases = self.state.leases().await.ok()?;
+        leases
+            .iter()
+            .filter(|l| l.state == "bound" && l.mac.eq_ignore_ascii_case(mac))
+            .max_by_key(|l| l.expires_ms)
+            .and_then(|l| l.ip.parse().ok())
+    }
+
+    /// `new` as the VM's next MAC (normalized), or why it cannot be.
+    async fn check_new_mac(
+        &self,
+        def: &VmDef,
+        new: Option<&str>,
+    ) -> Result<Option<String>, Refused> {
+        let Some(new) = new else { return Ok(None) };
+        let bad = |why: String| Refused::BadMac {
+            vm: def.name.clone(),
+            why,
+        };
+        let mac = new
+            .parse::<crate::config::values::Mac>()
+            .map_err(bad)?
+            .to_string();
+        if mac.eq_ignore_ascii_case(&def.mac) {
+            return Err(bad(format!("{mac} is already its MAC")));
+        }
+        if let Some(other) = self
+            .state
+            .vms()
+            .await?
+            .into_iter()
+            .find(|v| v.name != def.name && v.def.mac.eq_ignore_ascii_case(&mac))
+        {
+            return Err(bad(format!("{mac} is {}'s", other.name)));
+        }
+        Ok(Some(mac))
+    }
+}
+
+/// Runs the after-move hooks for `def`, moved `from` -> `to` (with a new MAC if `old_mac` is
+/// its old one); failures are journaled.
 pub(crate) async fn run_hooks(
     engine: &Engine,
     cfg: &Config,
     journal: &Journal,
     def: &VmDef,
+    old_mac: Option<&str>,
     from: &str,
     to: &str,
 ) {
@@ -519,6 +582,7 @@ pub(crate) async fn run_hooks(
         from: from.to_string(),
         to: to.to_string(),
         mac: def.mac.clone(),
+        old_mac: old_mac.map(str::to_string),
         ip: def.ip,
     };
     for h in all {
@@ -558,6 +622,7 @@ pub(crate) enum Failure {
 }
 
 /// The parts of one move.
+#[derive(Clone, Copy)]
 pub(crate) struct Move<'a> {
     pub engine: &'a Engine,
     pub cfg: &'a Config,
@@ -624,9 +689,70 @@ impl Move<'_> {
     /// After the VM runs on the target: tell the network, then clear the source. Failures here
     /// leave the VM running on the target and are reported.
     pub async fn finish_on_target(&self) -> Result<(), Failure> {
-        let told = self.tell_network().await;
-        self.after_move().await;
+        let told = self.arrive().await;
         self.clear_source(told).await
+    }
+
+    /// Once the VM runs on the target: its new MAC if one was asked for, the network told and
+    /// the hooks run (with the MAC it now has). Returns what went wrong, for `clear_source` to
+    /// report.
+    pub async fn arrive(&self) -> Vec<String> {
+        let Some(mac) = &self.req.new_mac else {
+            let problems = self.tell_network().await;
+            self.hooks(self.def, None).await;
+            return problems;
+        };
+        // The bindings follow first, so that the guest's first request from its new NIC finds
+        // its address waiting; if the NIC cannot be replaced they go back.
+        let renewed = VmDef {
+            mac: mac.clone(),
+            ..self.def.clone()
+        };
+        self.hooks(&renewed, Some(&self.def.mac)).await;
+        let mut problems = Vec::new();
+        let now = match self.journal.step("new mac", self.renew_mac(mac)).await {
+            Ok(()) => &renewed,
+            Err(e) => {
+                problems.push(e);
+                self.hooks(self.def, Some(mac)).await;
+                self.def
+            }
+        };
+        problems.extend(Move { def: now, ..*self }.tell_network().await);
+        problems
+    }
+
+    /// Runs the after-move hooks for the VM as `def` says it now is.
+    async fn hooks(&self, def: &VmDef, old_mac: Option<&str>) {
+        run_hooks(
+            self.engine,
+            self.cfg,
+            self.journal,
+            def,
+            old_mac,
+            &self.src.cfg.name,
+            &self.dst.cfg.name,
+        )
+        .await;
+    }
+
+    /// Replaces the VM's NIC on the target by one with `mac`, and keeps the new MAC in its
+    /// definition (where its next start or move takes it from).
+    async fn renew_mac(&self, mac: &str) -> Result<(), String> {
+        self.dst
+            .driver
+            .replace_nic(self.def, mac)
+            .await
+            .map_err(driver_err)?;
+        let def = VmDef {
+            mac: mac.to_string(),
+            ..self.def.clone()
+        };
+        self.engine
+            .state
+            .define_vm(def)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Tells the network where the VM now is, at once (the break ends when the switches know):
@@ -659,19 +785,6 @@ impl Move<'_> {
             }
         }
         problems
-    }
-
-    /// Lets DHCP, DNS and the operator's script follow the VM; each hook is a journal step.
-    pub async fn after_move(&self) {
-        run_hooks(
-            self.engine,
-            self.cfg,
-            self.journal,
-            self.def,
-            &self.src.cfg.name,
-            &self.dst.cfg.name,
-        )
-        .await;
     }
 
     /// Stops the VM on the source and removes its port there; `problems` are those of the

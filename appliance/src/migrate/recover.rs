@@ -104,9 +104,32 @@ impl Engine {
         let forward = t == RunState::Running
             || (resumed_on_target && t != RunState::Absent)
             || (s == RunState::Absent && t == RunState::Paused && loaded_and_verified);
+        let mut def = def;
         let (state, host, reason) = if forward {
             settle_forward(&journal, &def, &src, &dst, t).await;
-            super::run_hooks(self, cfg, &journal, &def, &src.cfg.name, &dst.cfg.name).await;
+            // A new MAC asked for and perhaps half given: give it (again; it is idempotent).
+            if let Some(new) = m.detail["new_mac"].as_str().filter(|n| *n != def.mac) {
+                let given = journal
+                    .step("recover: new mac", async {
+                        dst.driver.replace_nic(&def, new).await.map_err(driver_err)
+                    })
+                    .await;
+                if given.is_ok() {
+                    def.mac = new.to_string();
+                    let _ = self.state.define_vm(def.clone()).await;
+                }
+            }
+            let old_mac = m.detail["old_mac"].as_str().filter(|o| *o != def.mac);
+            super::run_hooks(
+                self,
+                cfg,
+                &journal,
+                &def,
+                old_mac,
+                &src.cfg.name,
+                &dst.cfg.name,
+            )
+            .await;
             (
                 "done",
                 dst.cfg.name.clone(),

@@ -348,7 +348,7 @@ fn boot_client(req: &Message) -> Option<(bool, bool, Option<u16>)> {
 
 /// The boot file for a booting client: iPXE chains to the script; firmware gets the file
 /// for its architecture (RFC 4578: 0 BIOS, 7 and 9 x86-64 UEFI, 11 ARM64 UEFI).
-pub fn boot_file<'b>(boot: &'b Boot, ipxe: bool, arch: Option<u16>) -> Option<&'b str> {
+pub fn boot_file(boot: &Boot, ipxe: bool, arch: Option<u16>) -> Option<&str> {
     if ipxe {
         if let Some(s) = &boot.ipxe_script {
             return Some(s);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use answer::{answer, boot_file, encode, Answer};
 pub use lease::{client_key, Lease, LeaseState, Leases};
-pub use socket::{serve, Settings};
+pub use socket::{serve, Command, Settings};
 
 /// Decodes one packet. dhcproto asserts on some malformed option lengths (in debug builds) and
 /// may have other such bugs: a panic while decoding counts as malformed, it never ends the

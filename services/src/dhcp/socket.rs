@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dhcproto::v4::{Message, MessageType};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::probe::Prober;
@@ -64,6 +64,18 @@ pub struct Settings {
     pub conflict_wait: Option<Duration>,
 }
 
+/// What the appliance asks of a running server, beside its pools.
+#[derive(Debug)]
+pub enum Command {
+    /// The client with MAC `old` now has MAC `new` (a VM given a new NIC): its bound leases
+    /// go to it, committed; the reply lists them (network, address).
+    Rebind {
+        old: [u8; 6],
+        new: [u8; 6],
+        reply: oneshot::Sender<Vec<(String, Ipv4Addr)>>,
+    },
+}
+
 /// One pool and its leases.
 struct Net {
     pool: Pool,
@@ -100,6 +112,7 @@ struct Server {
 pub async fn serve(
     interface: String,
     mut pools: watch::Receiver<Vec<Pool>>,
+    mut commands: mpsc::Receiver<Command>,
     store: Arc<dyn LeaseStore>,
     stats: Arc<Stats>,
     settings: Settings,
@@ -159,6 +172,15 @@ pub async fn serve(
                     server.probed(p).await;
                     continue;
                 }
+                Some(c) = commands.recv() => {
+                    match c {
+                        Command::Rebind { old, new, reply } => {
+                            let moved = server.rebind(old, new).await;
+                            let _ = reply.send(moved);
+                        }
+                    }
+                    continue;
+                }
             };
             server.batch(got, &mut buf).await;
         }
@@ -181,6 +203,46 @@ impl Server {
             self.nets.push(Net { pool, leases });
         }
         Ok(())
+    }
+
+    /// Moves the bound leases of MAC `old` to MAC `new` (and the client identity derived from
+    /// the MAC with them; a client identifier of its own stays), each committed.
+    async fn rebind(&mut self, old: [u8; 6], new: [u8; 6]) -> Vec<(String, Ipv4Addr)> {
+        let now = now_ms();
+        let mut moved = Vec::new();
+        for net in &mut self.nets {
+            let held: Vec<Lease> = net
+                .leases
+                .all()
+                .filter(|l| l.mac == old && l.state == LeaseState::Bound && l.holds(now))
+                .cloned()
+                .collect();
+            for l in held {
+                let client = if l.client == super::client_key(None, &old) {
+                    super::client_key(None, &new)
+                } else {
+                    l.client.clone()
+                };
+                let rebound = Lease {
+                    client,
+                    mac: new,
+                    ..l
+                };
+                let network = net.pool.network.clone();
+                match self.store.commit(&network, &rebound).await {
+                    Ok(()) => {
+                        net.leases.put(rebound.clone());
+                        moved.push((network.clone(), rebound.ip));
+                        self.store
+                            .changed(&network, vec![(LeaseEvent::Old, rebound)]);
+                    }
+                    Err(e) => {
+                        tracing::error!(%network, "DHCP: moving a lease to a new MAC: {e}")
+                    }
+                }
+            }
+        }
+        moved
     }
 
     /// Leases that ran out are recorded as ended, with a `del` event.
