@@ -169,8 +169,10 @@ fn the_prober_measures_a_service_break() {
     std::thread::sleep(Duration::from_millis(1500));
     let r = p.finish();
     assert!(r.successes > 10, "{r:?}");
+    // The lower bound allows for the prober's thread being scheduled late (2 cores, guests
+    // booting beside it): a success stamped late before the freeze shortens the gap it sees.
     assert!(
-        r.break_time >= Duration::from_millis(1400) && r.break_time < Duration::from_millis(3500),
+        r.break_time >= Duration::from_millis(1200) && r.break_time < Duration::from_millis(3500),
         "break {:?} should be about the 1.5 s freeze: {r:?}",
         r.break_time
     );
