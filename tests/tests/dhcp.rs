@@ -583,3 +583,43 @@ fn a_qemu_machine_pxe_boots_into_the_ipxe_script_and_a_used_address_is_not_offer
         .unwrap_or_else(|| panic!("no lease for the PXE machine: {v:#}"));
     assert_eq!(booted["state"], "bound");
 }
+
+#[test]
+fn a_lease_nobody_renews_runs_out_and_is_reclaimed() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let state_dir = lab.appliance_state_dir().unwrap();
+    // The shortest lease the config takes; the server looks for ended leases every 30 s.
+    let config = netmigrate_lab::appliance::network_config(&state_dir)
+        .replace("lease_time = \"1h\"", "lease_time = \"1m\"");
+    let (hook, hook_log) = script(&lab, "lease-hook", r#"echo "$@" >> "$LOG""#);
+    let config = format!("{config}\n[dhcp]\nscript = \"{}\"\n", hook.display());
+    let app = lab.appliance_with(&config).unwrap();
+    let c = lab.bare_node("c1").unwrap();
+    let (us, ulog) = udhcpc_script(&lab);
+    // udhcpc gets its lease and quits (-q): nobody renews it.
+    udhcpc(&lab, &c.ns, &us, &["-x", "hostname:gone"]);
+    let told = std::fs::read_to_string(&ulog).unwrap();
+    assert!(told.contains("lease=60"), "{told}");
+    let ip = addr_of(&lab, &c.ns).unwrap();
+    let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
+    let mac = lease(&v, &ip).unwrap()["mac"].as_str().unwrap().to_string();
+    let del = format!("del {mac} {ip} gone");
+    let said = wait_for(
+        "the lease to run out and be reclaimed",
+        Duration::from_secs(120),
+        || {
+            std::fs::read_to_string(&hook_log)
+                .ok()
+                .filter(|t| t.lines().any(|l| l == del))
+        },
+    )
+    .unwrap();
+    assert!(said.starts_with(&format!("add {mac} {ip} gone")), "{said}");
+    let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
+    assert_eq!(lease(&v, &ip).unwrap()["state"], "released", "{v:#}");
+    // The address is free again: another client may get it.
+    let c2 = lab.bare_node("c2").unwrap();
+    udhcpc(&lab, &c2.ns, &us, &["-r", &ip]);
+    assert_eq!(addr_of(&lab, &c2.ns), Some(ip));
+}
