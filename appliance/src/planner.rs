@@ -131,8 +131,20 @@ pub async fn plan(cfg: &Config, state: &State, req: PlanRequest) -> Result<PlanR
         cluster.hosts.push(host);
         seen.extend(vms.into_iter().map(|v| (*at, v)));
     }
-    // A VM that moved since a host's last collection shows up twice: the newest facts win.
-    seen.sort_by_key(|s| std::cmp::Reverse(s.0));
+    // A VM can show up on two hosts: it moved since a host's last collection, or a move that
+    // lost its target left a QEMU there that never ran it. Where the appliance knows a
+    // managed VM runs (its journaled state) wins; otherwise the newest facts.
+    let runs_at: std::collections::HashMap<String, String> = state
+        .vms()
+        .await?
+        .into_iter()
+        .filter(|v| v.state == "running")
+        .filter_map(|v| Some((v.name, v.host?)))
+        .collect();
+    seen.sort_by_key(|(at, v)| {
+        let known = runs_at.get(&v.name) == Some(&v.host);
+        (std::cmp::Reverse(known), std::cmp::Reverse(*at))
+    });
     for (_, v) in seen {
         if !cluster.vms.iter().any(|w| w.name == v.name) {
             cluster.vms.push(v);

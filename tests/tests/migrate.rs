@@ -544,3 +544,94 @@ fn a_vm_moved_with_a_new_mac_keeps_its_dhcp_address() {
     );
     eprintln!("break {} ms", m["break_ms"]);
 }
+
+/// hostC stops answering (its link is cut) while it loads the VM's state: the move is rolled
+/// back, the VM runs on hostA again and answers; with hostC back, the next move there clears
+/// what the cut-off one left and succeeds.
+#[test]
+fn a_target_cut_off_mid_move_leaves_the_vm_running_on_the_source() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let app = lab.appliance(&[&a, &c]).unwrap();
+    let (vm, ip) = define(&app, 4);
+    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
+    wait_http(&lab, &client.ns, ip);
+    let port = format!("nm-{vm}");
+    // hostC's download of the image waits a little: the test cuts hostC off meanwhile.
+    c.fake_tool("curl", "#!/bin/sh\nsleep 3\nexec /usr/bin/curl \"$@\"\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = std::thread::scope(|s| {
+        let mv = s.spawn(|| {
+            app.cli(&[
+                "migrate",
+                &vm,
+                "--to",
+                "hostC",
+                "--cold",
+                "--no-probe",
+                "--json",
+            ])
+            .unwrap()
+        });
+        netmigrate_lab::sys::wait_for("the target to start loading", BOOT, || {
+            let v = json(&app.cli_ok(&["migrations", "--json"]).ok()?);
+            let id = v[0]["id"].as_i64()?;
+            let m = json(
+                &app.cli_ok(&["migrations", &id.to_string(), "--json"])
+                    .ok()?,
+            );
+            m["steps"]
+                .as_array()?
+                .iter()
+                .any(|s| s["step"] == "load on target")
+                .then_some(())
+        })
+        .unwrap();
+        lab.exec(&c.ns, "ip", &["link", "set", "up0", "down"])
+            .unwrap();
+        mv.join().unwrap()
+    });
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "the move succeeded: {text}");
+    let m = &json(&text)["migrations"][0];
+    assert_eq!(m["state"], "rolled-back", "{m:#}");
+    let reason = m["reason"].as_str().unwrap();
+    assert!(reason.contains("hostC"), "{reason}");
+    eprintln!("cut off after {took:?}: {reason}");
+    assert!(runs_on(&a, &vm), "not running on hostA");
+    assert!(ports(&a).contains(&port));
+    assert!(wait_http(&lab, &client.ns, ip).contains("hello from vm4"));
+    let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
+    assert_eq!(
+        (v[0]["host"].as_str(), v[0]["state"].as_str()),
+        (Some("hostA"), Some("running"))
+    );
+
+    // hostC is back: the next move clears the leftover there and goes through.
+    lab.exec(&c.ns, "ip", &["link", "set", "up0", "up"])
+        .unwrap();
+    c.remove_tool("curl");
+    let out = app
+        .cli(&["migrate", &vm, "--to", "hostC", "--cold", "--json"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = &json(&text)["migrations"][0];
+    assert_eq!(m["state"], "done", "{m:#}");
+    assert!(runs_on(&c, &vm) && !runs_on(&a, &vm), "not in one place");
+    assert!(ports(&c).contains(&port) && !ports(&a).contains(&port));
+    assert!(wait_http(&lab, &client.ns, ip).contains("hello from vm4"));
+    eprintln!(
+        "{}",
+        app.cli_ok(&["migrations", &m["id"].to_string()]).unwrap()
+    );
+}

@@ -17,6 +17,8 @@ use crate::inventory::ssh::Conn;
 const POLL: Duration = Duration::from_millis(5);
 /// A cap high enough not to throttle a stopped VM's save (QEMU's default is 128 MiB/s).
 const MAX_BANDWIDTH: u64 = 10 << 30;
+/// Why a load failed when the host itself stopped answering.
+const HOST_GONE: &str = "the host stopped answering while loading the VM's state";
 /// The VM's NIC: its QEMU id and PCI slot.
 const NIC: &str = "nic0";
 const NIC_SLOT: &str = "0x10";
@@ -385,15 +387,22 @@ impl Hypervisor for Qemu {
             matches!(d["status"].as_str(), Some("completed" | "failed"))
         });
         // A QEMU that dies of a bad stream may not get its word out through the forwarded
-        // socket: look at the process too, every half second.
+        // socket: look at the process too, every half second. A host that does not answer
+        // twice in a row (it is cut off, or down) fails the load.
         let watched = async {
             tokio::pin!(done);
+            let mut unanswered = 0;
             loop {
                 tokio::select! {
                     r = &mut done => break r,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                        if !self.alive(vm).await.unwrap_or(true) {
-                            break Err("QEMU exited".to_string());
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => match self.alive(vm).await {
+                        Ok(true) => unanswered = 0,
+                        Ok(false) => break Err("QEMU exited".to_string()),
+                        Err(e) => {
+                            unanswered += 1;
+                            if unanswered >= 2 {
+                                break Err(format!("{HOST_GONE}: {e}"));
+                            }
                         }
                     }
                 }
@@ -403,6 +412,11 @@ impl Hypervisor for Qemu {
             Ok(Ok(d)) if d["status"] == "completed" => {
                 self.keep(vm, q).await;
                 Ok(())
+            }
+            Ok(Err(e)) if e.starts_with(HOST_GONE) => Err(self.err(vm, e)),
+            // The QMP channel broke: QEMU died, or the host went away with it.
+            Ok(Err(_)) if self.alive(vm).await.is_err() => {
+                Err(self.err(vm, format!("{HOST_GONE} (its SSH connection broke)")))
             }
             // A failed load ends QEMU (or leaves it useless): say why, from its log.
             Ok(_) => Err(self.err(
@@ -476,6 +490,7 @@ impl Hypervisor for Qemu {
     }
 
     async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.qmps.lock().await.remove(&vm.name);
         let pid = sh_quote(&self.path(vm, "pid"));
         let script = format!(
             "p=$(cat {pid} 2>/dev/null); \

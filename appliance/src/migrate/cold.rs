@@ -352,7 +352,6 @@ impl Move<'_> {
 
     /// Undo to the state before the move: the target cleared, the VM running on the source.
     pub(crate) async fn rollback(&self) {
-        self.undo_target().await;
         // A save still streaming out would go on, and end the VM paused: stop it first.
         self.journal
             .undo("save", async {
@@ -363,10 +362,14 @@ impl Move<'_> {
                     .map_err(driver_err)
             })
             .await;
+        // The source first: the target never runs a state saved from a paused VM unless told
+        // to (QEMU keeps the source's run state), and a target that no longer answers would
+        // otherwise keep the VM paused for as long as it takes to give up on it.
         self.journal
             .undo("pause source", async {
                 self.src.driver.resume(self.def).await.map_err(driver_err)
             })
             .await;
+        self.undo_target().await;
     }
 }

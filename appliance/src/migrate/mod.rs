@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, HostConfig, HypervisorKind};
 use crate::hypervisor::qemu::{sh_quote, Qemu};
-use crate::hypervisor::{Hypervisor, VmDef};
+use crate::hypervisor::{Hypervisor, RunState, VmDef};
 use crate::inventory::ssh::Conn;
 use crate::inventory::Inventory;
 use crate::network::{self, Ovsdb, PortSpec};
@@ -652,6 +652,39 @@ impl Move<'_> {
     /// source port's VLAN tag and rate limit) up and checked, before anything stops.
     pub async fn prepare_target(&self) -> Result<(), String> {
         let spec = self.port_spec().await;
+        // What an earlier move left there when the target stopped answering (a QEMU that never
+        // ran the VM, or one whose QMP a dead session still holds) goes first, but only while
+        // the VM demonstrably runs on the source; a running one on the target is refused.
+        let there = self.dst.driver.state(self.def).await;
+        match there {
+            Ok(RunState::Absent) => {}
+            Ok(RunState::Running) => {
+                return Err(format!(
+                    "a running QEMU for {} is already on {}; the state says it runs on {}",
+                    self.def.name, self.dst.cfg.name, self.src.cfg.name
+                ))
+            }
+            leftover => {
+                let here = self.src.driver.state(self.def).await.map_err(driver_err)?;
+                if here != RunState::Running {
+                    return Err(format!(
+                        "{} has a QEMU for {} ({}) and the one on {} is {here:?}: touching neither",
+                        self.dst.cfg.name,
+                        self.def.name,
+                        match leftover {
+                            Ok(s) => format!("{s:?}"),
+                            Err(e) => e.to_string(),
+                        },
+                        self.src.cfg.name
+                    ));
+                }
+                self.journal
+                    .step("clear leftover on target", async {
+                        self.dst.driver.destroy(self.def).await.map_err(driver_err)
+                    })
+                    .await?;
+            }
+        }
         self.journal
             .step("prepare target", async {
                 self.dst
