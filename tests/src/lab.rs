@@ -96,18 +96,27 @@ impl Lab {
         if let Some(why) = unavailable() {
             bail!("{why}");
         }
-        // Random enough across runs; a name already taken (another run) is skipped.
-        let prefix = (0u64..)
+        // Random enough across runs; a name already taken (another run, or another test of
+        // this process starting at the same moment) is skipped. Creating the run directory
+        // claims the name: it fails if someone else got there first.
+        static LABS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        std::fs::create_dir_all(runs_root())
+            .with_context(|| format!("creating {}", runs_root().display()))?;
+        let prefix = (0u64..1000)
             .map(|i| {
-                let seed = std::process::id() as u64 ^ crate::sys::now_nanos() ^ (i << 7);
+                let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let seed = (std::process::id() as u64) << 8
+                    ^ crate::sys::now_nanos()
+                    ^ (i << 7)
+                    ^ (n << 13);
                 format!("{PREFIX_HEAD}{:05x}", (seed ^ (seed >> 20)) & 0xfffff)
             })
             .find(|p| {
-                !Path::new(&format!("/run/netns/{p}-sw")).exists() && !runs_root().join(p).exists()
+                !Path::new(&format!("/run/netns/{p}-sw")).exists()
+                    && std::fs::create_dir(runs_root().join(p)).is_ok()
             })
-            .expect("an unused prefix");
+            .with_context(|| format!("no free lab name under {}", runs_root().display()))?;
         let dir = runs_root().join(&prefix);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
         let lab = Lab {
             switch_ns: format!("{prefix}-sw"),

@@ -204,6 +204,41 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         .contains("hello from vm1"));
 }
 
+/// A lab with hosts A and C, a client, the appliance, and VM `n` started on hostA and
+/// answering. Fields drop in order: the lab last.
+struct OneVm {
+    vm: String,
+    ip: std::net::Ipv4Addr,
+    /// Its switch port's name.
+    port: String,
+    app: Appliance,
+    client: netmigrate_lab::Node,
+    a: Host,
+    c: Host,
+    lab: Lab,
+}
+
+fn one_vm_on_a(n: u8) -> OneVm {
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let app = lab.appliance(&[&a, &c]).unwrap();
+    let (vm, ip) = define(&app, n);
+    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
+    wait_http(&lab, &client.ns, ip);
+    OneVm {
+        port: format!("nm-{vm}"),
+        vm,
+        ip,
+        app,
+        client,
+        a,
+        c,
+        lab,
+    }
+}
+
 /// Whether a QEMU for `vm` runs on `h` (its pid file names a live, non-zombie process).
 fn runs_on(h: &Host, vm: &str) -> bool {
     let Ok(pid) = std::fs::read_to_string(h.dir.join(format!("run/{vm}.pid"))) else {
@@ -318,15 +353,17 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
 #[test]
 fn faults_on_the_target_roll_back_and_leave_the_vm_where_it_was() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let a = lab.host("A").unwrap();
-    let c = lab.host("C").unwrap();
-    let client = lab.client().unwrap();
-    let app = lab.appliance(&[&a, &c]).unwrap();
-    let (vm, ip) = define(&app, 3);
-    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
-    wait_http(&lab, &client.ns, ip);
-    let port = format!("nm-{vm}");
+    // The lab first: bindings drop in reverse, so it goes last.
+    let OneVm {
+        lab,
+        a,
+        c,
+        client,
+        app,
+        port,
+        vm,
+        ip,
+    } = one_vm_on_a(3);
 
     let still_on_a = |what: &str| {
         assert!(
@@ -551,15 +588,17 @@ fn a_vm_moved_with_a_new_mac_keeps_its_dhcp_address() {
 #[test]
 fn a_target_cut_off_mid_move_leaves_the_vm_running_on_the_source() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let a = lab.host("A").unwrap();
-    let c = lab.host("C").unwrap();
-    let client = lab.client().unwrap();
-    let app = lab.appliance(&[&a, &c]).unwrap();
-    let (vm, ip) = define(&app, 4);
-    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
-    wait_http(&lab, &client.ns, ip);
-    let port = format!("nm-{vm}");
+    // The lab first: bindings drop in reverse, so it goes last.
+    let OneVm {
+        lab,
+        a,
+        c,
+        client,
+        app,
+        port,
+        vm,
+        ip,
+    } = one_vm_on_a(4);
     // hostC's download of the image waits a little: the test cuts hostC off meanwhile.
     c.fake_tool("curl", "#!/bin/sh\nsleep 3\nexec /usr/bin/curl \"$@\"\n")
         .unwrap();
