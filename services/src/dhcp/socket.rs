@@ -273,7 +273,8 @@ impl Server {
     /// Answers `first` and whatever else has arrived with it (up to BATCH): their leases are
     /// committed together, per network in one transaction, before any reply leaves.
     async fn batch(&mut self, first: std::io::Result<(usize, SocketAddr)>, buf: &mut [u8]) {
-        let mut replies: Vec<(Message, Message)> = Vec::new();
+        // Each reply with the index of its network: a failed commit holds back that network's.
+        let mut replies: Vec<(usize, Message, Message)> = Vec::new();
         let mut commits: Vec<Vec<(LeaseEvent, Lease)>> = vec![Vec::new(); self.nets.len()];
         let mut got = Some(first);
         let mut seen = 0;
@@ -307,7 +308,7 @@ impl Server {
                     commits[i].push(c);
                 }
                 if let Some(r) = reply {
-                    replies.push((req, r));
+                    replies.push((i, req, r));
                 }
             }
         }
@@ -337,10 +338,9 @@ impl Server {
                 Ok(l) => self.nets[i].leases = Leases::new(l),
                 Err(e) => tracing::error!("DHCP: reloading leases: {e}"),
             }
-            let nets = &self.nets;
-            replies.retain(|(req, _)| !nets[i].pool.serves(req.giaddr()));
+            replies.retain(|(net, _, _)| *net != i);
         }
-        for (req, mut reply) in replies {
+        for (_, req, mut reply) in replies {
             self.send(&req, &mut reply).await;
         }
     }
