@@ -170,24 +170,24 @@ pub fn parse_client_id(s: &str) -> Option<Vec<u8>> {
 /// The pools `cfg` describes, with the reservations made at run time (`extra`), by the
 /// interface they are served on.
 pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool>> {
+    // The config's reservations and the run-time ones, as `reservations list` shows them.
+    let reserved = crate::reservations::list(cfg, extra);
+    let boot = cfg.dhcp.pxe.as_ref().map(|p| Boot {
+        next_server: p.next_server,
+        bios: p.bios.clone(),
+        uefi: p.uefi.clone(),
+        uefi_arm64: p.uefi_arm64.clone(),
+        ipxe_script: p.ipxe_script.clone(),
+    });
     let mut by_iface: HashMap<String, Vec<Pool>> = HashMap::new();
     for n in &cfg.networks {
         let Some(range) = n.dhcp_range else { continue };
         let Some(attached) = cfg.attached(n) else {
             continue;
         };
-        let from_config = cfg
-            .reservations
+        let reservations = reserved
             .iter()
-            .filter(|r| r.network == n.name)
-            .map(|r| Reservation {
-                mac: r.mac.as_ref().map(|m| m.0),
-                client_id: r.client_id.as_deref().and_then(parse_client_id),
-                hostname: r.hostname.clone(),
-                ip: r.ip,
-            });
-        let made = extra
-            .iter()
+            .map(|v| &v.row)
             .filter(|r| r.network == n.name)
             .filter_map(|r| {
                 Some(Reservation {
@@ -196,15 +196,9 @@ pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool
                     hostname: r.hostname.clone(),
                     ip: r.ip.parse().ok()?,
                 })
-            });
+            })
+            .collect();
         let server = attached.address.addr();
-        let boot = cfg.dhcp.pxe.as_ref().map(|p| Boot {
-            next_server: p.next_server,
-            bios: p.bios.clone(),
-            uefi: p.uefi.clone(),
-            uefi_arm64: p.uefi_arm64.clone(),
-            ipxe_script: p.ipxe_script.clone(),
-        });
         by_iface
             .entry(attached.interface.clone())
             .or_default()
@@ -218,8 +212,8 @@ pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool
                 range,
                 lease_time: n.lease_time,
                 domain: n.domain.clone(),
-                reservations: from_config.chain(made).collect(),
-                boot,
+                reservations,
+                boot: boot.clone(),
             });
     }
     by_iface
@@ -239,11 +233,10 @@ impl Dhcp {
     pub async fn update(&self, cfg: &Config) -> Result<(), String> {
         let extra = self.state.reservations().await.map_err(|e| e.to_string())?;
         let mut pools = pools(cfg, &extra);
-        let mut not_listening = Vec::new();
         for (iface, (tx, _)) in &self.listening {
             tx.send_replace(pools.remove(iface).unwrap_or_default());
         }
-        not_listening.extend(pools.into_keys());
+        let mut not_listening: Vec<_> = pools.into_keys().collect();
         if not_listening.is_empty() {
             Ok(())
         } else {
@@ -254,9 +247,7 @@ impl Dhcp {
             ))
         }
     }
-}
 
-impl Dhcp {
     /// Moves the bound leases of MAC `old` to `new` in every server: the client keeps its
     /// addresses under its new MAC. Returns them (network, address).
     pub async fn rebind(&self, old: [u8; 6], new: [u8; 6]) -> Vec<(String, std::net::Ipv4Addr)> {

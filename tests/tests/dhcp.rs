@@ -86,16 +86,12 @@ fn real_clients_get_renew_and_release_leases_that_survive_a_crash() {
     let (hook, hook_log) = script(&lab, "lease-hook", r#"echo "$@" >> "$LOG""#);
     config.push_str(&format!("\n[dhcp]\nscript = \"{}\"\n", hook.display()));
     let hook_says = |line: &str| {
-        wait_for(
+        log_says(
+            &hook_log,
             &format!("the lease script to say `{line}`"),
             Duration::from_secs(10),
-            || {
-                std::fs::read_to_string(&hook_log)
-                    .ok()
-                    .filter(|t| t.lines().any(|l| l == line))
-            },
+            |l| l == line,
         )
-        .unwrap()
     };
     let mut app = lab.appliance_with(&config).unwrap();
 
@@ -249,17 +245,23 @@ fn dhcpcd(lab: &Lab, ns: &str, dir: &Path, hook: &Path, args: &[&str]) -> std::p
     c
 }
 
+/// Waits until a line of `log` (a script's record) matches; returns the whole log.
+fn log_says(log: &Path, what: &str, timeout: Duration, matches: impl Fn(&str) -> bool) -> String {
+    wait_for(what, timeout, || {
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|t| t.lines().any(&matches))
+    })
+    .unwrap()
+}
+
 fn events_say(log: &Path, what: &str) -> String {
-    wait_for(
+    log_says(
+        log,
         &format!("the client to report {what}"),
         Duration::from_secs(30),
-        || {
-            std::fs::read_to_string(log)
-                .ok()
-                .filter(|t| t.lines().any(|l| l.starts_with(what)))
-        },
+        |l| l.starts_with(what),
     )
-    .unwrap()
 }
 
 #[test]
@@ -468,16 +470,12 @@ fn a_qemu_machine_pxe_boots_into_the_ipxe_script_and_a_used_address_is_not_offer
         )
         .unwrap();
     let said = |what: &str| {
-        wait_for(
+        log_says(
+            &ulog,
             &format!("udhcpc to say {what}"),
             Duration::from_secs(20),
-            || {
-                std::fs::read_to_string(&ulog)
-                    .ok()
-                    .filter(|t| t.lines().any(|l| l.starts_with(what)))
-            },
+            |l| l.starts_with(what),
         )
-        .unwrap()
     };
     let told = said("bound");
     let got = told.split_whitespace().nth(1).unwrap().to_string();
@@ -605,16 +603,12 @@ fn a_lease_nobody_renews_runs_out_and_is_reclaimed() {
     let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
     let mac = lease(&v, &ip).unwrap()["mac"].as_str().unwrap().to_string();
     let del = format!("del {mac} {ip} gone");
-    let said = wait_for(
+    let said = log_says(
+        &hook_log,
         "the lease to run out and be reclaimed",
         Duration::from_secs(120),
-        || {
-            std::fs::read_to_string(&hook_log)
-                .ok()
-                .filter(|t| t.lines().any(|l| l == del))
-        },
-    )
-    .unwrap();
+        |l| l == del,
+    );
     assert!(said.starts_with(&format!("add {mac} {ip} gone")), "{said}");
     let v = json(&app.cli_ok(&["leases", "--json"]).unwrap());
     assert_eq!(lease(&v, &ip).unwrap()["state"], "released", "{v:#}");

@@ -527,6 +527,29 @@ impl Engine {
             .and_then(|l| l.ip.parse().ok())
     }
 
+    /// Replaces `def`'s NIC on `side` by one with `mac` and keeps the new MAC in its definition
+    /// (where its next start or move takes it from); returns the definition as it now is.
+    pub(crate) async fn give_mac(
+        &self,
+        side: &Side,
+        def: &VmDef,
+        mac: &str,
+    ) -> Result<VmDef, String> {
+        side.driver
+            .replace_nic(def, mac)
+            .await
+            .map_err(driver_err)?;
+        let def = VmDef {
+            mac: mac.to_string(),
+            ..def.clone()
+        };
+        self.state
+            .define_vm(def.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(def)
+    }
+
     /// `new` as the VM's next MAC (normalized), or why it cannot be.
     async fn check_new_mac(
         &self,
@@ -772,20 +795,10 @@ impl Move<'_> {
     /// Replaces the VM's NIC on the target by one with `mac`, and keeps the new MAC in its
     /// definition (where its next start or move takes it from).
     async fn renew_mac(&self, mac: &str) -> Result<(), String> {
-        self.dst
-            .driver
-            .replace_nic(self.def, mac)
-            .await
-            .map_err(driver_err)?;
-        let def = VmDef {
-            mac: mac.to_string(),
-            ..self.def.clone()
-        };
         self.engine
-            .state
-            .define_vm(def)
+            .give_mac(self.dst, self.def, mac)
             .await
-            .map_err(|e| e.to_string())
+            .map(drop)
     }
 
     /// Tells the network where the VM now is, at once (the break ends when the switches know):

@@ -109,14 +109,11 @@ impl Engine {
             settle_forward(&journal, &def, &src, &dst, t).await;
             // A new MAC asked for and perhaps half given: give it (again; it is idempotent).
             if let Some(new) = m.detail["new_mac"].as_str().filter(|n| *n != def.mac) {
-                let given = journal
-                    .step("recover: new mac", async {
-                        dst.driver.replace_nic(&def, new).await.map_err(driver_err)
-                    })
-                    .await;
-                if given.is_ok() {
-                    def.mac = new.to_string();
-                    let _ = self.state.define_vm(def.clone()).await;
+                if let Ok(given) = journal
+                    .step("recover: new mac", self.give_mac(&dst, &def, new))
+                    .await
+                {
+                    def = given;
                 }
             }
             let old_mac = m.detail["old_mac"].as_str().filter(|o| *o != def.mac);
