@@ -36,10 +36,17 @@ const CHANGES_QUEUED: usize = 4096;
 async fn follow_changes(
     state: State,
     script: Option<std::path::PathBuf>,
+    dns: Option<Arc<crate::dns::Dns>>,
     mut rx: mpsc::Receiver<(String, LeaseEvent, Lease)>,
 ) {
     let mut burst = Vec::new();
     while rx.recv_many(&mut burst, 256).await > 0 {
+        // Names first: a client looked up right after its ACK should be found.
+        if let Some(dns) = &dns {
+            for (network, event, l) in &burst {
+                dns.lease(network, *event, l).await;
+            }
+        }
         let events = burst
             .iter()
             .map(|(network, event, l)| {
@@ -170,6 +177,8 @@ pub fn parse_client_id(s: &str) -> Option<Vec<u8>> {
 /// The pools `cfg` describes, with the reservations made at run time (`extra`), by the
 /// interface they are served on.
 pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool>> {
+    // The DNS server runs whenever a network has a domain (see `dns::Dns::start`).
+    let dns_on = !crate::dns::zones(cfg).is_empty();
     // The config's reservations and the run-time ones, as `reservations list` shows them.
     let reserved = crate::reservations::list(cfg, extra);
     let boot = cfg.dhcp.pxe.as_ref().map(|p| Boot {
@@ -212,6 +221,7 @@ pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool
                 range,
                 lease_time: n.lease_time,
                 domain: n.domain.clone(),
+                dns_updates: dns_on && n.domain.is_some(),
                 reservations,
                 boot: boot.clone(),
             });
@@ -291,12 +301,17 @@ impl crate::migrate::hooks::AfterMove for FollowVm {
 
 /// Starts a server per interface that has pools. One that cannot listen (no such interface,
 /// no privilege) is reported as an event and the others go on.
-pub async fn start(cfg: &Config, state: &State) -> Result<(Arc<Dhcp>, Vec<JoinHandle<()>>), Error> {
+pub async fn start(
+    cfg: &Config,
+    state: &State,
+    dns: Option<Arc<crate::dns::Dns>>,
+) -> Result<(Arc<Dhcp>, Vec<JoinHandle<()>>), Error> {
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(CHANGES_QUEUED);
     let mut tasks = vec![tokio::spawn(follow_changes(
         state.clone(),
         cfg.dhcp.script.clone(),
+        dns,
         rx,
     ))];
     let store: Arc<dyn LeaseStore> = Arc::new(StateLeases {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;
+pub mod dns;
 pub mod ftp;
 pub mod hypervisor;
 pub mod inventory;

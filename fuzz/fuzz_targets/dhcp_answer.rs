@@ -32,6 +32,7 @@ fn pools() -> [Pool; 2] {
             hostname: Some("fixed".into()),
             ip: Ipv4Addr::new(10, 0, 0, 50),
         }],
+        dns_updates: true,
         boot: Some(Boot {
             next_server: None,
             bios: Some("undionly.kpxe".into()),

@@ -149,6 +149,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/batches/{id}", get(migrations::get_batch))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/leases", get(leases))
+        .route("/v1/dns", get(dns))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })
@@ -218,6 +219,40 @@ pub struct LeasesReply {
     pub leases: Vec<crate::state::LeaseRow>,
     /// The DHCP server's counters since start.
     pub stats: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DnsReply {
+    /// False when no network has a domain and no forwarder is set.
+    pub running: bool,
+    pub zones: Vec<netmigrate_services::dns::ZoneState>,
+    pub records: Vec<netmigrate_services::dns::Listed>,
+    /// The DNS server's counters since start.
+    pub stats: std::collections::BTreeMap<String, u64>,
+}
+
+async fn dns(State(app): State<Arc<App>>) -> Json<DnsReply> {
+    let Some(d) = &app.dns else {
+        return Json(DnsReply {
+            running: false,
+            zones: Vec::new(),
+            records: Vec::new(),
+            stats: Default::default(),
+        });
+    };
+    let (zones, records) = d.server.listing().await;
+    Json(DnsReply {
+        running: true,
+        zones,
+        records,
+        stats: d
+            .server
+            .stats()
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    })
 }
 
 async fn leases(State(app): State<Arc<App>>) -> Result<Json<LeasesReply>, ApiError> {

@@ -93,6 +93,9 @@ async fn changed(app: &App, what: &str, r: &ReservationRow) {
                 .about(&r.network),
         )
         .await;
+    if let Some(dns) = &app.dns {
+        dns.refresh(&app.config()).await;
+    }
     if let Err(e) = app.dhcp.update(&app.config()).await {
         let _ = app
             .state

@@ -175,6 +175,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// DNS: the zones, each record and where it came from (lease, reservation, host, VM,
+    /// update), with the server's counters.
+    Dns {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// DHCP reservations: the config file's and those made here (taken up at once, kept in
     /// the state).
     Reservations {
@@ -790,6 +797,10 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     })?;
                 }
             },
+            Command::Dns { json } => {
+                let v: serde_json::Value = client.get("/v1/dns").await?;
+                print_as(&v, *json, show::dns)?;
+            }
             Command::Leases { json } => {
                 let v: serde_json::Value = client.get("/v1/leases").await?;
                 print_as(&v, *json, show::leases)?;

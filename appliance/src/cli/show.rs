@@ -391,6 +391,41 @@ pub fn migrations(rows: &Vec<crate::state::MigrationRow>) -> String {
     o
 }
 
+pub fn dns(r: &crate::api::DnsReply) -> String {
+    if !r.running {
+        return "DNS is off: no network has a domain and no forwarder is set\n".into();
+    }
+    let mut o = String::new();
+    for z in &r.zones {
+        o.push_str(&format!(
+            "zone {} serial {} ({} records)\n",
+            z.zone, z.serial, z.records
+        ));
+    }
+    o.push_str("\nNAME                             TTL    TYPE  DATA                      FROM\n");
+    for l in &r.records {
+        o.push_str(&format!(
+            "{:<32} {:<6} {:<5} {:<25} {}\n",
+            l.name, l.ttl, l.rtype, l.data, l.owner
+        ));
+    }
+    let stats: Vec<String> = r
+        .stats
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    o.push_str(&format!(
+        "DNS since start: {}\n",
+        if stats.is_empty() {
+            "nothing received".to_string()
+        } else {
+            stats.join(", ")
+        }
+    ));
+    o
+}
+
 pub fn leases(r: &crate::api::LeasesReply) -> String {
     let mut o = String::from(
         "NETWORK  IP               MAC                HOSTNAME         STATE     EXPIRES\n",

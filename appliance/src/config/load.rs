@@ -502,15 +502,16 @@ impl Cx<'_> {
         })
     }
 
-    fn dns(&mut self, t: Table) -> DnsConfig {
-        let mut forwarders = Vec::new();
-        for f in t.strings(&mut self.p, "forwarders").unwrap_or_default() {
+    /// A list of DNS servers: addresses, with port 53 unless given.
+    fn dns_servers(&mut self, t: &Table, key: &str) -> Vec<SocketAddr> {
+        let mut servers = Vec::new();
+        for f in t.strings(&mut self.p, key).unwrap_or_default() {
             let parsed = f
                 .value
                 .parse::<SocketAddr>()
                 .or_else(|_| f.value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
             match parsed {
-                Ok(a) => forwarders.push(a),
+                Ok(a) => servers.push(a),
                 Err(_) => self.p.at(
                     &f.span,
                     &f.key,
@@ -518,6 +519,25 @@ impl Cx<'_> {
                 ),
             }
         }
+        servers
+    }
+
+    fn dns(&mut self, t: Table) -> DnsConfig {
+        let mut dc = DnsConfig::default();
+        if let Some(port) = t.integer_in(&mut self.p, "port", 1..=65535, not_a_port) {
+            dc.port = port as u16;
+        }
+        if let Some((d, _)) = t.parse(&mut self.p, "ttl", |s| {
+            let d = values::parse_duration(s)?;
+            if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
+                return Err(format!("`{s}` is not a useful TTL; use \"1s\" to \"1d\""));
+            }
+            Ok(d)
+        }) {
+            dc.ttl = d;
+        }
+        let forwarders = self.dns_servers(&t, "forwarders");
+        let secondaries = self.dns_servers(&t, "secondaries");
         let mut tsig_keys = Vec::new();
         let mut seen: HashMap<String, ()> = HashMap::new();
         for k in t.tables(&mut self.p, "tsig_key") {
@@ -564,10 +584,15 @@ impl Cx<'_> {
                 });
             }
         }
-        t.finish(&mut self.p, &["forwarders", "tsig_key"]);
+        t.finish(
+            &mut self.p,
+            &["port", "ttl", "forwarders", "secondaries", "tsig_key"],
+        );
         DnsConfig {
             forwarders,
+            secondaries,
             tsig_keys,
+            ..dc
         }
     }
 

@@ -161,10 +161,31 @@ pub struct Reservation {
     pub ip: Ipv4Addr,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// The DNS server: authoritative for each network's `domain` (and its reverse zone).
+#[derive(Debug, Clone, Serialize)]
 pub struct DnsConfig {
+    /// Port on each network's address (53).
+    pub port: u16,
+    /// TTL of the records that follow leases, hosts and VMs: low, since they move.
+    #[serde(serialize_with = "ser_duration")]
+    pub ttl: Duration,
+    /// Where names outside the lab's zones are asked; none: such questions are REFUSED.
     pub forwarders: Vec<SocketAddr>,
+    /// Notified of each change; the only ones allowed a zone transfer.
+    pub secondaries: Vec<SocketAddr>,
     pub tsig_keys: Vec<TsigKey>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            port: 53,
+            ttl: Duration::from_secs(60),
+            forwarders: Vec::new(),
+            secondaries: Vec::new(),
+            tsig_keys: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

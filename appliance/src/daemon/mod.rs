@@ -30,6 +30,8 @@ pub struct App {
     pub after_move: crate::migrate::hooks::Hooks,
     /// The DHCP server: its counters, and where new pools go.
     pub dhcp: Arc<crate::dhcp::Dhcp>,
+    /// The DNS server, when a network has a domain or forwarders are set.
+    pub dns: Option<Arc<crate::dns::Dns>>,
     config: RwLock<Arc<Config>>,
     config_path: PathBuf,
     pub started_ms: i64,
@@ -146,7 +148,13 @@ impl App {
         // Networks, ranges, reservations and boot files take effect at once; a network on an
         // interface the server does not listen on yet waits for a restart, and says so.
         let dhcp = self.dhcp.update(&new).await;
-        *self.config.write().expect("config lock") = Arc::new(new);
+        let new = Arc::new(new);
+        // Names of hosts, reservations and the appliance follow at once (a new zone needs a
+        // restart, as a new interface does for DHCP).
+        if let Some(dns) = &self.dns {
+            dns.refresh(&new).await;
+        }
+        *self.config.write().expect("config lock") = new;
         let mut msg = if sync.is_empty() {
             "config reloaded; hosts unchanged".to_string()
         } else {
@@ -191,14 +199,26 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     );
 
     let (images, ftp_tasks) = crate::ftp::start(&config, &state).await?;
-    let (dhcp, dhcp_tasks) = crate::dhcp::start(&config, &state).await?;
+    let config = Arc::new(config);
+    // DNS first: the DHCP server's lease changes name clients from its first answer.
+    let (dns, dns_tasks) = match crate::dns::Dns::start(&config, &state).await? {
+        Some((d, t)) => (Some(d), t),
+        None => (None, Vec::new()),
+    };
+    let (dhcp, dhcp_tasks) = crate::dhcp::start(&config, &state, dns.clone()).await?;
+    let mut after_move: Vec<Arc<dyn crate::migrate::hooks::AfterMove>> =
+        vec![Arc::new(crate::dhcp::FollowVm(dhcp.clone()))];
+    if let Some(d) = &dns {
+        after_move.push(Arc::new(crate::dns::FollowVm(d.clone())));
+    }
     let app = Arc::new(App {
         images,
         state: state.clone(),
         inventory: Arc::new(crate::inventory::Inventory::new(INVENTORY_CONCURRENCY)),
-        after_move: Arc::new(vec![Arc::new(crate::dhcp::FollowVm(dhcp.clone()))]),
+        after_move: Arc::new(after_move),
         dhcp,
-        config: RwLock::new(Arc::new(config)),
+        dns,
+        config: RwLock::new(config),
         config_path: config_path.to_path_buf(),
         started_ms: now_ms(),
         started: Instant::now(),
@@ -251,7 +271,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     notify::notify("STOPPING=1");
     tracing::info!("{why} received, stopping");
     let _ = stop_tx.send(true);
-    for t in ftp_tasks.iter().chain(&dhcp_tasks) {
+    for t in ftp_tasks.iter().chain(&dhcp_tasks).chain(&dns_tasks) {
         t.abort();
     }
     api.stopped().await;

@@ -5,6 +5,7 @@
 //! the tokio reactor.
 
 mod batches;
+mod dns;
 mod events;
 mod hosts;
 mod images;

@@ -150,6 +150,14 @@ pub const MIGRATIONS: &[&str] = &[
         CHECK (mac IS NOT NULL OR client_id IS NOT NULL OR hostname IS NOT NULL)
     ) STRICT;
     "#,
+    // 8: DNS records added by RFC 2136 updates (the others follow leases, hosts and VMs).
+    r#"
+    CREATE TABLE dns_records (
+        id          INTEGER PRIMARY KEY,
+        wire        BLOB NOT NULL,          -- the record in DNS wire form
+        text        TEXT NOT NULL           -- as a zone file shows it
+    ) STRICT;
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).

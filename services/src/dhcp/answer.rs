@@ -310,8 +310,9 @@ fn client_fqdn(req: &Message) -> Option<&fqdn::ClientFQDN> {
 }
 
 /// The answer to a client's FQDN (RFC 4702): the name completed with the network's domain,
-/// and the server's part in updating DNS. The server does not update DNS for clients (yet), so
-/// it says so (S=0, N=0): the client may update its own records.
+/// and the server's part in updating DNS: where the appliance's DNS names this network's
+/// clients it says so (S=1, and O=1 if the client had asked to update its own A record);
+/// elsewhere S=0, N=0: the client may update its own records.
 fn fqdn_answer(pool: &Pool, asked: &fqdn::ClientFQDN) -> fqdn::ClientFQDN {
     let mut name = asked.domain().clone();
     if !name.is_fqdn() {
@@ -326,7 +327,10 @@ fn fqdn_answer(pool: &Pool, asked: &fqdn::ClientFQDN) -> fqdn::ClientFQDN {
         }
         name.set_fqdn(true);
     }
-    let flags = fqdn::FqdnFlags::new(0).set_e(asked.flags().e());
+    let flags = fqdn::FqdnFlags::new(0)
+        .set_e(asked.flags().e())
+        .set_s(pool.dns_updates)
+        .set_o(pool.dns_updates && !asked.flags().s());
     let mut f = fqdn::ClientFQDN::new(flags, name);
     // RFC 4702 section 3.3: a server sets both RCODEs to 255.
     f.set_r1(255).set_r2(255);

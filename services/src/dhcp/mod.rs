@@ -48,6 +48,8 @@ pub struct Pool {
     pub range: (Ipv4Addr, Ipv4Addr),
     pub lease_time: Duration,
     pub domain: Option<String>,
+    /// The appliance's DNS names the clients of this network (A and PTR from their host name).
+    pub dns_updates: bool,
     pub reservations: Vec<Reservation>,
     pub boot: Option<Boot>,
 }

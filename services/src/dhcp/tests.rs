@@ -26,6 +26,7 @@ fn pool() -> Pool {
             hostname: None,
             ip: Ipv4Addr::new(10, 0, 0, 50),
         }],
+        dns_updates: false,
         boot: Some(Boot {
             next_server: None,
             bios: Some("undionly.kpxe".into()),
@@ -375,6 +376,24 @@ fn a_client_fqdn_names_the_lease_and_is_answered_whole() {
     assert_eq!(back.domain().to_ascii(), "vm7.lab.internal.");
     assert!(back.flags().e() && !back.flags().s() && !back.flags().n());
     assert_eq!((back.r1(), back.r2()), (255, 255));
+    // Where the appliance's DNS names the clients, it says it does (and overrides a client
+    // that wanted to do it itself).
+    let p = Pool {
+        dns_updates: true,
+        ..p
+    };
+    let mut own = dhcproto::Name::from_ascii("vm8").unwrap();
+    own.set_fqdn(false);
+    let mut r = request(mac(8), offer.yiaddr(), Some(p.server));
+    r.opts_mut().insert(DhcpOption::ClientFQDN(ClientFQDN::new(
+        FqdnFlags::new(0).set_e(true),
+        own,
+    )));
+    let ack = step(&p, &mut Leases::default(), &r, NOW).unwrap();
+    let Some(DhcpOption::ClientFQDN(back)) = ack.opts().get(OptionCode::ClientFQDN) else {
+        panic!("no FQDN in the ACK");
+    };
+    assert!(back.flags().s() && back.flags().o() && !back.flags().n());
     // It survives the wire.
     let bytes = encode(&mut ack.clone(), &r).unwrap();
     assert!(decode(&bytes)
