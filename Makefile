@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz-dhcp all deps build demo demo-hold paper bench-dhcp test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
+.PHONY: fuzz-dhcp all deps build demo demo-hold paper bench-dhcp bench-dns test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
 
 all: build
 
@@ -62,6 +62,11 @@ bench-ftp: deps
 bench-dhcp: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-dhcp
+
+## bench-dns: dnsperf against netmigrate, dnsmasq and Knot serving the same 1,000-name zone (root)
+bench-dns: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-dns
 
 ## fuzz-dhcp: the DHCP decode-answer-encode path under libFuzzer (nightly; FUZZ_SECS, default 300)
 FUZZ_SECS ?= 300

@@ -13,6 +13,7 @@
 
 pub mod appliance;
 pub mod bench_dhcp;
+pub mod bench_dns;
 pub mod cleanup;
 pub mod guest;
 pub mod hand;

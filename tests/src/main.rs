@@ -71,6 +71,16 @@ enum Cmd {
         #[arg(long, default_value_t = 60000)]
         clients: u32,
     },
+    /// Benchmark the DNS server: dnsperf against netmigrate, dnsmasq and Knot serving the same
+    /// 1,000-name zone, in one run.
+    BenchDns {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 20)]
+        secs: u32,
+        /// dnsperf client sockets.
+        #[arg(long, default_value_t = 10)]
+        clients: u32,
+    },
     /// Remove namespaces and run directories left by lab runs that were killed.
     Cleanup {
         /// Also remove labs whose run is still alive.
@@ -88,6 +98,7 @@ fn main() -> std::process::ExitCode {
             secs,
             clients,
         } => bench_dhcp(&rates, secs, clients),
+        Cmd::BenchDns { secs, clients } => bench_dns(secs, clients),
         Cmd::Paper {
             out,
             scenarios,
@@ -291,6 +302,44 @@ fn paper(
     )?;
     println!("{table}");
     println!("results in {}", out.display());
+    Ok(())
+}
+
+fn bench_dns(secs: u32, clients: u32) -> Result<()> {
+    anyhow::ensure!(
+        (1..=120).contains(&secs) && (1..=100).contains(&clients),
+        "1 to 120 s per run, 1 to 100 clients"
+    );
+    let runs = netmigrate_lab::bench_dns::run(secs, clients)?;
+    println!("| queries | netmigrate q/s (lost) | dnsmasq q/s (lost) | Knot q/s (lost) | netmigrate / dnsmasq | netmigrate / Knot |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for mix in ["hit", "nx10"] {
+        let of = |s: &str| runs.iter().find(|r| r.server == s && r.mix == mix);
+        let (Some(n), Some(d), Some(k)) = (of("netmigrate"), of("dnsmasq"), of("knot")) else {
+            continue;
+        };
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "| {mix} | {:.0} ({}) | {:.0} ({}) | {:.0} ({}) | {} | {} |",
+            n.qps,
+            n.lost,
+            d.qps,
+            d.lost,
+            k.qps,
+            k.lost,
+            ratio(n.qps, d.qps),
+            ratio(n.qps, k.qps)
+        );
+    }
+    for r in &runs {
+        println!("{} {}: {}", r.server, r.mix, r.codes);
+    }
     Ok(())
 }
 
