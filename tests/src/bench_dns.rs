@@ -190,13 +190,26 @@ pub fn run(secs: u32, clients: u32) -> Result<Vec<Run>> {
     for mix in ["hit", "nx10"] {
         for server in ["netmigrate", "dnsmasq", "knot"] {
             let sdir = lab.subdir(&format!("bench-dns/{server}-{mix}"))?;
-            let pid =
-                start(&lab, &srv.ns, server, &sdir).with_context(|| format!("starting {server}"))?;
+            let pid = start(&lab, &srv.ns, server, &sdir)
+                .with_context(|| format!("starting {server}"))?;
             let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &cli.ns, "timeout", &(secs + 15).to_string()])
+                .args([
+                    "netns",
+                    "exec",
+                    &cli.ns,
+                    "timeout",
+                    &(secs + 15).to_string(),
+                ])
                 .args(["dnsperf", "-s", &SRV.to_string(), "-d"])
                 .arg(dir.join(format!("q-{mix}.txt")))
-                .args(["-l", &secs.to_string(), "-c", &clients.to_string(), "-q", "100"])
+                .args([
+                    "-l",
+                    &secs.to_string(),
+                    "-c",
+                    &clients.to_string(),
+                    "-q",
+                    "100",
+                ])
                 .output()?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             std::fs::write(sdir.join("dnsperf.txt"), &text)?;

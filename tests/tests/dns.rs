@@ -252,6 +252,28 @@ fn names_follow_leases_updates_and_secondaries_and_outsiders_are_refused() {
     assert!(!nsupdate(&lab, &cl.ns, Some(&right), steal).status.success());
     assert_eq!(dig(&lab, &cl.ns, &["web1.lab.internal"]).1, bound);
 
+    // A reservation made at run time is named at once, and unnamed when removed.
+    app.cli_ok(&[
+        "reservations",
+        "add",
+        "10.213.0.61",
+        "--network",
+        "lab",
+        "--mac",
+        "52:54:00:aa:00:08",
+        "--hostname",
+        "added",
+    ])
+    .unwrap();
+    assert_eq!(dig(&lab, &cl.ns, &["added.lab.internal"]).1, "10.213.0.61");
+    assert_eq!(
+        dig(&lab, &cl.ns, &["-x", "10.213.0.61"]).1,
+        "added.lab.internal."
+    );
+    app.cli_ok(&["reservations", "rm", "10.213.0.61"]).unwrap();
+    let (s, _) = dig(&lab, &cl.ns, &["added.lab.internal"]);
+    assert_eq!(status_of(&s), "NXDOMAIN", "{s}");
+
     // `netmigrate dns` says where each record came from.
     let v = json(&app.cli_ok(&["dns", "--json"]).unwrap());
     let owner = |name: &str, t: &str| {

@@ -117,6 +117,16 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         std::fs::read_to_string(&moved_log).unwrap(),
         "moved vm1 hostA hostC 52:54:00:d5:00:15 10.213.0.21\n"
     );
+    // DNS followed: the step ran, and the VM's name answers with its address from the client.
+    assert!(steps.contains(&"after move: dns"), "{steps:?}");
+    let dug = lab
+        .exec(
+            &client.ns,
+            "dig",
+            &["@10.213.0.1", "+short", "+time=2", "vm1.lab.internal"],
+        )
+        .unwrap();
+    assert_eq!(dug.trim(), ip.to_string());
     assert!(
         steps.iter().any(|s| s.starts_with("after move: script")),
         "{steps:?}"
@@ -556,7 +566,7 @@ fn a_vm_moved_with_a_new_mac_keeps_its_dhcp_address() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    for want in ["new mac", "after move: dhcp"] {
+    for want in ["new mac", "after move: dhcp", "after move: dns"] {
         assert!(steps.contains(&want), "{want} missing from {steps:?}");
     }
     // The definition has the new MAC; the lease went with it, and the guest's new NIC asked
@@ -570,6 +580,15 @@ fn a_vm_moved_with_a_new_mac_keeps_its_dhcp_address() {
         .exec(&client.ns, "ip", &["neigh", "show", &ip.to_string()])
         .unwrap();
     assert!(neigh.contains(new_mac), "the client still sees {neigh}");
+    // Its name (from its lease, and the move) points to the address it kept.
+    let dug = lab
+        .exec(
+            &client.ns,
+            "dig",
+            &["@10.213.0.1", "+short", "+time=2", "vm5.lab.internal"],
+        )
+        .unwrap();
+    assert_eq!(dug.trim(), ip.to_string());
     let events = app.cli_ok(&["events", "--limit", "100"]).unwrap();
     eprintln!(
         "{}",

@@ -46,6 +46,10 @@ pub async fn define(
     app.state
         .record(NewEvent::info("vm.define", "defined").about(&name))
         .await?;
+    // A VM with an address is named at once.
+    if let Some(dns) = &app.dns {
+        dns.refresh(&app.config()).await;
+    }
     Ok(Json(app.state.vm(name).await?.expect("just defined")))
 }
 
@@ -65,6 +69,9 @@ pub async fn remove(
         )),
         Some(_) => {
             app.state.remove_vm(name.clone()).await?;
+            if let Some(dns) = &app.dns {
+                dns.refresh(&app.config()).await;
+            }
             Ok(Json(serde_json::json!({ "removed": name })))
         }
     }
