@@ -345,6 +345,86 @@ impl crate::migrate::hooks::AfterMove for FollowVm {
 mod tests {
     use super::*;
 
+    /// An appliance whose addresses are not on this machine: the zones work, the sockets do not
+    /// open (an event says so).
+    async fn offline() -> (tempfile::TempDir, Arc<Dns>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("netmigrate.toml");
+        let text = format!(
+            "state_dir = \"{}\"\n[[network]]\nname = \"lab\"\ninterface = \"nm-none0\"\n\
+             address = \"192.0.2.1/24\"\ndomain = \"lab.test\"\n\
+             [[reservation]]\nnetwork = \"lab\"\nmac = \"52:54:00:00:00:05\"\nip = \"192.0.2.5\"\n\
+             hostname = \"vm1\"\n",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&path, &text).unwrap();
+        let cfg = Arc::new(Config::parse(&path, &text).unwrap());
+        std::fs::create_dir_all(&cfg.state_dir).unwrap();
+        let state = State::open(&cfg.db_path()).unwrap();
+        let (dns, _) = Dns::start(&cfg, &state).await.unwrap().unwrap();
+        (dir, dns)
+    }
+
+    async fn records(d: &Dns, name: &str) -> Vec<(String, String)> {
+        let (_, listed) = d.server.listing().await;
+        listed
+            .into_iter()
+            .filter(|l| l.name == name || l.data == name)
+            .map(|l| (l.data, l.owner))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_vm_that_moves_to_a_new_address_takes_its_name_along() {
+        use crate::migrate::hooks::{AfterMove, Moved};
+        let (_dir, dns) = offline().await;
+        assert_eq!(
+            records(&dns, "vm1.lab.test.").await,
+            vec![
+                (
+                    "192.0.2.5".to_string(),
+                    "reservation lab 192.0.2.5".to_string()
+                ),
+                (
+                    "vm1.lab.test.".to_string(),
+                    "reservation lab 192.0.2.5".to_string()
+                ),
+            ]
+        );
+        let moved = |ip: [u8; 4]| Moved {
+            migration: 1,
+            vm: "vm1".into(),
+            from: "hostA".into(),
+            to: "hostC".into(),
+            mac: "52:54:00:00:00:05".into(),
+            old_mac: None,
+            ip: Some(ip.into()),
+        };
+        let hook = FollowVm(dns.clone());
+        hook.moved(&moved([192, 0, 2, 9])).await.unwrap();
+        // The name and the new address point to each other; the old address's PTR went with
+        // the reservation that held the name.
+        assert_eq!(
+            records(&dns, "vm1.lab.test.").await,
+            vec![
+                ("192.0.2.9".to_string(), "vm vm1".to_string()),
+                ("vm1.lab.test.".to_string(), "vm vm1".to_string()),
+            ]
+        );
+        // A client later asking for the name is refused it.
+        let lease = Lease {
+            ip: "192.0.2.100".parse().unwrap(),
+            client: vec![1, 2, 3],
+            mac: [2, 0, 0, 0, 0, 1],
+            hostname: Some("vm1".into()),
+            state: netmigrate_services::dhcp::LeaseState::Bound,
+            expires_ms: i64::MAX,
+        };
+        dns.lease("lab", LeaseEvent::Add, &lease).await;
+        assert_eq!(records(&dns, "vm1.lab.test.").await.len(), 2);
+        assert!(records(&dns, "192.0.2.100").await.is_empty());
+    }
+
     #[test]
     fn labels_are_host_names() {
         assert_eq!(label("VM1").as_deref(), Some("vm1"));
