@@ -168,3 +168,91 @@ async fn records_outside_the_zones_are_refused() {
         .unwrap_err();
     assert!(matches!(e, Conflict::Outside(_)));
 }
+
+fn handler() -> Arc<handler::Handler> {
+    let d = dns();
+    Arc::new(handler::Handler::new(d.inner.clone()).unwrap())
+}
+
+#[tokio::test]
+async fn answers_come_from_the_zones_and_garbage_gets_none() {
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    let h = handler();
+    let src: std::net::SocketAddr = "192.0.2.9:5300".parse().unwrap();
+    let ask = |name: &str| {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(fqdn(name).unwrap(), RecordType::SOA));
+        m.to_vec().unwrap()
+    };
+    let r =
+        hickory_server::server::Request::from_bytes(ask("lab.test"), src, Protocol::Udp).unwrap();
+    let a = Message::from_vec(&udp::answer_for_tests(&h, &r).await.unwrap()).unwrap();
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    assert!(a.metadata.authoritative);
+    assert_eq!(a.answers.len(), 1);
+    // An outside name from a client outside the lab: refused, not forwarded.
+    let r = hickory_server::server::Request::from_bytes(ask("example.com"), src, Protocol::Udp)
+        .unwrap();
+    let a = Message::from_vec(&udp::answer_for_tests(&h, &r).await.unwrap()).unwrap();
+    assert_eq!(a.metadata.response_code, ResponseCode::Refused);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    /// Whatever arrives, the fast path's parser and the handler answer or drop it; none panics.
+    #[test]
+    fn arbitrary_packets_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let h = handler();
+        rt.block_on(async {
+            let _ = udp::plain_for_tests(&bytes);
+            let src: std::net::SocketAddr = "10.0.0.9:5300".parse().unwrap();
+            if let Ok(r) = hickory_server::server::Request::from_bytes(
+                bytes.clone(),
+                src,
+                hickory_server::net::xfer::Protocol::Udp,
+            ) {
+                let _ = udp::answer_for_tests(&h, &r).await;
+            }
+        });
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    /// Valid queries (and an update) with a few bytes changed, cut or extended: closer to what
+    /// a broken client sends than random bytes, and they reach deeper into the handler.
+    #[test]
+    fn damaged_queries_never_panic(
+        edits in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 1..6),
+        cut in 0usize..90,
+        update in proptest::prelude::any::<bool>(),
+    ) {
+        use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query};
+        let mut m = Message::new(9, MessageType::Query, if update { OpCode::Update } else { OpCode::Query });
+        m.add_query(Query::query(fqdn("vm1.lab.test").unwrap(), RecordType::A));
+        m.add_answer(a("vm1.lab.test", Ipv4Addr::new(10, 0, 0, 1), 0).unwrap());
+        m.set_edns(Edns::new());
+        let mut bytes = m.to_vec().unwrap();
+        for (i, v) in edits {
+            if let Some(b) = bytes.get_mut(i) {
+                *b = v;
+            }
+        }
+        bytes.truncate(cut.max(12));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let h = handler();
+        rt.block_on(async {
+            let _ = udp::plain_for_tests(&bytes);
+            let src: std::net::SocketAddr = "10.0.0.9:5300".parse().unwrap();
+            if let Ok(r) = hickory_server::server::Request::from_bytes(
+                bytes,
+                src,
+                hickory_server::net::xfer::Protocol::Udp,
+            ) {
+                let _ = udp::answer_for_tests(&h, &r).await;
+            }
+        });
+    }
+}

@@ -64,7 +64,7 @@ struct Plain {
 /// authority records, and at most one additional record, an OPT that ends the packet.
 fn plain(q: &[u8]) -> Option<Plain> {
     let count = |i: usize| u16::from_be_bytes([q[i], q[i + 1]]);
-    if q.len() < 12 || q[2] & 0x78 != 0 || count(4) != 1 || count(6) != 0 || count(8) != 0 {
+    if q.len() < 12 || q[2] & 0xF8 != 0 || count(4) != 1 || count(6) != 0 || count(8) != 0 {
         return None;
     }
     let mut i = 12;
@@ -124,6 +124,12 @@ async fn run(sock: Arc<UdpSocket>, h: Arc<Handler>) {
             }
         };
         let q = &buf[..n];
+        if n < 12 || q[2] & 0x80 != 0 {
+            // Too short for a header, or a response: answering responses lets a spoofed one
+            // start a loop between two servers.
+            Stats::add(&stats.malformed);
+            continue;
+        }
         let generation = h.inner.generation.load(Ordering::Acquire);
         if generation != cache.generation {
             cache.answers.clear();
@@ -148,16 +154,14 @@ async fn run(sock: Arc<UdpSocket>, h: Arc<Handler>) {
         let request = match Request::from_bytes(q.to_vec(), src, Protocol::Udp) {
             Ok(r) => r,
             Err(_) => {
+                // A query whose header reads but whose rest does not: FORMERR, as RFC 1035
+                // asks (the header alone, with the ID, opcode and RD echoed).
                 Stats::add(&stats.malformed);
-                // A response or something that is not DNS: dropped. A query with a readable
-                // header: FORMERR, as RFC 1035 asks.
-                if n >= 12 && q[2] & 0x80 == 0 {
-                    let mut e = [0u8; 12];
-                    e[..2].copy_from_slice(&q[..2]);
-                    e[2] = 0x80 | (q[2] & 0x79);
-                    e[3] = 1;
-                    let _ = sock.send_to(&e, src).await;
-                }
+                let mut e = [0u8; 12];
+                e[..2].copy_from_slice(&q[..2]);
+                e[2] = 0x80 | (q[2] & 0x79);
+                e[3] = 1;
+                let _ = sock.send_to(&e, src).await;
                 continue;
             }
         };
@@ -199,6 +203,16 @@ async fn answer(h: &Handler, request: &Request) -> Option<Vec<u8>> {
         .await;
     let out = capture.out.lock().expect("capture lock").take();
     out
+}
+
+#[cfg(test)]
+pub(crate) async fn answer_for_tests(h: &Handler, request: &Request) -> Option<Vec<u8>> {
+    answer(h, request).await
+}
+
+#[cfg(test)]
+pub(crate) fn plain_for_tests(q: &[u8]) -> bool {
+    plain(q).is_some()
 }
 
 /// A response handler that keeps the encoded answer instead of sending it.
@@ -257,6 +271,9 @@ mod tests {
         let mut update = query(name, false);
         update[2] = 0x28;
         assert!(plain(&update).is_none());
+        let mut response = query(name, false);
+        response[2] |= 0x80;
+        assert!(plain(&response).is_none());
         assert!(plain(&query(name, false)[..20]).is_none());
         let mut extra = query(name, false);
         extra.push(0);
