@@ -17,6 +17,45 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct StateAccounts {
     pub state: State,
+    /// With `[ftp] compress`: the store and the zstd level, to compress older images after
+    /// each publish.
+    pub compress: Option<(Store, i32)>,
+}
+
+/// Keeps every published image of `vm` but the newest compressed at rest (the newest stays as
+/// it came: the next restore reads it, by sendfile), and records each in the manifest.
+pub async fn compact(store: &Store, state: &State, vm: &str, level: i32) {
+    let Ok(all) = store.list() else { return };
+    let mine: Vec<Published> = all.into_iter().filter(|p| p.id.vm == vm).collect();
+    let newest = mine.iter().map(|p| p.id.generation).max();
+    for p in mine
+        .iter()
+        .filter(|p| !p.compressed && Some(p.id.generation) != newest)
+    {
+        match store.compress(&p.id, level).await {
+            Ok(c) => {
+                let _ = state
+                    .image_state(ImageChange {
+                        vm: c.id.vm.clone(),
+                        generation: c.id.generation,
+                        state: "published",
+                        compression: Some("zstd"),
+                        stored: Some(c.stored),
+                        ..Default::default()
+                    })
+                    .await;
+                tracing::info!(image = %c.id, size = c.size, stored = c.stored, "image compressed");
+            }
+            Err(e) => {
+                let _ = state
+                    .record(
+                        NewEvent::warn("image.compress", format!("not compressed: {e}"))
+                            .about(p.id.to_string()),
+                    )
+                    .await;
+            }
+        }
+    }
 }
 
 /// A new random password (24 characters from a URL-safe alphabet).
@@ -142,6 +181,11 @@ impl FtpAccounts for StateAccounts {
                 .about(p.id.to_string()),
             )
             .await;
+        if let Some((store, level)) = &self.compress {
+            let (store, state, vm, level) =
+                (store.clone(), self.state.clone(), p.id.vm.clone(), *level);
+            tokio::spawn(async move { compact(&store, &state, &vm, level).await });
+        }
     }
 
     async fn upload_failed(&self, _user: &str, id: &ImageId, reason: &str) {
@@ -185,6 +229,7 @@ pub async fn start(cfg: &Config, state: &State) -> Result<(Store, Vec<JoinHandle
     }
     let accounts = Arc::new(StateAccounts {
         state: state.clone(),
+        compress: cfg.ftp.compress.map(|level| (store.clone(), level)),
     });
     let (lo, hi) = cfg.ftp.passive_ports;
     let mut tasks = Vec::new();

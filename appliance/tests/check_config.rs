@@ -595,3 +595,51 @@ fn a_conflict_wait_out_of_bounds_is_refused() {
         &["not a useful wait"],
     );
 }
+
+/// GOOD with `extra` appended; the line of its `n`th line (1-based).
+fn with(extra: &str) -> (String, impl Fn(usize) -> usize) {
+    let base = GOOD.lines().count();
+    (format!("{GOOD}{extra}"), move |n| base + n)
+}
+
+#[test]
+fn dns_ttl_and_secondaries_are_checked() {
+    let c = Case::new();
+    let (text, line) = with("[dns]\nttl = \"0s\"\n");
+    assert_one(&c, &text, line(2), "dns.ttl", &["not a useful TTL"]);
+    let (text, line) = with("[dns]\nsecondaries = [\"ns2.example\"]\n");
+    assert_one(
+        &c,
+        &text,
+        line(2),
+        "dns.secondaries[0]",
+        &["not an IP address"],
+    );
+    let (text, line) = with("[dns]\nport = 0\n");
+    assert_one(&c, &text, line(2), "dns.port", &[]);
+}
+
+#[test]
+fn image_compression_is_checked() {
+    let c = Case::new();
+    let (text, line) = with("[ftp]\ncompress = \"gzip\"\n");
+    assert_one(&c, &text, line(2), "ftp.compress", &["zstd"]);
+    let (text, line) = with("[ftp]\ncompress_level = 5\n");
+    assert_one(
+        &c,
+        &text,
+        line(2),
+        "ftp.compress_level",
+        &["compress = \"zstd\""],
+    );
+    let (text, line) = with("[ftp]\ncompress = \"zstd\"\ncompress_level = 30\n");
+    assert_one(
+        &c,
+        &text,
+        line(3),
+        "ftp.compress_level",
+        &["1 (fastest) to 19"],
+    );
+    let (code, _, err) = c.check(&with("[ftp]\ncompress = \"zstd\"\ncompress_level = 9\n").0);
+    assert_eq!(code, 0, "{err}");
+}

@@ -1,17 +1,18 @@
 //! Reading an image, verified while it streams, and following one still being uploaded.
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
-use crate::store::{ImageId, Progress, Store};
+use crate::store::{ImageId, Progress, Store, Stored};
 use crate::{hex, io, Error};
 
 /// Reads one generation. Its SHA-256 is checked when the end is reached: the last `read`
 /// (the one that returns 0) fails if the bytes were not the published ones.
 pub struct Reader {
     pub id: ImageId,
-    file: tokio::fs::File,
+    /// The file, or its decompressed bytes when kept compressed.
+    file: Box<dyn AsyncRead + Send + Unpin>,
     pos: u64,
     hasher: Sha256,
     /// Set while following an upload.
@@ -75,7 +76,7 @@ impl Store {
                 _ => None,
             };
         }
-        let size = std::fs::metadata(self.path(id)).ok()?.len();
+        let size = self.stored(id)?.raw_size().ok()?;
         Some((size, self.recorded_sum(id).ok()?))
     }
 
@@ -102,26 +103,23 @@ impl Store {
             .expect("uploads")
             .get(&id)
             .cloned();
-        let (path, part) = (self.path(&id), self.part_path(&id));
-        // The upload may publish (rename) between the lookup and the open: try both names.
-        let file = match tokio::fs::File::open(if follow.is_some() { &part } else { &path }).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match tokio::fs::File::open(&path).await {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(Error::NotFound(id))
-                    }
-                    Err(e) => return Err(io(&path)(e)),
-                }
-            }
-            Err(e) => return Err(io(&path)(e)),
+        // The upload may publish (rename) between the lookup and the open, and a published
+        // image may be swapped for its compressed copy: try each name.
+        let part = self.part_path(&id);
+        let uploading = match &follow {
+            Some(_) => match tokio::fs::File::open(&part).await {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io(&part)(e)),
+            },
+            None => None,
         };
-        let expected = match &follow {
-            Some(_) => None,
+        let (file, expected): (Box<dyn AsyncRead + Send + Unpin>, _) = match uploading {
+            // The size and checksum come from the writer when it is done.
+            Some(f) => (Box::new(f), None),
             None => {
-                let size = file.metadata().await.map_err(io(&path))?.len();
-                Some((size, self.recorded_sum(&id)?))
+                let (f, size) = self.open_published(&id).await?;
+                (f, Some((size, self.recorded_sum(&id)?)))
             }
         };
         Ok(Reader {
@@ -134,6 +132,41 @@ impl Store {
             done: false,
             verify: true,
         })
+    }
+}
+
+impl Store {
+    /// A published image's bytes (decompressed as they are read if it is kept compressed) and
+    /// their size.
+    async fn open_published(
+        &self,
+        id: &ImageId,
+    ) -> Result<(Box<dyn AsyncRead + Send + Unpin>, u64), Error> {
+        let path = self.path(id);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => {
+                let size = f.metadata().await.map_err(io(&path))?.len();
+                return Ok((Box::new(f), size));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+        let zst = Stored {
+            path: self.zst_path(id),
+            zst: true,
+        };
+        let f = match tokio::fs::File::open(&zst.path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(id.clone()))
+            }
+            Err(e) => return Err(io(&zst.path)(e)),
+        };
+        let size = zst.raw_size()?;
+        let decoder = async_compression::tokio::bufread::ZstdDecoder::new(
+            tokio::io::BufReader::with_capacity(256 << 10, f),
+        );
+        Ok((Box::new(decoder), size))
     }
 }
 

@@ -7,6 +7,7 @@
 //! <root>/<vm>/<gen>.img.sha256   its checksum, in `sha256sum -c` format
 //! <root>/<vm>/.<gen>.img.part    an upload in progress (never visible as published)
 //! <root>/<vm>/.<gen>.img.failed  a failed upload's tombstone: its number is never reused
+//! <root>/<vm>/<gen>.img.zst      a published image compressed at rest (instead of `.img`)
 //! ```
 //!
 //! - Publish is atomic: write `.part`, fsync, write the checksum, rename, fsync the directory.
@@ -16,6 +17,10 @@
 //! - A reader may start while the upload runs: it follows the writer until publish (and fails
 //!   cleanly if the upload fails), so a target can restore while the source still saves.
 //! - An upload that would leave less than the configured reserve free is refused up front.
+//! - Optionally, published images are compressed at rest (zstd, `Store::compress`): checked
+//!   against their checksum first, swapped in atomically; readers decompress and verify as they
+//!   stream, REST decompresses and skips, sendfile is for uncompressed images only. Sizes and
+//!   checksums are always those of the uncompressed bytes.
 //!
 //! The store knows nothing of SQLite: the appliance keeps its manifest rows from what the store
 //! returns (`Published`, `Recovered`).

@@ -17,7 +17,7 @@ const STALL_LIMIT: Duration = Duration::from_secs(60);
 impl Store {
     /// Sends published image `id` from byte `start` into the connected, possibly non-blocking
     /// socket `sock` (which stays open and owned by the caller). Returns the bytes sent, or
-    /// `Ok(None)` if `id` is still being uploaded.
+    /// `Ok(None)` if `id` is still being uploaded or kept compressed (read it instead).
     pub async fn send_published(
         &self,
         id: &ImageId,
@@ -30,6 +30,10 @@ impl Store {
         let path = self.path(id);
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
+            // Kept compressed: its bytes must be decompressed, so it is read (`Store::read`).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.stored(id).is_some() => {
+                return Ok(None)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(id.clone()))
             }

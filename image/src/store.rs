@@ -5,8 +5,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use std::io::{Read, Write};
+
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::writer::Writer;
@@ -29,8 +30,57 @@ impl fmt::Display for ImageId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub id: ImageId,
+    /// Bytes of the image (uncompressed).
     pub size: u64,
+    /// SHA-256 of those bytes.
     pub sha256: String,
+    /// Bytes it takes on disk.
+    pub stored: u64,
+    /// Kept compressed (zstd).
+    pub compressed: bool,
+}
+
+/// Where a published image's bytes are.
+pub(crate) struct Stored {
+    pub path: PathBuf,
+    pub zst: bool,
+}
+
+impl Stored {
+    /// The uncompressed size: the file's, or the one the zstd frame header records.
+    pub(crate) fn raw_size(&self) -> Result<u64, Error> {
+        let mut f = std::fs::File::open(&self.path).map_err(io(&self.path))?;
+        if !self.zst {
+            return Ok(f.metadata().map_err(io(&self.path))?.len());
+        }
+        let mut head = [0u8; 18];
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]).map_err(io(&self.path))? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        match zstd::zstd_safe::get_frame_content_size(&head[..n]) {
+            Ok(Some(size)) => Ok(size),
+            _ => Err(io(&self.path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no content size in the zstd frame header",
+            ))),
+        }
+    }
+
+    /// The uncompressed bytes, for a blocking reader.
+    pub(crate) fn open(&self) -> Result<Box<dyn std::io::Read + Send>, Error> {
+        let f = std::fs::File::open(&self.path).map_err(io(&self.path))?;
+        if self.zst {
+            Ok(Box::new(
+                zstd::stream::read::Decoder::new(f).map_err(io(&self.path))?,
+            ))
+        } else {
+            Ok(Box::new(f))
+        }
+    }
 }
 
 /// How an upload stands, as its followers see it.
@@ -135,6 +185,11 @@ impl Store {
             let vm_name = vm.file_name().to_string_lossy().into_owned();
             for f in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
                 let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.ends_with(".img.zst.part") {
+                    // A compression cut short: the uncompressed image is still there.
+                    std::fs::remove_file(f.path()).map_err(io(&f.path()))?;
+                    continue;
+                }
                 let Some(gen) = name
                     .strip_prefix('.')
                     .and_then(|n| n.strip_suffix(".img.part"))
@@ -176,6 +231,29 @@ impl Store {
             .join(format!("{}.img", id.generation))
     }
 
+    pub(crate) fn zst_path(&self, id: &ImageId) -> PathBuf {
+        self.inner
+            .root
+            .join(&id.vm)
+            .join(format!("{}.img.zst", id.generation))
+    }
+
+    /// Where published image `id` is, uncompressed or not; None if it is not published.
+    pub(crate) fn stored(&self, id: &ImageId) -> Option<Stored> {
+        let raw = self.path(id);
+        if raw.exists() {
+            return Some(Stored {
+                path: raw,
+                zst: false,
+            });
+        }
+        let zst = self.zst_path(id);
+        zst.exists().then_some(Stored {
+            path: zst,
+            zst: true,
+        })
+    }
+
     pub(crate) fn part_path(&self, id: &ImageId) -> PathBuf {
         self.inner
             .root
@@ -198,7 +276,10 @@ impl Store {
             .flatten()
             .filter_map(|f| {
                 let n = f.file_name().to_string_lossy().into_owned();
-                if let Some(g) = n.strip_suffix(".img") {
+                if let Some(g) = n
+                    .strip_suffix(".img")
+                    .or_else(|| n.strip_suffix(".img.zst"))
+                {
                     g.parse().ok().map(|g| (g, true))
                 } else {
                     // In progress, or failed (a tombstone keeps its number from reuse).
@@ -213,6 +294,8 @@ impl Store {
             })
             .collect();
         v.sort_unstable();
+        // A compression swaps `.img.zst` in for `.img`: for a moment both exist.
+        v.dedup();
         v
     }
 
@@ -231,11 +314,10 @@ impl Store {
         prefix: u64,
         expected: Option<u64>,
     ) -> Result<Writer, Error> {
-        let path = self.path(base);
-        let size = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(_) => return Err(Error::NotFound(base.clone())),
+        let Some(stored) = self.stored(base) else {
+            return Err(Error::NotFound(base.clone()));
         };
+        let size = stored.raw_size()?;
         if prefix > size {
             return Err(Error::BadResume {
                 id: base.clone(),
@@ -243,7 +325,7 @@ impl Store {
                 size,
             });
         }
-        let f = std::fs::File::open(&path).map_err(io(&path))?;
+        let f = stored.open()?;
         self.start(&base.vm, expected, Some((f, prefix))).await
     }
 
@@ -251,7 +333,7 @@ impl Store {
         &self,
         vm: &str,
         expected: Option<u64>,
-        prefix: Option<(std::fs::File, u64)>,
+        prefix: Option<(Box<dyn Read + Send>, u64)>,
     ) -> Result<Writer, Error> {
         check_name(vm)?;
         let dir = self.inner.root.join(vm);
@@ -312,11 +394,19 @@ impl Store {
                     vm: vm.clone(),
                     generation,
                 };
-                let size = std::fs::metadata(self.path(&id))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+                let Some(s) = self.stored(&id) else {
+                    continue;
+                };
+                let size = s.raw_size().unwrap_or(0);
+                let stored = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
                 let sha256 = self.recorded_sum(&id).unwrap_or_default();
-                out.push(Published { id, size, sha256 });
+                out.push(Published {
+                    id,
+                    size,
+                    sha256,
+                    stored,
+                    compressed: s.zst,
+                });
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -325,7 +415,7 @@ impl Store {
 
     /// The SHA-256 (hex) recorded when `id` was published.
     pub fn checksum(&self, id: &ImageId) -> Result<String, Error> {
-        if !self.path(id).exists() {
+        if self.stored(id).is_none() {
             return Err(Error::NotFound(id.clone()));
         }
         self.recorded_sum(id)
@@ -338,16 +428,25 @@ impl Store {
         Ok(text.split_whitespace().next().unwrap_or("").to_string())
     }
 
-    /// Re-reads a published image and compares it with its recorded checksum.
+    /// Re-reads a published image (decompressing it if it is kept compressed) and compares it
+    /// with its recorded checksum.
     pub async fn verify(&self, id: &ImageId) -> Result<Published, Error> {
-        let path = self.path(id);
+        let store = self.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || store.verify_now(&id))
+            .await
+            .expect("verify task")
+    }
+
+    fn verify_now(&self, id: &ImageId) -> Result<Published, Error> {
+        let s = self.stored(id).ok_or_else(|| Error::NotFound(id.clone()))?;
         let expected = self.recorded_sum(id)?;
-        let mut f = tokio::fs::File::open(&path).await.map_err(io(&path))?;
+        let mut r = s.open()?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut size = 0u64;
         loop {
-            let n = f.read(&mut buf).await.map_err(io(&path))?;
+            let n = r.read(&mut buf).map_err(io(&s.path))?;
             if n == 0 {
                 break;
             }
@@ -366,6 +465,95 @@ impl Store {
             id: id.clone(),
             size,
             sha256: actual,
+            stored: std::fs::metadata(&s.path).map_err(io(&s.path))?.len(),
+            compressed: s.zst,
+        })
+    }
+
+    /// Keeps published image `id` compressed (zstd at `level`), once its bytes are checked
+    /// against its checksum: a corrupt image is reported, never compressed into a valid-looking
+    /// one. The swap is atomic (the compressed file is renamed in, then the uncompressed one
+    /// removed); readers that opened the old file read on. Returns the image as now stored.
+    pub async fn compress(&self, id: &ImageId, level: i32) -> Result<Published, Error> {
+        let store = self.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || store.compress_now(&id, level))
+            .await
+            .expect("compress task")
+    }
+
+    fn compress_now(&self, id: &ImageId, level: i32) -> Result<Published, Error> {
+        let s = self.stored(id).ok_or_else(|| Error::NotFound(id.clone()))?;
+        if s.zst {
+            return self.list_one(id);
+        }
+        let expected = self.recorded_sum(id)?;
+        let mut src = std::fs::File::open(&s.path).map_err(io(&s.path))?;
+        let raw = src.metadata().map_err(io(&s.path))?.len();
+        let dir = self.inner.root.join(&id.vm);
+        let part = dir.join(format!(".{}.img.zst.part", id.generation));
+        let result = (|| -> Result<std::fs::File, Error> {
+            let out = std::fs::File::create(&part).map_err(io(&part))?;
+            let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(io(&part))?;
+            enc.include_contentsize(true).map_err(io(&part))?;
+            enc.include_checksum(true).map_err(io(&part))?;
+            enc.set_pledged_src_size(Some(raw)).map_err(io(&part))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = src.read(&mut buf).map_err(io(&s.path))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                enc.write_all(&buf[..n]).map_err(io(&part))?;
+            }
+            let actual = hex(&h.finalize());
+            if actual != expected {
+                return Err(Error::Corrupt {
+                    id: id.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            let out = enc.finish().map_err(io(&part))?;
+            out.sync_all().map_err(io(&part))?;
+            Ok(out)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+        let zst = self.zst_path(id);
+        std::fs::rename(&part, &zst).map_err(io(&zst))?;
+        match std::fs::remove_file(&s.path) {
+            Ok(()) => {}
+            // Deleted meanwhile (gc): so is the compressed copy.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = std::fs::remove_file(&zst);
+                return Err(Error::NotFound(id.clone()));
+            }
+            Err(e) => return Err(io(&s.path)(e)),
+        }
+        sync_dir(&dir)?;
+        self.list_one(id)
+    }
+
+    /// The size (uncompressed) and modification time of published image `id`, if there is one.
+    pub fn size_and_time(&self, id: &ImageId) -> Option<(u64, std::time::SystemTime)> {
+        let s = self.stored(id)?;
+        let modified = std::fs::metadata(&s.path).ok()?.modified().ok()?;
+        Some((s.raw_size().ok()?, modified))
+    }
+
+    fn list_one(&self, id: &ImageId) -> Result<Published, Error> {
+        let s = self.stored(id).ok_or_else(|| Error::NotFound(id.clone()))?;
+        Ok(Published {
+            id: id.clone(),
+            size: s.raw_size()?,
+            sha256: self.recorded_sum(id)?,
+            stored: std::fs::metadata(&s.path).map_err(io(&s.path))?.len(),
+            compressed: s.zst,
         })
     }
 
@@ -392,8 +580,13 @@ impl Store {
                 if in_use.contains(&id) {
                     continue;
                 }
-                for p in [self.path(&id), self.sum_path(&id)] {
-                    std::fs::remove_file(&p).map_err(io(&p))?;
+                for p in [self.path(&id), self.zst_path(&id), self.sum_path(&id)] {
+                    match std::fs::remove_file(&p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io(&p)(e))
+                        }
+                        _ => {}
+                    }
                 }
                 removed.push(id);
             }

@@ -44,7 +44,7 @@ impl Writer {
         store: Store,
         id: ImageId,
         file: std::fs::File,
-        prefix: Option<(std::fs::File, u64)>,
+        prefix: Option<(Box<dyn Read + Send>, u64)>,
         progress: watch::Sender<Progress>,
     ) -> Writer {
         let progress = Arc::new(progress);
@@ -218,7 +218,13 @@ impl Writer {
                     size,
                     sha256: sha256.clone(),
                 });
-                Ok(Published { id, size, sha256 })
+                Ok(Published {
+                    id,
+                    size,
+                    sha256,
+                    stored: size,
+                    compressed: false,
+                })
             }
             Err(e) => {
                 let _ = std::fs::remove_file(store.part_path(&id));

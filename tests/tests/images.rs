@@ -302,3 +302,100 @@ fn a_1_gib_image_keeps_its_sha256_through_the_store() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// With `[ftp] compress = "zstd"`, each VM's older images are kept compressed: listed with
+/// the bytes they take, downloaded whole (and resumed) by curl as if they were not, verified.
+#[test]
+fn older_images_are_kept_compressed_and_read_back_whole() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let b = lab.host("B").unwrap();
+    let mut cfg = network_config(&lab.appliance_state_dir().unwrap());
+    for h in [&a, &b] {
+        cfg.push_str(&host_config(&lab, h, true).unwrap());
+    }
+    cfg.push_str("\n[ftp]\npassive_ports = [50000, 50050]\ncompress = \"zstd\"\n");
+    let app = lab.appliance_with(&cfg).unwrap();
+    let pw = |args: &[&str]| app.cli_ok(args).unwrap().trim().to_string();
+    let pa = pw(&["ftp", "account", "hostA", "--write", "vm1"]);
+    let pb = pw(&["ftp", "account", "hostB", "--read", "vm1"]);
+    // A saved VM: mostly zero pages between busy ones.
+    let saved = |seed: u8| {
+        let mut v = data(16 << 20);
+        for (i, x) in v.iter_mut().enumerate() {
+            if (i / 4096) % 4 != 0 {
+                *x = 0;
+            } else {
+                *x ^= seed;
+            }
+        }
+        v
+    };
+    let (first, second) = (saved(1), saved(2));
+    for (i, bytes) in [&first, &second].into_iter().enumerate() {
+        let src = a.dir.join(format!("vm1.save{i}"));
+        std::fs::write(&src, bytes).unwrap();
+        let up = lab
+            .exec(
+                &a.ns,
+                "curl",
+                &[
+                    "-sS",
+                    "--user",
+                    &format!("hostA:{pa}"),
+                    "-T",
+                    src.to_str().unwrap(),
+                    "ftp://10.213.0.1/vm1/vm1.img",
+                ],
+            )
+            .unwrap();
+        assert!(up.is_empty(), "{up}");
+    }
+    // The older one is compressed in the background; the newest stays as it came.
+    let v = netmigrate_lab::sys::wait_for(
+        "vm1/1 to be compressed",
+        std::time::Duration::from_secs(20),
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&app.cli_ok(&["images", "--json"]).ok()?).ok()?;
+            (v[0]["compression"] == "zstd").then_some(v)
+        },
+    )
+    .unwrap();
+    assert_eq!(v[0]["size"], first.len(), "{v:#}");
+    assert!(
+        v[0]["stored"].as_u64().unwrap() < first.len() as u64 / 2,
+        "{v:#}"
+    );
+    assert!(v[1]["compression"].is_null(), "{v:#}");
+    assert!(app.cli_ok(&["images"]).unwrap().contains("zstd"));
+
+    // hostB downloads it whole, and resumes a download cut after 5,000,000 bytes.
+    let dst = b.dir.join("vm1.1");
+    let get = |extra: &[&str]| {
+        let mut args = vec![
+            "-sS".to_string(),
+            "--user".into(),
+            format!("hostB:{pb}"),
+            "ftp://10.213.0.1/vm1/1.img".into(),
+            "-o".into(),
+            dst.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.exec(&b.ns, "curl", &args).unwrap()
+    };
+    get(&[]);
+    assert!(
+        std::fs::read(&dst).unwrap() == first,
+        "the download differs"
+    );
+    std::fs::write(&dst, &first[..5_000_000]).unwrap();
+    get(&["-C", "-"]);
+    assert!(
+        std::fs::read(&dst).unwrap() == first,
+        "the resumed download differs"
+    );
+    assert!(app.cli(&["images", "verify"]).unwrap().status.success());
+}

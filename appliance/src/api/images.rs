@@ -114,6 +114,18 @@ pub async fn gc(
             })
             .await?;
     }
+    // Images kept before compression was turned on are compressed now.
+    if let Some(level) = app.config().ftp.compress {
+        let mut vms: Vec<String> = app
+            .images
+            .list()
+            .map(|l| l.into_iter().map(|p| p.id.vm).collect())
+            .unwrap_or_default();
+        vms.dedup();
+        for vm in vms {
+            crate::ftp::compact(&app.images, &app.state, &vm, level).await;
+        }
+    }
     Ok(Json(removed.iter().map(|i| i.to_string()).collect()))
 }
 

@@ -272,16 +272,20 @@ pub fn plan(r: &crate::api::plan::PlanReply) -> String {
 
 pub fn images(rows: &Vec<crate::state::ImageRow>) -> String {
     let mut o = String::from(
-        "IMAGE            STATE      SIZE MiB  SHA-256           UPLOADER    UPDATED\n",
+        "IMAGE            STATE      SIZE MiB  STORED        SHA-256           UPLOADER    UPDATED\n",
     );
     for r in rows {
         o.push_str(&format!(
-            "{:<16} {:<10} {:<9} {:<17} {:<11} {}{}\n",
+            "{:<16} {:<10} {:<9} {:<13} {:<17} {:<11} {}{}\n",
             format!("{}/{}", r.vm, r.generation),
             r.state,
             r.size
                 .map(|s| format!("{:.1}", s as f64 / 1048576.0))
                 .unwrap_or_else(|| "-".into()),
+            match (&r.compression, r.stored) {
+                (Some(c), Some(s)) => format!("{:.1} {c}", s as f64 / 1048576.0),
+                _ => "as is".into(),
+            },
             r.sha256
                 .as_deref()
                 .map(|s| format!("{}…", &s[..s.len().min(16)]))

@@ -630,6 +630,32 @@ impl Cx<'_> {
         }) {
             ftp.keep = k as usize;
         }
+        if let Some((c, _)) = t.parse(&mut self.p, "compress", |s| match s {
+            "none" => Ok(false),
+            "zstd" => Ok(true),
+            _ => Err(format!(
+                "`{s}` is not a compression; use \"zstd\" or \"none\""
+            )),
+        }) {
+            ftp.compress = c.then_some(3);
+        }
+        if let Some(l) = t.integer(&mut self.p, "compress_level") {
+            if !(1..=19).contains(&l.value) {
+                self.p.at(
+                    &l.span,
+                    &l.key,
+                    format!(
+                        "{} is not a zstd level; use 1 (fastest) to 19 (smallest)",
+                        l.value
+                    ),
+                );
+            } else if ftp.compress.is_none() {
+                self.p
+                    .at(&l.span, &l.key, "set compress = \"zstd\" too, or remove it");
+            } else {
+                ftp.compress = Some(l.value as i32);
+            }
+        }
         if let Some(v) = t.boolean(&mut self.p, "verify_downloads") {
             ftp.verify_downloads = v.value;
         }
@@ -671,6 +697,8 @@ impl Cx<'_> {
                 "tls_cert",
                 "tls_key",
                 "verify_downloads",
+                "compress",
+                "compress_level",
             ],
         );
         ftp

@@ -208,6 +208,9 @@ pub struct FtpConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Hash downloads on the appliance too, instead of sending them with sendfile(2).
     pub verify_downloads: bool,
+    /// zstd level for keeping published images compressed at rest (all but each VM's newest,
+    /// which stays as it came for the next restore); None: not compressed.
+    pub compress: Option<i32>,
 }
 
 impl Default for FtpConfig {
@@ -219,6 +222,7 @@ impl Default for FtpConfig {
             keep: 3,
             tls: None,
             verify_downloads: false,
+            compress: None,
         }
     }
 }

@@ -14,6 +14,10 @@ pub struct ImageRow {
     pub sha256: Option<String>,
     pub uploader: Option<String>,
     pub reason: Option<String>,
+    /// `zstd` when kept compressed.
+    pub compression: Option<String>,
+    /// Bytes on disk, once compressed.
+    pub stored: Option<u64>,
     pub created_ms: i64,
     pub updated_ms: i64,
 }
@@ -29,6 +33,8 @@ pub struct ImageChange {
     pub sha256: Option<String>,
     pub uploader: Option<String>,
     pub reason: Option<String>,
+    pub compression: Option<&'static str>,
+    pub stored: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,17 +57,23 @@ impl State {
             sha256,
             uploader,
             reason,
+            compression,
+            stored,
         } = c;
         self.write(move |tx| {
             let now = now_ms();
             tx.execute(
-                "INSERT INTO images (vm, generation, state, size, sha256, uploader, reason, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                "INSERT INTO images (vm, generation, state, size, sha256, uploader, reason, created_ms, updated_ms,
+                                     compression, stored)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)
                  ON CONFLICT (vm, generation) DO UPDATE SET state = excluded.state,
                    size = coalesce(excluded.size, size), sha256 = coalesce(excluded.sha256, sha256),
                    uploader = coalesce(excluded.uploader, uploader), reason = excluded.reason,
+                   compression = coalesce(excluded.compression, compression),
+                   stored = coalesce(excluded.stored, stored),
                    updated_ms = excluded.updated_ms",
-                params![vm, generation as i64, state, size.map(|s| s as i64), sha256, uploader, reason, now],
+                params![vm, generation as i64, state, size.map(|s| s as i64), sha256, uploader, reason, now,
+                        compression, stored.map(|s| s as i64)],
             )?;
             Ok(())
         })
@@ -71,7 +83,8 @@ impl State {
     pub async fn images(&self) -> Result<Vec<ImageRow>, StateError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT vm, generation, state, size, sha256, uploader, reason, created_ms, updated_ms
+                "SELECT vm, generation, state, size, sha256, uploader, reason, created_ms, updated_ms,
+                        compression, stored
                  FROM images WHERE state != 'deleted' ORDER BY vm, generation",
             )?;
             let rows = st.query_map([], |r| {
@@ -85,6 +98,8 @@ impl State {
                     reason: r.get(6)?,
                     created_ms: r.get(7)?,
                     updated_ms: r.get(8)?,
+                    compression: r.get(9)?,
+                    stored: r.get::<_, Option<i64>>(10)?.map(|s| s as u64),
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

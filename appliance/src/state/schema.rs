@@ -158,6 +158,11 @@ pub const MIGRATIONS: &[&str] = &[
         text        TEXT NOT NULL           -- as a zone file shows it
     ) STRICT;
     "#,
+    // 9: images kept compressed at rest: how, and the bytes they take.
+    r#"
+    ALTER TABLE images ADD COLUMN compression TEXT;
+    ALTER TABLE images ADD COLUMN stored INTEGER;
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).

@@ -227,13 +227,19 @@ impl ImageBackend {
     }
 
     fn file_meta(&self, vm: &str, gen: u64) -> Result<Meta> {
-        let path = self.store.root().join(vm).join(format!("{gen}.img"));
-        let m = std::fs::metadata(&path)
-            .map_err(|_| Error::from(ErrorKind::PermanentFileNotAvailable))?;
+        let id = ImageId {
+            vm: vm.to_string(),
+            generation: gen,
+        };
+        // Its size as served: a compressed image's uncompressed size.
+        let (len, modified) = self
+            .store
+            .size_and_time(&id)
+            .ok_or_else(|| Error::from(ErrorKind::PermanentFileNotAvailable))?;
         Ok(Meta {
-            len: m.len(),
+            len,
             dir: false,
-            modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            modified,
         })
     }
 }
