@@ -339,6 +339,40 @@ fn tcp_api_requires_the_bearer_token() {
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(v["pid"], d.pid());
 
+    // Prometheus scrapes /metrics with the same token; without it, nothing.
+    let murl = format!("http://127.0.0.1:{port}/metrics");
+    let no = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &murl])
+        .output()
+        .unwrap();
+    assert_eq!(text(&no.stdout), "401");
+    let m = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "-D",
+            "-",
+            "-H",
+            "Authorization: Bearer 0123456789abcdef0123456789abcdef",
+            &murl,
+        ])
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "{}", text(&m.stderr));
+    let all = text(&m.stdout);
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    check_exposition(body);
+    for want in [
+        "netmigrate_up 1\n",
+        "netmigrate_dhcp_total{kind=\"malformed\"} 0\n",
+        "netmigrate_images 0\n",
+        "# TYPE netmigrate_migration_break_seconds histogram\n",
+        "# TYPE netmigrate_ssh_errors_total counter\n",
+    ] {
+        assert!(body.contains(want), "{want:?} missing from:\n{body}");
+    }
+
     // The CLI over TCP.
     let out = Command::new(BIN)
         .args(["--url", &format!("127.0.0.1:{port}"), "--token-file"])
@@ -391,4 +425,42 @@ fn client_without_a_daemon_says_so() {
             && err.contains("is `netmigrate serve` running"),
         "{err}"
     );
+}
+
+/// Prometheus's text format, as a scraper reads it: each sample `name{labels} value` with a
+/// number for value, after a `# TYPE` for its family.
+fn check_exposition(body: &str) {
+    let mut typed: Vec<String> = Vec::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut w = rest.split_whitespace();
+            typed.push(w.next().unwrap().to_string());
+            let kind = w.next().unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("value of {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| typed.iter().any(|t| t == f))
+            .unwrap_or(name);
+        assert!(typed.iter().any(|t| t == family), "no TYPE for {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            }
+        }
+    }
 }

@@ -62,6 +62,28 @@ impl Appliance {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+
+    /// `GET /metrics` over the API socket, as a scraper on it would.
+    pub fn metrics(&self) -> Result<String> {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--unix-socket"])
+            .arg(self.state_dir.join("api.sock"))
+            .arg("http://appliance/metrics")
+            .output()?;
+        if !out.status.success() {
+            bail!("/metrics: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One sample's value from `/metrics` (`series` as written there, labels and all).
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let text = self.metrics()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {series} in:\n{text}"))
+    }
 }
 
 impl Appliance {

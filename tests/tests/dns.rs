@@ -418,6 +418,23 @@ fn names_follow_leases_updates_and_secondaries_and_outsiders_are_refused() {
         v["stats"]
     );
 
+    // The same counters for Prometheus; the lease in use is counted.
+    assert!(
+        app.metric("netmigrate_dns_total{kind=\"queries\"}")
+            .unwrap()
+            >= 20.0
+    );
+    assert!(
+        app.metric("netmigrate_dns_total{kind=\"malformed\"}")
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        app.metric("netmigrate_dhcp_leases{network=\"lab\",state=\"bound\"}")
+            .unwrap()
+            >= 1.0
+    );
+
     // A released lease takes its names along.
     netmigrate_lab::sys::signal(udhcpc, libc::SIGUSR2);
     wait_for("web1 to leave DNS", Duration::from_secs(10), || {

@@ -127,6 +127,12 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         )
         .unwrap();
     assert_eq!(dug.trim(), ip.to_string());
+    // The move's break is in the metrics' histogram.
+    assert_eq!(
+        app.metric("netmigrate_migration_break_seconds_count{mode=\"cold\"}")
+            .unwrap(),
+        1.0
+    );
     assert!(
         steps.iter().any(|s| s.starts_with("after move: script")),
         "{steps:?}"

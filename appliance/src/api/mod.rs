@@ -4,6 +4,7 @@
 pub mod client;
 pub mod hosts;
 pub mod images;
+pub mod metrics;
 pub mod migrations;
 pub mod plan;
 pub mod reservations;
@@ -150,6 +151,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/watch", get(watch::watch))
         .route("/v1/leases", get(leases))
         .route("/v1/dns", get(dns))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })

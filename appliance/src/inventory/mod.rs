@@ -38,6 +38,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
 pub struct Inventory {
     slots: Mutex<HashMap<String, Slot>>,
     limit: Arc<Semaphore>,
+    /// Failed collections by host, for metrics.
+    errors: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Inventory {
@@ -45,7 +47,21 @@ impl Inventory {
         Inventory {
             slots: Mutex::new(HashMap::new()),
             limit: Arc::new(Semaphore::new(concurrency.max(1))),
+            errors: Default::default(),
         }
+    }
+
+    /// Failed collections so far, by host.
+    pub fn errors(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .errors
+            .lock()
+            .expect("errors lock")
+            .iter()
+            .map(|(h, n)| (h.clone(), *n))
+            .collect();
+        v.sort();
+        v
     }
 
     fn slot(&self, host: &str) -> Slot {
@@ -128,6 +144,11 @@ impl Inventory {
                 let r = inv.collect_host(&h, pinned.as_deref()).await;
                 if r.is_err() {
                     inv.forget(&h.name).await;
+                    *inv.errors
+                        .lock()
+                        .expect("errors lock")
+                        .entry(h.name.clone())
+                        .or_default() += 1;
                 }
                 let duration_ms = t.elapsed().as_millis() as u64;
                 let c = match r {
