@@ -15,6 +15,7 @@ pub mod network;
 pub mod placement;
 pub mod planner;
 pub mod reservations;
+pub mod router;
 pub mod script;
 pub mod state;
 

@@ -227,7 +227,7 @@ impl Default for FtpConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouterConfig {
     pub uplink: String,
     pub nat: bool,

@@ -32,6 +32,8 @@ pub struct App {
     pub dhcp: Arc<crate::dhcp::Dhcp>,
     /// The DNS server, when a network has a domain or forwarders are set.
     pub dns: Option<Arc<crate::dns::Dns>>,
+    /// The routing and NAT set up for `[router]`.
+    router: std::sync::Mutex<Option<crate::router::Router>>,
     config: RwLock<Arc<Config>>,
     config_path: PathBuf,
     pub started_ms: i64,
@@ -154,6 +156,7 @@ impl App {
         if let Some(dns) = &self.dns {
             dns.refresh(&new).await;
         }
+        let routing = self.reroute(new.router.as_ref());
         *self.config.write().expect("config lock") = new;
         let mut msg = if sync.is_empty() {
             "config reloaded; hosts unchanged".to_string()
@@ -166,7 +169,25 @@ impl App {
         if let Err(e) = dhcp {
             msg.push_str(&format!("; {e}"));
         }
+        if let Err(e) = routing {
+            msg.push_str(&format!("; {e}"));
+        }
         Ok(msg)
+    }
+
+    /// Sets routing up as `wanted` says, if that is not what runs: the old rules go first.
+    fn reroute(&self, wanted: Option<&crate::config::RouterConfig>) -> Result<(), String> {
+        let mut router = self.router.lock().expect("router lock");
+        if router.as_ref().map(|r| r.config()) == wanted {
+            return Ok(());
+        }
+        if let Some(old) = router.take() {
+            old.remove()?;
+        }
+        if let Some(w) = wanted {
+            *router = Some(crate::router::Router::start(w)?);
+        }
+        Ok(())
     }
 }
 
@@ -206,6 +227,16 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         None => (None, Vec::new()),
     };
     let (dhcp, dhcp_tasks) = crate::dhcp::start(&config, &state, dns.clone()).await?;
+    let router = match &config.router {
+        Some(r) => match crate::router::Router::start(r) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                state.record(NewEvent::warn("router", e)).await?;
+                None
+            }
+        },
+        None => None,
+    };
     let mut after_move: Vec<Arc<dyn crate::migrate::hooks::AfterMove>> =
         vec![Arc::new(crate::dhcp::FollowVm(dhcp.clone()))];
     if let Some(d) = &dns {
@@ -218,6 +249,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         after_move: Arc::new(after_move),
         dhcp,
         dns,
+        router: std::sync::Mutex::new(router),
         config: RwLock::new(config),
         config_path: config_path.to_path_buf(),
         started_ms: now_ms(),
@@ -275,6 +307,11 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         t.abort();
     }
     api.stopped().await;
+    if let Some(r) = app.router.lock().expect("router lock").take() {
+        if let Err(e) = r.remove() {
+            tracing::warn!("router: {e}");
+        }
+    }
     state
         .record(NewEvent::info(
             "daemon.stop",
