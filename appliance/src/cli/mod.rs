@@ -474,13 +474,24 @@ fn run_serve(cli: &Cli) -> Result<(), Error> {
     // SAFETY: umask only changes this process's file-creation mask.
     unsafe { libc::umask(0o027) };
     let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.clone());
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
+    // Under systemd (JOURNAL_STREAM set), events go to journald with their fields; elsewhere,
+    // or when journald does not answer, to stderr.
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok())
+        .map(|l| l.with_syslog_identifier("netmigrate".into()));
+    match journald {
+        Some(j) => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            tracing_subscriber::registry().with(filter).with(j).init();
+        }
+        None => tracing_subscriber::fmt()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("netmigrate")
