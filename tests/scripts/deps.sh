@@ -10,7 +10,7 @@ PKGS=(
   qemu-system-x86 openvswitch-switch openvswitch-common busybox-static cpio iproute2
   iputils-ping arping tcpdump openssh-server openssh-client curl lftp python3 procps psmisc
   vsftpd iperf3 isc-dhcp-client kea-dhcp4-server kea-admin dnsmasq-base isc-dhcp-relay
-  dhcpcd-base ipxe-qemu bind9-dnsutils knot dnsperf libnftables1
+  dhcpcd-base ipxe-qemu bind9-dnsutils knot dnsperf libnftables1 chromium
 )
 
 missing=()

@@ -15,6 +15,7 @@ pub mod appliance;
 pub mod bench_dhcp;
 pub mod bench_dns;
 pub mod cleanup;
+pub mod dashboard;
 pub mod guest;
 pub mod hand;
 pub mod host;

@@ -54,10 +54,18 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The API on the lab network too, for the dashboard.
+    let token = lab.dir.join("api.token");
+    std::fs::write(&token, "dashboard-token-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config =
         netmigrate_lab::appliance::lab_config(&lab, &lab.appliance_state_dir().unwrap(), &[&a, &c])
             .unwrap()
-            + &format!("\n[migration]\nafter_move = \"{}\"\n", script.display());
+            + &format!(
+                "\n[migration]\nafter_move = \"{}\"\n\n[api]\nlisten = \"10.213.0.1:7070\"\ntoken_file = \"{}\"\n",
+                script.display(),
+                token.display()
+            );
     let app = lab.appliance_with(&config).unwrap();
     let (vm, ip) = define(&app, 1);
 
@@ -196,6 +204,56 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
     let id = m["id"].as_i64().unwrap().to_string();
     let shown = app.cli_ok(&["migrations", &id]).unwrap();
     assert!(shown.contains("live pre-copy"), "{shown}");
+
+    // The dashboard, in Chromium on the client: what it shows is what the API says.
+    let page = netmigrate_lab::dashboard::open(
+        &client.ns,
+        "http://10.213.0.1:7070/?static#token=dashboard-token-0123456789abcdef",
+        &lab.subdir("chromium").unwrap(),
+        "dashboard-after-moves.png",
+    )
+    .unwrap();
+    let migrations = json(&app.cli_ok(&["migrations", "--json"]).unwrap());
+    let migrations = migrations.as_array().unwrap();
+    assert_eq!(page.rows("migrations"), Some(migrations.len()));
+    for m in migrations {
+        assert!(
+            page.has_cell(&m["id"].to_string()),
+            "migration {} missing",
+            m["id"]
+        );
+        assert!(page.has_cell(&m["break_ms"].to_string()), "{m:#}");
+    }
+    assert_eq!(
+        page.attr("breaks", "data-bars"),
+        Some(migrations.len().to_string())
+    );
+    let images = json(&app.cli_ok(&["images", "--json"]).unwrap());
+    assert_eq!(page.rows("images"), Some(images.as_array().unwrap().len()));
+    assert!(page.has_cell("vm1/1"));
+    let records = json(&app.cli_ok(&["dns", "--json"]).unwrap());
+    assert_eq!(
+        page.rows("dns"),
+        Some(records["records"].as_array().unwrap().len())
+    );
+    assert!(page.has_cell("vm1.lab.internal."));
+    assert_eq!(page.rows("hosts"), Some(2));
+    assert!(page.has_cell("hostA") && page.has_cell("hostC"));
+    assert_eq!(page.rows("vms"), Some(1));
+    assert!(page.has_cell("10.213.0.21"));
+    // Without the token it shows nothing but the error.
+    let bare = netmigrate_lab::netns::exec(&client.ns, "curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.213.0.1:7070/v1/migrations",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&bare.stdout), "401");
 
     // Refusals: one clear line each, nothing moved.
     for (args, says) in [

@@ -152,10 +152,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/leases", get(leases))
         .route("/v1/dns", get(dns))
         .route("/metrics", get(metrics::metrics))
+        .route("/", get(dashboard))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })
         .with_state(app)
+}
+
+/// The dashboard: one static page that reads this API (see dashboard.html).
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {

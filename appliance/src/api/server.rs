@@ -114,12 +114,16 @@ pub async fn start(app: Arc<App>, stop: watch::Receiver<bool>) -> Result<ApiHand
     })
 }
 
-/// Refuses a TCP request without `Authorization: Bearer <token>`.
+/// Refuses a TCP request without `Authorization: Bearer <token>`. The dashboard's page itself
+/// holds no data and is served to anyone; everything it shows is fetched with the token.
 async fn require_token(
     State(token): State<Arc<String>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if req.method() == axum::http::Method::GET && req.uri().path() == "/" {
+        return Ok(next.run(req).await);
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
