@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz-dhcp all deps build demo demo-hold paper bench-dhcp bench-dns test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
+.PHONY: fuzz-dhcp all deps build demo demo-hold paper bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
 
 all: build
 
@@ -67,6 +67,11 @@ bench-dhcp: deps
 bench-dns: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-dns
+
+## appliance-image: the gateway VM (Debian kernel + initramfs running netmigrate) in target/appliance-image
+appliance-image: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab appliance-image --out target/appliance-image
 
 ## fuzz-dhcp: the DHCP decode-answer-encode path under libFuzzer (nightly; FUZZ_SECS, default 300)
 FUZZ_SECS ?= 300

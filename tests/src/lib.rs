@@ -12,6 +12,7 @@
 //! `netmigrate-lab cleanup` removes what a killed run left.
 
 pub mod appliance;
+pub mod appliance_image;
 pub mod bench_dhcp;
 pub mod bench_dns;
 pub mod cleanup;

@@ -81,6 +81,12 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         clients: u32,
     },
+    /// Build the gateway VM image (kernel + initramfs with netmigrate as its service).
+    ApplianceImage {
+        /// Where vmlinuz and appliance.cpio.gz go.
+        #[arg(long, default_value = "target/appliance-image")]
+        out: std::path::PathBuf,
+    },
     /// Remove namespaces and run directories left by lab runs that were killed.
     Cleanup {
         /// Also remove labs whose run is still alive.
@@ -99,6 +105,18 @@ fn main() -> std::process::ExitCode {
             clients,
         } => bench_dhcp(&rates, secs, clients),
         Cmd::BenchDns { secs, clients } => bench_dns(secs, clients),
+        Cmd::ApplianceImage { out } => netmigrate_lab::netmigrate_bin().and_then(|bin| {
+            let (k, i) = netmigrate_lab::appliance_image::build(&out, &bin)?;
+            println!("{}\n{}", k.display(), i.display());
+            println!(
+                "boot: qemu-system-x86_64 -m 512 -kernel {} -initrd {} -append \"console=ttyS0 \
+                 netmigrate.addr=eth0:10.0.0.1/24\" -drive file=config.tar,if=virtio,format=raw \
+                 -netdev tap,id=n0,ifname=TAP,script=no -device virtio-net-pci,netdev=n0 -nographic",
+                k.display(),
+                i.display()
+            );
+            Ok(())
+        }),
         Cmd::Paper {
             out,
             scenarios,
