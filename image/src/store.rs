@@ -366,6 +366,12 @@ impl Store {
         Ok(Writer::start(self.clone(), id, file, prefix, tx))
     }
 
+    /// Bytes free where the store is, and the reserve it keeps: room for an upload of `n`
+    /// bytes if `free >= n + reserve`.
+    pub fn room(&self) -> Result<(u64, u64), Error> {
+        Ok((available(&self.inner.root)?, self.inner.reserve))
+    }
+
     pub(crate) fn check_space(&self, id: &ImageId, need: u64) -> Result<(), Error> {
         let left = available(&self.inner.root)?;
         if left.saturating_sub(need) < self.inner.reserve {

@@ -111,6 +111,7 @@ impl Move<'_> {
         let rolled = Failure::RolledBack;
         let src_url = self.store_url(&self.src.cfg).map_err(rolled)?;
         let dst_url = self.store_url(&self.dst.cfg).map_err(rolled)?;
+        self.store_has_room().map_err(rolled)?;
         let creds = self.make_creds().await.map_err(rolled)?;
         let r = async {
             self.prepare_target().await.map_err(rolled)?;
@@ -119,6 +120,24 @@ impl Move<'_> {
         .await;
         self.drop_creds(&creds).await;
         r
+    }
+
+    /// The saved state is about the size of the VM's memory: a store that cannot take it with its
+    /// reserve left is found out before the VM is paused, not by a refused upload halfway.
+    fn store_has_room(&self) -> Result<(), String> {
+        let need = u64::from(self.def.mem_mib) << 20;
+        let (free, reserve) = self.engine.store.room().map_err(|e| e.to_string())?;
+        if free >= need + reserve {
+            return Ok(());
+        }
+        Err(format!(
+            "the image store has {} MiB free: {}'s state (up to {} MiB) would leave less than \
+             its reserve of {} MiB (ftp.reserve)",
+            free >> 20,
+            self.def.name,
+            self.def.mem_mib,
+            reserve >> 20
+        ))
     }
 
     /// From the pause to the VM running on the target.
