@@ -14,12 +14,74 @@ use crate::state::{now_ms, AccountRow, ImageChange, NewEvent, State};
 use crate::Error;
 
 /// Accounts over the appliance's state.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StateAccounts {
     pub state: State,
     /// With `[ftp] compress`: the store and the zstd level, to compress older images after
     /// each publish.
     pub compress: Option<(Store, i32)>,
+    /// Passwords argon2 accepted lately: a host logs in for each transfer, and argon2's tens of
+    /// milliseconds each time would count against every transfer.
+    verified: Verified,
+}
+
+/// Logins argon2 accepted, kept as a keyed SHA-256 of (stored hash, password) under a key made
+/// at start and never stored: a memory dump gives no cheaper attack on the password than
+/// argon2's hash, and a password reset (a new stored hash) forgets the old one at once.
+struct Verified {
+    key: [u8; 32],
+    #[allow(clippy::type_complexity)]
+    seen: std::sync::Mutex<std::collections::HashMap<String, ([u8; 32], std::time::Instant)>>,
+}
+
+/// How long an accepted password skips argon2.
+const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key or the tags.
+        f.write_str("Verified { .. }")
+    }
+}
+
+impl Verified {
+    fn new() -> Result<Verified, Error> {
+        use std::io::Read;
+        let mut key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key))
+            .map_err(|e| Error::Io("reading /dev/urandom".into(), e))?;
+        Ok(Verified {
+            key,
+            seen: Default::default(),
+        })
+    }
+
+    fn tag(&self, hash: &str, password: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.key);
+        h.update(hash.as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    fn knows(&self, user: &str, hash: &str, password: &str) -> bool {
+        let tag = self.tag(hash, password);
+        let seen = self.seen.lock().expect("verified lock");
+        seen.get(user).is_some_and(|(t, at)| {
+            at.elapsed() < VERIFIED_FOR
+                && t.iter().zip(&tag).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        })
+    }
+
+    fn remember(&self, user: &str, hash: &str, password: &str) {
+        let tag = self.tag(hash, password);
+        let mut seen = self.seen.lock().expect("verified lock");
+        seen.retain(|_, (_, at)| at.elapsed() < VERIFIED_FOR);
+        seen.insert(user.to_string(), (tag, std::time::Instant::now()));
+    }
 }
 
 /// Keeps every published image of `vm` but the newest compressed at rest (the newest stays as
@@ -126,14 +188,25 @@ impl FtpAccounts for StateAccounts {
                 read: row.read,
             });
         }
+        if self.verified.knows(user, &hash, password) {
+            return Some(FtpUser {
+                name: row.name,
+                write: row.write,
+                read: row.read,
+            });
+        }
         // argon2 costs tens of milliseconds of CPU: off the reactor.
+        let h = hash.clone();
         let ok = tokio::task::spawn_blocking(move || {
             Argon2::default()
-                .verify_password(pw.as_bytes(), hash.as_str())
+                .verify_password(pw.as_bytes(), h.as_str())
                 .is_ok()
         })
         .await
         .unwrap_or(false);
+        if ok {
+            self.verified.remember(user, &hash, password);
+        }
         ok.then_some(FtpUser {
             name: row.name,
             write: row.write,
@@ -228,6 +301,7 @@ pub async fn start(cfg: &Config, state: &State) -> Result<(Store, Vec<JoinHandle
             .await?;
     }
     let accounts = Arc::new(StateAccounts {
+        verified: Verified::new()?,
         state: state.clone(),
         compress: cfg.ftp.compress.map(|level| (store.clone(), level)),
     });
@@ -272,4 +346,26 @@ pub async fn start(cfg: &Config, state: &State) -> Result<(Store, Vec<JoinHandle
         tracing::info!("FTP image store listening on {addr}");
     }
     Ok((store, tasks))
+}
+
+#[cfg(test)]
+mod verified_tests {
+    use super::Verified;
+
+    #[test]
+    fn a_remembered_login_is_only_that_password_with_that_stored_hash() {
+        let v = Verified::new().unwrap();
+        assert!(!v.knows("hostA", "$argon2id$one", "secret"));
+        v.remember("hostA", "$argon2id$one", "secret");
+        assert!(v.knows("hostA", "$argon2id$one", "secret"));
+        assert!(!v.knows("hostA", "$argon2id$one", "Secret"));
+        assert!(!v.knows("hostB", "$argon2id$one", "secret"));
+        // A reset password (a new stored hash) is checked by argon2 again.
+        assert!(!v.knows("hostA", "$argon2id$two", "secret"));
+        // Another process (another key) never shares what this one saw.
+        assert_ne!(
+            v.tag("$argon2id$one", "secret"),
+            Verified::new().unwrap().tag("$argon2id$one", "secret")
+        );
+    }
 }
