@@ -120,13 +120,7 @@ pub fn build(out: &Path, netmigrate: &Path) -> Result<(PathBuf, PathBuf)> {
     ] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("/bin/busybox")?;
-    let applets = Command::new("/bin/busybox").arg("--list").output()?;
-    for a in String::from_utf8_lossy(&applets.stdout).lines() {
-        if a != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
-        }
-    }
+    crate::guest::busybox_into(&root)?;
     // netmigrate, and iproute2's ip (it replaces neighbour entries with `ip neigh replace`).
     std::fs::copy(netmigrate, root.join("usr/local/bin/netmigrate"))?;
     let ip = ["/usr/sbin/ip", "/sbin/ip", "/bin/ip"]
@@ -147,19 +141,7 @@ pub fn build(out: &Path, netmigrate: &Path) -> Result<(PathBuf, PathBuf)> {
     let init = root.join("init");
     std::fs::write(&init, INIT)?;
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let part = out.join("appliance.cpio.gz.part");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-            root.display(),
-            part.display()
-        ))
-        .status()?;
-    if !status.success() {
-        bail!("packing the initramfs failed ({status})");
-    }
-    std::fs::rename(&part, &image)?;
+    crate::guest::pack(&root, &image)?;
     std::fs::copy(&kernel, &vmlinuz)?;
     std::fs::write(&stamp, key)?;
     Ok((vmlinuz, image))

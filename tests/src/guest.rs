@@ -154,13 +154,7 @@ pub fn initramfs() -> Result<PathBuf> {
     ] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
-    let applets = run(Command::new("/bin/busybox").arg("--list"))?;
-    for a in String::from_utf8_lossy(&applets.stdout).lines() {
-        if a != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
-        }
-    }
+    busybox_into(&root)?;
     let kmods = cache_dir().join(format!("kernel/root/lib/modules/{kver}/kernel"));
     for m in MODULES {
         let src = kmods.join(m);
@@ -170,6 +164,24 @@ pub fn initramfs() -> Result<PathBuf> {
     }
     write_exec(&root.join("init"), INIT)?;
     write_exec(&root.join("usr/share/udhcpc/default.script"), UDHCPC_SCRIPT)?;
+    pack(&root, &out)?;
+    Ok(out)
+}
+
+/// busybox in `root`/bin, with a link for each of its applets.
+pub(crate) fn busybox_into(root: &Path) -> Result<()> {
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("/bin/busybox")?;
+    let applets = run(Command::new("/bin/busybox").arg("--list"))?;
+    for a in String::from_utf8_lossy(&applets.stdout).lines() {
+        if a != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
+        }
+    }
+    Ok(())
+}
+
+/// `root` as a gzipped newc cpio at `out`, written aside and renamed in.
+pub(crate) fn pack(root: &Path, out: &Path) -> Result<()> {
     let part = out.with_extension("part");
     let status = Command::new("sh")
         .arg("-c")
@@ -180,10 +192,10 @@ pub fn initramfs() -> Result<PathBuf> {
         ))
         .status()?;
     if !status.success() {
-        bail!("building the initramfs failed ({status})");
+        bail!("packing the initramfs {} failed ({status})", out.display());
     }
-    std::fs::rename(&part, &out)?;
-    Ok(out)
+    std::fs::rename(&part, out)?;
+    Ok(())
 }
 
 fn write_exec(path: &Path, text: &str) -> Result<()> {

@@ -413,21 +413,22 @@ pub fn dns(r: &crate::api::DnsReply) -> String {
             l.name, l.ttl, l.rtype, l.data, l.owner
         ));
     }
-    let stats: Vec<String> = r
-        .stats
+    o.push_str(&counters("DNS", &r.stats));
+    o
+}
+
+/// "WHAT since start: a 3, b 1" from a server's counters, the zero ones left out.
+fn counters(what: &str, stats: &std::collections::BTreeMap<String, u64>) -> String {
+    let seen: Vec<String> = stats
         .iter()
         .filter(|(_, v)| **v > 0)
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    o.push_str(&format!(
-        "DNS since start: {}\n",
-        if stats.is_empty() {
-            "nothing received".to_string()
-        } else {
-            stats.join(", ")
-        }
-    ));
-    o
+    if seen.is_empty() {
+        format!("{what} since start: nothing received\n")
+    } else {
+        format!("{what} since start: {}\n", seen.join(", "))
+    }
 }
 
 pub fn leases(r: &crate::api::LeasesReply) -> String {
@@ -448,20 +449,7 @@ pub fn leases(r: &crate::api::LeasesReply) -> String {
     if r.leases.is_empty() {
         o.push_str("(no leases yet)\n");
     }
-    let stats: Vec<String> = r
-        .stats
-        .iter()
-        .filter(|(_, v)| **v > 0)
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    o.push_str(&format!(
-        "DHCP since start: {}\n",
-        if stats.is_empty() {
-            "nothing received".to_string()
-        } else {
-            stats.join(", ")
-        }
-    ));
+    o.push_str(&counters("DHCP", &r.stats));
     o
 }
 
