@@ -71,8 +71,7 @@ impl Verified {
         let tag = self.tag(hash, password);
         let seen = self.seen.lock().expect("verified lock");
         seen.get(user).is_some_and(|(t, at)| {
-            at.elapsed() < VERIFIED_FOR
-                && t.iter().zip(&tag).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+            at.elapsed() < VERIFIED_FOR && crate::api::server::constant_time_eq(t, &tag)
         })
     }
 
@@ -143,14 +142,7 @@ pub fn hash_token(token: &str) -> String {
 }
 
 fn token_matches(hash: &str, token: &str) -> bool {
-    let want = hash_token(token);
-    // Constant time: compare every byte.
-    want.len() == hash.len()
-        && want
-            .bytes()
-            .zip(hash.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    crate::api::server::constant_time_eq(hash_token(token).as_bytes(), hash.as_bytes())
 }
 
 pub fn hash_password(password: &str) -> Result<String, Error> {

@@ -17,8 +17,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::lab::cache_dir;
-
 const INIT: &str = r#"#!/bin/busybox sh
 export PATH=/usr/sbin:/usr/local/bin:/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
@@ -45,18 +43,8 @@ netmigrate check-config /etc/netmigrate/netmigrate.toml > /dev/console 2>&1
 exec setsid cttyhack sh
 "#;
 
-const MODULES: &[&str] = &[
-    "drivers/virtio/virtio_ring.ko",
-    "drivers/virtio/virtio.ko",
-    "drivers/virtio/virtio_pci_modern_dev.ko",
-    "drivers/virtio/virtio_pci_legacy_dev.ko",
-    "drivers/virtio/virtio_pci.ko",
-    "net/core/failover.ko",
-    "drivers/net/net_failover.ko",
-    "drivers/net/virtio_net.ko",
-    "drivers/net/ethernet/intel/e1000/e1000.ko",
-    "drivers/block/virtio_blk.ko",
-];
+/// The guests' modules (virtio, e1000) and the config disk's.
+const MORE_MODULES: &[&str] = &["drivers/block/virtio_blk.ko"];
 
 /// The shared libraries `bin` loads, as `ldd` lists them (absolute paths).
 fn libraries(bin: &Path) -> Result<Vec<PathBuf>> {
@@ -87,14 +75,12 @@ fn put(root: &Path, src: &Path) -> Result<()> {
 /// to ship); returns the two paths. Rebuilt only when an input changed.
 pub fn build(out: &Path, netmigrate: &Path) -> Result<(PathBuf, PathBuf)> {
     let kernel = crate::guest::kernel()?;
-    let kver = std::fs::read_to_string(cache_dir().join("kernel/version"))?
-        .trim()
-        .to_string();
+    let kver = crate::guest::kernel_version()?;
     std::fs::create_dir_all(out)?;
     let bin =
         std::fs::read(netmigrate).with_context(|| format!("reading {}", netmigrate.display()))?;
     let mut h = DefaultHasher::new();
-    (INIT, MODULES, &kver, &bin).hash(&mut h);
+    (INIT, crate::guest::MODULES, MORE_MODULES, &kver, &bin).hash(&mut h);
     let stamp = out.join(".inputs");
     let image = out.join("appliance.cpio.gz");
     let vmlinuz = out.join("vmlinuz");
@@ -132,15 +118,9 @@ pub fn build(out: &Path, netmigrate: &Path) -> Result<(PathBuf, PathBuf)> {
     for lib in libraries(netmigrate)?.into_iter().chain(libraries(ip)?) {
         put(&root, &lib)?;
     }
-    let kmods = cache_dir().join(format!("kernel/root/lib/modules/{kver}/kernel"));
-    for m in MODULES {
-        let name = Path::new(m).file_name().expect("module name");
-        std::fs::copy(kmods.join(m), root.join("lib/modules").join(name))
-            .with_context(|| format!("module {m}"))?;
-    }
-    let init = root.join("init");
-    std::fs::write(&init, INIT)?;
-    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    crate::guest::modules_into(&root, &kver, crate::guest::MODULES)?;
+    crate::guest::modules_into(&root, &kver, MORE_MODULES)?;
+    crate::guest::write_exec(&root.join("init"), INIT)?;
     crate::guest::pack(&root, &image)?;
     std::fs::copy(&kernel, &vmlinuz)?;
     std::fs::write(&stamp, key)?;

@@ -70,7 +70,7 @@ pub fn kernel() -> Result<PathBuf> {
     Ok(k)
 }
 
-fn kernel_version() -> Result<String> {
+pub(crate) fn kernel_version() -> Result<String> {
     Ok(std::fs::read_to_string(cache_dir().join("kernel/version"))
         .context("guest kernel version file; run `make deps`")?
         .trim()
@@ -117,7 +117,7 @@ case "$1" in
 esac
 "#;
 
-const MODULES: &[&str] = &[
+pub(crate) const MODULES: &[&str] = &[
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_pci_modern_dev.ko",
@@ -155,17 +155,23 @@ pub fn initramfs() -> Result<PathBuf> {
         std::fs::create_dir_all(root.join(d))?;
     }
     busybox_into(&root)?;
+    modules_into(&root, &kver, MODULES)?;
+    write_exec(&root.join("init"), INIT)?;
+    write_exec(&root.join("usr/share/udhcpc/default.script"), UDHCPC_SCRIPT)?;
+    pack(&root, &out)?;
+    Ok(out)
+}
+
+/// The cached kernel's `modules` (paths under its `kernel/` tree) in `root`/lib/modules.
+pub(crate) fn modules_into(root: &Path, kver: &str, modules: &[&str]) -> Result<()> {
     let kmods = cache_dir().join(format!("kernel/root/lib/modules/{kver}/kernel"));
-    for m in MODULES {
+    for m in modules {
         let src = kmods.join(m);
         let name = Path::new(m).file_name().expect("module file name");
         std::fs::copy(&src, root.join("lib/modules").join(name))
             .with_context(|| format!("copying {}", src.display()))?;
     }
-    write_exec(&root.join("init"), INIT)?;
-    write_exec(&root.join("usr/share/udhcpc/default.script"), UDHCPC_SCRIPT)?;
-    pack(&root, &out)?;
-    Ok(out)
+    Ok(())
 }
 
 /// busybox in `root`/bin, with a link for each of its applets.
@@ -198,7 +204,7 @@ pub(crate) fn pack(root: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_exec(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_exec(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;

@@ -323,6 +323,15 @@ fn paper(
     Ok(())
 }
 
+/// `a / b` for a results table, "-" when there is no `b` to compare with.
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
 fn bench_dns(secs: u32, clients: u32) -> Result<()> {
     anyhow::ensure!(
         (1..=120).contains(&secs) && (1..=100).contains(&clients),
@@ -335,13 +344,6 @@ fn bench_dns(secs: u32, clients: u32) -> Result<()> {
         let of = |s: &str| runs.iter().find(|r| r.server == s && r.mix == mix);
         let (Some(n), Some(d), Some(k)) = (of("netmigrate"), of("dnsmasq"), of("knot")) else {
             continue;
-        };
-        let ratio = |a: f64, b: f64| {
-            if b > 0.0 {
-                format!("{:.2}", a / b)
-            } else {
-                "-".into()
-            }
         };
         println!(
             "| {mix} | {:.0} ({}) | {:.0} ({}) | {:.0} ({}) | {} | {} |",
@@ -373,13 +375,6 @@ fn bench_dhcp(rates: &[u32], secs: u32, clients: u32) -> Result<()> {
         let of = |s: &str| steps.iter().find(|x| x.server == s && x.offered == *rate);
         let (Some(n), Some(k), Some(d)) = (of("netmigrate"), of("kea"), of("dnsmasq")) else {
             continue;
-        };
-        let ratio = |a: f64, b: f64| {
-            if b > 0.0 {
-                format!("{:.2}", a / b)
-            } else {
-                "-".into()
-            }
         };
         println!(
             "| {rate} | {:.0} ({:.1} %) | {:.0} ({:.1} %) | {:.0} ({:.1} %) | {} | {} |",

@@ -175,8 +175,9 @@ fn the_appliance_image_boots_and_serves_the_lab() {
     let token = lab.dir.join("cli.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let cli = |args: &[&str]| {
-        let o = netns::exec(
+    // The CLI over TCP from the client's namespace; `cli` also insists that it succeeded.
+    let run = |args: &[&str]| {
+        netns::exec(
             &cl.ns,
             &netmigrate_lab::netmigrate_bin()
                 .unwrap()
@@ -187,7 +188,10 @@ fn the_appliance_image_boots_and_serves_the_lab() {
         .arg(&token)
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+    };
+    let cli = |args: &[&str]| {
+        let o = run(args);
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(
             o.status.success(),
@@ -272,18 +276,7 @@ fn the_appliance_image_boots_and_serves_the_lab() {
         lab.curl(&cl.ns, "http://10.213.0.22/").ok()
     })
     .unwrap();
-    let o = netns::exec(
-        &cl.ns,
-        &netmigrate_lab::netmigrate_bin()
-            .unwrap()
-            .display()
-            .to_string(),
-    )
-    .args(["--url", "10.213.0.1:7070", "--token-file"])
-    .arg(&token)
-    .args(["migrate", "vm2", "--to", "hostC", "--cold", "--json"])
-    .output()
-    .unwrap();
+    let o = run(&["migrate", "vm2", "--to", "hostC", "--cold", "--json"]);
     assert!(!o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let m = &v["migrations"][0];

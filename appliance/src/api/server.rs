@@ -140,7 +140,8 @@ async fn require_token(
     Ok(next.run(req).await)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Secrets compared in constant time: every byte, whatever differs first.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -187,14 +187,14 @@ async fn answers_come_from_the_zones_and_garbage_gets_none() {
     };
     let r =
         hickory_server::server::Request::from_bytes(ask("lab.test"), src, Protocol::Udp).unwrap();
-    let a = Message::from_vec(&udp::answer_for_tests(&h, &r).await.unwrap()).unwrap();
+    let a = Message::from_vec(&udp::answer(&h, &r).await.unwrap()).unwrap();
     assert_eq!(a.metadata.response_code, ResponseCode::NoError);
     assert!(a.metadata.authoritative);
     assert_eq!(a.answers.len(), 1);
     // An outside name from a client outside the lab: refused, not forwarded.
     let r = hickory_server::server::Request::from_bytes(ask("example.com"), src, Protocol::Udp)
         .unwrap();
-    let a = Message::from_vec(&udp::answer_for_tests(&h, &r).await.unwrap()).unwrap();
+    let a = Message::from_vec(&udp::answer(&h, &r).await.unwrap()).unwrap();
     assert_eq!(a.metadata.response_code, ResponseCode::Refused);
 }
 
@@ -206,14 +206,14 @@ proptest::proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let h = handler();
         rt.block_on(async {
-            let _ = udp::plain_for_tests(&bytes);
+            let _ = udp::plain(&bytes);
             let src: std::net::SocketAddr = "10.0.0.9:5300".parse().unwrap();
             if let Ok(r) = hickory_server::server::Request::from_bytes(
                 bytes.clone(),
                 src,
                 hickory_server::net::xfer::Protocol::Udp,
             ) {
-                let _ = udp::answer_for_tests(&h, &r).await;
+                let _ = udp::answer(&h, &r).await;
             }
         });
     }
@@ -244,14 +244,14 @@ proptest::proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let h = handler();
         rt.block_on(async {
-            let _ = udp::plain_for_tests(&bytes);
+            let _ = udp::plain(&bytes);
             let src: std::net::SocketAddr = "10.0.0.9:5300".parse().unwrap();
             if let Ok(r) = hickory_server::server::Request::from_bytes(
                 bytes,
                 src,
                 hickory_server::net::xfer::Protocol::Udp,
             ) {
-                let _ = udp::answer_for_tests(&h, &r).await;
+                let _ = udp::answer(&h, &r).await;
             }
         });
     }

@@ -51,7 +51,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// The parts of a query the fast path needs.
-struct Plain {
+pub(crate) struct Plain {
     /// Where the question's name ends (it starts at 12).
     name_end: usize,
     /// Where what the answer depends on ends: the question and the OPT record's fixed part.
@@ -62,7 +62,7 @@ struct Plain {
 
 /// A query the cache can answer: QUERY, one question with an uncompressed name, no answer or
 /// authority records, and at most one additional record, an OPT that ends the packet.
-fn plain(q: &[u8]) -> Option<Plain> {
+pub(crate) fn plain(q: &[u8]) -> Option<Plain> {
     let count = |i: usize| u16::from_be_bytes([q[i], q[i + 1]]);
     if q.len() < 12 || q[2] & 0xF8 != 0 || count(4) != 1 || count(6) != 0 || count(8) != 0 {
         return None;
@@ -194,7 +194,7 @@ async fn run(sock: Arc<UdpSocket>, h: Arc<Handler>) {
 }
 
 /// The handler's answer to `request`, encoded within the size the client allows.
-async fn answer(h: &Handler, request: &Request) -> Option<Vec<u8>> {
+pub(crate) async fn answer(h: &Handler, request: &Request) -> Option<Vec<u8>> {
     let capture = Capture {
         max: request.max_payload().max(512),
         out: Arc::new(Mutex::new(None)),
@@ -203,16 +203,6 @@ async fn answer(h: &Handler, request: &Request) -> Option<Vec<u8>> {
         .await;
     let out = capture.out.lock().expect("capture lock").take();
     out
-}
-
-#[cfg(test)]
-pub(crate) async fn answer_for_tests(h: &Handler, request: &Request) -> Option<Vec<u8>> {
-    answer(h, request).await
-}
-
-#[cfg(test)]
-pub(crate) fn plain_for_tests(q: &[u8]) -> bool {
-    plain(q).is_some()
 }
 
 /// A response handler that keeps the encoded answer instead of sending it.

@@ -1,6 +1,6 @@
 //! The records by owner, and the patching of the zones when an owner's records change.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use hickory_server::proto::rr::{LowerName, RData, Record, RecordSet, RecordType, RrKey};
 
@@ -170,18 +170,16 @@ impl View {
         if keys.is_empty() {
             return;
         }
-        let mut zones = BTreeSet::new();
+        let mut zones = BTreeMap::new();
         for k in keys {
             let Some(zone) = inner.zone_of(&k.name) else {
                 continue;
             };
             zone.put(k.clone(), self.rrset(&k)).await;
-            zones.insert(zone.origin().clone());
+            zones.insert(zone.origin().clone(), zone);
         }
-        for origin in zones {
-            if let Some(z) = inner.zones.iter().find(|z| z.origin() == &origin) {
-                z.bump_serial().await;
-            }
+        for (origin, zone) in zones {
+            zone.bump_serial().await;
             let _ = inner.notify.send(origin);
         }
         inner.changed();
