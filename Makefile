@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz-dhcp all deps build demo demo-hold paper bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
+.PHONY: fuzz-dhcp all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
 
 all: build
 
@@ -25,6 +25,16 @@ demo-hold: build
 paper: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab paper --out results
+
+## paper-xen: scenario 1 on three nested Xen hosts, cold and live, next to hand-driven xl (root)
+paper-xen: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab paper-xen --out results/xen
+
+## test-xen: every Xen lab test (the smoke test is also in `make test`), one at a time (root)
+test-xen: deps
+	$(CARGO) build --workspace
+	$(CARGO) test -p netmigrate-lab --test xen -- --include-ignored --test-threads=1
 
 ## test: format check, clippy -D warnings, unit tests, lab tests (root: namespaces, OVS, QEMU)
 test: deps fmt-check lint unit-test lab-test

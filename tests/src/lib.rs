@@ -24,9 +24,11 @@ pub mod lab;
 pub mod netns;
 pub mod ovs;
 pub mod paper;
+pub mod paper_xen;
 pub mod prober;
 pub mod sshd;
 pub mod sys;
+pub mod xen;
 
 pub use appliance::{netmigrate_bin, Appliance};
 pub use guest::{Guest, GuestSpec};

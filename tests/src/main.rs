@@ -58,6 +58,12 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         baseline_runs: usize,
     },
+    /// The paper's scenario 1 on nested Xen hosts, cold and live, next to a hand-driven
+    /// `xl save` + copy + `xl restore` and a hand-driven `xl migrate` in the same run.
+    PaperXen {
+        #[arg(long, default_value = "results/xen")]
+        out: std::path::PathBuf,
+    },
     /// Benchmark the DHCP server: perfdhcp (full DORA) against netmigrate, Kea (memfile,
     /// persist) and dnsmasq, each fresh per offered rate, in one run.
     BenchDhcp {
@@ -123,6 +129,10 @@ fn main() -> std::process::ExitCode {
             modes,
             baseline_runs,
         } => paper(&out, &scenarios, &modes, baseline_runs),
+        Cmd::PaperXen { out } => netmigrate_lab::paper_xen::run_all(&out).map(|table| {
+            println!("{table}");
+            println!("results in {}", out.display());
+        }),
         Cmd::BenchInventory { hosts, runs } => bench_inventory(hosts, runs),
         Cmd::BenchFtp { mib, runs } => bench_ftp(mib, runs),
         Cmd::Cleanup { all } => {
@@ -214,7 +224,7 @@ fn demo(hold: bool) -> Result<()> {
     for mode in ["cold", "live"] {
         println!("\n{} -- {mode}", sc.describe());
         println!("$ netmigrate migrate vm1 vm2 vm3 --to hostC --{mode}");
-        let r = paper::run(&p.lab, &p.app, &p.client, sc, mode, None)?;
+        let r = paper::run(&p.lab, &p.app, &p.client, sc, mode, None, &paper::qemu())?;
         print!("{}", p.app.cli_ok(&["batches", &r.batch.to_string()])?);
         runs.push(r);
     }
@@ -251,7 +261,15 @@ fn paper(
     for sc in all.iter().filter(|s| scenarios.contains(&s.n)) {
         for mode in modes {
             let r = step(&format!("{} -- {mode}", sc.describe()), || {
-                paper::run(&p.lab, &p.app, &p.client, sc, mode, Some(&out))
+                paper::run(
+                    &p.lab,
+                    &p.app,
+                    &p.client,
+                    sc,
+                    mode,
+                    Some(&out),
+                    &paper::qemu(),
+                )
             })?;
             for m in &r.moved {
                 eprintln!(

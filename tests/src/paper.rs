@@ -97,9 +97,40 @@ pub struct Run {
     pub progress: String,
 }
 
-/// Runs scenario `sc` with `mode` ("cold" or "live") on hosts named `hostA`.. in `app`'s
-/// config: starts the three VMs where the scenario puts them, moves them in one batch, stops
-/// them after. `out` receives the batch's chart.
+/// Defines VM n (`vmN`) with that many vCPUs in the appliance: its name and address.
+pub type DefineVm = dyn Fn(&Appliance, u8, u32) -> Result<(String, std::net::Ipv4Addr)>;
+
+/// What kind of lab a scenario runs on: its hosts' names, how its VMs are defined, how the
+/// client probes them.
+pub struct Flavor<'a> {
+    /// Host X is `<hosts>X` in the appliance's config.
+    pub hosts: &'a str,
+    /// Defines VM n (`vmN`) with that many vCPUs: its name and address.
+    pub define: &'a DefineVm,
+    pub probe_every: Duration,
+    pub probe_timeout: Duration,
+    /// How long a VM may take to boot.
+    pub boot: Duration,
+}
+
+fn qemu_define(app: &Appliance, n: u8, vcpus: u32) -> Result<(String, std::net::Ipv4Addr)> {
+    app.define_guest(n, 128, vcpus)
+}
+
+/// The QEMU lab's: hosts `hostA`.., guests booting the lab's kernel, probed every 10 ms.
+pub fn qemu() -> Flavor<'static> {
+    Flavor {
+        hosts: "host",
+        define: &qemu_define,
+        probe_every: Duration::from_millis(10),
+        probe_timeout: Duration::from_millis(100),
+        boot: Duration::from_secs(120),
+    }
+}
+
+/// Runs scenario `sc` with `mode` ("cold" or "live") on `flavor`'s hosts in `app`'s config:
+/// starts the three VMs where the scenario puts them, moves them in one batch, stops them
+/// after. `out` receives the batch's chart.
 pub fn run(
     lab: &Lab,
     app: &Appliance,
@@ -107,30 +138,33 @@ pub fn run(
     sc: &Scenario,
     mode: &str,
     out: Option<&Path>,
+    flavor: &Flavor,
 ) -> Result<Run> {
     let mut vms = Vec::new();
     for (i, host) in sc.on.iter().enumerate() {
         let n = i as u8 + 1;
         let vcpus = if n == 1 { sc.vm1_vcpus } else { 1 };
-        let (name, ip) = app.define_guest(n, 128, vcpus)?;
-        app.cli_ok(&["vm", "start", &name, "--on", &format!("host{host}")])?;
+        let (name, ip) = (flavor.define)(app, n, vcpus)?;
+        app.cli_ok(&[
+            "vm",
+            "start",
+            &name,
+            "--on",
+            &format!("{}{host}", flavor.hosts),
+        ])?;
         vms.push((name, ip));
     }
     let result = (|| {
         for (name, ip) in &vms {
             let url = format!("http://{ip}/");
-            wait_for(
-                &format!("{name} to answer at {url}"),
-                Duration::from_secs(120),
-                || {
-                    lab.exec(
-                        &client.ns,
-                        "curl",
-                        &["-sS", "--fail", "--max-time", "1", &url],
-                    )
-                    .ok()
-                },
-            )?;
+            wait_for(&format!("{name} to answer at {url}"), flavor.boot, || {
+                lab.exec(
+                    &client.ns,
+                    "curl",
+                    &["-sS", "--fail", "--max-time", "1", &url],
+                )
+                .ok()
+            })?;
         }
         let probers = vms
             .iter()
@@ -138,12 +172,12 @@ pub fn run(
                 Prober::start(
                     &client.ns,
                     SocketAddr::new((*ip).into(), 80),
-                    Duration::from_millis(10),
-                    Duration::from_millis(100),
+                    flavor.probe_every,
+                    flavor.probe_timeout,
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let to = format!("host{}", sc.to);
+        let to = format!("{}{}", flavor.hosts, sc.to);
         let o = app.cli(&[
             "migrate",
             "vm1",

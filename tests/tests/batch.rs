@@ -18,7 +18,7 @@ fn scenario_1_moves_three_vms_in_the_plans_order_with_breaks_measured_and_drawn(
     let out = lab.subdir("results").unwrap();
 
     let sc = &paper::scenarios()[0];
-    let r = paper::run(&lab, &app, &client, sc, "cold", Some(&out)).unwrap();
+    let r = paper::run(&lab, &app, &client, sc, "cold", Some(&out), &paper::qemu()).unwrap();
     eprintln!("{}", paper::table(std::slice::from_ref(&r), &[]));
     assert_eq!(r.state, "done");
     // Sequential: machine by machine, in the operator's order; one move at a time into C.

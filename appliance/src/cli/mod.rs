@@ -146,6 +146,9 @@ enum Command {
         /// Live: the longest pause allowed at switch-over (default: migration.downtime).
         #[arg(long)]
         downtime: Option<String>,
+        /// Live: give up pre-copy after this many seconds and take the cold path.
+        #[arg(long, value_name = "SECS", default_value_t = crate::migrate::default_live_timeout_s())]
+        live_timeout: u64,
         /// Probe each VM's address on this TCP port (default 80, an HTTP GET).
         #[arg(long, value_name = "PORT")]
         probe_port: Option<u16>,
@@ -272,6 +275,9 @@ enum VmCmd {
         /// A raw disk image on storage the hosts share.
         #[arg(long)]
         disk: Option<String>,
+        /// Xen hosts: the guest's type (default pvh).
+        #[arg(long = "type", value_enum)]
+        guest_type: Option<crate::hypervisor::GuestType>,
     },
     /// Start a defined VM on a host.
     Start {
@@ -680,6 +686,7 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     initrd,
                     append,
                     disk,
+                    guest_type,
                 } => {
                     let def = crate::hypervisor::VmDef {
                         name: name.clone(),
@@ -693,6 +700,7 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                         initrd: initrd.clone(),
                         append: append.clone(),
                         disk: disk.clone(),
+                        guest_type: *guest_type,
                     };
                     let body = serde_json::to_value(&def).expect("json");
                     let v: serde_json::Value = client.post("/v1/vm-defs", Some(body)).await?;
@@ -720,6 +728,7 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                 cold,
                 live: _,
                 downtime,
+                live_timeout,
                 probe_port,
                 no_probe,
                 max_per_host,
@@ -749,7 +758,7 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     plan: plan.request(),
                     mode: if *cold { crate::migrate::Mode::Cold } else { crate::migrate::Mode::Live },
                     downtime_ms,
-                    live_timeout_s: 60,
+                    live_timeout_s: *live_timeout,
                     probe_enabled: !*no_probe,
                     probe_port: *probe_port,
                     max_per_host: *max_per_host,

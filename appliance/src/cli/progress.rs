@@ -28,6 +28,13 @@ pub async fn run_batch(client: &Client, req: BatchRequest, json: bool) -> Result
     let moves: Vec<Move> = serde_json::from_value(batch.plan["moves"].clone()).unwrap_or_default();
     if !json {
         eprintln!("batch {id}: {} {} move(s)", moves.len(), req.mode.as_str());
+        for c in batch.plan["cold"].as_array().into_iter().flatten() {
+            eprintln!(
+                "  {} takes the cold path: {}",
+                c["vm"].as_str().unwrap_or("?"),
+                c["why"].as_str().unwrap_or("?")
+            );
+        }
     }
 
     let multi = MultiProgress::with_draw_target(if tty {

@@ -902,6 +902,22 @@ impl Cx<'_> {
                 mc.hook_timeout = d;
             }
         }
+        if let Some(n) = t.integer_in(&mut self.p, "retries", 0..=10, |v| {
+            format!("{v} retries: use 0 to 10")
+        }) {
+            mc.retries = n as u32;
+        }
+        if let Some((d, span)) = t.parse(&mut self.p, "probe_interval", values::parse_duration) {
+            if d < Duration::from_millis(1) || d > Duration::from_secs(10) {
+                self.p.at(
+                    &span,
+                    "migration.probe_interval",
+                    "expected between 1ms and 10s, like \"10ms\"",
+                );
+            } else {
+                mc.probe_interval = d;
+            }
+        }
         t.finish(
             &mut self.p,
             &[
@@ -910,6 +926,8 @@ impl Cx<'_> {
                 "downtime",
                 "after_move",
                 "hook_timeout",
+                "retries",
+                "probe_interval",
             ],
         );
         mc

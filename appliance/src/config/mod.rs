@@ -90,6 +90,12 @@ pub struct MigrationConfig {
     /// How long the script may take before it is killed.
     #[serde(serialize_with = "ser_duration")]
     pub hook_timeout: Duration,
+    /// A move that failed and was rolled back (the VM running on its source, untouched) is
+    /// tried again this many times.
+    pub retries: u32,
+    /// How often the built-in probe opens a connection to a moving VM's service.
+    #[serde(serialize_with = "ser_duration")]
+    pub probe_interval: Duration,
 }
 
 impl Default for MigrationConfig {
@@ -100,6 +106,8 @@ impl Default for MigrationConfig {
             downtime: Duration::from_millis(100),
             after_move: None,
             hook_timeout: Duration::from_secs(10),
+            retries: 0,
+            probe_interval: Duration::from_millis(10),
         }
     }
 }

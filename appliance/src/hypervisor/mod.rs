@@ -2,6 +2,7 @@
 //! driver per hypervisor kind; the engine never knows which one it talks to.
 
 pub mod qemu;
+pub mod xen;
 
 use std::time::Duration;
 
@@ -37,6 +38,29 @@ pub struct VmDef {
     /// A raw disk image (on storage the hosts share).
     #[serde(default)]
     pub disk: Option<String>,
+    /// Xen only: the kind of guest (PVH when not given). QEMU ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_type: Option<GuestType>,
+}
+
+/// How a Xen guest runs: paravirtualized, PVH (paravirtualized in a hardware container), or
+/// fully virtualized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestType {
+    Pv,
+    Pvh,
+    Hvm,
+}
+
+impl GuestType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestType::Pv => "pv",
+            GuestType::Pvh => "pvh",
+            GuestType::Hvm => "hvm",
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -117,6 +141,14 @@ pub enum DriverError {
         vm: String,
         reason: String,
     },
+    /// A live migration broke off and the hypervisor resumed the VM at the source, untouched:
+    /// the cold path may still move it.
+    #[error("{host}: {vm}: {reason}")]
+    LiveFailed {
+        host: String,
+        vm: String,
+        reason: String,
+    },
     #[error("{host}: {vm}: timed out after {after:?} {what}")]
     Timeout {
         host: String,
@@ -141,6 +173,21 @@ pub struct LiveResult {
 pub trait Hypervisor: Send + Sync {
     /// The host this driver talks to.
     fn host(&self) -> &str;
+    /// Whether a VM's NIC exists only once its state is loaded (Xen makes the domain and its
+    /// vif in the load): the engine then puts the target's port on the switch after the load,
+    /// before the VM runs, instead of before the move.
+    fn nic_made_by_load(&self) -> bool {
+        false
+    }
+    /// Why `vm` cannot live-migrate from this host to `target`, if it cannot: the move then
+    /// takes the cold path and records why.
+    async fn live_refusal(&self, _vm: &VmDef, _target: &dyn Hypervisor) -> Option<String> {
+        None
+    }
+    /// Whether this host can be driven at all (for Xen: its tools match its hypervisor).
+    async fn check(&self) -> Result<(), DriverError> {
+        Ok(())
+    }
     /// Where `vm` stands on this host.
     async fn state(&self, vm: &VmDef) -> Result<RunState, DriverError>;
     /// Starts `vm` here, running. Its NIC is the port `vm.port()`, which the caller puts on the

@@ -112,7 +112,12 @@ echo @@ovs; command -v ovs-vsctl >/dev/null && ovs-vsctl {db} --timeout=5 --form
             );
         }
         HypervisorKind::Xen => {
-            s.push_str("echo @@xlinfo; xl info\necho @@xllist; xl list -l\n");
+            // xl's status and its short list too: an `xl list -l` that fails, or prints
+            // nothing while domains run, must not read as "no VMs here".
+            s.push_str(
+                "echo @@xlinfo; xl info\necho @@xllist; xl list -l; echo @@xlrc; echo $?\n\
+                 echo @@xlnames; xl list | awk 'NR>2 {print $1}'\n",
+            );
         }
     }
     s.push_str("echo @@end\n");

@@ -179,11 +179,24 @@ impl Inventory {
         pinned: Option<&str>,
     ) -> Result<HostFacts, String> {
         let conn = self.conn(h, pinned).await.map_err(|e| e.to_string())?;
-        let out = conn
-            .run_script(&facts::script(h), COLLECT_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut f, qemus) = parse_output(h, &out.stdout, &out.stderr)?;
+        let script = facts::script(h);
+        let run = || async {
+            let out = conn
+                .run_script(&script, COLLECT_TIMEOUT)
+                .await
+                .map_err(|e| (true, e.to_string()))?;
+            parse_output(h, &out.stdout, &out.stderr).map_err(|e| (false, e))
+        };
+        let (mut f, qemus) = match run().await {
+            Ok(x) => x,
+            Err((true, e)) => return Err(e),
+            // The host answered, but a tool there failed or printed something inconsistent (one
+            // that crashed, a list read mid-change): once more, at once.
+            Err((false, e)) => {
+                tracing::debug!(host = %h.name, "collecting again: {e}");
+                run().await.map_err(|(_, e)| e)?
+            }
+        };
         for q in qemus {
             let state = match &q.qmp {
                 Some(path) => qmp_status(&conn, path)
@@ -286,7 +299,23 @@ pub fn parse_output(
             if let Some(n) = xen::info_u64(&info, "nr_cpus") {
                 f.cpus = n as u32;
             }
+            let rc = get("xlrc").trim().to_string();
+            if rc != "0" {
+                return Err(format!(
+                    "`xl list -l` failed (exit {rc}): {}",
+                    stderr.lines().last().unwrap_or("")
+                ));
+            }
             let mut vms = xen::list(get("xllist"))?;
+            let names: Vec<&str> = get("xlnames").lines().map(str::trim).collect();
+            if let Some(missing) = names
+                .iter()
+                .find(|n| !n.is_empty() && !vms.iter().any(|v| v.name == **n))
+            {
+                return Err(format!(
+                    "`xl list` shows {missing} but `xl list -l` does not; collect again"
+                ));
+            }
             for v in &mut vms {
                 v.bw_mbps = facts::port_mbps(&f, &v.ports);
             }

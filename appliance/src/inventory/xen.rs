@@ -48,9 +48,13 @@ pub fn list(text: &str) -> Result<Vec<VmFacts>, String> {
         let ports = nics
             .iter()
             .enumerate()
-            .map(|(i, n)| {
-                let devid = n["devid"].as_u64().unwrap_or(i as u64);
-                format!("vif{domid}.{devid}")
+            .map(|(i, n)| match n["ifname"].as_str() {
+                // A vif named in its config (netmigrate names it after the VM's port).
+                Some(name) if !name.is_empty() => name.to_string(),
+                _ => {
+                    let devid = n["devid"].as_u64().unwrap_or(i as u64);
+                    format!("vif{domid}.{devid}")
+                }
             })
             .collect();
         let disks = cfg["disks"]

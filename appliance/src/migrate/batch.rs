@@ -171,12 +171,16 @@ impl Engine {
             return Err(Refused::Driver(format!("no plan: {}", why.join("; "))));
         }
         let moves = planned.plan.moves.clone();
+        let cold = match req.mode {
+            Mode::Live => self.cold_because(&cfg, &moves).await?,
+            Mode::Cold => Vec::new(),
+        };
+        let mut plan_json = serde_json::to_value(&planned.plan).expect("json");
+        // A live batch's moves that will take the cold path, and why: the plan says so.
+        plan_json["cold"] = serde_json::to_value(&cold).expect("json");
         let id = self
             .state
-            .begin_batch(
-                serde_json::to_value(&req).expect("json"),
-                serde_json::to_value(&planned.plan).expect("json"),
-            )
+            .begin_batch(serde_json::to_value(&req).expect("json"), plan_json)
             .await?;
         self.state
             .record(NewEvent::info(
@@ -192,6 +196,30 @@ impl Engine {
         let c = cfg.clone();
         tokio::spawn(async move { engine.run_batch(c, id, req, moves).await });
         Ok(self.state.batch(id).await?.expect("the batch just written"))
+    }
+
+    /// For a live batch: each move whose VM cannot live-migrate from its source (its
+    /// hypervisor says why), as `{vm, why}`.
+    async fn cold_because(
+        &self,
+        cfg: &Config,
+        moves: &[Move],
+    ) -> Result<Vec<serde_json::Value>, Refused> {
+        let mut out = Vec::new();
+        for m in moves {
+            let (Some(src), Some(dst), Some(row)) = (
+                cfg.hosts.iter().find(|h| h.name == m.from),
+                cfg.hosts.iter().find(|h| h.name == m.to),
+                self.state.vm(m.vm.clone()).await?,
+            ) else {
+                continue;
+            };
+            let (s, d) = (self.side(src).await?, self.side(dst).await?);
+            if let Some(why) = s.driver.live_refusal(&row.def, &*d.driver).await {
+                out.push(serde_json::json!({"vm": m.vm, "why": why}));
+            }
+        }
+        Ok(out)
     }
 
     async fn run_batch(self, cfg: Arc<Config>, id: i64, req: BatchRequest, moves: Vec<Move>) {

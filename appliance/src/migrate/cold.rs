@@ -14,6 +14,9 @@ use crate::state::{now_ms, AccountRow};
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the upload may take to show up in the store once the save began.
 const UPLOAD_APPEARS: Duration = Duration::from_secs(20);
+/// An upload that stops growing for this long has failed (a host that hangs, or whose link
+/// is cut, would otherwise keep the VM stopped until the save's timeout).
+const UPLOAD_STALLS: Duration = Duration::from_secs(30);
 
 /// One-time FTP credentials of a move, and where each host finds them.
 struct Creds {
@@ -114,8 +117,8 @@ impl Move<'_> {
         self.store_has_room().map_err(rolled)?;
         let creds = self.make_creds().await.map_err(rolled)?;
         let r = async {
-            self.prepare_target().await.map_err(rolled)?;
-            Box::pin(self.transfer(&creds, &src_url, &dst_url)).await
+            let spec = self.prepare_target().await.map_err(rolled)?;
+            Box::pin(self.transfer(&creds, &src_url, &dst_url, &spec)).await
         }
         .await;
         self.drop_creds(&creds).await;
@@ -141,7 +144,13 @@ impl Move<'_> {
     }
 
     /// From the pause to the VM running on the target.
-    async fn transfer(&self, c: &Creds, src_url: &str, dst_url: &str) -> Result<(), Failure> {
+    async fn transfer(
+        &self,
+        c: &Creds,
+        src_url: &str,
+        dst_url: &str,
+        spec: &crate::network::PortSpec,
+    ) -> Result<(), Failure> {
         let (vm, id) = (&self.def.name, self.journal.id);
         let sum_file = format!("{}/{vm}.{id}.in.sha256", self.dst.cfg.run_dir);
         let fifo = format!("{}/{vm}.{id}.in.fifo", self.dst.cfg.run_dir);
@@ -242,6 +251,8 @@ impl Move<'_> {
         // The target may resume once it has loaded every byte and they check out; the source's
         // save (its upload being made durable) need not be waited for, unless it fails first.
         tokio::pin!(restore);
+        let stalls = self.upload_stalls(&image);
+        tokio::pin!(stalls);
         let mut save_done = saved.is_some();
         let loaded = loop {
             tokio::select! {
@@ -252,6 +263,7 @@ impl Move<'_> {
                     save_done = true;
                 }
                 r = &mut restore => break r,
+                why = &mut stalls => break Err(why),
             }
         };
         if let Err(e) = loaded {
@@ -259,6 +271,10 @@ impl Move<'_> {
             return back(e).await;
         }
         let loaded_ms = since(Instant::now());
+        if let Err(e) = self.port_after_load(spec).await {
+            drop(save.take());
+            return back(e).await;
+        }
         if let Err(e) = self
             .journal
             .step("verify checksum", self.verify(&image, &sum_file))
@@ -309,6 +325,29 @@ impl Move<'_> {
             )
             .await;
         self.clear_source(told).await
+    }
+
+    /// Resolves, with why, once the upload stops growing for `UPLOAD_STALLS`; never once it
+    /// is complete.
+    async fn upload_stalls(&self, image: &ImageId) -> String {
+        let (mut last, mut since) = (0, Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if self.engine.store.completed(image).is_some() {
+                return std::future::pending().await;
+            }
+            match self.engine.store.uploading(image) {
+                Some(w) if w != last => (last, since) = (w, Instant::now()),
+                Some(_) if since.elapsed() >= UPLOAD_STALLS => {
+                    return format!(
+                        "the upload of {image} stalled: no byte for {} s after {last} bytes",
+                        UPLOAD_STALLS.as_secs()
+                    )
+                }
+                Some(_) => {}
+                None => return format!("the upload of {image} failed"),
+            }
+        }
     }
 
     /// Waits for the upload of this move's account to appear in the store's manifest.

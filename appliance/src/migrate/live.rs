@@ -13,7 +13,7 @@ const LIVE_PORT_BASE: u16 = 49152;
 
 impl Move<'_> {
     pub(crate) async fn live(&self) -> Result<(), Failure> {
-        self.prepare_target().await.map_err(Failure::RolledBack)?;
+        let spec = self.prepare_target().await.map_err(Failure::RolledBack)?;
         let port = LIVE_PORT_BASE + (self.journal.id % 10000) as u16;
         if let Err(e) = self
             .journal
@@ -31,7 +31,9 @@ impl Move<'_> {
         }
         let downtime = Duration::from_millis(self.req.downtime_ms);
         let timeout = Duration::from_secs(self.req.live_timeout_s);
-        let mut timed_out = false;
+        // Pre-copy that timed out, or whose stream broke with the VM resumed at the source,
+        // leaves the VM untouched there: the cold path may follow.
+        let mut may_go_cold = false;
         let r = self
             .journal
             .step("live pre-copy", async {
@@ -40,7 +42,10 @@ impl Move<'_> {
                     .live_migrate(self.def, self.dst.cfg.address, port, downtime, timeout)
                     .await
                     .map_err(|e| {
-                        timed_out = matches!(e, DriverError::Timeout { .. });
+                        may_go_cold = matches!(
+                            e,
+                            DriverError::Timeout { .. } | DriverError::LiveFailed { .. }
+                        );
                         driver_err(e)
                     })
             })
@@ -51,7 +56,7 @@ impl Move<'_> {
                 // The source was never stopped for good: a failed or cancelled pre-copy
                 // leaves it running. Make sure, then clear the target.
                 self.rollback().await;
-                return Err(if timed_out {
+                return Err(if may_go_cold {
                     Failure::NotConverged(e)
                 } else {
                     Failure::RolledBack(e)
@@ -67,7 +72,9 @@ impl Move<'_> {
                                    "bytes": result.bytes}),
             )
             .await;
-        // The target starts by itself once the state is in; check, and start it if not.
+        // The target starts by itself once the state is in (Xen's waits paused for its port);
+        // check, and start it if not.
+        let port = self.port_after_load(&spec).await;
         let running = self
             .journal
             .step("target runs", async {
@@ -87,7 +94,18 @@ impl Move<'_> {
                 }
             })
             .await;
-        if let Err(e) = running {
+        if let Err(e) = port.and(running) {
+            // A hypervisor that ended the source's copy (Xen's sender destroys it) leaves
+            // the target's the only one: it must go on there, whatever failed.
+            if matches!(self.src.driver.state(self.def).await, Ok(RunState::Absent)) {
+                let _ = self.dst.driver.resume(self.def).await;
+                let told = self.arrive().await;
+                let _ = self.clear_source(told).await;
+                return Err(Failure::Forward(format!(
+                    "the VM runs on {} (its source copy is gone), but: {e}",
+                    self.dst.cfg.name
+                )));
+            }
             self.rollback().await;
             return Err(Failure::RolledBack(e));
         }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, HostConfig, HypervisorKind};
 use crate::hypervisor::qemu::{sh_quote, Qemu};
+use crate::hypervisor::xen::Xen;
 use crate::hypervisor::{Hypervisor, RunState, VmDef};
 use crate::inventory::ssh::Conn;
 use crate::inventory::Inventory;
@@ -165,10 +166,21 @@ impl Side {
             .map_err(|e| format!("{}: {e}", self.cfg.name))
     }
 
-    /// Runs a shell command on the host; fails on a non-zero exit.
+    /// Runs a shell command on the host; fails on a non-zero exit. Only for commands that may
+    /// run twice: one killed by a signal (no exit status, or above 128) runs again, twice at
+    /// most, as a crash at start changed nothing (nested Xen's dom0s crash now and then).
     pub async fn sh(&self, script: &str) -> Result<String, String> {
-        let out = self.conn.exec(script, Duration::from_secs(30)).await;
-        self.checked(script, out)
+        let mut tries = 0;
+        loop {
+            let out = self.conn.exec(script, Duration::from_secs(30)).await;
+            let crashed = matches!(&out, Ok(o) if o.status.is_none_or(|s| s > 128));
+            if crashed && tries < 2 {
+                tries += 1;
+                tracing::warn!(host = %self.cfg.name, "a command died of a signal; again");
+                continue;
+            }
+            return self.checked(script, out);
+        }
     }
 
     /// Runs a short script in the shell kept open on the host: no new channel or process for
@@ -248,13 +260,12 @@ impl Engine {
             .map_err(|e| Refused::Driver(e.to_string()))?;
         let driver: Box<dyn Hypervisor> = match h.hypervisor {
             HypervisorKind::Qemu => Box::new(Qemu::new(h.clone(), conn.clone())),
-            HypervisorKind::Xen => {
-                return Err(Refused::Driver(format!(
-                    "{}: the Xen driver is not built yet; only QEMU hosts can be driven",
-                    h.name
-                )))
-            }
+            HypervisorKind::Xen => Box::new(Xen::new(h.clone(), conn.clone())),
         };
+        driver
+            .check()
+            .await
+            .map_err(|e| Refused::Driver(e.to_string()))?;
         Ok(Side {
             cfg: h.clone(),
             conn,
@@ -360,8 +371,37 @@ impl Engine {
     }
 
     /// Moves one VM. Refusals come back as errors before anything is touched; a move that
-    /// starts always ends in a journaled migration (done, failed or rolled back).
+    /// starts always ends in a journaled migration (done, failed or rolled back). One that was
+    /// rolled back is tried again up to `migration.retries` times, each try a migration of its
+    /// own; the last is returned.
     pub async fn migrate(&self, cfg: &Config, req: &Request) -> Result<MigrationRow, Refused> {
+        let mut tries = 0;
+        loop {
+            let m = self.migrate_once(cfg, req).await?;
+            if m.state != "rolled-back" || tries >= cfg.migration.retries {
+                return Ok(m);
+            }
+            tries += 1;
+            self.state
+                .record(
+                    NewEvent::warn(
+                        "migration.retry",
+                        format!(
+                            "try {} of {} after migration {} was rolled back: {}",
+                            tries + 1,
+                            cfg.migration.retries + 1,
+                            m.id,
+                            m.reason.as_deref().unwrap_or("no reason recorded")
+                        ),
+                    )
+                    .about(&req.vm),
+                )
+                .await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    async fn migrate_once(&self, cfg: &Config, req: &Request) -> Result<MigrationRow, Refused> {
         let row = self
             .state
             .vm(req.vm.clone())
@@ -445,7 +485,8 @@ impl Engine {
             )
             .await?;
 
-        let probe = probe_addr(req, &def).map(probe::Probe::start);
+        let interval = cfg.migration.probe_interval;
+        let probe = probe_addr(req, &def).map(|a| probe::Probe::start(a, interval));
         let mv = Move {
             engine: self,
             cfg,
@@ -456,12 +497,34 @@ impl Engine {
             journal: &journal,
         };
         // Boxed: the moves' futures are large; on the heap they do not weigh on the stack.
+        let refusal = match req.mode {
+            Mode::Live => src.driver.live_refusal(&def, &*dst.driver).await,
+            Mode::Cold => None,
+        };
         let outcome = match req.mode {
             Mode::Cold => Box::pin(mv.cold()).await,
+            Mode::Live if refusal.is_some() => {
+                let why = refusal.unwrap_or_default();
+                let _ = self
+                    .state
+                    .migration_detail(id, serde_json::json!({"cold_because": why}))
+                    .await;
+                self.state
+                    .record(
+                        NewEvent::warn(
+                            "migration.fallback",
+                            format!("cannot live-migrate ({why}); taking the cold path"),
+                        )
+                        .about(&req.vm),
+                    )
+                    .await?;
+                Box::pin(mv.cold()).await
+            }
             Mode::Live => match Box::pin(mv.live()).await {
                 Ok(o) => Ok(o),
                 Err(Failure::NotConverged(why)) => {
-                    // Pre-copy could not keep up: the VM still runs on the source, untouched.
+                    // Pre-copy could not keep up, or its stream broke and the hypervisor
+                    // resumed the VM at the source: it still runs there, untouched.
                     let _ = self
                         .state
                         .migration_detail(id, serde_json::json!({"fallback": why}))
@@ -470,7 +533,7 @@ impl Engine {
                         .record(
                             NewEvent::warn(
                                 "migration.fallback",
-                                format!("live did not converge ({why}); taking the cold path"),
+                                format!("live failed ({why}); taking the cold path"),
                             )
                             .about(&req.vm),
                         )
@@ -672,8 +735,10 @@ impl Move<'_> {
     }
 
     /// Readies the target: a paused VM waiting for its state, and its switch port (with the
-    /// source port's VLAN tag and rate limit) up and checked, before anything stops.
-    pub async fn prepare_target(&self) -> Result<(), String> {
+    /// source port's VLAN tag and rate limit) up and checked, before anything stops. Where the
+    /// load itself makes the VM's NIC (Xen), the port comes after the load (`port_after_load`);
+    /// the spec it needs is returned.
+    pub async fn prepare_target(&self) -> Result<PortSpec, String> {
         let spec = self.port_spec().await;
         // What an earlier move left there when the target stopped answering (a QEMU that never
         // ran the VM, or one whose QMP a dead session still holds) goes first, but only while
@@ -717,6 +782,9 @@ impl Move<'_> {
                     .map_err(driver_err)
             })
             .await?;
+        if self.dst.driver.nic_made_by_load() {
+            return Ok(spec);
+        }
         let port = self
             .journal
             .step("target port", async {
@@ -727,7 +795,20 @@ impl Move<'_> {
             self.undo_target().await;
             return Err(e);
         }
-        Ok(())
+        Ok(spec)
+    }
+
+    /// The target's port, for a driver whose load made the VM's NIC (it is paused there).
+    pub async fn port_after_load(&self, spec: &PortSpec) -> Result<(), String> {
+        if !self.dst.driver.nic_made_by_load() {
+            return Ok(());
+        }
+        self.journal
+            .step("target port", async {
+                self.dst.add_port(self.def, spec).await
+            })
+            .await
+            .map(drop)
     }
 
     /// Removes what `prepare_target` made.

@@ -8,7 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const INTERVAL: Duration = Duration::from_millis(10);
 pub const TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What the probe saw.
@@ -55,8 +54,8 @@ async fn once(addr: SocketAddr, host: &str) -> bool {
 }
 
 impl Probe {
-    /// Starts probing `addr`; `finish` ends it.
-    pub fn start(addr: SocketAddr) -> Probe {
+    /// Starts probing `addr` every `interval`; `finish` ends it.
+    pub fn start(addr: SocketAddr, interval: Duration) -> Probe {
         let (stop, mut stopped) = oneshot::channel();
         let host = addr.ip().to_string();
         let task = tokio::spawn(async move {
@@ -66,7 +65,7 @@ impl Probe {
             };
             let origin = Instant::now();
             let mut last_ok: Option<Instant> = None;
-            let mut tick = tokio::time::interval(INTERVAL);
+            let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

@@ -210,7 +210,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ovsdb<S> {
             "where": [["name", "==", bridge]],
             "mutations": [["ports", "delete", ["set", [["uuid", id]]]]]})];
         if let Some(q) = uuid(&row["qos"]) {
-            // QoS rows are roots: they outlive their port unless deleted.
+            // QoS rows are roots: they outlive their port unless deleted, and are deleted only
+            // once nothing refers to them, so the port row goes explicitly first.
+            ops.push(
+                json!({"op": "delete", "table": "Port", "where": [["_uuid", "==", ["uuid", id]]]}),
+            );
             ops.push(
                 json!({"op": "delete", "table": "QoS", "where": [["_uuid", "==", ["uuid", q]]]}),
             );

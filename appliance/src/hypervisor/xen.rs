@@ -1,0 +1,683 @@
+//! The Xen driver: `xl` over SSH on the host's dom0. Each VM's domain config is written from its
+//! definition on whichever host runs it; its vif is named after its switch port and brought up
+//! by a hotplug script of ours that leaves the port itself to the engine (OVSDB, with the VM's
+//! VLAN tag and rate limit), as on QEMU.
+//!
+//! Xen's quirks stay here: a PV or PVH guest suspends itself for a save (so it must be running
+//! when the save starts), the domain and its vif exist only once `xl restore` has made them,
+//! the saved stream is mostly zero pages (compressed on the wire), and `xl migrate` carries its
+//! own transport (SSH from dom0 to dom0) and fails, with the guest resumed at the sender, when
+//! the stream breaks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef};
+use crate::config::HostConfig;
+use crate::hypervisor::qemu::sh_quote;
+use crate::inventory::ssh::Conn;
+
+/// The hotplug script: renames the vif to the VM's port name and brings it up; netback waits
+/// for `hotplug-status` before it connects the guest.
+const VIF_SCRIPT: &str = r#"#!/bin/sh
+# netmigrate: the appliance puts this vif on the switch itself (OVSDB: VLAN tag, rate limit).
+name=$(xenstore-read "$XENBUS_PATH/vifname" 2>/dev/null)
+dev=${vif:-$name}
+case "$1" in
+online|add)
+  if [ -n "$name" ] && [ "$name" != "$dev" ] && ip link show "$dev" >/dev/null 2>&1; then
+    ip link set dev "$dev" name "$name" || exit 1
+  fi
+  ip link set dev "${name:-$dev}" up || exit 1
+  xenstore-write "$XENBUS_PATH/hotplug-status" connected ;;
+esac
+exit 0
+"#;
+
+pub struct Xen {
+    pub host: HostConfig,
+    pub conn: Arc<Conn>,
+}
+
+/// What a Xen host offers, from `xl info` and the tools installed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caps {
+    /// The hypervisor's major.minor.
+    pub xen: String,
+    /// The toolstack's major.minor (from where `xl` lives), if it could be told.
+    pub tools: Option<String>,
+    /// `virt_caps`: pv, hvm, hap, shadow...
+    pub virt: Vec<String>,
+}
+
+impl Caps {
+    pub fn parse(text: &str) -> Result<Caps, String> {
+        let info = crate::inventory::xen::info(text);
+        let get = |k: &str| {
+            info.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let tools = get("nm_tools").filter(|t| !t.is_empty());
+        let (Some(major), Some(minor)) = (get("xen_major"), get("xen_minor")) else {
+            let said = text
+                .lines()
+                .find(|l| !l.trim().is_empty() && !l.starts_with("nm_tools"))
+                .unwrap_or("nothing");
+            return Err(match tools {
+                Some(t) => format!(
+                    "`xl info` failed ({said}); the installed xl is from Xen {t}: the tools must \
+                     match the running hypervisor"
+                ),
+                None => format!("`xl info` failed: {said}; is this a Xen dom0?"),
+            });
+        };
+        Ok(Caps {
+            xen: format!("{major}.{minor}"),
+            tools,
+            virt: get("virt_caps")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    /// Why a guest of type `t` cannot live-migrate away from this host, if it cannot.
+    pub fn live_refusal(&self, t: GuestType) -> Option<String> {
+        let has = |c: &str| self.virt.iter().any(|v| v == c);
+        match t {
+            // PV log-dirty mode needs shadow paging in the hypervisor.
+            GuestType::Pv if !has("shadow") => Some(
+                "a PV guest live-migrates only on a hypervisor with shadow paging, and this \
+                 one has none (virt_caps: "
+                    .to_string()
+                    + &self.virt.join(" ")
+                    + ")",
+            ),
+            GuestType::Pvh | GuestType::Hvm if !has("hap") && !has("shadow") => Some(format!(
+                "a {} guest needs hap or shadow paging for log-dirty, and virt_caps has neither",
+                t.as_str()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Why this host's toolstack cannot drive its hypervisor, if so.
+    pub fn version_refusal(&self) -> Option<String> {
+        match &self.tools {
+            Some(t) if *t != self.xen => Some(format!(
+                "its xl is from Xen {t} and its hypervisor is Xen {}: install the tools of the \
+                 running hypervisor",
+                self.xen
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl Xen {
+    pub fn new(host: HostConfig, conn: Arc<Conn>) -> Xen {
+        Xen { host, conn }
+    }
+
+    fn path(&self, vm: &VmDef, ext: &str) -> String {
+        format!("{}/{}.{ext}", self.host.run_dir, vm.name)
+    }
+
+    fn vif_script(&self) -> String {
+        vif_script_path(&self.host)
+    }
+
+    fn err(&self, vm: &VmDef, reason: impl Into<String>) -> DriverError {
+        DriverError::Vm {
+            host: self.host.name.clone(),
+            vm: vm.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn config(&self, vm: &VmDef) -> String {
+        domain_config(&self.host, vm)
+    }
+
+    /// Shell lines that write the domain's config and our hotplug script on the host.
+    fn write_config(&self, vm: &VmDef) -> String {
+        format!(
+            "umask 022; mkdir -p {run}; printf '%s' {cfg} > {cfgp}; \
+             printf '%s' {script} > {vif}.tmp && chmod 755 {vif}.tmp && mv {vif}.tmp {vif}; ",
+            run = sh_quote(&self.host.run_dir),
+            cfg = sh_quote(&self.config(vm)),
+            cfgp = sh_quote(&self.path(vm, "xl.cfg")),
+            vif = sh_quote(&self.vif_script()),
+            script = sh_quote(VIF_SCRIPT),
+        )
+    }
+
+    async fn sh(&self, vm: &VmDef, script: &str, timeout: Duration) -> Result<String, DriverError> {
+        let out = self
+            .conn
+            .exec(script, timeout)
+            .await
+            .map_err(|e| self.err(vm, e.to_string()))?;
+        if out.status != Some(0) {
+            return Err(self.err(vm, last_words(&out.stderr, out.status)));
+        }
+        Ok(out.stdout)
+    }
+
+    /// A short command that may be repeated (a query, or one whose effect is the same done
+    /// twice), in the shell kept open on the host: no new session inside a break. A command
+    /// killed by a signal is run again, twice at most: a crash at start changed nothing.
+    async fn quick(&self, vm: &VmDef, script: &str) -> Result<String, DriverError> {
+        let mut tries = 0;
+        loop {
+            let out = match self.conn.run_script(script, Duration::from_secs(30)).await {
+                Ok(o) => o,
+                // The kept shell itself died: the next call starts a new one.
+                Err(crate::inventory::ssh::SshError::Session { .. }) if tries < 2 => {
+                    tries += 1;
+                    continue;
+                }
+                Err(e) => return Err(self.err(vm, e.to_string())),
+            };
+            match out.status {
+                Some(0) => return Ok(out.stdout),
+                Some(s) if s > 128 && tries < 2 => {
+                    tracing::warn!(host = %self.host.name, vm = %vm.name, "a command died of signal {}; again", s - 128);
+                    tries += 1;
+                }
+                s => return Err(self.err(vm, last_words(&out.stderr, s))),
+            }
+        }
+    }
+
+    /// What this host offers (hypervisor and tools versions, paging modes).
+    pub async fn caps(&self) -> Result<Caps, DriverError> {
+        let out = self
+            .conn
+            .run_script(
+                "xl info 2>&1; t=$(readlink -f \"$(command -v xl)\" 2>/dev/null); \
+                 for d in /usr/lib/xen-*/bin/xl; do [ -x \"$d\" ] && t=$d; done; \
+                 v=$(echo \"$t\" | sed -n 's,.*/xen-\\([0-9]*\\.[0-9]*\\)/.*,\\1,p'); echo \"nm_tools : $v\"",
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| DriverError::Host {
+                host: self.host.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Caps::parse(&out.stdout).map_err(|reason| DriverError::Host {
+            host: self.host.name.clone(),
+            reason,
+        })
+    }
+
+    /// The domains that are this VM's (its own name, or xl's names while it moves).
+    async fn domains(&self, vm: &VmDef) -> Result<Vec<(String, String)>, DriverError> {
+        let out = self
+            .quick(
+                vm,
+                &format!(
+                    "xl list | awk -v n={} 'NR>1 && ($1==n || $1==n\"--incoming\" || $1==n\"--migratedaway\") {{print $1, $(NF-1)}}'",
+                    sh_quote(&vm.name)
+                ),
+            )
+            .await?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect())
+    }
+
+    /// Waits until no `xl` process of `what` for this VM runs on the host (a save being
+    /// stopped ends by itself once its output is gone, resuming the guest).
+    async fn wait_xl_gone(&self, vm: &VmDef, what: &str) -> Result<(), DriverError> {
+        self.sh(
+            vm,
+            &format!(
+                "i=0; while pgrep -f {pat} >/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+                 ! pgrep -f {pat} >/dev/null || {{ echo 'xl {what} did not end' >&2; exit 1; }}",
+                pat = sh_quote(&format!("xl .*{what} .*{}( |$)", vm.name)),
+            ),
+            Duration::from_secs(40),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Where the hotplug script lives on a host.
+fn vif_script_path(host: &HostConfig) -> String {
+    format!("{}/vif-netmigrate", host.run_dir)
+}
+
+/// The domain's xl config, the same on every host (paths are the hosts' own).
+pub fn domain_config(host: &HostConfig, vm: &VmDef) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let t = vm.guest_type.unwrap_or(GuestType::Pvh);
+    let mut c = format!(
+        "name = {}\ntype = \"{}\"\nmemory = {}\nmaxmem = {}\nvcpus = {}\n",
+        q(&vm.name),
+        t.as_str(),
+        vm.mem_mib,
+        vm.mem_mib,
+        vm.vcpus
+    );
+    if let Some(k) = &vm.kernel {
+        c += &format!("kernel = {}\n", q(k));
+    }
+    if let Some(i) = &vm.initrd {
+        c += &format!("ramdisk = {}\n", q(i));
+    }
+    if let Some(a) = &vm.append {
+        c += &format!("extra = {}\n", q(a));
+    }
+    if let Some(d) = &vm.disk {
+        c += &format!(
+            "disk = [ {} ]\n",
+            q(&format!("format=raw,vdev=xvda,access=rw,target={d}"))
+        );
+    }
+    c += &format!(
+        "vif = [ {} ]\n",
+        q(&format!(
+            "mac={},vifname={},script={}",
+            vm.mac,
+            vm.port(),
+            vif_script_path(host)
+        ))
+    );
+    // Saved and restored on hosts with the same CPU: keep the guest's TSC as it was.
+    c += "tsc_mode = \"native\"\non_crash = \"destroy\"\n";
+    c
+}
+
+/// The last line of an error output, with the exit status.
+fn last_words(stderr: &str, status: Option<u32>) -> String {
+    format!(
+        "{} (exit {})",
+        stderr
+            .trim()
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed"),
+        status.map_or("?".into(), |s| s.to_string())
+    )
+}
+
+/// A gratuitous ARP (or, without an address, a RARP as QEMU's announce-self sends) from `mac`,
+/// as hex for `ovs-ofctl packet-out`.
+pub fn announcement(mac: &str, ip: Option<std::net::Ipv4Addr>) -> Option<String> {
+    let m: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if m.len() != 6 {
+        return None;
+    }
+    let mut f = vec![0xff; 6];
+    f.extend(&m);
+    let (ethertype, op, ip) = match ip {
+        Some(ip) => ([0x08, 0x06], [0, 1], ip.octets()),
+        None => ([0x80, 0x35], [0, 3], [0; 4]),
+    };
+    f.extend(ethertype);
+    f.extend([0, 1, 0x08, 0x00, 6, 4]);
+    f.extend(op);
+    f.extend(&m);
+    f.extend(ip);
+    f.extend(if ethertype == [0x08, 0x06] {
+        [0; 6]
+    } else {
+        [m[0], m[1], m[2], m[3], m[4], m[5]]
+    });
+    f.extend(ip);
+    f.resize(60, 0);
+    Some(f.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[async_trait]
+impl Hypervisor for Xen {
+    fn host(&self) -> &str {
+        &self.host.name
+    }
+
+    fn nic_made_by_load(&self) -> bool {
+        true
+    }
+
+    async fn live_refusal(&self, vm: &VmDef, target: &dyn Hypervisor) -> Option<String> {
+        let _ = target;
+        match self.caps().await {
+            Ok(c) => c.live_refusal(vm.guest_type.unwrap_or(GuestType::Pvh)),
+            Err(e) => Some(format!("its capabilities could not be read: {e}")),
+        }
+    }
+
+    async fn check(&self) -> Result<(), DriverError> {
+        let c = self.caps().await?;
+        match c.version_refusal() {
+            Some(reason) => Err(DriverError::Host {
+                host: self.host.name.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn state(&self, vm: &VmDef) -> Result<RunState, DriverError> {
+        let doms = self.domains(vm).await?;
+        let Some((name, flags)) = doms.first() else {
+            return Ok(RunState::Absent);
+        };
+        Ok(if name.ends_with("--incoming") {
+            RunState::Incoming
+        } else if name.ends_with("--migratedaway") {
+            RunState::Migrated
+        } else if flags.contains('s') || flags.contains('c') || flags.contains('d') {
+            // Shut down (or suspended and not resumed), crashed or dying.
+            RunState::Other
+        } else if flags.contains('p') {
+            RunState::Paused
+        } else {
+            RunState::Running
+        })
+    }
+
+    async fn start(&self, vm: &VmDef) -> Result<(), DriverError> {
+        let script = format!(
+            "{}if xl domid {n} >/dev/null 2>&1; then echo 'a domain of this name already runs here' >&2; exit 3; fi; \
+             xl create {cfg} </dev/null 2>&1 >/dev/null | tail -n 5 >&2; xl domid {n} >/dev/null",
+            self.write_config(vm),
+            n = sh_quote(&vm.name),
+            cfg = sh_quote(&self.path(vm, "xl.cfg")),
+        );
+        self.sh(vm, &script, Duration::from_secs(120))
+            .await
+            .map(drop)
+    }
+
+    async fn prepare_incoming(&self, vm: &VmDef) -> Result<(), DriverError> {
+        // Nothing waits on Xen: the domain is made by the load. The config and script are
+        // written now, off the critical path.
+        self.quick(vm, &self.write_config(vm)).await.map(drop)
+    }
+
+    async fn pause(&self, vm: &VmDef) -> Result<(), DriverError> {
+        // A PV or PVH guest suspends itself when the save asks it to, so it must run until
+        // then: the save stops it (the break starts there), not a pause before.
+        let _ = vm;
+        Ok(())
+    }
+
+    async fn resume(&self, vm: &VmDef) -> Result<(), DriverError> {
+        // Unpausing a running domain is harmless; a domain left suspended by a broken save is
+        // not running and says so.
+        self.quick(vm, &format!("xl unpause {}", sh_quote(&vm.name)))
+            .await
+            .map(drop)
+    }
+
+    async fn save_to(&self, vm: &VmDef, sink: &str, timeout: Duration) -> Result<(), DriverError> {
+        // The guest suspends itself when asked: it must run when the save starts (unpaused in
+        // case something paused it). `-p` leaves it paused here, not destroyed, so a failed move can resume
+        // it. The sink's PID is kept for abort_outgoing: a save whose output is gone fails and
+        // resumes the guest by itself, which killing xl would not.
+        let script = format!(
+            "set -o pipefail; xl unpause {n} 2>/dev/null; \
+             xl save -p {n} /proc/self/fd/1 2>{log} | zstd -1 -q -T0 | sh -c 'echo $$ > {pid}; exec {sink}'; \
+             rc=$?; rm -f {pid}; [ $rc = 0 ] || {{ grep -v '^Saving to' {log} | tail -n 3 >&2; exit $rc; }}",
+            n = sh_quote(&vm.name),
+            log = sh_quote(&self.path(vm, "save.log")),
+            pid = sh_quote(&self.path(vm, "sink.pid")),
+            sink = sink.replace('\'', r"'\''"),
+        );
+        match self.sh(vm, &script, timeout).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if matches!(&e, DriverError::Vm { reason, .. } if reason.contains("timed out")) {
+                    let _ = self.abort_outgoing(vm).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn restore_from(
+        &self,
+        vm: &VmDef,
+        source: &str,
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        // Streamed: xl reads its stream in order, so it restores while the bytes still arrive.
+        // `-p`: paused, for the engine to put its port on the switch before it runs.
+        let script = format!(
+            "set -o pipefail; {src} | zstd -d -q | xl restore -p {cfg} /proc/self/fd/0 2>{log} >/dev/null; \
+             rc=$?; [ $rc = 0 ] || {{ tail -n 3 {log} >&2; xl destroy {n}--incoming 2>/dev/null; xl destroy {n} 2>/dev/null; exit $rc; }}",
+            src = source,
+            cfg = sh_quote(&self.path(vm, "xl.cfg")),
+            log = sh_quote(&self.path(vm, "restore.log")),
+            n = sh_quote(&vm.name),
+        );
+        let t = Instant::now();
+        let r = self.sh(vm, &script, timeout).await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(_) if t.elapsed() >= timeout => Err(DriverError::Timeout {
+                host: self.host.name.clone(),
+                vm: vm.name.clone(),
+                what: "restoring the VM's state".into(),
+                after: timeout,
+            }),
+            Err(DriverError::Vm { reason, .. }) => {
+                Err(self.err(vm, format!("xl refused the incoming state: {reason}")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn listen_incoming(&self, vm: &VmDef, _port: u16) -> Result<(), DriverError> {
+        // xl migrate starts its receiver itself, over SSH from the source's dom0; only the
+        // hotplug script must be here by then.
+        self.prepare_incoming(vm).await
+    }
+
+    async fn live_migrate(
+        &self,
+        vm: &VmDef,
+        target: std::net::IpAddr,
+        _port: u16,
+        _downtime: Duration,
+        timeout: Duration,
+    ) -> Result<LiveResult, DriverError> {
+        // `-p`: the domain stays paused on the target, for its port; `-C`: the config written
+        // from the definition (its vif script path is the same on every host). xl's transport
+        // is SSH between the dom0s, compressed: the stream is mostly zero pages.
+        let t = Instant::now();
+        let script = format!(
+            "{}set -o pipefail; xl migrate -p -C {cfg} -s 'ssh -C -o BatchMode=yes' {n} {target} </dev/null >{log} 2>&1; \
+             rc=$?; [ $rc = 0 ] || {{ grep -v '^ *$' {log} | tail -n 4 >&2; exit $rc; }}",
+            self.write_config(vm),
+            cfg = sh_quote(&self.path(vm, "xl.cfg")),
+            n = sh_quote(&vm.name),
+            log = sh_quote(&self.path(vm, "migrate.log")),
+        );
+        match self.sh(vm, &script, timeout).await {
+            Ok(_) => Ok(LiveResult {
+                downtime_ms: None,
+                total_ms: Some(t.elapsed().as_millis() as u64),
+                bytes: None,
+            }),
+            Err(e) => {
+                let timed_out = t.elapsed() >= timeout;
+                if timed_out {
+                    let _ = self.abort_outgoing(vm).await;
+                }
+                let reason = match e {
+                    DriverError::Vm { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                // xl resumes the guest at the sender when the stream breaks: say whether it did.
+                match self.state(vm).await {
+                    Ok(RunState::Running) if timed_out => Err(DriverError::Timeout {
+                        host: self.host.name.clone(),
+                        vm: vm.name.clone(),
+                        what: "live migration".into(),
+                        after: timeout,
+                    }),
+                    Ok(RunState::Running) => Err(DriverError::LiveFailed {
+                        host: self.host.name.clone(),
+                        vm: vm.name.clone(),
+                        reason: format!("xl migrate failed and resumed the guest here: {reason}"),
+                    }),
+                    Ok(s) => Err(self.err(
+                        vm,
+                        format!("xl migrate failed ({reason}); the guest here is {s:?}"),
+                    )),
+                    Err(e2) => Err(self.err(vm, format!("xl migrate failed ({reason}); {e2}"))),
+                }
+            }
+        }
+    }
+
+    async fn abort_outgoing(&self, vm: &VmDef) -> Result<(), DriverError> {
+        // A save: end its sink, and xl save fails and resumes the guest (paused, as it was). A
+        // migration: xl migrate resumes the guest at the sender when its transport dies.
+        self.sh(
+            vm,
+            &format!(
+                "p=$(cat {pid} 2>/dev/null); [ -n \"$p\" ] && kill \"$p\" 2>/dev/null; \
+                 pkill -f {mig} 2>/dev/null; true",
+                pid = sh_quote(&self.path(vm, "sink.pid")),
+                mig = sh_quote("ssh .*xl .*migrate-receive"),
+            ),
+            Duration::from_secs(20),
+        )
+        .await?;
+        self.wait_xl_gone(vm, "(save|migrate)").await
+    }
+
+    async fn announce(&self, vm: &VmDef) -> Result<(), DriverError> {
+        // netfront announces the guest itself on resume; this says it again from its port, as
+        // if from the guest, for switches that missed it.
+        let Some(frame) = announcement(&vm.mac, vm.ip) else {
+            return Err(self.err(vm, format!("bad MAC {}", vm.mac)));
+        };
+        let script = format!(
+            "o=$(ovs-vsctl --timeout=5 get Interface {p} ofport) && [ \"$o\" -gt 0 ] && \
+             for i in 1 2 3; do ovs-ofctl packet-out {br} \"in_port=$o packet={frame} actions=NORMAL\" || exit 1; sleep 0.05; done",
+            p = sh_quote(&vm.port()),
+            br = sh_quote(&self.host.bridge),
+        );
+        self.quick(vm, &script).await.map(drop)
+    }
+
+    async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError> {
+        let script = format!(
+            "for d in {n} {n}--incoming {n}--migratedaway; do xl destroy \"$d\" 2>/dev/null; done; \
+             i=0; while xl domid {n} >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+             ! xl domid {n} >/dev/null 2>&1 || {{ echo 'the domain would not go' >&2; exit 1; }}",
+            n = sh_quote(&vm.name),
+        );
+        self.quick(vm, &script).await.map(drop)
+    }
+
+    async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {
+        // The vif goes and one with the new MAC comes, under the same name (the port stays).
+        let new = VmDef {
+            mac: mac.to_string(),
+            ..vm.clone()
+        };
+        let script = format!(
+            "{}cur=$(xl network-list {n} | awk 'NR>1 {{print $3}}'); \
+             case \" $cur \" in *\" {mac} \"*) exit 0;; esac; \
+             for m in $cur; do xl network-detach {n} \"$m\" || exit 1; done; \
+             xl network-attach {n} mac={mac},vifname={port},script={vif}",
+            self.write_config(&new),
+            n = sh_quote(&vm.name),
+            mac = mac.to_ascii_lowercase(),
+            port = vm.port(),
+            vif = self.vif_script(),
+        );
+        self.sh(vm, &script, Duration::from_secs(60))
+            .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcement_is_a_gratuitous_arp_or_a_rarp() {
+        let g = announcement("00:16:3e:00:00:01", Some("10.0.0.5".parse().unwrap())).unwrap();
+        assert_eq!(g.len(), 120);
+        assert!(g.starts_with("ffffffffffff00163e0000010806000108000604000100163e0000010a000005"));
+        let r = announcement("00:16:3e:00:00:01", None).unwrap();
+        assert_eq!(&r[24..28], "8035");
+        assert!(announcement("bad", None).is_none());
+    }
+
+    #[test]
+    fn caps_tell_what_can_live_migrate() {
+        let info = "xen_major : 4\nxen_minor : 17\nvirt_caps : pv hvm hap\nnm_tools : 4.17\n";
+        let c = Caps::parse(info).unwrap();
+        assert_eq!(c.xen, "4.17");
+        assert!(c.live_refusal(GuestType::Pv).unwrap().contains("shadow"));
+        assert!(c.live_refusal(GuestType::Pvh).is_none());
+        assert!(c.version_refusal().is_none());
+        let c =
+            Caps::parse("xen_major : 4\nxen_minor : 17\nvirt_caps : pv shadow\nnm_tools : 4.16\n")
+                .unwrap();
+        assert!(c.live_refusal(GuestType::Pv).is_none());
+        assert!(c.version_refusal().unwrap().contains("4.16"));
+        assert!(Caps::parse("ERROR: Can't find version 4.17 of xen utils").is_err());
+    }
+
+    #[test]
+    fn config_names_the_port_and_the_script() {
+        let vm = VmDef {
+            name: "web".into(),
+            mem_mib: 128,
+            vcpus: 1,
+            mac: "00:16:3e:00:00:01".into(),
+            ip: None,
+            vlan: None,
+            rate_kbps: None,
+            kernel: Some("/k".into()),
+            initrd: Some("/i".into()),
+            append: Some("console=hvc0 a=\"b\"".into()),
+            disk: None,
+            guest_type: Some(GuestType::Pv),
+        };
+        let host = HostConfig {
+            name: "h".into(),
+            address: "10.0.0.2".parse().unwrap(),
+            ssh_port: 22,
+            ssh_user: "root".into(),
+            ssh_key: "/k".into(),
+            host_key: None,
+            hypervisor: crate::config::HypervisorKind::Xen,
+            bridge: "br0".into(),
+            ovsdb: None,
+            image_dir: "/var/lib/xen/images".into(),
+            save_dir: "/var/lib/xen/save".into(),
+            run_dir: "/run/netmigrate".into(),
+            qemu_accel: "tcg".into(),
+        };
+        let c = domain_config(&host, &vm);
+        assert!(c.contains("type = \"pv\""), "{c}");
+        assert!(
+            c.contains("vifname=nm-web,script=/run/netmigrate/vif-netmigrate"),
+            "{c}"
+        );
+        assert!(c.contains("extra = \"console=hvc0 a=\\\"b\\\"\""), "{c}");
+    }
+}
