@@ -182,6 +182,7 @@ ip link set eth0 up; ip link set br0 up
 [ -n "$IP" ] && ip addr add $IP dev br0
 [ -n "$GW" ] && ip route add default via $GW
 keep /usr/sbin/sshd -D -E /var/log/sshd.log
+i=0; until ss -Hltn 'sport = :22' | grep -q . || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
 t "READY name=$NAME ip=$IP"
 EOS
 chmod +x "$R/etc/nm/rc.sh"
