@@ -129,21 +129,7 @@ impl Lab {
             keep: std::env::var("NETMIGRATE_LAB_KEEP").is_ok_and(|v| v == "1"),
         };
         lab.add_ns(&lab.switch_ns)?;
-        netns::ip(
-            &lab.switch_ns,
-            &[
-                "link",
-                "add",
-                "sw0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        )?;
-        netns::ip(&lab.switch_ns, &["link", "set", "sw0", "up"])?;
+        netns::bridge(&lab.switch_ns, "sw0")?;
         Ok(lab)
     }
 

@@ -271,17 +271,7 @@ fn paper(
                     &paper::qemu(),
                 )
             })?;
-            for m in &r.moved {
-                eprintln!(
-                    "    {} {} -> {}: {}, built-in {} ms, client {} ms",
-                    m.vm,
-                    m.from,
-                    m.to,
-                    m.state,
-                    m.builtin_ms.unwrap_or(-1),
-                    m.client_ms
-                );
-            }
+            paper::print_moved(&r);
             runs.push(r);
         }
     }

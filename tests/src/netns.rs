@@ -64,6 +64,26 @@ pub fn exec(ns: &str, prog: &str) -> Command {
     c
 }
 
+/// A Linux bridge `name` in `ns`, without STP or forwarding delay, up.
+pub fn bridge(ns: &str, name: &str) -> Result<()> {
+    ip(
+        ns,
+        &[
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ],
+    )?;
+    ip(ns, &["link", "set", name, "up"])?;
+    Ok(())
+}
+
 /// A veth pair with one end in each namespace.
 pub fn veth(ns_a: &str, name_a: &str, ns_b: &str, name_b: &str) -> Result<()> {
     ip(

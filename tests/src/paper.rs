@@ -266,6 +266,21 @@ pub fn run(
     result
 }
 
+/// Prints each move of a run on stderr, as it ended.
+pub fn print_moved(r: &Run) {
+    for m in &r.moved {
+        eprintln!(
+            "    {} {} -> {}: {}, built-in {} ms, client {} ms",
+            m.vm,
+            m.from,
+            m.to,
+            m.state,
+            m.builtin_ms.unwrap_or(-1),
+            m.client_ms
+        );
+    }
+}
+
 /// The per-VM table of runs, with the paper's figure beside.
 pub fn table(runs: &[Run], baseline: &[(String, Vec<u64>)]) -> String {
     let mut o = String::from(

@@ -40,27 +40,7 @@ pub fn config(lab: &Lab, hosts: &[XenHost]) -> Result<String> {
 pub fn define(app: &Appliance, n: u8, vcpus: u32) -> Result<(String, Ipv4Addr)> {
     let name = format!("vm{n}");
     let ip = Ipv4Addr::new(10, 213, 0, 20 + n);
-    app.cli_ok(&[
-        "vm",
-        "define",
-        &name,
-        "--mem",
-        "128",
-        "--vcpus",
-        &vcpus.to_string(),
-        "--mac",
-        &format!("00:16:3e:d5:00:{:02x}", 20 + n),
-        "--ip",
-        &ip.to_string(),
-        "--kernel",
-        GUEST_KERNEL,
-        "--initrd",
-        GUEST_INITRD,
-        "--append",
-        &format!("console=hvc0 quiet nm_ip={ip}/24 nm_name={name}"),
-        "--type",
-        "pvh",
-    ])?;
+    crate::xen::define_guest(app, &name, ip, vcpus, "pvh", &[])?;
     Ok((name, ip))
 }
 
@@ -115,18 +95,17 @@ pub fn hand(
         ),
     )?;
     let url = format!("http://{HAND_IP}/");
-    wait_for(
-        "the hand-driven guest to answer",
-        Duration::from_secs(300),
-        || {
+    let answers = |what: &str, within: Duration| {
+        wait_for(what, within, || {
             lab.exec(
                 &client.ns,
                 "curl",
                 &["-sS", "--fail", "--max-time", "2", &url],
             )
             .ok()
-        },
-    )?;
+        })
+    };
+    answers("the hand-driven guest to answer", Duration::from_secs(300))?;
     let prober = Prober::start(
         &client.ns,
         SocketAddr::new(HAND_IP.into(), 80),
@@ -146,23 +125,15 @@ pub fn hand(
              rm -f {img} && ssh {b} 'xl restore {img} >/dev/null 2>&1; rc=$?; rm -f {img}; exit $rc'",
             b = b.ip
         ),
-        "migrate" => format!("xl migrate hand {} 2>&1 | tail -n 3", b.ip),
+        "migrate" => format!("set -o pipefail; xl migrate hand {} 2>&1 | tail -n 3", b.ip),
         other => anyhow::bail!("hand-driven {other}: scp, zstd or migrate"),
     };
     let t = Instant::now();
     let r = lab.xen_ssh(ns, a, &script);
     let total_ms = t.elapsed().as_millis() as u64;
-    let landed = wait_for(
+    let landed = answers(
         "the hand-driven guest after its move",
         Duration::from_secs(60),
-        || {
-            lab.exec(
-                &client.ns,
-                "curl",
-                &["-sS", "--fail", "--max-time", "2", &url],
-            )
-            .ok()
-        },
     );
     std::thread::sleep(Duration::from_millis(500));
     let report = prober.finish();
@@ -240,17 +211,7 @@ pub fn run_all(out: &Path) -> Result<String> {
         eprintln!("{} -- {mode}", sc.describe());
         let r = paper::run(&lab, &app, &client, sc, mode, Some(&out), &flavor())
             .with_context(|| format!("scenario 1 {mode}"))?;
-        for m in &r.moved {
-            eprintln!(
-                "    {} {} -> {}: {}, built-in {} ms, client {} ms",
-                m.vm,
-                m.from,
-                m.to,
-                m.state,
-                m.builtin_ms.unwrap_or(-1),
-                m.client_ms
-            );
-        }
+        paper::print_moved(&r);
         runs.push(r);
     }
     let ns = app.node.ns.clone();

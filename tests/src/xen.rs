@@ -117,6 +117,43 @@ impl XenHost {
     }
 }
 
+/// Defines Xen guest `name` in the appliance: `kind` pv, pvh or hvm, 128 MiB, booting the
+/// dom0s' guest kernel and initramfs with address `ip` on the lab network, MAC
+/// 00:16:3e:d5:00:<last octet of ip>, and `extra` arguments for `vm define`.
+pub fn define_guest(
+    app: &crate::Appliance,
+    name: &str,
+    ip: Ipv4Addr,
+    vcpus: u32,
+    kind: &str,
+    extra: &[&str],
+) -> Result<()> {
+    let mut args = vec![
+        "vm".to_string(),
+        "define".into(),
+        name.into(),
+        "--mem".into(),
+        "128".into(),
+        "--vcpus".into(),
+        vcpus.to_string(),
+        "--mac".into(),
+        format!("00:16:3e:d5:00:{:02x}", ip.octets()[3]),
+        "--ip".into(),
+        ip.to_string(),
+        "--kernel".into(),
+        GUEST_KERNEL.into(),
+        "--initrd".into(),
+        GUEST_INITRD.into(),
+        "--append".into(),
+        format!("console=hvc0 quiet nm_ip={ip}/{SUBNET_PREFIX} nm_name={name}"),
+        "--type".into(),
+        kind.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    app.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok(())
+}
+
 impl Lab {
     /// Boots Xen hosts `names` in parallel ("A", "B"...) and waits until each dom0 is ready.
     pub fn xen_hosts(&self, names: &[&str], opts: &XenOpts) -> Result<Vec<XenHost>> {
@@ -151,27 +188,13 @@ impl Lab {
         let ns = self.ns_name(&role);
         let ip = xen_host_ip(name);
         self.add_ns(&ns)?;
-        netns::ip(
-            &ns,
-            &[
-                "link",
-                "add",
-                "br0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        )?;
+        netns::bridge(&ns, "br0")?;
         self.plug(&role, &ns, "up0")?;
         netns::ip(&ns, &["tuntap", "add", "tap0", "mode", "tap"])?;
         for dev in ["tap0", "up0"] {
             netns::ip(&ns, &["link", "set", dev, "master", "br0"])?;
             netns::ip(&ns, &["link", "set", dev, "up"])?;
         }
-        netns::ip(&ns, &["link", "set", "br0", "up"])?;
         let dir = self.subdir(&role)?;
         let serial_log = dir.join("serial.log");
         let o = ip.octets();

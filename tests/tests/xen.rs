@@ -32,28 +32,7 @@ fn xen_lab(names: &[&str]) -> (Lab, Vec<XenHost>, netmigrate_lab::lab::Node, App
 /// port limited to 100 Mbit/s.
 fn define(app: &Appliance, name: &str, n: u8, kind: &str) -> Ipv4Addr {
     let ip = Ipv4Addr::new(10, 213, 0, 50 + n);
-    app.cli_ok(&[
-        "vm",
-        "define",
-        name,
-        "--mem",
-        "128",
-        "--mac",
-        &format!("00:16:3e:d5:00:{:02x}", 50 + n),
-        "--ip",
-        &ip.to_string(),
-        "--rate-kbps",
-        "100000",
-        "--kernel",
-        GUEST_KERNEL,
-        "--initrd",
-        GUEST_INITRD,
-        "--append",
-        &format!("console=hvc0 quiet nm_ip={ip}/24 nm_name={name}"),
-        "--type",
-        kind,
-    ])
-    .unwrap();
+    netmigrate_lab::xen::define_guest(app, name, ip, 1, kind, &["--rate-kbps", "100000"]).unwrap();
     ip
 }
 
@@ -66,22 +45,23 @@ fn wait_http(lab: &Lab, ns: &str, ip: Ipv4Addr) -> String {
     .unwrap()
 }
 
-/// The domains xl lists on a host (dom0 left out).
-fn domains(lab: &Lab, from: &str, h: &XenHost) -> Vec<String> {
-    lab.xen_ssh(from, h, "xl list | awk 'NR>2 {print $1}'")
+/// The lines a command prints on a host's dom0.
+fn lines(lab: &Lab, from: &str, h: &XenHost, cmd: &str) -> Vec<String> {
+    lab.xen_ssh(from, h, cmd)
         .unwrap()
         .lines()
         .map(str::to_string)
         .collect()
 }
 
+/// The domains xl lists on a host (dom0 left out).
+fn domains(lab: &Lab, from: &str, h: &XenHost) -> Vec<String> {
+    lines(lab, from, h, "xl list | awk 'NR>2 {print $1}'")
+}
+
 /// The ports on a host's OVS bridge.
 fn ports(lab: &Lab, from: &str, h: &XenHost) -> Vec<String> {
-    lab.xen_ssh(from, h, "ovs-vsctl list-ports br0")
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    lines(lab, from, h, "ovs-vsctl list-ports br0")
 }
 
 /// Moves `vm` with the CLI and returns the record of its last try (a try that was rolled back

@@ -67,6 +67,38 @@ fn one() -> u32 {
     1
 }
 
+/// Runs `script` on the host over a new SSH session; a non-zero exit becomes `err` of the last
+/// line it printed on stderr, with the status.
+pub(crate) async fn exec_checked(
+    conn: &crate::inventory::ssh::Conn,
+    script: &str,
+    timeout: Duration,
+    err: impl Fn(String) -> DriverError,
+) -> Result<String, DriverError> {
+    let out = conn
+        .exec(script, timeout)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if out.status != Some(0) {
+        return Err(err(last_words(&out.stderr, out.status)));
+    }
+    Ok(out.stdout)
+}
+
+/// The last line of an error output, with the exit status.
+pub(crate) fn last_words(stderr: &str, status: Option<u32>) -> String {
+    format!(
+        "{} (exit {})",
+        stderr
+            .trim()
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed"),
+        status.map_or("?".into(), |s| s.to_string())
+    )
+}
+
 impl VmDef {
     /// Its switch port / tap name on a host (at most 15 bytes, as Linux wants).
     pub fn port(&self) -> String {

@@ -124,22 +124,7 @@ impl Qemu {
     }
 
     async fn sh(&self, vm: &VmDef, script: &str, timeout: Duration) -> Result<String, DriverError> {
-        let out = self
-            .conn
-            .exec(script, timeout)
-            .await
-            .map_err(|e| self.err(vm, e.to_string()))?;
-        if out.status != Some(0) {
-            return Err(self.err(
-                vm,
-                format!(
-                    "{} (exit {:?})",
-                    out.stderr.trim().lines().last().unwrap_or("failed"),
-                    out.status
-                ),
-            ));
-        }
-        Ok(out.stdout)
+        super::exec_checked(&self.conn, script, timeout, |e| self.err(vm, e)).await
     }
 
     async fn connect_qmp(&self, vm: &VmDef) -> Result<QmpConn, DriverError> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef};
+use super::{last_words, DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::hypervisor::qemu::sh_quote;
 use crate::inventory::ssh::Conn;
@@ -157,15 +157,7 @@ impl Xen {
     }
 
     async fn sh(&self, vm: &VmDef, script: &str, timeout: Duration) -> Result<String, DriverError> {
-        let out = self
-            .conn
-            .exec(script, timeout)
-            .await
-            .map_err(|e| self.err(vm, e.to_string()))?;
-        if out.status != Some(0) {
-            return Err(self.err(vm, last_words(&out.stderr, out.status)));
-        }
-        Ok(out.stdout)
+        super::exec_checked(&self.conn, script, timeout, |e| self.err(vm, e)).await
     }
 
     /// A short command that may be repeated (a query, or one whose effect is the same done
@@ -294,20 +286,6 @@ pub fn domain_config(host: &HostConfig, vm: &VmDef) -> String {
     // Saved and restored on hosts with the same CPU: keep the guest's TSC as it was.
     c += "tsc_mode = \"native\"\non_crash = \"destroy\"\n";
     c
-}
-
-/// The last line of an error output, with the exit status.
-fn last_words(stderr: &str, status: Option<u32>) -> String {
-    format!(
-        "{} (exit {})",
-        stderr
-            .trim()
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("failed"),
-        status.map_or("?".into(), |s| s.to_string())
-    )
 }
 
 /// A gratuitous ARP (or, without an address, a RARP as QEMU's announce-self sends) from `mac`,
