@@ -288,6 +288,18 @@ pub fn domain_config(host: &HostConfig, vm: &VmDef) -> String {
     c
 }
 
+/// Whether a command's failure (as `last_words` puts it) was a death: no exit status, or a
+/// signal's.
+fn died(reason: &str) -> bool {
+    let Some(code) = reason
+        .rsplit_once("(exit ")
+        .and_then(|(_, c)| c.strip_suffix(')'))
+    else {
+        return false;
+    };
+    code == "?" || code.parse::<u32>().is_ok_and(|c| c > 128)
+}
+
 /// A gratuitous ARP (or, without an address, a RARP as QEMU's announce-self sends) from `mac`,
 /// as hex for `ovs-ofctl packet-out`.
 pub fn announcement(mac: &str, ip: Option<std::net::Ipv4Addr>) -> Option<String> {
@@ -376,9 +388,22 @@ impl Hypervisor for Xen {
             n = sh_quote(&vm.name),
             cfg = sh_quote(&self.path(vm, "xl.cfg")),
         );
-        self.sh(vm, &script, Duration::from_secs(120))
-            .await
-            .map(drop)
+        let mut tries = 0;
+        loop {
+            let e = match self.sh(vm, &script, Duration::from_secs(120)).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            // Only a crash (no exit status, or a signal's) is tried again, and only from a
+            // clean slate: whatever the dead xl left of the domain goes first.
+            let crashed = matches!(&e, DriverError::Vm { reason, .. } if died(reason));
+            if !crashed || tries >= 2 {
+                return Err(e);
+            }
+            tries += 1;
+            tracing::warn!(host = %self.host.name, vm = %vm.name, "xl create died ({e}); again");
+            self.destroy(vm).await?;
+        }
     }
 
     async fn prepare_incoming(&self, vm: &VmDef) -> Result<(), DriverError> {
@@ -601,6 +626,14 @@ mod tests {
         let r = announcement("00:16:3e:00:00:01", None).unwrap();
         assert_eq!(&r[24..28], "8035");
         assert!(announcement("bad", None).is_none());
+    }
+
+    #[test]
+    fn a_death_is_told_from_a_refusal() {
+        assert!(died("xl: segfault (exit 139)"));
+        assert!(died("got a tsc mode string (exit ?)"));
+        assert!(!died("a domain of this name already runs here (exit 3)"));
+        assert!(!died("no exit here"));
     }
 
     #[test]
