@@ -145,13 +145,18 @@ pub fn run(
         let n = i as u8 + 1;
         let vcpus = if n == 1 { sc.vm1_vcpus } else { 1 };
         let (name, ip) = (flavor.define)(app, n, vcpus)?;
-        app.cli_ok(&[
-            "vm",
-            "start",
-            &name,
-            "--on",
-            &format!("{}{host}", flavor.hosts),
-        ])?;
+        let on = format!("{}{host}", flavor.hosts);
+        // As an operator would: a start that failed is asked again, twice at most (nested
+        // Xen's dom0s drop SSH sessions and crash tools now and then; QEMU hosts never need it).
+        let mut tries = 0;
+        while let Err(e) = app.cli_ok(&["vm", "start", &name, "--on", &on]) {
+            tries += 1;
+            if tries > 2 {
+                return Err(e);
+            }
+            eprintln!("    {name}: start failed ({e:#}); again");
+            std::thread::sleep(Duration::from_secs(2));
+        }
         vms.push((name, ip));
     }
     let result = (|| {

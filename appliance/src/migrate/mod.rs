@@ -321,12 +321,22 @@ impl Engine {
             .iter()
             .find(|h| h.name == host)
             .ok_or_else(|| Refused::UnknownHost(host.into()))?;
-        let side = self.side(h).await?;
         let def = row.def;
-        side.driver
-            .start(&def)
-            .await
-            .map_err(|e| Refused::Driver(e.to_string()))?;
+        let mut side = self.side(h).await?;
+        if let Err(e) = side.driver.start(&def).await {
+            // A connection that died under the start (the host dropped it) is made anew and
+            // the start asked once more; the driver refuses if the VM got there after all.
+            if !side.conn.is_closed() {
+                return Err(Refused::Driver(e.to_string()));
+            }
+            tracing::warn!(host = %h.name, vm = %name, "the connection died while starting: {e}; again");
+            self.inventory.forget(&h.name).await;
+            side = self.side(h).await?;
+            side.driver
+                .start(&def)
+                .await
+                .map_err(|e| Refused::Driver(e.to_string()))?;
+        }
         if let Err(e) = side.add_port(&def, &port_of(&def)).await {
             let _ = side.driver.destroy(&def).await;
             return Err(Refused::Driver(e));
