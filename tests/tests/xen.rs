@@ -98,11 +98,14 @@ fn steps(m: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn xen_smoke_inventory_and_a_pvh_guest_moved_cold_through_the_store() {
-    require_lab!();
-    let (lab, hosts, client, app) = xen_lab(&["A", "B"]);
-    let (a, b) = (&hosts[0], &hosts[1]);
+/// Boots two Xen hosts, collects their facts, starts a PVH guest with its port on the switch.
+fn smoke(
+    lab: &Lab,
+    hosts: &[XenHost],
+    client: &netmigrate_lab::lab::Node,
+    app: &Appliance,
+) -> Ipv4Addr {
+    let a = &hosts[0];
     let ns = &app.node.ns;
 
     // Inventory: xl info and xl list -l over SSH.
@@ -117,15 +120,45 @@ fn xen_smoke_inventory_and_a_pvh_guest_moved_cold_through_the_store() {
         assert!(h["facts"]["mem_free_mib"].as_u64().unwrap() >= 500, "{h:#}");
     }
 
-    let ip = define(&app, "web", 0, "pvh");
+    let ip = define(app, "web", 0, "pvh");
     app.cli_ok(&["vm", "start", "web", "--on", "xenA"]).unwrap();
-    assert!(wait_http(&lab, &client.ns, ip).contains("hello from web"));
-    assert_eq!(domains(&lab, ns, a), ["web"]);
-    assert!(ports(&lab, ns, a).contains(&"nm-web".into()));
+    assert!(wait_http(lab, &client.ns, ip).contains("hello from web"));
+    assert_eq!(domains(lab, ns, a), ["web"]);
+    assert!(ports(lab, ns, a).contains(&"nm-web".into()));
     let inv = json(&app.cli_ok(&["hosts", "collect", "--json"]).unwrap());
     let vms = &inv[0]["facts"]["vms"];
     assert_eq!(vms[0]["name"], "web", "{inv:#}");
     assert_eq!(vms[0]["macs"][0], "00:16:3e:d5:00:32", "{inv:#}");
+    ip
+}
+
+/// In `make test`: real Xen, kept short. Nested TCG makes moves there too flaky for every CI
+/// run (see the README); they are in `make test-xen`.
+#[test]
+fn xen_smoke_inventory_a_pvh_guest_started_on_the_switch_and_stopped() {
+    require_lab!();
+    let (lab, hosts, client, app) = xen_lab(&["A", "B"]);
+    let ip = smoke(&lab, &hosts, &client, &app);
+    app.cli_ok(&["vm", "stop", "web"]).unwrap();
+    assert_eq!(domains(&lab, &app.node.ns, &hosts[0]), Vec::<String>::new());
+    assert!(!ports(&lab, &app.node.ns, &hosts[0]).contains(&"nm-web".into()));
+    assert!(lab
+        .exec(
+            &client.ns,
+            "curl",
+            &["-sS", "--fail", "--max-time", "2", &format!("http://{ip}/")]
+        )
+        .is_err());
+}
+
+#[test]
+#[ignore = "nested Xen, several minutes: make test-xen"]
+fn xen_pvh_guest_moved_cold_through_the_store() {
+    require_lab!();
+    let (lab, hosts, client, app) = xen_lab(&["A", "B"]);
+    let (a, b) = (&hosts[0], &hosts[1]);
+    let ns = &app.node.ns;
+    let ip = smoke(&lab, &hosts, &client, &app);
 
     let probe = Prober::start(
         &client.ns,
