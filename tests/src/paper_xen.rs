@@ -18,8 +18,8 @@ use crate::{Appliance, Lab, Prober};
 
 /// Breaks here are seconds: a gentler prober than on QEMU (and guest traffic is what nested
 /// TCG corrupts dom0 with).
-const PROBE_EVERY: Duration = Duration::from_millis(100);
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+pub const PROBE_EVERY: Duration = Duration::from_millis(100);
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Tries of a move that rolled back: a try fails on nested TCG about one time in three here.
 const RETRIES: u32 = 4;
 

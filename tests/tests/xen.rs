@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use netmigrate_lab::paper_xen::{PROBE_EVERY, PROBE_TIMEOUT};
 use netmigrate_lab::xen::{XenHost, XenOpts, GUEST_INITRD, GUEST_KERNEL};
 use netmigrate_lab::{require_lab, Appliance, Lab, Prober};
 
@@ -163,8 +164,8 @@ fn xen_pvh_guest_moved_cold_through_the_store() {
     let probe = Prober::start(
         &client.ns,
         SocketAddr::new(ip.into(), 80),
-        Duration::from_millis(100),
-        Duration::from_millis(300),
+        PROBE_EVERY,
+        PROBE_TIMEOUT,
     )
     .unwrap();
     let m = migrate(&app, "web", "xenB", "--cold", &[]);
@@ -259,8 +260,8 @@ fn xen_pvh_guest_moves_live_or_falls_back_to_cold_with_the_reason() {
     let probe = Prober::start(
         &client.ns,
         SocketAddr::new(ip.into(), 80),
-        Duration::from_millis(100),
-        Duration::from_millis(300),
+        PROBE_EVERY,
+        PROBE_TIMEOUT,
     )
     .unwrap();
     let m = migrate(&app, "web", "xenB", "--live", &["--live-timeout", "600"]);

@@ -39,6 +39,9 @@ exit 0
 pub struct Xen {
     pub host: HostConfig,
     pub conn: Arc<Conn>,
+    /// What the host offers, read once per driver (a driver lives for one operation): its
+    /// check and each live refusal would otherwise ask `xl info` again.
+    caps: tokio::sync::OnceCell<Caps>,
 }
 
 /// What a Xen host offers, from `xl info` and the tools installed.
@@ -120,7 +123,11 @@ impl Caps {
 
 impl Xen {
     pub fn new(host: HostConfig, conn: Arc<Conn>) -> Xen {
-        Xen { host, conn }
+        Xen {
+            host,
+            conn,
+            caps: tokio::sync::OnceCell::new(),
+        }
     }
 
     fn path(&self, vm: &VmDef, ext: &str) -> String {
@@ -188,6 +195,13 @@ impl Xen {
 
     /// What this host offers (hypervisor and tools versions, paging modes).
     pub async fn caps(&self) -> Result<Caps, DriverError> {
+        self.caps
+            .get_or_try_init(|| self.read_caps())
+            .await
+            .cloned()
+    }
+
+    async fn read_caps(&self) -> Result<Caps, DriverError> {
         let out = self
             .conn
             .run_script(

@@ -506,47 +506,24 @@ impl Engine {
             dst: &dst,
             journal: &journal,
         };
-        // Boxed: the moves' futures are large; on the heap they do not weigh on the stack.
         let refusal = match req.mode {
             Mode::Live => src.driver.live_refusal(&def, &*dst.driver).await,
             Mode::Cold => None,
         };
-        let outcome = match req.mode {
-            Mode::Cold => Box::pin(mv.cold()).await,
-            Mode::Live if refusal.is_some() => {
-                let why = refusal.unwrap_or_default();
-                let _ = self
-                    .state
-                    .migration_detail(id, serde_json::json!({"cold_because": why}))
-                    .await;
-                self.state
-                    .record(
-                        NewEvent::warn(
-                            "migration.fallback",
-                            format!("cannot live-migrate ({why}); taking the cold path"),
-                        )
-                        .about(&req.vm),
-                    )
+        // Boxed: the moves' futures are large; on the heap they do not weigh on the stack.
+        let outcome = match (req.mode, refusal) {
+            (Mode::Cold, _) => Box::pin(mv.cold()).await,
+            (Mode::Live, Some(why)) => {
+                self.fall_back(id, &req.vm, "cold_because", "cannot live-migrate", &why)
                     .await?;
                 Box::pin(mv.cold()).await
             }
-            Mode::Live => match Box::pin(mv.live()).await {
+            (Mode::Live, None) => match Box::pin(mv.live()).await {
                 Ok(o) => Ok(o),
                 Err(Failure::NotConverged(why)) => {
                     // Pre-copy could not keep up, or its stream broke and the hypervisor
                     // resumed the VM at the source: it still runs there, untouched.
-                    let _ = self
-                        .state
-                        .migration_detail(id, serde_json::json!({"fallback": why}))
-                        .await;
-                    self.state
-                        .record(
-                            NewEvent::warn(
-                                "migration.fallback",
-                                format!("live failed ({why}); taking the cold path"),
-                            )
-                            .about(&req.vm),
-                        )
+                    self.fall_back(id, &req.vm, "fallback", "live failed", &why)
                         .await?;
                     Box::pin(mv.cold()).await
                 }
@@ -590,6 +567,32 @@ impl Engine {
 }
 
 impl Engine {
+    /// Records why live move `id` of `vm` takes the cold path: under `key` in its details, and
+    /// as a `migration.fallback` event ("`what` (why); taking the cold path").
+    async fn fall_back(
+        &self,
+        id: i64,
+        vm: &str,
+        key: &str,
+        what: &str,
+        why: &str,
+    ) -> Result<(), Refused> {
+        let _ = self
+            .state
+            .migration_detail(id, serde_json::json!({ key: why }))
+            .await;
+        self.state
+            .record(
+                NewEvent::warn(
+                    "migration.fallback",
+                    format!("{what} ({why}); taking the cold path"),
+                )
+                .about(vm),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The address of the bound lease of `mac`, if the appliance's DHCP gave it one.
     pub async fn lease_ip(&self, mac: &str) -> Option<std::net::Ipv4Addr> {
         let leases = self.state.leases().await.ok()?;
