@@ -1,3 +1,69 @@
-//! netmigrate's provisioning: new hypervisor hosts booted over PXE, discovered, enrolled (their
-//! SSH host key pinned on first boot) and made ready as migration targets, with no agent left
-//! behind. Not built yet; it arrives with the provisioning issue.
+//! netmigrate's provisioning: new hypervisor hosts booted over the network (PXE, then iPXE),
+//! discovered, enrolled and made ready as migration targets, with no agent left behind.
+//!
+//! A machine's life: **discovered** (it network-booted with a MAC nobody knows) ->
+//! **accepted** (by a rule of the config or by the operator: it gets a name and a reserved
+//! address) -> **booting** (its iPXE script sent it the installer with a one-time token) ->
+//! **ready** (the installer called back with the token and its SSH host key; the appliance
+//! pinned the key and collected the host's facts). This crate holds the rules, the scripts and
+//! the HTTP side; the appliance keeps the machines in its state (`Enrolment`).
+
+pub mod http;
+pub mod ipxe;
+pub mod rules;
+pub mod token;
+
+pub use http::{Enrolled, Enrolment, Refused};
+pub use rules::{MacPrefix, Rules};
+
+/// Where a machine is in its enrolment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Discovered,
+    Accepted,
+    Booting,
+    Ready,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Discovered => "discovered",
+            Stage::Accepted => "accepted",
+            Stage::Booting => "booting",
+            Stage::Ready => "ready",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Some(match s {
+            "discovered" => Stage::Discovered,
+            "accepted" => Stage::Accepted,
+            "booting" => Stage::Booting,
+            "ready" => Stage::Ready,
+            _ => return None,
+        })
+    }
+}
+
+/// "52:54:00:ab:cd:ef".
+pub fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A MAC as colon-, dash- or dot-less hex ("52:54:00:ab:cd:ef", "52-54-...", "525400abcdef").
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let hex: String = s.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+    if hex.len() != 12 {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(m)
+}

@@ -1,5 +1,5 @@
 //! netmigrate's protocol servers: the FTP server of the image store (libunftp), DHCPv4
-//! (dhcproto) and DNS (hickory-server). TFTP arrives with its issue.
+//! (dhcproto), DNS (hickory-server) and TFTP for boot files.
 //!
 //! The rule they follow: a server knows nothing of SQLite. Each defines the small storage trait
 //! it needs (`ftp::FtpAccounts`; `dhcp::LeaseStore`, `dns::ZoneStore`) and the appliance implements it
@@ -7,4 +7,6 @@
 
 pub mod dhcp;
 pub mod dns;
+pub mod files;
 pub mod ftp;
+pub mod tftp;

@@ -350,6 +350,22 @@ fn boot_client(req: &Message) -> Option<(bool, bool, Option<u16>)> {
     (pxe || ipxe || arch.is_some()).then_some((pxe, ipxe, arch))
 }
 
+/// The client as discovery records it, if it network-boots.
+pub fn booting(req: &Message) -> Option<super::BootClient> {
+    let (_, ipxe, arch) = boot_client(req)?;
+    let mac = <[u8; 6]>::try_from(req.chaddr().get(..6)?).ok()?;
+    let vendor_class = match req.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(c)) => Some(String::from_utf8_lossy(c).into_owned()),
+        _ => None,
+    };
+    Some(super::BootClient {
+        mac,
+        vendor_class,
+        arch,
+        ipxe,
+    })
+}
+
 /// The boot file for a booting client: iPXE chains to the script; firmware gets the file
 /// for its architecture (RFC 4578: 0 BIOS, 7 and 9 x86-64 UEFI, 11 ARM64 UEFI).
 pub fn boot_file(boot: &Boot, ipxe: bool, arch: Option<u16>) -> Option<&str> {

@@ -129,6 +129,21 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Told after a commit what it meant (dnsmasq's dhcp-script actions), for events and hooks.
     /// Must not block: the replies wait for it.
     fn changed(&self, _network: &str, _changes: Vec<(LeaseEvent, Lease)>) {}
+    /// Told of each DISCOVER and REQUEST from a network-booting client (PXE firmware or
+    /// iPXE), so that new machines can be discovered. Must not block.
+    fn booting(&self, _network: &str, _client: BootClient) {}
+}
+
+/// A client that network-boots, as its request describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootClient {
+    pub mac: [u8; 6],
+    /// Option 60 ("PXEClient:Arch:00007:UNDI:003016").
+    pub vendor_class: Option<String>,
+    /// Option 93 (RFC 4578: 0 BIOS, 7 and 9 x86-64 UEFI, 11 ARM64 UEFI).
+    pub arch: Option<u16>,
+    /// Already iPXE (user class "iPXE").
+    pub ipxe: bool,
 }
 
 /// What a committed lease change means to the outside.

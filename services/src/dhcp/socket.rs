@@ -362,6 +362,14 @@ impl Server {
             }
             return None;
         };
+        if matches!(
+            req.opts().msg_type(),
+            Some(MessageType::Discover | MessageType::Request)
+        ) {
+            if let Some(b) = super::answer::booting(req) {
+                self.store.booting(&self.nets[i].pool.network, b);
+            }
+        }
         let now = now_ms();
         let net = &mut self.nets[i];
         let a = answer(&net.pool, &net.leases, req, now, &self.stats);

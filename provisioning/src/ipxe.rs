@@ -1,0 +1,82 @@
+//! The iPXE scripts a machine gets, by where it is in its enrolment.
+
+/// What the installer needs to know, beside its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installer {
+    /// Paths of the kernel and initramfs under the boot directory.
+    pub kernel: String,
+    pub initrd: String,
+    /// Extra kernel arguments ("console=ttyS0").
+    pub cmdline: String,
+    /// The appliance's SSH public key ("ssh-ed25519 AAAA... comment"): the installer's sshd
+    /// lets it in as root.
+    pub ssh_key: String,
+}
+
+/// Seconds a machine waiting for acceptance waits before it asks again.
+pub const WAIT_S: u32 = 10;
+
+/// For a machine nobody accepted yet: say so on its console and ask again later, so that
+/// accepting it needs no power cycle.
+pub fn wait(base: &str, mac: &str) -> String {
+    format!(
+        "#!ipxe\necho netmigrate: {mac} is discovered and waits to be accepted (netmigrate hosts accept {mac})\n\
+         sleep {WAIT_S}\nchain --replace --autofree {base}/ipxe?mac={mac}\n"
+    )
+}
+
+/// For an accepted machine: the installer, with its name, one-time token and where to call.
+pub fn install(base: &str, name: &str, token: &str, i: &Installer) -> String {
+    // Spaces inside a kernel argument cannot be quoted: the key's type and body are joined
+    // with a comma, and its comment is left out.
+    let mut key = i.ssh_key.split_whitespace();
+    let key = format!(
+        "{},{}",
+        key.next().unwrap_or_default(),
+        key.next().unwrap_or_default()
+    );
+    let initrd_name = i.initrd.rsplit('/').next().unwrap_or(&i.initrd);
+    format!(
+        "#!ipxe\necho netmigrate: installing {name}\n\
+         kernel {base}/boot/{kernel} initrd={initrd_name} {cmdline} nm_name={name} nm_token={token} nm_callback={base}/enrol nm_key={key}\n\
+         initrd {base}/boot/{initrd}\nboot\n",
+        kernel = i.kernel,
+        initrd = i.initrd,
+        cmdline = i.cmdline,
+    )
+    .replace("  ", " ")
+}
+
+/// For a machine whose boot this appliance does not serve (refused, or not enrolling here):
+/// iPXE goes on with its next boot device.
+pub fn skip(why: &str) -> String {
+    format!("#!ipxe\necho netmigrate: {why}\nexit\n")
+}
+
+/// The chain script at the TFTP root: firmware that was given it over TFTP comes to HTTP.
+pub fn chain(base: &str) -> String {
+    format!("#!ipxe\nchain --replace --autofree {base}/ipxe?mac=${{net0/mac}}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installer_script_carries_token_name_and_key() {
+        let i = Installer {
+            kernel: "installer/vmlinuz".into(),
+            initrd: "installer/initrd.img".into(),
+            cmdline: "console=ttyS0".into(),
+            ssh_key: "ssh-ed25519 AAAAC3Nza netmigrate@appliance".into(),
+        };
+        let s = install("http://10.0.0.1:8067", "hv1", "tok", &i);
+        assert_eq!(
+            s,
+            "#!ipxe\necho netmigrate: installing hv1\n\
+             kernel http://10.0.0.1:8067/boot/installer/vmlinuz initrd=initrd.img console=ttyS0 nm_name=hv1 nm_token=tok nm_callback=http://10.0.0.1:8067/enrol nm_key=ssh-ed25519,AAAAC3Nza\n\
+             initrd http://10.0.0.1:8067/boot/installer/initrd.img\nboot\n"
+        );
+        assert!(wait("http://a", "52:54:00:00:00:01").contains("chain --replace --autofree http://a/ipxe?mac=52:54:00:00:00:01"));
+    }
+}
