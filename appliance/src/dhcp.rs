@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use netmigrate_services::dhcp::{
-    self, Boot, Command, Lease, LeaseEvent, LeaseState, LeaseStore, Pool, Reservation, Settings,
-    Stats,
+    self, Boot, BootClient, Command, Lease, LeaseEvent, LeaseState, LeaseStore, Pool, Reservation,
+    Settings, Stats,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -26,6 +26,8 @@ pub struct StateLeases {
     /// Lease changes on their way to the events table and the script (off the ACK path).
     changes: mpsc::Sender<(String, LeaseEvent, Lease)>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Network-booting clients, on their way to discovery (provisioning).
+    boots: mpsc::Sender<(String, BootClient)>,
 }
 
 /// Lease changes queued for events and the script; beyond this they are dropped and said so.
@@ -147,6 +149,11 @@ impl LeaseStore for StateLeases {
             }
         }
     }
+
+    fn booting(&self, network: &str, client: BootClient) {
+        // A full queue drops the sighting: the client asks again within seconds.
+        let _ = self.boots.try_send((network.to_string(), client));
+    }
 }
 
 fn new_lease(network: &str, l: &Lease) -> Result<NewLease, String> {
@@ -223,10 +230,31 @@ pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool
                 domain: n.domain.clone(),
                 dns_updates: dns_on && n.domain.is_some(),
                 reservations,
-                boot: boot.clone(),
+                boot: boot_for(cfg, n, server, boot.clone()),
             });
     }
     by_iface
+}
+
+/// What booting clients of `n` get: `[dhcp.pxe]`'s files; on the provisioning network, iPXE
+/// is sent to the boot HTTP server's script when `[dhcp.pxe]` names none.
+fn boot_for(
+    cfg: &Config,
+    n: &crate::config::Network,
+    server: std::net::Ipv4Addr,
+    pxe: Option<Boot>,
+) -> Option<Boot> {
+    let (Some(p), Some(b)) = (&cfg.provisioning, &cfg.boot) else {
+        return pxe;
+    };
+    if p.network != n.name {
+        return pxe;
+    }
+    let mut boot = pxe.unwrap_or_default();
+    if boot.ipxe_script.is_none() {
+        boot.ipxe_script = Some(format!("http://{server}:{}/ipxe", b.http_port));
+    }
+    Some(boot)
 }
 
 /// The running DHCP server: its counters, and the way to hand each interface new pools.
@@ -235,6 +263,8 @@ pub struct Dhcp {
     state: State,
     /// By interface: the servers listening, and where their commands go.
     listening: HashMap<String, (watch::Sender<Vec<Pool>>, mpsc::Sender<Command>)>,
+    /// Network-booting clients seen, for provisioning to take once.
+    pub boots: std::sync::Mutex<Option<mpsc::Receiver<(String, BootClient)>>>,
 }
 
 impl Dhcp {
@@ -314,10 +344,12 @@ pub async fn start(
         dns,
         rx,
     ))];
+    let (boots, boots_rx) = mpsc::channel(256);
     let store: Arc<dyn LeaseStore> = Arc::new(StateLeases {
         state: state.clone(),
         changes: tx,
         dropped: Default::default(),
+        boots,
     });
     let settings = Settings {
         conflict_wait: cfg.dhcp.conflict_check.then_some(cfg.dhcp.conflict_wait),
@@ -358,6 +390,7 @@ pub async fn start(
             stats,
             state: state.clone(),
             listening,
+            boots: std::sync::Mutex::new(Some(boots_rx)),
         }),
         tasks,
     ))

@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod network;
 pub mod placement;
 pub mod planner;
+pub mod provision;
 pub mod reservations;
 pub mod router;
 pub mod script;

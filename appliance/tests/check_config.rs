@@ -643,3 +643,64 @@ fn image_compression_is_checked() {
     let (code, _, err) = c.check(&with("[ftp]\ncompress = \"zstd\"\ncompress_level = 9\n").0);
     assert_eq!(code, 0, "{err}");
 }
+
+const PROVISIONING: &str =
+    "\n[provisioning]\nnetwork = \"lab\"\npool = [\"10.0.0.50\", \"10.0.0.59\"]\n\
+auto_accept_mac = [\"52:54:00:aa\"]\n\n[provisioning.host]\nssh_key = \"id_ed25519\"\n\
+hypervisor = \"qemu\"\nbridge = \"br0\"\n";
+
+#[test]
+fn provisioning_is_checked() {
+    let c = Case::new();
+    let (text, _) = with(PROVISIONING);
+    let (code, _, err) = c.check(&text);
+    assert_eq!(code, 0, "{err}");
+    let (text, line) = with(&PROVISIONING.replace("10.0.0.59", "10.0.0.150"));
+    assert_one(
+        &c,
+        &text,
+        line(3),
+        "provisioning.pool",
+        &["overlaps network `lab`'s dhcp_range", "outside it"],
+    );
+    let (text, line) = with(&PROVISIONING.replace("network = \"lab\"", "network = \"lan\""));
+    assert_one(
+        &c,
+        &text,
+        line(3),
+        "provisioning.network",
+        &["no [[network]] is named `lan`"],
+    );
+    let (text, line) = with(&format!("{PROVISIONING}").replace(
+        "[provisioning.host]",
+        "hostname = \"hv\"\n[provisioning.host]",
+    ));
+    assert_one(
+        &c,
+        &text,
+        line(7),
+        "provisioning.hostname",
+        &["same name", "{n}"],
+    );
+    let (text, line) = with(&PROVISIONING.replace("52:54:00:aa", "52:54:0"));
+    assert_one(
+        &c,
+        &text,
+        line(5),
+        "provisioning.auto_accept_mac[0]",
+        &["not a MAC prefix"],
+    );
+    let (text, line) = with(&PROVISIONING.replace(
+        "bridge = \"br0\"",
+        "bridge = \"br0\"\naddress = \"10.0.0.9\"",
+    ));
+    assert_one(
+        &c,
+        &text,
+        line(11),
+        "provisioning.host.address",
+        &["provisioning.pool"],
+    );
+    let (text, line) = with(&format!("{PROVISIONING}[boot]\nhttp_port = 0\n"));
+    assert_one(&c, &text, line(3), "boot.http_port", &["needs it"]);
+}

@@ -122,10 +122,8 @@ async fn file(State(b): State<Boot>, method: Method, Path(path): Path<String>) -
     if method == Method::HEAD {
         return (headers, axum::body::Body::empty()).into_response();
     }
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        f,
-        256 * 1024,
-    ));
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024));
     (headers, body).into_response()
 }
 
@@ -237,9 +235,14 @@ mod tests {
             call(&r, get("/boot/installer/vmlinuz")).await,
             (StatusCode::OK, "kernel".into())
         );
-        assert_eq!(call(&r, get("/boot/nothing")).await.0, StatusCode::NOT_FOUND);
         assert_eq!(
-            call(&r, get("/boot/installer/%2e%2e/%2e%2e/secret")).await.0,
+            call(&r, get("/boot/nothing")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&r, get("/boot/installer/%2e%2e/%2e%2e/secret"))
+                .await
+                .0,
             StatusCode::FORBIDDEN,
             "percent-encoded dots are dots"
         );
@@ -247,14 +250,21 @@ mod tests {
             call(&r, get("/ipxe?mac=52:54:00:00:00:0a")).await.1,
             "http://10.0.0.1:8067 Some([82, 84, 0, 0, 0, 10]) 10.0.0.9"
         );
-        assert!(call(&r, get("/ipxe?mac=${net0/mac}")).await.1.contains("None"));
+        assert!(call(&r, get("/ipxe?mac=${net0/mac}"))
+            .await
+            .1
+            .contains("None"));
         let post = |body: &str| {
             Request::post("/enrol")
                 .header("content-type", "application/json")
                 .body(Body::from(body.to_string()))
                 .unwrap()
         };
-        let (s, body) = call(&r, post(r#"{"token":"good","host_key":"ssh-ed25519 AAAA"}"#)).await;
+        let (s, body) = call(
+            &r,
+            post(r#"{"token":"good","host_key":"ssh-ed25519 AAAA"}"#),
+        )
+        .await;
         assert_eq!((s, body.contains("hv1")), (StatusCode::OK, true));
         assert_eq!(
             call(&r, post(r#"{"token":"bad","host_key":"k"}"#)).await,

@@ -77,6 +77,7 @@ mod tests {
              kernel http://10.0.0.1:8067/boot/installer/vmlinuz initrd=initrd.img console=ttyS0 nm_name=hv1 nm_token=tok nm_callback=http://10.0.0.1:8067/enrol nm_key=ssh-ed25519,AAAAC3Nza\n\
              initrd http://10.0.0.1:8067/boot/installer/initrd.img\nboot\n"
         );
-        assert!(wait("http://a", "52:54:00:00:00:01").contains("chain --replace --autofree http://a/ipxe?mac=52:54:00:00:00:01"));
+        assert!(wait("http://a", "52:54:00:00:00:01")
+            .contains("chain --replace --autofree http://a/ipxe?mac=52:54:00:00:00:01"));
     }
 }

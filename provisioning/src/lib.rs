@@ -57,7 +57,10 @@ pub fn mac_text(m: &[u8; 6]) -> String {
 
 /// A MAC as colon-, dash- or dot-less hex ("52:54:00:ab:cd:ef", "52-54-...", "525400abcdef").
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let hex: String = s.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+    let hex: String = s
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | '.'))
+        .collect();
     if hex.len() != 12 {
         return None;
     }

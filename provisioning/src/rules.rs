@@ -71,7 +71,9 @@ pub fn check_template(t: &str) -> Result<(), String> {
     let sample = render(t, 1, &[0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
     let ok = !sample.is_empty()
         && sample.len() <= 63
-        && sample.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && sample
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
         && !sample.starts_with('-');
     if ok {
         Ok(())
@@ -129,7 +131,10 @@ mod tests {
 
     #[test]
     fn mac_prefixes_parse_or_say_why_not() {
-        assert_eq!("00-16-3E".parse::<MacPrefix>().unwrap().to_string(), "00:16:3e");
+        assert_eq!(
+            "00-16-3E".parse::<MacPrefix>().unwrap().to_string(),
+            "00:16:3e"
+        );
         for bad in ["", "5254", "52:54:0", "zz", "1:2:3:4:5:6:7"] {
             assert!(bad.parse::<MacPrefix>().is_err(), "{bad}");
         }
@@ -142,7 +147,9 @@ mod tests {
         assert_eq!(render("node-{mac}", 1, &MAC), "node-525400abcdef");
         assert!(check_template("hv{n}").is_ok());
         assert!(check_template("hv").unwrap_err().contains("same name"));
-        assert!(check_template("hv_{n}").unwrap_err().contains("makes `hv_1`"));
+        assert!(check_template("hv_{n}")
+            .unwrap_err()
+            .contains("makes `hv_1`"));
     }
 
     #[test]

@@ -60,11 +60,18 @@ mod tests {
         let ok = |n: &str| resolve(&root, n).unwrap();
         assert_eq!(ok("efi/ipxe.efi"), root.join("efi/ipxe.efi"));
         assert_eq!(ok("//efi\\ipxe.efi"), root.join("efi/ipxe.efi"));
-        assert_eq!(ok("alias"), root.join("efi/ipxe.efi"), "a link inside is fine");
+        assert_eq!(
+            ok("alias"),
+            root.join("efi/ipxe.efi"),
+            "a link inside is fine"
+        );
         for bad in ["efi/..", "../secret", "out", "efi/../../secret"] {
             assert_eq!(resolve(&root, bad), Err(Refusal::Escape), "{bad}");
         }
         assert_eq!(resolve(&root, "efi"), Err(Refusal::Missing("not a file")));
-        assert_eq!(resolve(&root, "nope"), Err(Refusal::Missing("file not found")));
+        assert_eq!(
+            resolve(&root, "nope"),
+            Err(Refusal::Missing("file not found"))
+        );
     }
 }

@@ -26,6 +26,7 @@ pub mod ovs;
 pub mod paper;
 pub mod paper_xen;
 pub mod prober;
+pub mod pxe;
 pub mod sshd;
 pub mod sys;
 pub mod xen;

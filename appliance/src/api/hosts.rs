@@ -55,7 +55,7 @@ pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<HostView>>, Ap
     let facts = app.state.latest_facts().await?;
     Ok(Json(
         rows.into_iter()
-            .filter(|r| r.in_config)
+            .filter(|r| r.in_config || r.enrolled)
             .map(|row| {
                 let f = facts.iter().find(|(h, _, _)| *h == row.name);
                 HostView {
@@ -96,8 +96,14 @@ pub async fn collect(
     State(app): State<Arc<App>>,
     body: Option<Json<CollectRequest>>,
 ) -> Result<Json<Vec<Collected>>, ApiError> {
-    let cfg = app.config();
     let wanted = body.map(|b| b.0.hosts).unwrap_or_default();
+    Ok(Json(collect_hosts(&app, wanted).await?))
+}
+
+/// Collects the `wanted` hosts (all when empty), records the facts and each host that went
+/// down or came back.
+pub async fn collect_hosts(app: &App, wanted: Vec<String>) -> Result<Vec<Collected>, ApiError> {
+    let cfg = app.config();
     let known: Vec<String> = cfg.hosts.iter().map(|h| h.name.clone()).collect();
     for w in &wanted {
         if !known.contains(w) {
@@ -156,7 +162,7 @@ pub async fn collect(
             _ => {}
         }
     }
-    Ok(Json(results))
+    Ok(results)
 }
 
 pub async fn trust(
@@ -197,4 +203,29 @@ pub async fn trust(
         key,
         previous,
     }))
+}
+
+/// Machines that network-booted, from discovered to ready.
+pub async fn machines(
+    State(app): State<Arc<App>>,
+) -> Result<Json<Vec<crate::state::machines::MachineRow>>, ApiError> {
+    Ok(Json(app.state.machines().await?))
+}
+
+/// The operator accepts a discovered machine.
+pub async fn accept(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(mac): axum::extract::Path<String>,
+) -> Result<Json<crate::state::machines::MachineRow>, ApiError> {
+    let Some(m) = netmigrate_provisioning::parse_mac(&mac) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_mac",
+            format!("`{mac}` is not a MAC; write it like 52:54:00:12:34:56"),
+        ));
+    };
+    let mac = netmigrate_provisioning::mac_text(&m);
+    Ok(Json(
+        crate::provision::accept(&app, &mac, "accepted by the operator".into()).await?,
+    ))
 }

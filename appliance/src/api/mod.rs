@@ -60,7 +60,12 @@ impl IntoResponse for ApiError {
 
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "state", e.to_string())
+        let status = match e {
+            StateError::Conflict(_) => StatusCode::CONFLICT,
+            StateError::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, "state", e.to_string())
     }
 }
 
@@ -122,6 +127,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/hosts", get(hosts::list))
         .route("/v1/hosts/collect", post(hosts::collect))
         .route("/v1/hosts/trust", post(hosts::trust))
+        .route("/v1/machines", get(hosts::machines))
+        .route("/v1/machines/{mac}/accept", post(hosts::accept))
         .route("/v1/vms", get(hosts::vms))
         .route("/v1/plan", post(plan::plan))
         .route("/v1/images", get(images::list))
@@ -202,7 +209,10 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
                 domain: n.domain.clone(),
             })
             .collect(),
-        hosts: hosts.into_iter().filter(|h| h.in_config).collect(),
+        hosts: hosts
+            .into_iter()
+            .filter(|h| h.in_config || h.enrolled)
+            .collect(),
         reservations: cfg.reservations.len(),
         events,
         last_reload: app.last_reload(),

@@ -92,6 +92,9 @@ enum Command {
     Hosts {
         #[command(subcommand)]
         action: Option<HostsCmd>,
+        /// Only the machines that network-booted and wait to be accepted (provisioning).
+        #[arg(long)]
+        discovered: bool,
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
@@ -420,6 +423,12 @@ enum HostsCmd {
         /// Host names (default: every configured host).
         hosts: Vec<String>,
     },
+    /// Accept a discovered machine: it gets a name and a reserved address, and boots the
+    /// installer; it becomes a host when the installer calls back.
+    Accept {
+        /// Its MAC, as `hosts --discovered` shows it.
+        mac: String,
+    },
     /// Pin the SSH host key HOST shows now (check it first: this is trust on first use).
     Trust {
         host: String,
@@ -587,10 +596,41 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                 let r: crate::api::ReloadReply = client.post("/v1/reload", None).await?;
                 println!("{}", r.message);
             }
-            Command::Hosts { action, json } => match action {
+            Command::Hosts {
+                action,
+                json,
+                discovered,
+            } => match action {
+                None if *discovered => {
+                    let v: Vec<crate::state::machines::MachineRow> =
+                        client.get("/v1/machines").await?;
+                    let v: Vec<_> = v.into_iter().filter(|m| m.stage == "discovered").collect();
+                    let v = serde_json::to_value(v).expect("json");
+                    print_as(&v, *json, show::machines)?;
+                }
                 None => {
                     let v: serde_json::Value = client.get("/v1/hosts").await?;
                     print_as(&v, *json, show::hosts)?;
+                    if !*json {
+                        let m: Vec<crate::state::machines::MachineRow> =
+                            client.get("/v1/machines").await?;
+                        print!("{}", show::enrolling(&m));
+                    }
+                }
+                Some(HostsCmd::Accept { mac }) => {
+                    let m: crate::state::machines::MachineRow = client
+                        .post(&format!("/v1/machines/{mac}/accept"), None)
+                        .await?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+                    } else {
+                        println!(
+                            "{}: accepted as {} at {}; it installs at its next network boot",
+                            m.mac,
+                            m.name.as_deref().unwrap_or("?"),
+                            m.ip.as_deref().unwrap_or("?")
+                        );
+                    }
                 }
                 Some(HostsCmd::Collect { hosts }) => {
                     let body = serde_json::json!({ "hosts": hosts });

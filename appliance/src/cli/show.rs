@@ -591,6 +591,49 @@ pub fn migration(m: &crate::state::MigrationRow) -> String {
     o
 }
 
+/// Machines that network-booted, for `hosts --discovered`.
+pub fn machines(ms: &Vec<crate::state::machines::MachineRow>) -> String {
+    if ms.is_empty() {
+        return "no machine waits to be accepted\n".into();
+    }
+    let mut o = String::from(
+        "MAC                ARCH  VENDOR CLASS                     FIRST SEEN  LAST SEEN\n",
+    );
+    for m in ms {
+        o.push_str(&format!(
+            "{:<18} {:<5} {:<32} {:<11} {}\n",
+            m.mac,
+            m.arch.map_or("-".into(), |a| a.to_string()),
+            m.vendor_class.as_deref().unwrap_or("-"),
+            ago(m.first_seen_ms),
+            ago(m.last_seen_ms)
+        ));
+    }
+    o.push_str("accept one with `netmigrate hosts accept MAC`\n");
+    o
+}
+
+/// Machines on their way to being hosts (all but the ready ones), after the hosts table.
+pub fn enrolling(ms: &[crate::state::machines::MachineRow]) -> String {
+    let pending: Vec<_> = ms.iter().filter(|m| m.stage != "ready").collect();
+    if pending.is_empty() {
+        return String::new();
+    }
+    let mut o =
+        String::from("\nENROLLING  ADDRESS          MAC                STAGE       SINCE\n");
+    for m in pending {
+        o.push_str(&format!(
+            "{:<10} {:<16} {:<18} {:<11} {}\n",
+            m.name.as_deref().unwrap_or("-"),
+            m.ip.as_deref().unwrap_or("-"),
+            m.mac,
+            m.stage,
+            ago(m.last_seen_ms)
+        ));
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

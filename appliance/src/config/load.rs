@@ -26,6 +26,8 @@ const TOP_KEYS: &[&str] = &[
     "migration",
     "dhcp",
     "host",
+    "boot",
+    "provisioning",
 ];
 
 pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
@@ -103,9 +105,25 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let hosts: Vec<_> = root
         .tables(&mut cx.p, "host")
         .into_iter()
-        .filter_map(|t| cx.host(t))
+        .filter_map(|t| cx.host(t, false))
         .collect();
+    let boot_table = root.table(&mut cx.p, "boot");
+    let provisioning = root
+        .table(&mut cx.p, "provisioning")
+        .and_then(|t| cx.provisioning(t));
+    let boot = match boot_table {
+        Some(t) => Some(cx.boot(t, &state_dir)),
+        None if dhcp.pxe.is_some() || provisioning.is_some() => Some(BootConfig {
+            dir: state_dir.join("boot"),
+            tftp: true,
+            http_port: DEFAULT_BOOT_HTTP_PORT,
+        }),
+        None => None,
+    };
     root.finish(&mut cx.p, TOP_KEYS);
+    if let Some(pr) = &provisioning {
+        cx.check_provisioning(pr, &networks, boot.as_ref());
+    }
 
     cx.check_networks(&networks);
     cx.check_reservations(&networks, &reservations);
@@ -142,8 +160,13 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         migration,
         dhcp,
         hosts: hosts.into_iter().map(|h| h.value).collect(),
+        boot,
+        provisioning: provisioning.map(|p| p.value),
     })
 }
+
+/// Where boot files are served over HTTP when the config names no port.
+pub const DEFAULT_BOOT_HTTP_PORT: u16 = 8067;
 
 /// The state_dir named by `src`, ignoring every other key and problem.
 pub fn state_dir_of(path: &Path, src: &str) -> PathBuf {
@@ -933,25 +956,257 @@ impl Cx<'_> {
         mc
     }
 
-    fn host(&mut self, t: Table) -> Option<Item<HostConfig>> {
+    /// `[boot]`: where boot files come from and how they are served.
+    fn boot(&mut self, t: Table, state_dir: &Path) -> BootConfig {
+        let dir = t
+            .string(&mut self.p, "dir")
+            .map(|d| self.path(&d.value))
+            .unwrap_or_else(|| state_dir.join("boot"));
+        let tftp = t.boolean(&mut self.p, "tftp").is_none_or(|b| b.value);
+        let http_port = t
+            .integer_in(&mut self.p, "http_port", 0..=65535, not_a_port)
+            .map_or(DEFAULT_BOOT_HTTP_PORT, |p| p as u16);
+        t.finish(&mut self.p, &["dir", "tftp", "http_port"]);
+        BootConfig {
+            dir,
+            tftp,
+            http_port,
+        }
+    }
+
+    /// `[provisioning]`: how network-booted machines become hosts.
+    fn provisioning(&mut self, t: Table) -> Option<Located<ProvisioningConfig>> {
+        let span = t.span.clone();
+        let network = t.required_string(
+            &mut self.p,
+            "network",
+            "name the network whose network-booting machines are enrolled, like network = \"lab\"",
+        );
+        let pool = match t.strings(&mut self.p, "pool") {
+            None => {
+                self.p.at(
+                    &span,
+                    "provisioning.pool",
+                    "missing; give the first and last address for enrolled hosts, like [\"10.0.0.50\", \"10.0.0.59\"]",
+                );
+                None
+            }
+            Some(items) => {
+                let ends: Vec<Option<Ipv4Addr>> = items
+                    .iter()
+                    .map(|it| {
+                        it.value
+                            .parse::<Ipv4Addr>()
+                            .map_err(|_| {
+                                self.p.at(
+                                    &it.span,
+                                    &it.key,
+                                    format!("`{}` is not an IPv4 address", it.value),
+                                )
+                            })
+                            .ok()
+                    })
+                    .collect();
+                match ends[..] {
+                    [Some(a), Some(b)] if u32::from(a) <= u32::from(b) => Some((a, b)),
+                    [Some(_), Some(_)] => {
+                        let at = t.get("pool").map(|v| v.span()).unwrap_or(span.clone());
+                        self.p.at(
+                            &at,
+                            "provisioning.pool",
+                            "the first address comes after the last",
+                        );
+                        None
+                    }
+                    [_, _] => None,
+                    _ => {
+                        let at = t.get("pool").map(|v| v.span()).unwrap_or(span.clone());
+                        self.p.at(&at, "provisioning.pool", "expected two addresses, first and last, like [\"10.0.0.50\", \"10.0.0.59\"]");
+                        None
+                    }
+                }
+            }
+        };
+        let hostname = t
+            .parse(&mut self.p, "hostname", |s| {
+                netmigrate_provisioning::rules::check_template(s).map(|_| s.to_string())
+            })
+            .map_or_else(|| "hv{n}".to_string(), |(h, _)| h);
+        let mut rules = netmigrate_provisioning::Rules::default();
+        for it in t
+            .strings(&mut self.p, "auto_accept_mac")
+            .unwrap_or_default()
+        {
+            match it.value.parse() {
+                Ok(p) => rules.mac_prefixes.push(p),
+                Err(e) => self.p.at(&it.span, &it.key, e),
+            }
+        }
+        for it in t
+            .strings(&mut self.p, "auto_accept_vendor")
+            .unwrap_or_default()
+        {
+            if it.value.is_empty() {
+                self.p.at(&it.span, &it.key, "an empty vendor class would accept every machine; name the class, like \"PXEClient:Arch:00007\"");
+            } else {
+                rules.vendor_classes.push(it.value);
+            }
+        }
+        let boot_path = |s: &str| {
+            if s.is_empty() || s.starts_with('/') || s.split('/').any(|c| c == "..") {
+                Err(format!("`{s}` is not a path under the boot directory; write it like \"installer/vmlinuz\""))
+            } else {
+                Ok(s.to_string())
+            }
+        };
+        let kernel = t
+            .parse(&mut self.p, "kernel", boot_path)
+            .map_or_else(|| "installer/vmlinuz".into(), |(k, _)| k);
+        let initrd = t
+            .parse(&mut self.p, "initrd", boot_path)
+            .map_or_else(|| "installer/initrd.img".into(), |(k, _)| k);
+        let cmdline = t
+            .string(&mut self.p, "cmdline")
+            .map(|c| c.value)
+            .unwrap_or_default();
+        let token_ttl = t
+            .parse(&mut self.p, "token_ttl", |s| {
+                let d = values::parse_duration(s)?;
+                if d < Duration::from_secs(60) {
+                    return Err(format!(
+                        "`{s}` is shorter than an installer takes to boot; use at least \"1m\""
+                    ));
+                }
+                Ok(d)
+            })
+            .map_or(Duration::from_secs(3600), |(d, _)| d);
+        let host = match t.table(&mut self.p, "host") {
+            Some(h) => self.host(h, true),
+            None => {
+                self.p.at(&span, "provisioning.host", "missing; say what an enrolled host is, like [provisioning.host] with ssh_key, hypervisor and bridge");
+                None
+            }
+        };
+        t.finish(
+            &mut self.p,
+            &[
+                "network",
+                "pool",
+                "hostname",
+                "auto_accept_mac",
+                "auto_accept_vendor",
+                "kernel",
+                "initrd",
+                "cmdline",
+                "token_ttl",
+                "host",
+            ],
+        );
+        let network = network?;
+        Some(Located {
+            value: ProvisioningConfig {
+                network: network.value,
+                pool: pool?,
+                hostname,
+                rules,
+                kernel,
+                initrd,
+                cmdline,
+                token_ttl,
+                host: host?.value,
+            },
+            span: network.span,
+            key: "provisioning.network".into(),
+        })
+    }
+
+    /// The provisioning network exists, serves DHCP, and its pool fits inside it and beside
+    /// its dynamic range; the boot HTTP server (which the installer calls back) is on.
+    fn check_provisioning(
+        &mut self,
+        pr: &Located<ProvisioningConfig>,
+        nets: &[Item<Network>],
+        boot: Option<&BootConfig>,
+    ) {
+        let p = &pr.value;
+        let Some(net) = nets.iter().find(|n| n.value.name == p.network) else {
+            if !self.network_names.contains(&p.network) {
+                self.p.at(
+                    &pr.span,
+                    &pr.key,
+                    format!("no [[network]] is named `{}`", p.network),
+                );
+            }
+            return;
+        };
+        let n = &net.value;
+        let Some(range) = n.dhcp_range.filter(|_| n.via.is_none()) else {
+            self.p.at(&pr.span, &pr.key, format!("network `{}` must be attached and have a dhcp_range: machines boot by DHCP there", n.name));
+            return;
+        };
+        for ip in [p.pool.0, p.pool.1] {
+            if let Err(e) = n.reservable(ip) {
+                self.p.at(&pr.span, "provisioning.pool", e);
+            }
+        }
+        let (lo, hi) = (u32::from(p.pool.0), u32::from(p.pool.1));
+        if lo <= u32::from(range.1) && u32::from(range.0) <= hi {
+            self.p.at(&pr.span, "provisioning.pool", format!(
+                "{}-{} overlaps network `{}`'s dhcp_range {}-{}; enrolled hosts' addresses must lie outside it",
+                p.pool.0, p.pool.1, n.name, range.0, range.1
+            ));
+        }
+        if boot.is_some_and(|b| b.http_port == 0) {
+            self.p.at(&pr.span, "boot.http_port", "is 0 (off), but [provisioning] needs it: the installer is served and calls back over HTTP");
+        }
+    }
+
+    fn host(&mut self, t: Table, template: bool) -> Option<Item<HostConfig>> {
         let mut fields = HashMap::new();
-        let name = t.required_string(
-            &mut self.p,
-            "name",
-            "give the host a name, like name = \"hostA\"",
-        );
-        let name = check(&mut self.p, name, |s| {
-            values::check_hostname(s).map(|_| s.to_string())
-        });
-        let address = t.required_string(
-            &mut self.p,
-            "address",
-            "give the address the appliance reaches it at over SSH",
-        );
-        let address = check(&mut self.p, address, |s| {
-            s.parse::<IpAddr>()
-                .map_err(|_| format!("`{s}` is not an IP address; write it like \"10.0.0.11\""))
-        });
+        let (name, address) = if template {
+            // An enrolled host's name and address are its own, given when it is accepted.
+            for (k, why) in [
+                (
+                    "name",
+                    "is each machine's own, from provisioning.hostname when it is accepted",
+                ),
+                (
+                    "address",
+                    "is each machine's own, from provisioning.pool when it is accepted",
+                ),
+                (
+                    "host_key",
+                    "is each machine's own, pinned when its installer calls back",
+                ),
+            ] {
+                if let Some(v) = t.get(k) {
+                    self.p.at(&v.span(), &t.key_path(k), why);
+                }
+            }
+            (
+                Some((String::new(), t.span.clone())),
+                Some((IpAddr::V4(Ipv4Addr::UNSPECIFIED), t.span.clone())),
+            )
+        } else {
+            let name = t.required_string(
+                &mut self.p,
+                "name",
+                "give the host a name, like name = \"hostA\"",
+            );
+            let name = check(&mut self.p, name, |s| {
+                values::check_hostname(s).map(|_| s.to_string())
+            });
+            let address = t.required_string(
+                &mut self.p,
+                "address",
+                "give the address the appliance reaches it at over SSH",
+            );
+            let address = check(&mut self.p, address, |s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| format!("`{s}` is not an IP address; write it like \"10.0.0.11\""))
+            });
+            (name, address)
+        };
         let ssh_port = t
             .integer_in(&mut self.p, "ssh_port", 1..=65535, not_a_port)
             .map_or(22, |p| p as u16);

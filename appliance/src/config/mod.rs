@@ -33,6 +33,41 @@ pub struct Config {
     pub migration: MigrationConfig,
     pub dhcp: DhcpConfig,
     pub hosts: Vec<HostConfig>,
+    /// Boot files by TFTP and HTTP; on when `[boot]`, `[dhcp.pxe]` or `[provisioning]` is set.
+    pub boot: Option<BootConfig>,
+    pub provisioning: Option<ProvisioningConfig>,
+}
+
+/// `[boot]`: boot files served read-only from `dir`, on each attached network's address.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BootConfig {
+    pub dir: PathBuf,
+    /// TFTP on port 69.
+    pub tftp: bool,
+    /// HTTP for boot files, iPXE scripts and enrolment call backs; 0: off.
+    pub http_port: u16,
+}
+
+/// `[provisioning]`: machines that network-boot on `network` are discovered, accepted (by
+/// these rules or by the operator), booted into the installer and enrolled as hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvisioningConfig {
+    pub network: String,
+    /// Addresses reserved for enrolled hosts, first and last; outside the network's dhcp_range.
+    pub pool: (Ipv4Addr, Ipv4Addr),
+    /// Host name template: `{n}` a number, `{mac}` the MAC's hex.
+    pub hostname: String,
+    pub rules: netmigrate_provisioning::Rules,
+    /// The installer's kernel and initramfs, under the boot directory.
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+    /// How long an installer's one-time token stays good.
+    #[serde(serialize_with = "ser_duration")]
+    pub token_ttl: Duration,
+    /// What an enrolled host becomes: `[provisioning.host]`, the keys of a `[[host]]` but its
+    /// name and address (those come from the template and the pool).
+    pub host: HostConfig,
 }
 
 /// The DHCP server's settings beyond each network's range.

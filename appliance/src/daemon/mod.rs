@@ -34,7 +34,10 @@ pub struct App {
     pub dns: Option<Arc<crate::dns::Dns>>,
     /// The routing and NAT set up for `[router]`.
     router: std::sync::Mutex<Option<crate::router::Router>>,
+    /// The config file's, with the hosts enrolled by provisioning added.
     config: RwLock<Arc<Config>>,
+    /// The names of the config file's own hosts (the others were enrolled).
+    file_hosts: RwLock<Vec<String>>,
     config_path: PathBuf,
     pub started_ms: i64,
     started: Instant,
@@ -83,6 +86,20 @@ impl App {
             store: self.images.clone(),
             inventory: self.inventory.clone(),
             after_move: self.after_move.clone(),
+        }
+    }
+
+    /// Takes up the hosts provisioning has enrolled so far (after one more became ready).
+    pub async fn add_enrolled(&self) {
+        let mut new = (*self.config()).clone();
+        let file = self.file_hosts.read().expect("hosts lock").clone();
+        new.hosts.retain(|h| file.contains(&h.name));
+        match crate::provision::enrolled_hosts(&self.state, &new).await {
+            Ok(extra) => {
+                new.hosts.extend(extra);
+                *self.config.write().expect("config lock") = Arc::new(new);
+            }
+            Err(e) => tracing::warn!("enrolled hosts: {e}"),
         }
     }
 
@@ -147,6 +164,10 @@ impl App {
             return Err(ReloadError::NeedsRestart("api.listen changed".into()));
         }
         let sync = self.state.sync_hosts(new.hosts.clone()).await?;
+        let file_hosts = new.hosts.iter().map(|h| h.name.clone()).collect();
+        let mut new = new;
+        new.hosts
+            .extend(crate::provision::enrolled_hosts(&self.state, &new).await?);
         // Networks, ranges, reservations and boot files take effect at once; a network on an
         // interface the server does not listen on yet waits for a restart, and says so.
         let dhcp = self.dhcp.update(&new).await;
@@ -158,6 +179,7 @@ impl App {
         }
         let routing = self.reroute(new.router.as_ref());
         *self.config.write().expect("config lock") = new;
+        *self.file_hosts.write().expect("hosts lock") = file_hosts;
         let mut msg = if sync.is_empty() {
             "config reloaded; hosts unchanged".to_string()
         } else {
@@ -220,6 +242,10 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     );
 
     let (images, ftp_tasks) = crate::ftp::start(&config, &state).await?;
+    let file_hosts = config.hosts.iter().map(|h| h.name.clone()).collect();
+    let mut config = config;
+    let enrolled = crate::provision::enrolled_hosts(&state, &config).await?;
+    config.hosts.extend(enrolled);
     let config = Arc::new(config);
     // DNS first: the DHCP server's lease changes name clients from its first answer.
     let (dns, dns_tasks) = match crate::dns::Dns::start(&config, &state).await? {
@@ -251,6 +277,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         dns,
         router: std::sync::Mutex::new(router),
         config: RwLock::new(config),
+        file_hosts: RwLock::new(file_hosts),
         config_path: config_path.to_path_buf(),
         started_ms: now_ms(),
         started: Instant::now(),
@@ -258,6 +285,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         last_reload: RwLock::new(None),
     });
 
+    let boot_tasks = crate::provision::start(app.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let api = crate::api::server::start(app.clone(), stop_rx).await?;
     state
@@ -303,7 +331,12 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     notify::notify("STOPPING=1");
     tracing::info!("{why} received, stopping");
     let _ = stop_tx.send(true);
-    for t in ftp_tasks.iter().chain(&dhcp_tasks).chain(&dns_tasks) {
+    for t in ftp_tasks
+        .iter()
+        .chain(&dhcp_tasks)
+        .chain(&dns_tasks)
+        .chain(&boot_tasks)
+    {
         t.abort();
     }
     api.stopped().await;

@@ -25,6 +25,9 @@ pub struct HostRow {
     /// Why it is down.
     pub status_reason: Option<String>,
     pub last_seen_ms: Option<i64>,
+    /// Enrolled by provisioning (in no config file).
+    #[serde(default)]
+    pub enrolled: bool,
 }
 
 impl HostRow {
@@ -42,6 +45,7 @@ impl HostRow {
             status: r.get(9)?,
             status_reason: r.get(10)?,
             last_seen_ms: r.get(11)?,
+            enrolled: r.get(12)?,
         })
     }
 }
@@ -63,7 +67,7 @@ impl HostSync {
 pub fn list(c: &Connection) -> rusqlite::Result<Vec<HostRow>> {
     let mut st = c.prepare_cached(
         "SELECT name, address, hypervisor, ssh_user, ssh_port, bridge, host_key, in_config, updated_ms,
-                status, status_reason, last_seen_ms
+                status, status_reason, last_seen_ms, enrolled
          FROM hosts ORDER BY name",
     )?;
     let rows = st.query_map([], HostRow::from_row)?;

@@ -10,6 +10,7 @@ mod events;
 mod hosts;
 mod images;
 mod leases;
+pub mod machines;
 mod migrations;
 mod notices;
 mod reservations;
@@ -59,6 +60,9 @@ pub enum StateError {
     /// The change contradicts what the state holds (e.g. a second migration of one VM).
     #[error("{0}")]
     Conflict(String),
+    /// What the change is about is not there.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;

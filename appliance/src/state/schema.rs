@@ -163,6 +163,28 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE images ADD COLUMN compression TEXT;
     ALTER TABLE images ADD COLUMN stored INTEGER;
     "#,
+    // 10: provisioning: machines that network-booted, through their enrolment; hosts that
+    // enrolled this way (they are in no config file).
+    r#"
+    CREATE TABLE machines (
+        mac            TEXT PRIMARY KEY,
+        network        TEXT NOT NULL,
+        stage          TEXT NOT NULL
+            CHECK (stage IN ('discovered', 'accepted', 'booting', 'ready')),
+        vendor_class   TEXT,
+        arch           INTEGER,
+        first_seen_ms  INTEGER NOT NULL,
+        last_seen_ms   INTEGER NOT NULL,
+        name           TEXT UNIQUE,            -- from accepted on
+        ip             TEXT UNIQUE,
+        accepted_why   TEXT,
+        token_hash     TEXT,                   -- SHA-256 of the one-time token, while booting
+        token_expires_ms INTEGER,
+        host_key       TEXT,                   -- pinned at the call back
+        ready_ms       INTEGER
+    ) STRICT;
+    ALTER TABLE hosts ADD COLUMN enrolled INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).

@@ -13,7 +13,10 @@ pub enum Packet {
     Read(Request),
     Write(Request),
     Ack(u16),
-    Error { code: u16, message: String },
+    Error {
+        code: u16,
+        message: String,
+    },
     /// DATA or OACK: only a server sends them.
     Unexpected(u16),
 }
@@ -81,9 +84,9 @@ fn request(b: &[u8]) -> Result<Request, Malformed> {
     if b.last() != Some(&0) {
         return Err(Malformed("request does not end with NUL"));
     }
-    let mut fields = b[..b.len() - 1].split(|c| *c == 0).map(|f| {
-        std::str::from_utf8(f).map_err(|_| Malformed("request field is not UTF-8"))
-    });
+    let mut fields = b[..b.len() - 1]
+        .split(|c| *c == 0)
+        .map(|f| std::str::from_utf8(f).map_err(|_| Malformed("request field is not UTF-8")));
     let filename = fields.next().ok_or(Malformed("no file name"))??;
     if filename.is_empty() {
         return Err(Malformed("empty file name"));
@@ -100,8 +103,7 @@ fn request(b: &[u8]) -> Result<Request, Malformed> {
         _ => return Err(Malformed("unknown mode")),
     };
     let mut options = Vec::new();
-    loop {
-        let Some(name) = fields.next() else { break };
+    while let Some(name) = fields.next() {
         let value = fields.next().ok_or(Malformed("option without a value"))??;
         options.push((name?.to_ascii_lowercase(), value.to_string()));
     }
@@ -146,7 +148,8 @@ mod tests {
 
     #[test]
     fn reads_a_request_with_options() {
-        let p = parse(b"\x00\x01boot/ipxe.efi\x00OCTET\x00blksize\x001432\x00TSIZE\x000\x00").unwrap();
+        let p =
+            parse(b"\x00\x01boot/ipxe.efi\x00OCTET\x00blksize\x001432\x00TSIZE\x000\x00").unwrap();
         assert_eq!(
             p,
             Packet::Read(Request {
@@ -168,7 +171,10 @@ mod tests {
             (b"\x00\x01\x00octet\x00", "empty file name"),
             (b"\x00\x01file\x00\x00", "unknown mode"),
             (b"\x00\x01file\x00mail\x00", "mail mode is obsolete"),
-            (b"\x00\x01file\x00octet\x00blksize\x00", "option without a value"),
+            (
+                b"\x00\x01file\x00octet\x00blksize\x00",
+                "option without a value",
+            ),
             (b"\x00\x09abcd", "unknown opcode"),
             (b"\x00\x01f\xff\x00octet\x00", "request field is not UTF-8"),
         ] {

@@ -65,7 +65,9 @@ async fn get(at: SocketAddr, name: &str, mode: &str, opts: &[(&str, &str)]) -> (
         assert_ne!(from, at, "data comes from the transfer's own port");
         match u16::from_be_bytes([p[0], p[1]]) {
             6 => {
-                oack = String::from_utf8(p[2..].to_vec()).unwrap().replace('\0', " ");
+                oack = String::from_utf8(p[2..].to_vec())
+                    .unwrap()
+                    .replace('\0', " ");
                 c.send_to(&ack(0), from).await.unwrap();
             }
             3 => {
@@ -112,7 +114,10 @@ async fn sends_a_file_with_the_options_asked() {
         &[("blksize", "1432"), ("tsize", "0"), ("windowsize", "4")],
     )
     .await;
-    assert_eq!(oack, "blksize 1432 tsize 100000 ", "windowsize is not taken");
+    assert_eq!(
+        oack, "blksize 1432 tsize 100000 ",
+        "windowsize is not taken"
+    );
     assert_eq!(got, bytes);
     // Without options: 512-byte blocks, no OACK; a size that is a multiple of the block
     // ends with an empty block.

@@ -1,0 +1,324 @@
+//! Provisioning with real parts: boot files fetched by tftp-hpa's and curl's clients; diskless
+//! QEMU machines boot from the appliance with QEMU's iPXE ROM (DHCP, then TFTP, then HTTP),
+//! run the installer, call back with a one-time token and become hosts with collected facts.
+
+use std::time::Duration;
+
+use netmigrate_lab::sys::wait_for;
+use netmigrate_lab::{require_lab, Lab};
+
+const AUTO_MAC: &str = "52:54:00:aa:00:01";
+const MANUAL_MAC: &str = "52:54:00:bb:00:02";
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap()
+}
+
+/// Files compare by content; a short digest keeps a failure's message readable.
+fn sha(b: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    format!("{} bytes, {:016x}", b.len(), h.finish())
+}
+
+/// The lab's appliance config with boot serving and provisioning: machines with QEMU's MAC
+/// prefix 52:54:00:aa are accepted at once, others wait for the operator.
+fn config(lab: &Lab) -> String {
+    let state_dir = lab.appliance_state_dir().unwrap();
+    let key = lab.client_key().unwrap();
+    format!(
+        "{}\n[dhcp.pxe]\nipxe_script = \"tftp://10.213.0.1/netmigrate.ipxe\"\n\n\
+         [provisioning]\nnetwork = \"lab\"\npool = [\"10.213.0.60\", \"10.213.0.69\"]\n\
+         hostname = \"hv{{n}}\"\nauto_accept_mac = [\"52:54:00:aa\"]\ncmdline = \"console=ttyS0\"\n\n\
+         [provisioning.host]\nssh_key = \"{}\"\nhypervisor = \"qemu\"\nbridge = \"br0\"\n",
+        netmigrate_lab::appliance::network_config(&state_dir),
+        key.private.display()
+    )
+}
+
+/// Puts the installer where the config says: state_dir/boot/installer.
+fn install_installer(lab: &Lab) -> std::path::PathBuf {
+    let src = netmigrate_lab::pxe::installer().unwrap();
+    let dst = lab.appliance_state_dir().unwrap().join("boot/installer");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    dst
+}
+
+#[test]
+fn boot_files_come_by_tftp_and_http_and_nothing_else_does() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let dir = install_installer(&lab);
+    let app = lab.appliance_with(&config(&lab)).unwrap();
+    let cl = lab.client().unwrap();
+    let kernel = std::fs::read(dir.join("vmlinuz")).unwrap();
+    let initrd = std::fs::read(dir.join("initrd.img")).unwrap();
+    let out = lab.subdir("fetched").unwrap();
+    let got = |name: &str| std::fs::read(out.join(name)).unwrap_or_default();
+
+    // tftp-hpa, binary mode, default 512-byte blocks (a kernel needs more than 65535 of them:
+    // the block number rolls over).
+    lab.exec(
+        &cl.ns,
+        "tftp",
+        &[
+            "10.213.0.1",
+            "-m",
+            "binary",
+            "-c",
+            "get",
+            "installer/vmlinuz",
+            out.join("k").to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        sha(&got("k")),
+        sha(&kernel),
+        "tftp-hpa's copy of the kernel"
+    );
+    // curl with a block size as iPXE asks for (blksize, tsize negotiated).
+    lab.exec(
+        &cl.ns,
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--tftp-blksize",
+            "1432",
+            "-o",
+            out.join("i").to_str().unwrap(),
+            "tftp://10.213.0.1/installer/initrd.img",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        sha(&got("i")),
+        sha(&initrd),
+        "curl's TFTP copy of the initrd"
+    );
+    // The chain script the appliance wrote for firmware that comes by TFTP.
+    let chain = lab
+        .exec(
+            &cl.ns,
+            "curl",
+            &["-sS", "--fail", "tftp://10.213.0.1/netmigrate.ipxe"],
+        )
+        .unwrap();
+    assert!(
+        chain.contains("chain --replace --autofree http://10.213.0.1:8067/ipxe?mac=${net0/mac}"),
+        "{chain}"
+    );
+    // HTTP.
+    lab.exec(
+        &cl.ns,
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "-o",
+            out.join("h").to_str().unwrap(),
+            "http://10.213.0.1:8067/boot/installer/vmlinuz",
+        ],
+    )
+    .unwrap();
+    assert_eq!(sha(&got("h")), sha(&kernel), "the kernel over HTTP");
+
+    // Nothing outside the boot directory, by any path; no writes.
+    let state_db = app.state_dir.join("state.db");
+    assert!(state_db.exists());
+    for name in ["../state.db", "installer/../../state.db", "/../state.db"] {
+        let o = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &cl.ns,
+                "tftp",
+                "10.213.0.1",
+                "-m",
+                "binary",
+                "-c",
+                "get",
+                name,
+            ])
+            .arg(out.join("x"))
+            .output()
+            .unwrap();
+        let said =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        assert!(
+            said.contains("path leads out of the boot directory"),
+            "{name}: {said}"
+        );
+    }
+    let put = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cl.ns,
+            "tftp",
+            "10.213.0.1",
+            "-m",
+            "binary",
+            "-c",
+            "put",
+        ])
+        .arg(dir.join("vmlinuz"))
+        .arg("new")
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&put.stdout).to_string() + &String::from_utf8_lossy(&put.stderr);
+    assert!(said.contains("read-only"), "{said}");
+    for url in [
+        "http://10.213.0.1:8067/boot/../state.db",
+        "http://10.213.0.1:8067/boot/installer/%2e%2e/%2e%2e/state.db",
+    ] {
+        let code = lab
+            .exec(
+                &cl.ns,
+                "curl",
+                &[
+                    "-sS",
+                    "--path-as-is",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    url,
+                ],
+            )
+            .unwrap();
+        assert!(code == "403" || code == "404", "{url}: {code}");
+    }
+}
+
+#[test]
+fn machines_boot_enrol_and_become_hosts() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    install_installer(&lab);
+    let app = lab.appliance_with(&config(&lab)).unwrap();
+    let cl = lab.client().unwrap();
+    let m1 = lab.pxe_machine("m1", AUTO_MAC, 512).unwrap();
+    let m2 = lab.pxe_machine("m2", MANUAL_MAC, 512).unwrap();
+    let host = |name: &str| {
+        let v = json(&app.cli_ok(&["hosts", "--json"]).ok()?);
+        v.as_array()?.iter().find(|h| h["name"] == name).cloned()
+    };
+    let ready_with_facts = |name: &str, m: &netmigrate_lab::pxe::Machine| {
+        wait_for(
+            &format!(
+                "{name} to enrol and be collected (serial log {})",
+                m.serial_log.display()
+            ),
+            Duration::from_secs(400),
+            || host(name).filter(|h| h["status"] == "up" && !h["facts"].is_null()),
+        )
+        .unwrap()
+    };
+
+    // The manual machine is discovered and waits, with no reservation.
+    let discovered = wait_for(
+        "the second machine to be discovered",
+        Duration::from_secs(120),
+        || {
+            let v = json(&app.cli_ok(&["hosts", "--discovered", "--json"]).ok()?);
+            v.as_array()?
+                .iter()
+                .find(|m| m["mac"] == MANUAL_MAC)
+                .cloned()
+        },
+    )
+    .unwrap();
+    assert_eq!(discovered["stage"], "discovered");
+    assert!(
+        discovered["vendor_class"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("PXEClient"),
+        "{discovered}"
+    );
+    assert_eq!(discovered["arch"], 0, "BIOS firmware: {discovered}");
+
+    // The auto-accepted one boots the installer, calls back, is pinned and collected.
+    let h1 = ready_with_facts("hv1", &m1);
+    assert_eq!(h1["address"], "10.213.0.60");
+    assert_eq!(h1["enrolled"], true);
+    assert!(h1["facts"]["cpus"].as_u64().unwrap() >= 1, "{h1}");
+    assert!(h1["host_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
+    let serial = m1.serial();
+    assert!(serial.contains("NM-INSTALLER: ENROLLED"), "{serial}");
+    // Its name follows it in DNS.
+    let a = lab
+        .exec(
+            &cl.ns,
+            "dig",
+            &["+short", "@10.213.0.1", "hv1.lab.internal"],
+        )
+        .unwrap();
+    assert_eq!(a.trim(), "10.213.0.60");
+
+    // The manual one is still waiting: no reservation, no name.
+    let res = app.cli_ok(&["reservations", "--json"]).unwrap();
+    assert!(!res.contains(MANUAL_MAC), "{res}");
+    let listing = app.cli_ok(&["hosts"]).unwrap();
+    assert!(
+        listing.contains(MANUAL_MAC) && listing.contains("discovered"),
+        "{listing}"
+    );
+
+    // Its installer's token is used up: a replay is refused, and so is a made-up one.
+    let token = serial
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("nm_token="))
+        .expect("the kernel logs its command line")
+        .to_string();
+    for (t, says) in [(token.as_str(), "already used"), ("0000", "unknown")] {
+        let body = format!(
+            r#"{{"token":"{t}","host_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv8XQVzG7vvzWJGYZkBSsyq9/fA9qNhj6Z6wXBZhMRF"}}"#
+        );
+        let out = lab
+            .exec(
+                &cl.ns,
+                "curl",
+                &[
+                    "-sS",
+                    "-w",
+                    " %{http_code}",
+                    "-H",
+                    "content-type: application/json",
+                    "--data",
+                    &body,
+                    "http://10.213.0.1:8067/enrol",
+                ],
+            )
+            .unwrap();
+        assert!(out.ends_with(" 403") && out.contains(says), "{t}: {out}");
+    }
+    assert_eq!(
+        host("hv1").unwrap()["host_key"],
+        h1["host_key"],
+        "a refused call back changes no pinned key"
+    );
+
+    // Accepted by the operator, the waiting machine installs without a power cycle.
+    let said = app.cli_ok(&["hosts", "accept", MANUAL_MAC]).unwrap();
+    assert!(said.contains("accepted as hv2 at 10.213.0.61"), "{said}");
+    let h2 = ready_with_facts("hv2", &m2);
+    assert_eq!(h2["address"], "10.213.0.61");
+    // Both are hosts like the configured ones now: collected by name, over their pinned keys.
+    let c = json(
+        &app.cli_ok(&["hosts", "collect", "hv1", "hv2", "--json"])
+            .unwrap(),
+    );
+    assert_eq!(c.as_array().unwrap().len(), 2, "{c}");
+    assert!(
+        c.as_array().unwrap().iter().all(|r| r["error"].is_null()),
+        "{c}"
+    );
+}
