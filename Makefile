@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz-dhcp all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp
+.PHONY: fuzz-dhcp all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp installer
 
 all: build
 
@@ -82,6 +82,11 @@ bench-dns: deps
 appliance-image: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab appliance-image --out target/appliance-image
+
+## installer: the provisioning installer (Debian kernel, busybox + sshd initramfs) in target/installer
+installer: deps
+	sh provisioning/installer/build.sh target/installer $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/vmlinuz \
+	  $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/root/lib/modules/$$(cat $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/version)
 
 ## fuzz-dhcp: the DHCP decode-answer-encode path under libFuzzer (nightly; FUZZ_SECS, default 300)
 FUZZ_SECS ?= 300
