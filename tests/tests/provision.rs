@@ -248,7 +248,10 @@ fn machines_boot_enrol_and_become_hosts() {
     // The auto-accepted one boots the installer, calls back, is pinned and collected.
     let h1 = ready_with_facts("hv1", &m1);
     assert_eq!(h1["address"], "10.213.0.60");
-    assert_eq!(h1["enrolled"], true);
+    assert_eq!(
+        (&h1["enrolled"], &h1["stage"]),
+        (&true.into(), &"ready".into())
+    );
     assert!(h1["facts"]["cpus"].as_u64().unwrap() >= 1, "{h1}");
     assert!(h1["host_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
     let serial = m1.serial();

@@ -19,6 +19,10 @@ pub struct HostView {
     pub row: HostRow,
     pub collected_ms: Option<i64>,
     pub facts: Option<HostFacts>,
+    /// Where it is in its life: `configured` (from the config file), or an enrolled host's
+    /// provisioning stage (`ready`; `booting` while it boots the installer again).
+    #[serde(default)]
+    pub stage: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,15 +57,24 @@ pub struct TrustReply {
 pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<HostView>>, ApiError> {
     let rows = app.state.hosts().await?;
     let facts = app.state.latest_facts().await?;
+    let machines = app.state.machines().await?;
     Ok(Json(
         rows.into_iter()
             .filter(|r| r.in_config || r.enrolled)
             .map(|row| {
                 let f = facts.iter().find(|(h, _, _)| *h == row.name);
+                let stage = match machines
+                    .iter()
+                    .find(|m| m.name.as_deref() == Some(&row.name))
+                {
+                    Some(m) if row.enrolled && !row.in_config => m.stage.clone(),
+                    _ => "configured".to_string(),
+                };
                 HostView {
                     collected_ms: f.map(|(_, at, _)| *at),
                     facts: f.map(|(_, _, f)| f.clone()),
                     row,
+                    stage,
                 }
             })
             .collect(),

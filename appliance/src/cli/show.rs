@@ -114,16 +114,17 @@ fn ago(ms: i64) -> String {
 
 pub fn hosts(hs: &Vec<HostView>) -> String {
     let mut o = String::from(
-        "HOST       ADDRESS          HV    STATUS  CPUS  LOAD   MEM FREE/TOTAL GiB  DISK FREE GiB  VMS  COLLECTED\n",
+        "HOST       ADDRESS          HV    STAGE       STATUS  CPUS  LOAD   MEM FREE/TOTAL GiB  DISK FREE GiB  VMS  COLLECTED\n",
     );
     for h in hs {
         let r = &h.row;
         match &h.facts {
             Some(f) => o.push_str(&format!(
-                "{:<10} {:<16} {:<5} {:<7} {:<5} {:<6} {:<19} {:<14} {:<4} {}\n",
+                "{:<10} {:<16} {:<5} {:<11} {:<7} {:<5} {:<6} {:<19} {:<14} {:<4} {}\n",
                 r.name,
                 r.address,
                 r.hypervisor,
+                h.stage,
                 r.status,
                 f.cpus,
                 format!("{:.2}", f.load[0]),
@@ -137,8 +138,8 @@ pub fn hosts(hs: &Vec<HostView>) -> String {
                 h.collected_ms.map(ago).unwrap_or_default()
             )),
             None => o.push_str(&format!(
-                "{:<10} {:<16} {:<5} {:<7} (never collected)\n",
-                r.name, r.address, r.hypervisor, r.status
+                "{:<10} {:<16} {:<5} {:<11} {:<7} (never collected)\n",
+                r.name, r.address, r.hypervisor, h.stage, r.status
             )),
         }
         if r.status == "down" {
