@@ -671,7 +671,7 @@ fn provisioning_is_checked() {
         "provisioning.network",
         &["no [[network]] is named `lan`"],
     );
-    let (text, line) = with(&format!("{PROVISIONING}").replace(
+    let (text, line) = with(&PROVISIONING.replace(
         "[provisioning.host]",
         "hostname = \"hv\"\n[provisioning.host]",
     ));
