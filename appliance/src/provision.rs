@@ -64,6 +64,7 @@ pub async fn start(app: Arc<App>) -> Result<Vec<JoinHandle<()>>, Error> {
             );
         }
     }
+    app.tftp.set(server.stats.clone()).ok();
     let seen = app.dhcp.boots.lock().expect("boots").take();
     if let (Some(mut rx), Some(_)) = (seen, &cfg.provisioning) {
         let app = app.clone();
@@ -231,7 +232,13 @@ impl AppEnrolment {
             .await
             .map_err(|e| e.to_string())?
         {
-            Some(m) => m,
+            Some(m) => {
+                // A machine waiting in its iPXE loop is seen each time it asks.
+                let seen = app
+                    .state
+                    .machine_seen(m.network.clone(), text.clone(), None, None);
+                seen.await.map_err(|e| e.to_string())?.0
+            }
             None => {
                 // Seen over HTTP first (its DHCP went elsewhere): discovered now.
                 let c = BootClient {

@@ -174,6 +174,16 @@ fn boot_files_come_by_tftp_and_http_and_nothing_else_does() {
     let said =
         String::from_utf8_lossy(&put.stdout).to_string() + &String::from_utf8_lossy(&put.stderr);
     assert!(said.contains("read-only"), "{said}");
+    // Counted: two files and the chain script sent, three escapes and a write refused.
+    assert_eq!(
+        app.metric("netmigrate_tftp_total{kind=\"sent\"}").unwrap(),
+        3.0
+    );
+    assert_eq!(
+        app.metric("netmigrate_tftp_total{kind=\"refused\"}")
+            .unwrap(),
+        4.0
+    );
     for url in [
         "http://10.213.0.1:8067/boot/../state.db",
         "http://10.213.0.1:8067/boot/installer/%2e%2e/%2e%2e/state.db",

@@ -79,6 +79,30 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     for (kind, v) in app.dhcp.stats.snapshot() {
         t.sample("netmigrate_dhcp_total", &[("kind", kind)], v as f64);
     }
+    if let Some(tftp) = app.tftp.get() {
+        t.family(
+            "netmigrate_tftp_total",
+            "counter",
+            "TFTP requests and outcomes since start (refused: writes and names leading out of the boot directory).",
+        );
+        for (kind, v) in tftp.snapshot() {
+            t.sample("netmigrate_tftp_total", &[("kind", kind)], v as f64);
+        }
+    }
+    let mut stages: BTreeMap<String, u64> = BTreeMap::new();
+    for m in app.state.machines().await? {
+        *stages.entry(m.stage).or_default() += 1;
+    }
+    if !stages.is_empty() {
+        t.family(
+            "netmigrate_machines",
+            "gauge",
+            "Network-booted machines by provisioning stage.",
+        );
+        for (stage, n) in &stages {
+            t.sample("netmigrate_machines", &[("stage", stage)], *n as f64);
+        }
+    }
     let now = crate::state::now_ms();
     let mut leases: BTreeMap<(String, String), u64> = BTreeMap::new();
     for l in app.state.leases().await? {

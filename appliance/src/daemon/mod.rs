@@ -32,6 +32,8 @@ pub struct App {
     pub dhcp: Arc<crate::dhcp::Dhcp>,
     /// The DNS server, when a network has a domain or forwarders are set.
     pub dns: Option<Arc<crate::dns::Dns>>,
+    /// The TFTP server's counters, once it runs.
+    pub tftp: std::sync::OnceLock<Arc<netmigrate_services::tftp::Stats>>,
     /// The routing and NAT set up for `[router]`.
     router: std::sync::Mutex<Option<crate::router::Router>>,
     /// The config file's, with the hosts enrolled by provisioning added.
@@ -163,6 +165,16 @@ impl App {
         if new.api.listen != old.api.listen {
             return Err(ReloadError::NeedsRestart("api.listen changed".into()));
         }
+        // The boot servers and discovery start with the daemon, on what these said then.
+        if new.boot != old.boot {
+            return Err(ReloadError::NeedsRestart("[boot] changed".into()));
+        }
+        let network = |c: &Config| c.provisioning.as_ref().map(|p| p.network.clone());
+        if network(&new) != network(&old) {
+            return Err(ReloadError::NeedsRestart(
+                "provisioning (or its network) was added, removed or changed".into(),
+            ));
+        }
         let sync = self.state.sync_hosts(new.hosts.clone()).await?;
         let file_hosts = new.hosts.iter().map(|h| h.name.clone()).collect();
         let mut new = new;
@@ -276,6 +288,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         dhcp,
         dns,
         router: std::sync::Mutex::new(router),
+        tftp: Default::default(),
         config: RwLock::new(config),
         file_hosts: RwLock::new(file_hosts),
         config_path: config_path.to_path_buf(),
