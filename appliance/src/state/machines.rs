@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{now_ms, State, StateError};
 
+/// Machines kept waiting to be accepted, at most.
+pub const MAX_DISCOVERED: i64 = 4096;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MachineRow {
     pub mac: String,
@@ -94,7 +97,9 @@ impl State {
         self.read(move |c| Ok(get(c, &mac)?)).await
     }
 
-    /// Records that `mac` network-booted; returns its row and whether it was new.
+    /// Records that `mac` network-booted; returns its row and whether it was new. Beyond
+    /// `MAX_DISCOVERED` machines waiting, the one seen longest ago is forgotten: a flood of
+    /// made-up MACs on the segment cannot grow the state without bound.
     pub async fn machine_seen(
         &self,
         network: String,
@@ -105,6 +110,14 @@ impl State {
         self.write(move |tx| {
             let now = now_ms();
             let new = get(tx, &mac)?.is_none();
+            if new {
+                tx.execute(
+                    "DELETE FROM machines WHERE mac IN (SELECT mac FROM machines
+                       WHERE stage = 'discovered' ORDER BY last_seen_ms, mac
+                       LIMIT max(0, (SELECT count(*) FROM machines WHERE stage = 'discovered') - ?1 + 1))",
+                    [MAX_DISCOVERED],
+                )?;
+            }
             tx.execute(
                 "INSERT INTO machines (mac, network, stage, vendor_class, arch, first_seen_ms, last_seen_ms)
                  VALUES (?1, ?2, 'discovered', ?3, ?4, ?5, ?5)
@@ -267,6 +280,22 @@ mod tests {
             ssh_port: 22,
             bridge: "br0".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_made_up_macs_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(&dir.path().join("s.db")).unwrap();
+        for i in 0..(MAX_DISCOVERED + 10) {
+            let mac = format!("02:00:00:00:{:02x}:{:02x}", i / 256, i % 256);
+            s.machine_seen("lab".into(), mac, None, None).await.unwrap();
+        }
+        let m = s.machines().await.unwrap();
+        assert_eq!(m.len() as i64, MAX_DISCOVERED);
+        assert!(
+            !m.iter().any(|m| m.mac == "02:00:00:00:00:00"),
+            "the oldest went first"
+        );
     }
 
     #[tokio::test]
