@@ -323,19 +323,24 @@ impl Engine {
             .ok_or_else(|| Refused::UnknownHost(host.into()))?;
         let def = row.def;
         let mut side = self.side(h).await?;
-        if let Err(e) = side.driver.start(&def).await {
+        let mut started = side.driver.start(&def).await;
+        if let Err(e) = &started {
             // A connection that died under the start (the host dropped it) is made anew and
             // the start asked once more; the driver refuses if the VM got there after all.
-            if !side.conn.is_closed() {
+            if side.conn.is_closed() {
+                tracing::warn!(host = %h.name, vm = %name, "the connection died while starting: {e}; again");
+                self.inventory.forget(&h.name).await;
+                side = self.side(h).await?;
+                started = side.driver.start(&def).await;
+            }
+        }
+        if let Err(e) = started {
+            // The VM runs on this host after all (a start whose answer was lost, now or on an
+            // earlier try): it is where it was asked to be, so it is taken as started.
+            if !matches!(side.driver.state(&def).await, Ok(RunState::Running)) {
                 return Err(Refused::Driver(e.to_string()));
             }
-            tracing::warn!(host = %h.name, vm = %name, "the connection died while starting: {e}; again");
-            self.inventory.forget(&h.name).await;
-            side = self.side(h).await?;
-            side.driver
-                .start(&def)
-                .await
-                .map_err(|e| Refused::Driver(e.to_string()))?;
+            tracing::warn!(host = %h.name, vm = %name, "already running there ({e}): taken as started");
         }
         if let Err(e) = side.add_port(&def, &port_of(&def)).await {
             let _ = side.driver.destroy(&def).await;
