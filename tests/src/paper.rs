@@ -147,17 +147,16 @@ pub fn run(
         let (name, ip) = (flavor.define)(app, n, vcpus)?;
         let on = format!("{}{host}", flavor.hosts);
         // As an operator would: a start that failed is asked again, three times at most, after
-        // a pause (nested Xen's dom0s drop SSH sessions and crash tools, sshd among them, now
-        // and then; its keep-alive loop takes seconds to bring sshd back under TCG; QEMU hosts
-        // never need it).
+        // a pause (nested Xen's dom0s drop SSH sessions and crash tools now and then; QEMU
+        // hosts never need it).
         let mut tries = 0;
         while let Err(e) = app.cli_ok(&["vm", "start", &name, "--on", &on]) {
             tries += 1;
             if tries > 3 {
                 return Err(e);
             }
-            eprintln!("    {name}: start failed ({e:#}); again in 15 s");
-            std::thread::sleep(Duration::from_secs(15));
+            eprintln!("    {name}: start failed ({e:#}); again in 10 s");
+            std::thread::sleep(Duration::from_secs(10));
         }
         vms.push((name, ip));
     }

@@ -36,10 +36,12 @@ pub fn config(lab: &Lab, hosts: &[XenHost]) -> Result<String> {
     Ok(cfg)
 }
 
-/// Defines Xen guest `vmN` (PVH, 128 MiB) at 10.213.0.(20 + n).
+/// Defines Xen guest `vmN` (PVH, 128 MiB) at 10.213.0.(40 + n): the dom0s hold .21 and up
+/// (guests at .2x took their addresses, and the appliance's SSH to a dom0 met the guest's
+/// closed port 22 once the guest had announced itself).
 pub fn define(app: &Appliance, n: u8, vcpus: u32) -> Result<(String, Ipv4Addr)> {
     let name = format!("vm{n}");
-    let ip = Ipv4Addr::new(10, 213, 0, 20 + n);
+    let ip = Ipv4Addr::new(10, 213, 0, 40 + n);
     crate::xen::define_guest(app, &name, ip, vcpus, "pvh", &[])?;
     Ok((name, ip))
 }
@@ -65,14 +67,14 @@ pub struct Hand {
     pub note: String,
 }
 
-const HAND_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 29);
+const HAND_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 49);
 
 /// The hand-driven guest's xl config: Xen's own Open vSwitch hotplug script on br0.
 fn hand_config() -> String {
     format!(
         "name = \"hand\"\ntype = \"pvh\"\nmemory = 128\nvcpus = 1\nkernel = \"{GUEST_KERNEL}\"\n\
          ramdisk = \"{GUEST_INITRD}\"\nextra = \"console=hvc0 quiet nm_ip={HAND_IP}/24 nm_name=hand\"\n\
-         vif = [ \"mac=00:16:3e:d5:00:29,bridge=br0,script=vif-openvswitch\" ]\ntsc_mode = \"native\"\n"
+         vif = [ \"mac=00:16:3e:d5:00:49,bridge=br0,script=vif-openvswitch\" ]\ntsc_mode = \"native\"\n"
     )
 }
 

@@ -139,7 +139,7 @@ impl Engine {
             hosts.push((h.clone(), self.pinned_key(h).await?));
         }
         // Plan with what the hosts hold now, not with the last periodic collection.
-        let collected = self.inventory.collect(hosts).await;
+        let collected = self.collect_now(hosts).await;
         if let Some(c) = collected.iter().find(|c| c.facts.is_none()) {
             return Err(Refused::Driver(format!(
                 "{}: its resources could not be collected: {}",

@@ -273,11 +273,34 @@ impl Engine {
         })
     }
 
+    /// Collects `hosts` now, in parallel; a host that failed (busy, or its tools crashed) is
+    /// asked once more before a move is refused for it.
+    pub(crate) async fn collect_now(
+        &self,
+        hosts: Vec<(HostConfig, Option<String>)>,
+    ) -> Vec<crate::inventory::Collected> {
+        let mut got = self.inventory.collect(hosts.clone()).await;
+        let again: Vec<_> = hosts
+            .into_iter()
+            .filter(|(h, _)| got.iter().any(|c| c.host == h.name && c.facts.is_none()))
+            .collect();
+        if again.is_empty() {
+            return got;
+        }
+        tracing::warn!(hosts = ?again.iter().map(|(h, _)| &h.name).collect::<Vec<_>>(), "collecting again");
+        for c in self.inventory.collect(again).await {
+            if let Some(old) = got.iter_mut().find(|o| o.host == c.host) {
+                *old = c;
+            }
+        }
+        got
+    }
+
     /// Collects `h`'s facts now (one round trip on its kept connection) and refuses if the
     /// VM's memory does not fit in what is free there.
     async fn check_room(&self, h: &HostConfig, def: &VmDef) -> Result<(), Refused> {
         let pinned = self.pinned_key(h).await?;
-        let got = self.inventory.collect(vec![(h.clone(), pinned)]).await;
+        let got = self.collect_now(vec![(h.clone(), pinned)]).await;
         let c = got.into_iter().next();
         let _ = self
             .state
