@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use netmigrate_provisioning::http::Callback;
-use netmigrate_provisioning::{ipxe, mac_text, token, Enrolled, Enrolment, Refused, Stage};
+use netmigrate_provisioning::{ipxe, token, Enrolled, Enrolment, Refused, Stage};
 use netmigrate_services::dhcp::BootClient;
 use netmigrate_services::tftp;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, HostConfig};
+use crate::config::{Config, HostConfig, Mac};
 use crate::daemon::App;
 use crate::state::machines::{Acceptance, EnrolledHost, MachineRow};
 use crate::state::{NewEvent, StateError};
@@ -93,7 +93,7 @@ async fn discovered(app: &App, network: &str, c: &BootClient) -> Result<(), Stat
     {
         return Ok(());
     }
-    let mac = mac_text(&c.mac);
+    let mac = Mac(c.mac).to_string();
     if reserved_elsewhere(app, &cfg, &mac).await? {
         return Ok(());
     }
@@ -213,19 +213,19 @@ struct AppEnrolment(Arc<App>);
 
 impl AppEnrolment {
     /// The MAC of the client holding a lease on `ip`.
-    async fn mac_of(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
+    async fn mac_of(&self, ip: Ipv4Addr) -> Option<Mac> {
         let leases = self.0.state.leases().await.ok()?;
         leases
             .iter()
             .find(|l| l.ip == ip.to_string() && l.state == "bound")
-            .and_then(|l| netmigrate_provisioning::parse_mac(&l.mac))
+            .and_then(|l| l.mac.parse().ok())
     }
 
-    async fn script_or_error(&self, mac: [u8; 6], base: &str) -> Result<String, String> {
+    async fn script_or_error(&self, mac: Mac, base: &str) -> Result<String, String> {
         let app = &self.0;
         let cfg = app.config();
         let p = cfg.provisioning.as_ref().ok_or("provisioning is off")?;
-        let text = mac_text(&mac);
+        let text = mac.to_string();
         let m = match app
             .state
             .machine(text.clone())
@@ -242,7 +242,7 @@ impl AppEnrolment {
             None => {
                 // Seen over HTTP first (its DHCP went elsewhere): discovered now.
                 let c = BootClient {
-                    mac,
+                    mac: mac.0,
                     vendor_class: None,
                     arch: None,
                     ipxe: true,
@@ -266,7 +266,7 @@ impl AppEnrolment {
             }
         };
         let m = if m.stage == Stage::Discovered.as_str() {
-            match p.rules.accepts(&mac, m.vendor_class.as_deref()) {
+            match p.rules.accepts(&mac.0, m.vendor_class.as_deref()) {
                 Some(why) => accept(app, &text, why).await.map_err(|e| e.to_string())?,
                 None => return Ok(ipxe::wait(base, &text)),
             }
@@ -328,8 +328,9 @@ fn public_key(path: &std::path::Path) -> Result<String, String> {
 
 #[async_trait]
 impl Enrolment for AppEnrolment {
-    async fn script(&self, mac: Option<[u8; 6]>, from: Ipv4Addr, base: &str) -> String {
-        let mac = match mac {
+    async fn script(&self, mac: Option<&str>, from: Ipv4Addr, base: &str) -> String {
+        // iPXE fills `${net0/mac}` in; a MAC it did not fill in is looked up by address.
+        let mac = match mac.and_then(|m| m.parse::<Mac>().ok()) {
             Some(m) => Some(m),
             None => self.mac_of(from).await,
         };
@@ -341,7 +342,7 @@ impl Enrolment for AppEnrolment {
         match self.script_or_error(mac, base).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(mac = %mac_text(&mac), "provisioning: {e}");
+                tracing::warn!(%mac, "provisioning: {e}");
                 ipxe::skip(&e)
             }
         }

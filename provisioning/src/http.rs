@@ -20,9 +20,9 @@ use netmigrate_services::files::{self, Refusal};
 /// What the appliance does for the boot server: its machines live in the appliance's state.
 #[async_trait]
 pub trait Enrolment: Send + Sync + 'static {
-    /// The iPXE script for the machine `mac` (when iPXE said it) that asked from `from`;
-    /// `base` is this server's URL as the machine reaches it.
-    async fn script(&self, mac: Option<[u8; 6]>, from: Ipv4Addr, base: &str) -> String;
+    /// The iPXE script for the machine `mac` (as the request's `?mac=` says it, if at all)
+    /// that asked from `from`; `base` is this server's URL as the machine reaches it.
+    async fn script(&self, mac: Option<&str>, from: Ipv4Addr, base: &str) -> String;
     /// The installer calls back with its token and SSH host key.
     async fn enrol(&self, call: Callback, from: Ipv4Addr) -> Result<Enrolled, Refused>;
 }
@@ -143,9 +143,7 @@ async fn script(
     let SocketAddr::V4(peer) = peer else {
         return (StatusCode::BAD_REQUEST, "IPv4 only\n").into_response();
     };
-    // iPXE fills `${net0/mac}` in; a name it did not fill in is looked up by address.
-    let mac = q.mac.as_deref().and_then(crate::parse_mac);
-    let text = e.script(mac, *peer.ip(), &b.base).await;
+    let text = e.script(q.mac.as_deref(), *peer.ip(), &b.base).await;
     ([(header::CONTENT_TYPE, "text/plain")], text).into_response()
 }
 
@@ -190,7 +188,7 @@ mod tests {
 
     #[async_trait]
     impl Enrolment for One {
-        async fn script(&self, mac: Option<[u8; 6]>, from: Ipv4Addr, base: &str) -> String {
+        async fn script(&self, mac: Option<&str>, from: Ipv4Addr, base: &str) -> String {
             format!("{base} {mac:?} {from}")
         }
         async fn enrol(&self, call: Callback, _from: Ipv4Addr) -> Result<Enrolled, Refused> {
@@ -248,12 +246,14 @@ mod tests {
         );
         assert_eq!(
             call(&r, get("/ipxe?mac=52:54:00:00:00:0a")).await.1,
-            "http://10.0.0.1:8067 Some([82, 84, 0, 0, 0, 10]) 10.0.0.9"
+            "http://10.0.0.1:8067 Some(\"52:54:00:00:00:0a\") 10.0.0.9"
         );
+        assert!(call(&r, get("/ipxe")).await.1.contains("None"));
+        // Left as iPXE sent it: the appliance decides what is a MAC.
         assert!(call(&r, get("/ipxe?mac=${net0/mac}"))
             .await
             .1
-            .contains("None"));
+            .contains("Some(\"${net0/mac}\")"));
         let post = |body: &str| {
             Request::post("/enrol")
                 .header("content-type", "application/json")

@@ -46,27 +46,3 @@ impl Stage {
         })
     }
 }
-
-/// "52:54:00:ab:cd:ef".
-pub fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A MAC as colon-, dash- or dot-less hex ("52:54:00:ab:cd:ef", "52-54-...", "525400abcdef").
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let hex: String = s
-        .chars()
-        .filter(|c| !matches!(c, ':' | '-' | '.'))
-        .collect();
-    if hex.len() != 12 {
-        return None;
-    }
-    let mut m = [0u8; 6];
-    for (i, b) in m.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(m)
-}

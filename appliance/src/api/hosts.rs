@@ -230,15 +230,10 @@ pub async fn accept(
     State(app): State<Arc<App>>,
     axum::extract::Path(mac): axum::extract::Path<String>,
 ) -> Result<Json<crate::state::machines::MachineRow>, ApiError> {
-    let Some(m) = netmigrate_provisioning::parse_mac(&mac) else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_mac",
-            format!("`{mac}` is not a MAC; write it like 52:54:00:12:34:56"),
-        ));
-    };
-    let mac = netmigrate_provisioning::mac_text(&m);
+    let mac: crate::config::Mac = mac
+        .parse()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_mac", e))?;
     Ok(Json(
-        crate::provision::accept(&app, &mac, "accepted by the operator".into()).await?,
+        crate::provision::accept(&app, &mac.to_string(), "accepted by the operator".into()).await?,
     ))
 }

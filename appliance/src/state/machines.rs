@@ -10,6 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, State, StateError};
+use crate::config::Mac;
 
 /// Machines kept waiting to be accepted, at most.
 pub const MAX_DISCOVERED: i64 = 4096;
@@ -154,7 +155,8 @@ impl State {
             };
             let mut names = strings("SELECT name FROM machines WHERE name IS NOT NULL UNION SELECT name FROM hosts")?;
             names.extend(a.names_taken.iter().cloned());
-            let name = rules::next_name(&a.template, &parse_mac(&mac), &|n| names.contains(n));
+            let bytes = mac.parse::<Mac>().map(|m| m.0).unwrap_or_default();
+            let name = rules::next_name(&a.template, &bytes, &|n| names.contains(n));
             let mut ips: HashSet<Ipv4Addr> = strings(
                 "SELECT ip FROM machines WHERE ip IS NOT NULL UNION SELECT ip FROM reservations",
             )?
@@ -253,10 +255,6 @@ impl State {
         })
         .await
     }
-}
-
-fn parse_mac(s: &str) -> [u8; 6] {
-    netmigrate_provisioning::parse_mac(s).unwrap_or_default()
 }
 
 #[cfg(test)]
