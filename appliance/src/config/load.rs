@@ -165,6 +165,11 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     })
 }
 
+/// What a range written high to low is told.
+fn backwards(a: Ipv4Addr, b: Ipv4Addr) -> String {
+    format!("the range runs backwards ({a} > {b}); write the lower address first")
+}
+
 /// Where boot files are served over HTTP when the config names no port.
 pub const DEFAULT_BOOT_HTTP_PORT: u16 = 8067;
 
@@ -341,25 +346,22 @@ impl Cx<'_> {
                 .unwrap_or(t.span.clone());
             let key = t.key_path("dhcp_range");
             fields.insert("dhcp_range", span.clone());
-            if items.len() != 2 {
-                self.p.at(
-                    &span,
-                    &key,
-                    "expected two addresses, first and last, like [\"10.0.0.100\", \"10.0.0.199\"]",
-                );
-            } else {
+            let pair = self.address_pair(&items, &span, &key, "[\"10.0.0.100\", \"10.0.0.199\"]");
+            if !pair.is_empty() {
                 let mut ends = Vec::new();
-                for it in &items {
-                    match it.value.parse::<Ipv4Addr>() {
-                        Ok(a) if !net.contains(&a) => self.p.at(
+                for it in pair {
+                    let a = it.value;
+                    if !net.contains(&a) {
+                        self.p.at(
                             &it.span,
                             &it.key,
                             format!(
                                 "{a} lies outside the network {}; pick addresses inside it",
                                 net.trunc()
                             ),
-                        ),
-                        Ok(a) if a == net.network() || a == net.broadcast() => self.p.at(
+                        );
+                    } else if a == net.network() || a == net.broadcast() {
+                        self.p.at(
                             &it.span,
                             &it.key,
                             format!(
@@ -370,18 +372,14 @@ impl Cx<'_> {
                                     "broadcast"
                                 }
                             ),
-                        ),
-                        Ok(a) => ends.push(a),
-                        Err(_) => self.p.at(
-                            &it.span,
-                            &it.key,
-                            format!("`{}` is not an IPv4 address", it.value),
-                        ),
+                        );
+                    } else {
+                        ends.push(a);
                     }
                 }
                 if let [a, b] = ends[..] {
                     if a > b {
-                        self.p.at(&span, &key, format!("the range runs backwards ({a} > {b}); write the lower address first"));
+                        self.p.at(&span, &key, backwards(a, b));
                     } else if (a..=b).contains(&net.addr()) {
                         self.p.at(
                             &span,
@@ -956,6 +954,42 @@ impl Cx<'_> {
         mc
     }
 
+    /// The two addresses, first and last, that `items` (the strings at `key`) hold: a count
+    /// other than two is reported at `span` (with `example`) and gives none; an item that is
+    /// not an IPv4 address is reported and left out.
+    fn address_pair(
+        &mut self,
+        items: &[Located<String>],
+        span: &Range<usize>,
+        key: &str,
+        example: &str,
+    ) -> Vec<Located<Ipv4Addr>> {
+        if items.len() != 2 {
+            self.p.at(
+                span,
+                key,
+                format!("expected two addresses, first and last, like {example}"),
+            );
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for it in items {
+            match it.value.parse::<Ipv4Addr>() {
+                Ok(a) => out.push(Located {
+                    value: a,
+                    key: it.key.clone(),
+                    span: it.span.clone(),
+                }),
+                Err(_) => self.p.at(
+                    &it.span,
+                    &it.key,
+                    format!("`{}` is not an IPv4 address", it.value),
+                ),
+            }
+        }
+        out
+    }
+
     /// `[boot]`: where boot files come from and how they are served.
     fn boot(&mut self, t: Table, state_dir: &Path) -> BootConfig {
         let dir = t
@@ -982,48 +1016,26 @@ impl Cx<'_> {
             "network",
             "name the network whose network-booting machines are enrolled, like network = \"lab\"",
         );
+        let example = "[\"10.0.0.50\", \"10.0.0.59\"]";
         let pool = match t.strings(&mut self.p, "pool") {
             None => {
                 self.p.at(
                     &span,
                     "provisioning.pool",
-                    "missing; give the first and last address for enrolled hosts, like [\"10.0.0.50\", \"10.0.0.59\"]",
+                    format!("missing; give the first and last address for enrolled hosts, like {example}"),
                 );
                 None
             }
             Some(items) => {
-                let ends: Vec<Option<Ipv4Addr>> = items
-                    .iter()
-                    .map(|it| {
-                        it.value
-                            .parse::<Ipv4Addr>()
-                            .map_err(|_| {
-                                self.p.at(
-                                    &it.span,
-                                    &it.key,
-                                    format!("`{}` is not an IPv4 address", it.value),
-                                )
-                            })
-                            .ok()
-                    })
-                    .collect();
-                match ends[..] {
-                    [Some(a), Some(b)] if u32::from(a) <= u32::from(b) => Some((a, b)),
-                    [Some(_), Some(_)] => {
-                        let at = t.get("pool").map(|v| v.span()).unwrap_or(span.clone());
-                        self.p.at(
-                            &at,
-                            "provisioning.pool",
-                            "the first address comes after the last",
-                        );
+                let at = t.get("pool").map(|v| v.span()).unwrap_or(span.clone());
+                match self.address_pair(&items, &at, "provisioning.pool", example)[..] {
+                    [ref a, ref b] if a.value > b.value => {
+                        self.p
+                            .at(&at, "provisioning.pool", backwards(a.value, b.value));
                         None
                     }
-                    [_, _] => None,
-                    _ => {
-                        let at = t.get("pool").map(|v| v.span()).unwrap_or(span.clone());
-                        self.p.at(&at, "provisioning.pool", "expected two addresses, first and last, like [\"10.0.0.50\", \"10.0.0.59\"]");
-                        None
-                    }
+                    [ref a, ref b] => Some((a.value, b.value)),
+                    _ => None,
                 }
             }
         };
