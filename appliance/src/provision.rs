@@ -49,7 +49,12 @@ pub async fn start(app: Arc<App>) -> Result<Vec<JoinHandle<()>>, Error> {
                 .provisioning
                 .as_ref()
                 .filter(|p| p.network == n.name)
-                .map(|_| Arc::new(AppEnrolment(app.clone())) as Arc<dyn Enrolment>);
+                .map(|_| {
+                    Arc::new(AppEnrolment {
+                        app: app.clone(),
+                        root: root.clone(),
+                    }) as Arc<dyn Enrolment>
+                });
             if enrolment.is_some() {
                 // Firmware sent here over TFTP (`tftp://ADDR/netmigrate.ipxe`) comes to HTTP.
                 let chain = root.join("netmigrate.ipxe");
@@ -171,14 +176,15 @@ pub async fn accept(app: &App, mac: &str, why: String) -> Result<MachineRow, Sta
                 .about(&m.network),
             )
             .await?;
-        if let Some(dns) = &app.dns {
-            dns.refresh(&cfg).await;
-        }
-        if let Err(e) = app.dhcp.update(&cfg).await {
-            app.state
-                .record(NewEvent::warn("provision.accepted", e).about(&m.network))
-                .await?;
-        }
+        // Its reservation, made with the acceptance, taken up as any other.
+        let r = crate::state::ReservationRow {
+            network: m.network.clone(),
+            ip: m.ip.clone().unwrap_or_default(),
+            mac: Some(m.mac.clone()),
+            client_id: None,
+            hostname: m.name.clone(),
+        };
+        crate::api::reservations::changed(app, "added", &r).await;
     }
     Ok(m)
 }
@@ -209,12 +215,16 @@ pub async fn enrolled_hosts(
 }
 
 /// The boot HTTP server's view of the machines.
-struct AppEnrolment(Arc<App>);
+struct AppEnrolment {
+    app: Arc<App>,
+    /// The boot directory, canonical (as the file servers see it).
+    root: std::path::PathBuf,
+}
 
 impl AppEnrolment {
     /// The MAC of the client holding a lease on `ip`.
     async fn mac_of(&self, ip: Ipv4Addr) -> Option<Mac> {
-        let leases = self.0.state.leases().await.ok()?;
+        let leases = self.app.state.leases().await.ok()?;
         leases
             .iter()
             .find(|l| l.ip == ip.to_string() && l.state == "bound")
@@ -222,7 +232,7 @@ impl AppEnrolment {
     }
 
     async fn script_or_error(&self, mac: Mac, base: &str) -> Result<String, String> {
-        let app = &self.0;
+        let app = &self.app;
         let cfg = app.config();
         let p = cfg.provisioning.as_ref().ok_or("provisioning is off")?;
         let text = mac.to_string();
@@ -273,14 +283,11 @@ impl AppEnrolment {
         } else {
             m
         };
-        let boot = cfg.boot.as_ref().ok_or("boot serving is off")?;
         for f in [&p.kernel, &p.initrd] {
-            if netmigrate_services::files::resolve(&boot.dir.canonicalize().unwrap_or_default(), f)
-                .is_err()
-            {
+            if netmigrate_services::files::resolve(&self.root, f).is_err() {
                 let e = format!(
                     "the installer's {f} is missing in the boot directory {}",
-                    boot.dir.display()
+                    self.root.display()
                 );
                 let _ = app
                     .state
@@ -349,7 +356,7 @@ impl Enrolment for AppEnrolment {
     }
 
     async fn enrol(&self, call: Callback, from: Ipv4Addr) -> Result<Enrolled, Refused> {
-        let app = &self.0;
+        let app = &self.app;
         let cfg = app.config();
         let p = cfg
             .provisioning

@@ -78,8 +78,8 @@ pub async fn remove(
     }))
 }
 
-/// Records the change and hands the DHCP server the new reservations.
-async fn changed(app: &App, what: &str, r: &ReservationRow) {
+/// Records the change and hands the DHCP server the new reservations (and DNS its names).
+pub(crate) async fn changed(app: &App, what: &str, r: &ReservationRow) {
     let who = [&r.mac, &r.client_id, &r.hostname]
         .into_iter()
         .flatten()

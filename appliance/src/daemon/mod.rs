@@ -93,14 +93,11 @@ impl App {
 
     /// Takes up the hosts provisioning has enrolled so far (after one more became ready).
     pub async fn add_enrolled(&self) {
-        let mut new = (*self.config()).clone();
-        let file = self.file_hosts.read().expect("hosts lock").clone();
-        new.hosts.retain(|h| file.contains(&h.name));
-        match crate::provision::enrolled_hosts(&self.state, &new).await {
-            Ok(extra) => {
-                new.hosts.extend(extra);
-                *self.config.write().expect("config lock") = Arc::new(new);
-            }
+        let mut file = (*self.config()).clone();
+        let names = self.file_hosts.read().expect("hosts lock").clone();
+        file.hosts.retain(|h| names.contains(&h.name));
+        match with_enrolled(&self.state, file).await {
+            Ok((new, _)) => *self.config.write().expect("config lock") = Arc::new(new),
             Err(e) => tracing::warn!("enrolled hosts: {e}"),
         }
     }
@@ -176,10 +173,7 @@ impl App {
             ));
         }
         let sync = self.state.sync_hosts(new.hosts.clone()).await?;
-        let file_hosts = new.hosts.iter().map(|h| h.name.clone()).collect();
-        let mut new = new;
-        new.hosts
-            .extend(crate::provision::enrolled_hosts(&self.state, &new).await?);
+        let (new, file_hosts) = with_enrolled(&self.state, new).await?;
         // Networks, ranges, reservations and boot files take effect at once; a network on an
         // interface the server does not listen on yet waits for a restart, and says so.
         let dhcp = self.dhcp.update(&new).await;
@@ -225,6 +219,18 @@ impl App {
     }
 }
 
+/// `file` (the config file's hosts only) with the hosts provisioning enrolled added, and the
+/// names of the file's own hosts.
+async fn with_enrolled(
+    state: &State,
+    mut file: Config,
+) -> Result<(Config, Vec<String>), StateError> {
+    let names = file.hosts.iter().map(|h| h.name.clone()).collect();
+    let enrolled = crate::provision::enrolled_hosts(state, &file).await?;
+    file.hosts.extend(enrolled);
+    Ok((file, names))
+}
+
 /// Creates state_dir (mode 0750) if needed.
 fn prepare_state_dir(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::DirBuilderExt;
@@ -254,10 +260,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     );
 
     let (images, ftp_tasks) = crate::ftp::start(&config, &state).await?;
-    let file_hosts = config.hosts.iter().map(|h| h.name.clone()).collect();
-    let mut config = config;
-    let enrolled = crate::provision::enrolled_hosts(&state, &config).await?;
-    config.hosts.extend(enrolled);
+    let (config, file_hosts) = with_enrolled(&state, config).await?;
     let config = Arc::new(config);
     // DNS first: the DHCP server's lease changes name clients from its first answer.
     let (dns, dns_tasks) = match crate::dns::Dns::start(&config, &state).await? {
