@@ -184,6 +184,12 @@ impl Lab {
     /// Starts the appliance with the given config text and waits until its API answers.
     pub fn appliance_with(&self, config_text: &str) -> Result<Appliance> {
         let node = self.node("app", APPLIANCE_IP)?;
+        self.appliance_at(node, config_text)
+    }
+
+    /// Starts the appliance in `node`'s namespace (its config, state and log under the run's
+    /// `appliance` directory) and waits until its API answers.
+    pub fn appliance_at(&self, node: Node, config_text: &str) -> Result<Appliance> {
         let dir = self.subdir("appliance")?;
         let state_dir = dir.join("state");
         let config = dir.join("netmigrate.toml");
@@ -223,7 +229,7 @@ impl Lab {
         })
     }
 
-    fn start_serve(&self, app: &mut Appliance) -> Result<()> {
+    pub(crate) fn start_serve(&self, app: &mut Appliance) -> Result<()> {
         let mut cmd = netns::exec(&app.node.ns, &netmigrate_bin()?.display().to_string());
         cmd.arg("serve")
             .arg("--config")

@@ -17,6 +17,7 @@ pub mod bench_dhcp;
 pub mod bench_dns;
 pub mod cleanup;
 pub mod dashboard;
+pub mod dhcp_durability;
 pub mod guest;
 pub mod hand;
 pub mod host;
