@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::extract::{Body, Path};
 use super::ApiError;
 use crate::daemon::App;
 use crate::inventory::facts::{HostFacts, VmFacts};
@@ -180,7 +181,7 @@ pub async fn collect_hosts(app: &App, wanted: Vec<String>) -> Result<Vec<Collect
 
 pub async fn trust(
     State(app): State<Arc<App>>,
-    Json(req): Json<TrustRequest>,
+    Body(req): Body<TrustRequest>,
 ) -> Result<Json<TrustReply>, ApiError> {
     let cfg = app.config();
     let known: Vec<String> = cfg.hosts.iter().map(|h| h.name.clone()).collect();
@@ -228,7 +229,7 @@ pub async fn machines(
 /// The operator accepts a discovered machine.
 pub async fn accept(
     State(app): State<Arc<App>>,
-    axum::extract::Path(mac): axum::extract::Path<String>,
+    Path(mac): Path<String>,
 ) -> Result<Json<crate::state::machines::MachineRow>, ApiError> {
     let mac: crate::config::Mac = mac
         .parse()

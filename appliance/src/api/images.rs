@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::extract::Body;
 use super::ApiError;
 use crate::daemon::App;
 use crate::state::{now_ms, AccountRow, ImageChange, ImageRow, NewEvent};
@@ -131,7 +132,7 @@ pub async fn gc(
 
 pub async fn account(
     State(app): State<Arc<App>>,
-    Json(req): Json<AccountRequest>,
+    Body(req): Body<AccountRequest>,
 ) -> Result<Json<AccountReply>, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_account", m);
     if crate::config::values::check_hostname(&req.name).is_err() {

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::extract::{Body, Path, Query};
 use super::ApiError;
 use crate::daemon::App;
 use crate::hypervisor::VmDef;
@@ -37,7 +38,7 @@ pub async fn list_defs(State(app): State<Arc<App>>) -> Result<Json<Vec<VmRow>>, 
 
 pub async fn define(
     State(app): State<Arc<App>>,
-    Json(def): Json<VmDef>,
+    Body(def): Body<VmDef>,
 ) -> Result<Json<VmRow>, ApiError> {
     def.check()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_vm", e))?;
@@ -85,7 +86,7 @@ pub struct StartRequest {
 pub async fn start(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    Json(req): Json<StartRequest>,
+    Body(req): Body<StartRequest>,
 ) -> Result<Json<VmRow>, ApiError> {
     let (cfg, engine, n) = (app.config(), engine(&app), name.clone());
     tokio::spawn(async move { engine.start_vm(&cfg, &n, &req.host).await })
@@ -109,7 +110,7 @@ pub async fn stop(
 /// The move runs in a task of its own: a client that goes away does not cut it short.
 pub async fn migrate(
     State(app): State<Arc<App>>,
-    Json(req): Json<Request>,
+    Body(req): Body<Request>,
 ) -> Result<Json<MigrationRow>, ApiError> {
     let (cfg, engine) = (app.config(), engine(&app));
     let r = tokio::spawn(async move { engine.migrate(&cfg, &req).await })
@@ -152,7 +153,7 @@ pub async fn get(
 /// `/v1/watch`, or poll `/v1/batches/{id}`).
 pub async fn start_batch(
     State(app): State<Arc<App>>,
-    Json(req): Json<BatchRequest>,
+    Body(req): Body<BatchRequest>,
 ) -> Result<Json<BatchRow>, ApiError> {
     let (cfg, engine) = (app.config(), engine(&app));
     let r = tokio::spawn(async move { engine.start_batch(cfg, req).await })

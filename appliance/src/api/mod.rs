@@ -2,6 +2,7 @@
 //! only way into a running appliance.
 
 pub mod client;
+pub mod extract;
 pub mod hosts;
 pub mod images;
 pub mod metrics;
@@ -13,13 +14,14 @@ pub mod watch;
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use self::extract::Query;
 use crate::config::values::format_duration;
 use crate::daemon::{App, ReloadError, ReloadOutcome};
 use crate::state::{Event, HostRow, StateError};
@@ -162,6 +164,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(dashboard))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .with_state(app)
 }

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
+use super::extract::Body;
 use super::ApiError;
 use crate::daemon::App;
 use crate::planner::PlanError;
@@ -22,7 +23,7 @@ impl From<PlanError> for ApiError {
 
 pub async fn plan(
     State(app): State<Arc<App>>,
-    Json(req): Json<PlanRequest>,
+    Body(req): Body<PlanRequest>,
 ) -> Result<Json<PlanReply>, ApiError> {
     Ok(Json(
         crate::planner::plan(&app.config(), &app.state, req).await?,

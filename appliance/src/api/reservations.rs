@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
+use super::extract::{Body, Path};
 use super::ApiError;
 use crate::daemon::App;
 use crate::reservations::{self, ReservationView};
@@ -19,7 +20,7 @@ pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<ReservationVie
 
 pub async fn add(
     State(app): State<Arc<App>>,
-    Json(new): Json<ReservationRow>,
+    Body(new): Body<ReservationRow>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let cfg = app.config();
     let runtime = app.state.reservations().await?;

@@ -244,11 +244,34 @@ fn prepare_state_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs the appliance until SIGTERM or SIGINT.
-pub async fn serve(config_path: &Path) -> Result<(), Error> {
+/// The appliance with its services started: the state locked and open, the FTP, DNS, DHCP and
+/// boot servers and the router running. `serve` adds the API and the signals; the fuzz target
+/// of the API drives `api::router(app)` over one of these.
+pub struct Running {
+    pub app: Arc<App>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _lock: StateLock,
+}
+
+impl Running {
+    /// Stops the services' tasks and takes the router's rules down.
+    fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(r) = self.app.router.lock().expect("router lock").take() {
+            if let Err(e) = r.remove() {
+                tracing::warn!("router: {e}");
+            }
+        }
+    }
+}
+
+/// Loads the config, opens the state and starts every service it asks for but the API.
+pub async fn start(config_path: &Path) -> Result<Running, Error> {
     let config = Config::load(config_path).map_err(Error::Config)?;
     prepare_state_dir(&config.state_dir)?;
-    let _lock = StateLock::acquire(&config.state_dir, &config.lock_path())?;
+    let lock = StateLock::acquire(&config.state_dir, &config.lock_path())?;
     let state = State::open(&config.db_path())?;
     let sync = state.sync_hosts(config.hosts.clone()).await?;
     tracing::info!(
@@ -302,6 +325,22 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     });
 
     let boot_tasks = crate::provision::start(app.clone()).await?;
+    let tasks = [ftp_tasks, dhcp_tasks, dns_tasks, boot_tasks]
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(Running {
+        app,
+        tasks,
+        _lock: lock,
+    })
+}
+
+/// Runs the appliance until SIGTERM or SIGINT.
+pub async fn serve(config_path: &Path) -> Result<(), Error> {
+    let running = start(config_path).await?;
+    let app = running.app.clone();
+    let state = &app.state;
     let (stop_tx, stop_rx) = watch::channel(false);
     let api = crate::api::server::start(app.clone(), stop_rx).await?;
     state
@@ -347,20 +386,8 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
     notify::notify("STOPPING=1");
     tracing::info!("{why} received, stopping");
     let _ = stop_tx.send(true);
-    for t in ftp_tasks
-        .iter()
-        .chain(&dhcp_tasks)
-        .chain(&dns_tasks)
-        .chain(&boot_tasks)
-    {
-        t.abort();
-    }
     api.stopped().await;
-    if let Some(r) = app.router.lock().expect("router lock").take() {
-        if let Err(e) = r.remove() {
-            tracing::warn!("router: {e}");
-        }
-    }
+    running.stop();
     state
         .record(NewEvent::info(
             "daemon.stop",
