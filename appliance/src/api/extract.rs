@@ -2,7 +2,7 @@
 //! (a body that is not JSON, a field of the wrong type, a path segment that is not a number)
 //! come back as the API's own error body, like every other error, instead of axum's plain text.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
@@ -26,8 +26,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+        match <axum::Json<T> as FromRequest<S>>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Body(v)),
+            Err(e) => Err(rejected(e.status(), e.body_text())),
+        }
+    }
+}
+
+/// An optional JSON body: none when the request has no JSON content type (an empty POST),
+/// refused like `Body` when it has one that cannot be read.
+impl<S: Send + Sync, T: DeserializeOwned> OptionalFromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        match <axum::Json<T> as OptionalFromRequest<S>>::from_request(req, state).await {
+            Ok(v) => Ok(v.map(|axum::Json(v)| Body(v))),
             Err(e) => Err(rejected(e.status(), e.body_text())),
         }
     }

@@ -108,7 +108,7 @@ fn unknown_host(name: &str, known: &[String]) -> ApiError {
 
 pub async fn collect(
     State(app): State<Arc<App>>,
-    body: Option<Json<CollectRequest>>,
+    body: Option<Body<CollectRequest>>,
 ) -> Result<Json<Vec<Collected>>, ApiError> {
     let wanted = body.map(|b| b.0.hosts).unwrap_or_default();
     Ok(Json(collect_hosts(&app, wanted).await?))

@@ -75,7 +75,7 @@ pub async fn verify(State(app): State<Arc<App>>) -> Result<Json<Vec<VerifyResult
 
 pub async fn gc(
     State(app): State<Arc<App>>,
-    body: Option<Json<GcRequest>>,
+    body: Option<Body<GcRequest>>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     let keep = body
         .and_then(|b| b.0.keep)
