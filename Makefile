@@ -1,8 +1,9 @@
 # netmigrate: the two commands are `make demo` and `make test`.
 CARGO ?= cargo
+SHELL := /bin/bash
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz-dhcp all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp installer
+.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp installer
 
 all: build
 
@@ -36,8 +37,8 @@ test-xen: deps
 	$(CARGO) build --workspace
 	$(CARGO) test -p netmigrate-lab --test xen -- --include-ignored --test-threads=1
 
-## test: format check, clippy -D warnings, unit tests, lab tests (root: namespaces, OVS, QEMU)
-test: deps fmt-check lint unit-test lab-test
+## test: format check, clippy -D warnings, cargo deny, unit tests, 30 s per fuzz target, lab tests (root)
+test: deps fmt-check lint deny unit-test fuzz-ci lab-test
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -88,11 +89,27 @@ installer: deps
 	sh provisioning/installer/build.sh target/installer $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/vmlinuz \
 	  $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/root/lib/modules/$$(cat $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/version)
 
-## fuzz-dhcp: the DHCP decode-answer-encode path under libFuzzer (nightly; FUZZ_SECS, default 300)
+## fuzz: every fuzz target under libFuzzer, FUZZ_SECS each (default 300); FUZZ_TARGETS picks
 FUZZ_SECS ?= 300
-fuzz-dhcp:
-	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && { [ -e Cargo.lock ] || cp ../Cargo.lock .; } && $(CARGO) +nightly fuzz run dhcp_answer -- -max_total_time=$(FUZZ_SECS)
+FUZZ_TARGETS ?= dhcp_answer config_parse api_request ftp_session
+# cargo-fuzz passes -Z flags to rustc; RUSTC_BOOTSTRAP lets the machine's stable toolchain take
+# them. No sanitizer: the code is Rust, and a panic or a failed check is the crash looked for.
+FUZZ = cd fuzz && for t in $(FUZZ_TARGETS); do mkdir -p corpus/$$t && \
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $(1) $$t corpus/$$t $$([ -d seeds/$$t ] && echo seeds/$$t) \
+	  -- -max_total_time=$(2) -timeout=20 2>&1 | grep -A4 -E '^Done|panicked|ERROR|SUMMARY|deadly signal' ; \
+	[ $${PIPESTATUS[0]} = 0 ] || exit 1; done
+fuzz: deps
+	@$(call FUZZ,,$(FUZZ_SECS))
+
+## fuzz-ci: the same unoptimised (a third of the build time) and 30 s each; part of `make test`
+fuzz-ci: deps
+	@$(call FUZZ,--dev,30)
+
+## deny: cargo deny: licences, bans and sources; RustSec advisories when the database can be fetched
+deny: deps
+	$(CARGO) deny --log-level error check licenses bans sources
+	@if $(CARGO) deny fetch db >/dev/null 2>&1; then $(CARGO) deny --log-level error check advisories; \
+	else echo "SKIPPED: cargo deny advisories: the RustSec database (github.com) cannot be fetched from this machine"; fi
 
 ## cleanup: remove namespaces and run directories left by killed lab runs
 cleanup:

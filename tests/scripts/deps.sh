@@ -61,4 +61,12 @@ if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
   done
 fi
+# Cargo tools used by `make test`: pinned, so a new release cannot change what CI checks.
+for tool in cargo-deny@0.20.2 cargo-fuzz@0.13.2; do
+  bin=${tool%@*}
+  if ! command -v "$bin" >/dev/null 2>&1 || ! "$bin" "${bin#cargo-}" --version 2>/dev/null | grep -q "${tool#*@}"; then
+    echo "deps: installing $tool"
+    cargo install --locked --quiet "$bin" --version "${tool#*@}"
+  fi
+done
 echo "deps: ok (guest kernel $(cat "$CACHE/kernel/version"))"
