@@ -114,8 +114,20 @@ mod tests {
         for (uri, ct, body, status, code) in [
             ("/x/1", "application/json", "", 400, "bad_request"),
             ("/x/1", "application/json", "{\"n\": -1}", 422, "invalid"),
-            ("/x/1", "text/plain", "{\"n\": 1}", 415, "unsupported_media_type"),
-            ("/x/one", "application/json", "{\"n\": 1}", 400, "bad_request"),
+            (
+                "/x/1",
+                "text/plain",
+                "{\"n\": 1}",
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                "/x/one",
+                "application/json",
+                "{\"n\": 1}",
+                400,
+                "bad_request",
+            ),
         ] {
             let (s, v) = call(uri, ct, body).await;
             assert_eq!(s.as_u16(), status, "{uri} {body}: {v}");

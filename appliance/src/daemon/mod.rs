@@ -231,17 +231,55 @@ async fn with_enrolled(
     Ok((file, names))
 }
 
-/// Creates state_dir (mode 0750) if needed.
-fn prepare_state_dir(dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::DirBuilderExt;
+/// Creates state_dir (mode 0750) if needed. An existing one is checked as PostgreSQL checks
+/// its data directory: it holds leases, pinned host keys, account hashes and VM memory images,
+/// so one everybody may write to is refused (anyone could have planted a database or a socket
+/// there), and what everybody may read of it is taken away. Returns what it changed.
+fn prepare_state_dir(dir: &Path) -> Result<Vec<String>, Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o750)
             .create(dir)
             .map_err(|e| Error::Io(format!("creating state_dir {}", dir.display()), e))?;
+        return Ok(Vec::new());
     }
-    Ok(())
+    let mode_of = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .map_err(|e| Error::Io(format!("reading the mode of {}", p.display()), e))
+    };
+    let mode = mode_of(dir)?;
+    if mode & 0o002 != 0 {
+        return Err(Error::Invalid(format!(
+            "state_dir {} is writable by everyone (mode {mode:04o}); it holds the leases, host \
+             keys and images: check what is in it, then `chmod 750 {}`",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    let mut changed = Vec::new();
+    let db = dir.join("state.db");
+    let files = [
+        dir.to_path_buf(),
+        db.with_extension("db-wal"),
+        db.with_extension("db-shm"),
+        db,
+    ];
+    for p in files.iter().filter(|p| p.exists()) {
+        let mode = mode_of(p)?;
+        if mode & 0o007 != 0 {
+            let new = mode & !0o007;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(new))
+                .map_err(|e| Error::Io(format!("chmod {new:04o} {}", p.display()), e))?;
+            changed.push(format!(
+                "{} was open to everyone (mode {mode:04o}); now {new:04o}",
+                p.display()
+            ));
+        }
+    }
+    Ok(changed)
 }
 
 /// The appliance with its services started: the state locked and open, the FTP, DNS, DHCP and
@@ -270,9 +308,13 @@ impl Running {
 /// Loads the config, opens the state and starts every service it asks for but the API.
 pub async fn start(config_path: &Path) -> Result<Running, Error> {
     let config = Config::load(config_path).map_err(Error::Config)?;
-    prepare_state_dir(&config.state_dir)?;
+    let tightened = prepare_state_dir(&config.state_dir)?;
     let lock = StateLock::acquire(&config.state_dir, &config.lock_path())?;
     let state = State::open(&config.db_path())?;
+    for t in tightened {
+        tracing::warn!("{t}");
+        state.record(NewEvent::warn("state.mode", t)).await?;
+    }
     let sync = state.sync_hosts(config.hosts.clone()).await?;
     tracing::info!(
         config = %config_path.display(),
@@ -395,4 +437,45 @@ pub async fn serve(config_path: &Path) -> Result<(), Error> {
         ))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::prepare_state_dir;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn chmod(p: &std::path::Path, m: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    #[test]
+    fn state_dir_modes_are_checked_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        assert!(prepare_state_dir(&dir).unwrap().is_empty());
+        assert_eq!(mode(&dir), 0o750);
+
+        // Open to everyone: the directory and the database lose what others may do.
+        chmod(&dir, 0o755);
+        let db = dir.join("state.db");
+        std::fs::write(&db, b"").unwrap();
+        chmod(&db, 0o644);
+        let changed = prepare_state_dir(&dir).unwrap();
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert!(changed[1].contains("mode 0644); now 0640"), "{changed:?}");
+        assert_eq!((mode(&dir), mode(&db)), (0o750, 0o640));
+        assert!(prepare_state_dir(&dir).unwrap().is_empty());
+
+        // Writable by everyone: refused, nothing changed.
+        chmod(&dir, 0o777);
+        let err = prepare_state_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("writable by everyone (mode 0777)"), "{err}");
+        assert!(err.contains("chmod 750"), "{err}");
+        assert_eq!(mode(&dir), 0o777);
+    }
 }
