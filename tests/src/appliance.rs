@@ -39,6 +39,10 @@ pub struct Appliance {
     pub pid: u32,
     /// Extra environment for `serve` (e.g. the crash tests' `NETMIGRATE_CRASH_AT`).
     pub env: Vec<(String, String)>,
+    /// A shell command run just before `serve`, in the appliance's namespaces. `ip netns exec`
+    /// gives each start a mount namespace of its own, so a mount made here (a small tmpfs for
+    /// the image store, say) is the appliance's alone and goes away with it.
+    pub prelude: Option<String>,
 }
 
 impl Appliance {
@@ -190,6 +194,21 @@ impl Lab {
     /// Starts the appliance in `node`'s namespace (its config, state and log under the run's
     /// `appliance` directory) and waits until its API answers.
     pub fn appliance_at(&self, node: Node, config_text: &str) -> Result<Appliance> {
+        self.start_appliance(node, config_text, None)
+    }
+
+    /// Like `appliance_with`, with a shell command run before `serve` (see `Appliance::prelude`).
+    pub fn appliance_with_prelude(&self, config_text: &str, prelude: &str) -> Result<Appliance> {
+        let node = self.node("app", APPLIANCE_IP)?;
+        self.start_appliance(node, config_text, Some(prelude.to_string()))
+    }
+
+    fn start_appliance(
+        &self,
+        node: Node,
+        config_text: &str,
+        prelude: Option<String>,
+    ) -> Result<Appliance> {
         let dir = self.subdir("appliance")?;
         let state_dir = dir.join("state");
         let config = dir.join("netmigrate.toml");
@@ -200,6 +219,7 @@ impl Lab {
             state_dir,
             pid: 0,
             env: Vec::new(),
+            prelude,
         };
         self.start_serve(&mut app)?;
         Ok(app)
@@ -230,7 +250,15 @@ impl Lab {
     }
 
     pub(crate) fn start_serve(&self, app: &mut Appliance) -> Result<()> {
-        let mut cmd = netns::exec(&app.node.ns, &netmigrate_bin()?.display().to_string());
+        let bin = netmigrate_bin()?.display().to_string();
+        let mut cmd = match &app.prelude {
+            None => netns::exec(&app.node.ns, &bin),
+            Some(p) => {
+                let mut c = netns::exec(&app.node.ns, "sh");
+                c.args(["-c", &format!("{p} && exec \"$0\" \"$@\""), &bin]);
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&app.config)

@@ -399,3 +399,91 @@ fn older_images_are_kept_compressed_and_read_back_whole() {
     );
     assert!(app.cli(&["images", "verify"]).unwrap().status.success());
 }
+
+/// The image store's disk fills up mid-upload (a 32 MiB tmpfs under a 48 MiB upload; the
+/// configured reserve cannot see it coming, as curl announces no size): the upload fails with
+/// an FTP error, nothing is published, the space comes back, the appliance goes on and the next
+/// upload that fits is published whole.
+#[test]
+fn a_full_disk_fails_the_upload_and_loses_nothing() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let state_dir = lab.appliance_state_dir().unwrap();
+    let mut cfg = network_config(&state_dir);
+    cfg.push_str(&host_config(&lab, &a, true).unwrap());
+    cfg.push_str("\n[ftp]\npassive_ports = [50000, 50050]\nreserve = \"1M\"\n");
+    let images = state_dir.join("images");
+    let app = lab
+        .appliance_with_prelude(
+            &cfg,
+            &format!(
+                "umask 027; mkdir -p {0} && mount -t tmpfs -o size=32m,mode=0750 nm-full {0}",
+                images.display()
+            ),
+        )
+        .unwrap();
+    let pa = app
+        .cli_ok(&["ftp", "account", "hostA", "--write", "vm1"])
+        .unwrap()
+        .trim()
+        .to_string();
+    let put = |len: usize, name: &str| {
+        let src = a.dir.join(name);
+        std::fs::write(&src, data(len)).unwrap();
+        let o = netmigrate_lab::netns::exec(&a.ns, "curl")
+            .args(["-sS", "--max-time", "60", "--ftp-pasv", "--user"])
+            .arg(format!("hostA:{pa}"))
+            .arg("-T")
+            .arg(&src)
+            .arg(format!("ftp://10.213.0.1/vm1/{name}"))
+            .output()
+            .unwrap();
+        (o, src)
+    };
+    let list = || -> serde_json::Value {
+        serde_json::from_str(&app.cli_ok(&["images", "--json"]).unwrap()).unwrap()
+    };
+
+    let (full, _) = put(48 << 20, "big.img");
+    assert!(
+        !full.status.success(),
+        "48 MiB fit into 32: {}",
+        text(&full)
+    );
+    eprintln!("disk full: curl says {}", text(&full).trim());
+    let v = list();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] != "published"),
+        "published after a full disk: {v:#}"
+    );
+    let events = app.cli_ok(&["events", "--limit", "50"]).unwrap();
+    let failed = events
+        .lines()
+        .find(|l| l.contains("image.failed"))
+        .unwrap_or_else(|| panic!("no image.failed event: {events}"));
+    assert!(
+        failed.to_lowercase().contains("no space left"),
+        "the event does not say why: {failed}"
+    );
+    eprintln!("{failed}");
+
+    // The half-written upload gave its space back: 24 MiB fit now, whole.
+    let (ok, src) = put(24 << 20, "fits.img");
+    assert!(ok.status.success(), "{}", text(&ok));
+    let v = list();
+    let published: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "published")
+        .collect();
+    assert_eq!(published.len(), 1, "{v:#}");
+    assert_eq!(published[0]["sha256"], sha256sum(&src).as_str());
+    assert_eq!(published[0]["size"], 24u64 << 20);
+    let verify = app.cli_ok(&["images", "verify"]).unwrap();
+    eprintln!("{}", verify.trim());
+}

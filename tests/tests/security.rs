@@ -69,12 +69,18 @@ fn others_are_kept_out_and_secrets_stay_secret() {
     ));
     let mut app = lab.appliance_with(&cfg).unwrap();
     // Everything the appliance says, at debug level, for the look at its log below.
-    lab.restart_with(&mut app, &[("RUST_LOG", "debug")]).unwrap();
+    lab.restart_with(&mut app, &[("RUST_LOG", "debug")])
+        .unwrap();
     let cl = lab.client().unwrap();
 
     // The state directory, the database and the socket are the owner's.
     let sock = state_dir.join("api.sock");
-    assert_eq!(mode(&state_dir) & 0o007, 0, "state_dir {:04o}", mode(&state_dir));
+    assert_eq!(
+        mode(&state_dir) & 0o007,
+        0,
+        "state_dir {:04o}",
+        mode(&state_dir)
+    );
     let db = state_dir.join("state.db");
     assert_eq!(mode(&db) & 0o007, 0, "state.db {:04o}", mode(&db));
     assert_eq!(mode(&sock), 0o600, "api.sock");
@@ -94,7 +100,15 @@ fn others_are_kept_out_and_secrets_stay_secret() {
     // The TCP listener: the token or nothing.
     let call = |auth: Option<String>| {
         let mut c = netns::exec(&cl.ns, "curl");
-        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"]);
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ]);
         if let Some(a) = auth {
             c.args(["-H", &format!("Authorization: {a}")]);
         }
@@ -131,7 +145,15 @@ fn others_are_kept_out_and_secrets_stay_secret() {
     std::fs::write(&file, b"a small image").unwrap();
     let put = |user: &str| {
         netns::exec(&cl.ns, "curl")
-            .args(["-sS", "--max-time", "10", "--ftp-pasv", "--user", user, "-T"])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--ftp-pasv",
+                "--user",
+                user,
+                "-T",
+            ])
             .arg(&file)
             .arg("ftp://10.213.0.1/vm1/vm1.img")
             .output()
@@ -144,8 +166,13 @@ fn others_are_kept_out_and_secrets_stay_secret() {
 
     // None of them in the log, the events or the database.
     let log = std::fs::read_to_string(lab.dir.join("appliance.log")).unwrap();
-    assert!(log.contains("DEBUG"), "the appliance did not log at debug level");
-    let events = app.cli_ok(&["events", "--limit", "1000", "--json"]).unwrap();
+    assert!(
+        log.contains("DEBUG"),
+        "the appliance did not log at debug level"
+    );
+    let events = app
+        .cli_ok(&["events", "--limit", "1000", "--json"])
+        .unwrap();
     let mut stored = std::fs::read(&db).unwrap();
     stored.extend(std::fs::read(state_dir.join("state.db-wal")).unwrap_or_default());
     let stored = String::from_utf8_lossy(&stored).into_owned();

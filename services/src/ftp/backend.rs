@@ -152,10 +152,22 @@ fn image_err(e: ImageError) -> Error {
         ImageError::NotFound(_) => ErrorKind::PermanentFileNotAvailable,
         ImageError::BadName(_) => ErrorKind::PermissionDenied,
         ImageError::NoSpace { .. } => ErrorKind::InsufficientStorageSpaceError,
+        // The disk filled up under a running upload: 452, as for the reserve.
+        ImageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            ErrorKind::InsufficientStorageSpaceError
+        }
         _ => ErrorKind::LocalError,
     };
     tracing::warn!("FTP: {e}");
     Error::new(kind, e.to_string())
+}
+
+/// The FTP reply an error gives and what caused it ("451 Local error" alone says nothing).
+fn reason(e: &Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 fn dir_meta() -> Meta {
@@ -523,9 +535,7 @@ impl StorageBackend<FtpUser> for ImageBackend {
             }
             Err(e) => {
                 // The writer, dropped unpublished, removed the partial bytes.
-                self.hooks
-                    .upload_failed(&user.name, &id, &e.to_string())
-                    .await;
+                self.hooks.upload_failed(&user.name, &id, &reason(&e)).await;
                 Err(e)
             }
         }
