@@ -11,7 +11,7 @@ PKGS=(
   iputils-ping arping tcpdump openssh-server openssh-client curl lftp python3 procps psmisc
   vsftpd iperf3 isc-dhcp-client kea-dhcp4-server kea-admin dnsmasq-base isc-dhcp-relay
   dhcpcd-base ipxe-qemu bind9-dnsutils knot dnsperf libnftables1 chromium
-  debootstrap kmod zstd xz-utils tftp-hpa
+  debootstrap kmod zstd xz-utils tftp-hpa nftables
 )
 
 missing=()

@@ -197,6 +197,42 @@ impl Lab {
         })
     }
 
+    /// Makes the lab switch drop `pct` percent of the frames it forwards, at random, both ways
+    /// (nftables in the switch's namespace; this machine's kernel has no netem). 0 stops it.
+    pub fn lossy_switch(&self, pct: u32) -> Result<()> {
+        let _ = self.exec(
+            &self.switch_ns,
+            "nft",
+            &["delete", "table", "bridge", "lossy"],
+        );
+        if pct == 0 {
+            return Ok(());
+        }
+        let rules = format!(
+            "table bridge lossy {{\n  chain forward {{\n    type filter hook forward priority 0;\n    \
+             numgen random mod 100 < {pct} counter drop\n  }}\n}}\n"
+        );
+        let file = self.dir.join("lossy.nft");
+        std::fs::write(&file, rules)?;
+        self.exec(&self.switch_ns, "nft", &["-f", &file.display().to_string()])?;
+        Ok(())
+    }
+
+    /// How many frames the lossy switch dropped so far.
+    pub fn switch_drops(&self) -> Result<u64> {
+        let out = self.exec(
+            &self.switch_ns,
+            "nft",
+            &["list", "table", "bridge", "lossy"],
+        )?;
+        let n = out
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok());
+        n.ok_or_else(|| anyhow::anyhow!("no counter in {out}"))
+    }
+
     pub fn client(&self) -> Result<Node> {
         self.node("cl", CLIENT_IP)
     }
