@@ -328,7 +328,8 @@ fn runs_on(h: &Host, vm: &str) -> bool {
 
 /// The crash matrix: the appliance kills itself (SIGKILL) at a journal step of a cold or a live
 /// move; restarted, it settles the move. Each time the VM runs on exactly one host, that host
-/// alone has its switch port, the state says so, and the client gets its HTTP answer.
+/// alone has its switch port, the state says so, the client gets its HTTP answer and the
+/// appliance's DNS gives the client its address.
 #[test]
 fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
     require_lab!();
@@ -351,14 +352,21 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
         "verify checksum:before",
         "resume on target:before",
         "resume on target:after",
+        "announce:before",
+        "appliance neighbour:after",
         "stop source:after",
         "source port:before",
+        "source port:after",
+        "after move: dns:before",
     ];
     let live = [
+        "target port:after",
         "target listens:after",
         "live pre-copy:before",
         "live pre-copy:after",
         "target runs:after",
+        "announce:after",
+        "stop source:before",
     ];
     let cases: Vec<(&str, &str)> = cold
         .iter()
@@ -402,10 +410,25 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
         let port = format!("nm-{vm}");
         let ports_right = ports(here).contains(&port) && !ports(there).contains(&port);
         let answers = wait_http(&lab, &client.ns, ip).contains(&format!("hello from {vm}"));
+        // Its name still leads to it (the appliance's DNS, asked from the client).
+        let dug = lab
+            .exec(
+                &client.ns,
+                "dig",
+                &[
+                    "@10.213.0.1",
+                    "+short",
+                    "+time=2",
+                    &format!("{vm}.lab.internal"),
+                ],
+            )
+            .unwrap();
         eprintln!(
-            "crash at {mode} {point}: {} -> runs on {host}, one place {one_place}, ports {ports_right}, http {answers}",
-            m["state"]
+            "crash at {mode} {point}: {} -> runs on {host}, one place {one_place}, ports {ports_right}, http {answers}, dns {}",
+            m["state"],
+            dug.trim()
         );
+        assert_eq!(dug.trim(), ip.to_string(), "{point}: DNS");
         assert!(one_place, "{point}: {m:#}");
         assert!(
             ports_right,
