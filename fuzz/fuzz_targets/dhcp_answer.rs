@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use netmigrate_services::dhcp::{
-    answer, client_key, decode, encode, Boot, Lease, LeaseState, Leases, Pool, Reservation,
-    Stats,
+    answer, client_key, decode, encode, Boot, Lease, LeaseState, Leases, Pool, Reservation, Stats,
 };
 
 const NOW: i64 = 1_800_000_000_000;
@@ -106,7 +105,11 @@ fuzz_target!(|data: &[u8]| {
         let mut l = leases();
         let a = answer(pool, &l, &req, NOW, &stats);
         for lease in [a.hold, a.commit].into_iter().flatten() {
-            assert!(pool.contains(lease.ip), "{lease:?} outside {}", pool.network);
+            assert!(
+                pool.contains(lease.ip),
+                "{lease:?} outside {}",
+                pool.network
+            );
             l.put(lease);
         }
         if let Some(mut reply) = a.reply {

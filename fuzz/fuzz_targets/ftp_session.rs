@@ -146,7 +146,8 @@ fuzz_target!(|data: &[u8]| {
         session.extend_from_slice(b"\r\n");
     }
     session.extend_from_slice(b"QUIT\r\n");
-    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let _ = s.write_all(&session);
     let mut replies = Vec::new();
     let _ = s.read_to_end(&mut replies);

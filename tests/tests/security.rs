@@ -1,8 +1,8 @@
 //! Who may reach the appliance, and what it gives away: the state directory and the API socket
 //! closed to other users, the TCP API refusing calls without the token, and no secret (API
 //! token, TSIG secret, FTP password) in its log, its events or its database, also with debug
-//! logging. (Host-key mismatch: inventory.rs; FTP path escape and cross-host reads: images.rs;
-//! unsigned and wrongly signed DNS updates: dns.rs.)
+//! logging; FTP paths out of the image store refused. (Host-key mismatch: inventory.rs; reads of
+//! another host's images: images.rs; unsigned and wrongly signed DNS updates: dns.rs.)
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -163,6 +163,38 @@ fn others_are_kept_out_and_secrets_stay_secret() {
     assert!(!wrong.status.success(), "a wrong password was let in");
     let right = put(&format!("hostX:{pw}"));
     assert!(right.status.success(), "{right:?}");
+    // The ways out of the store, as curl sends them (--path-as-is: no cleaning on its side),
+    // and lftp's: all refused, nothing of /etc comes back.
+    for path in [
+        "/../../../../etc/passwd",
+        "/vm1/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/vm1/%2E%2E%2F%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+        "//etc/passwd",
+        "/vm1/..%5c..%5c..%5cetc%5cpasswd",
+    ] {
+        let o = netns::exec(&cl.ns, "curl")
+            .args(["-sS", "--max-time", "10", "--ftp-pasv", "--path-as-is"])
+            .args(["--user", &format!("hostX:{pw}")])
+            .arg(format!("ftp://10.213.0.1{path}"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{path} was served");
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("root:"),
+            "{path}"
+        );
+    }
+    let o = netns::exec(&cl.ns, "lftp")
+        .args(["-u", &format!("hostX,{pw}"), "-e"])
+        .arg("set ftp:passive-mode on; cd /vm1; cat ../../../../etc/passwd; cat /../etc/passwd; quit")
+        .arg("10.213.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("root:"),
+        "lftp got /etc/passwd"
+    );
 
     // None of them in the log, the events or the database.
     let log = std::fs::read_to_string(lab.dir.join("appliance.log")).unwrap();

@@ -385,3 +385,86 @@ fn xen_faults_a_save_cut_half_way_no_room_and_mismatched_tools_leave_the_guest_i
     lab.xen_ssh(ns, a, "mv /usr/lib/xen-4.16 /usr/lib/xen-4.17")
         .unwrap();
 }
+
+/// The crash matrix on Xen: the appliance kills itself (SIGKILL) at a journal step of a cold
+/// move; restarted, it settles the move. Each time the guest runs in exactly one dom0 (xl
+/// list), only that dom0's switch has its port, the client gets its HTTP answer and the
+/// appliance's DNS its address.
+#[test]
+#[ignore = "nested Xen, several minutes: make test-xen"]
+fn xen_a_crash_at_a_journal_step_leaves_the_guest_running_in_exactly_one_place() {
+    require_lab!();
+    let (lab, hosts, client, mut app) = xen_lab(&["A", "B"]);
+    let app = &mut app;
+    let ip = smoke(&lab, &hosts, &client, app);
+    let points = [
+        "pause source:after",
+        "save to image store:before",
+        "load on target:before",
+        "verify checksum:before",
+        "resume on target:after",
+        "stop source:after",
+    ];
+    let only = std::env::var("NETMIGRATE_TEST_CRASH_ONLY").ok();
+    let mut held = 0;
+    let mut tried = 0;
+    for point in points
+        .iter()
+        .filter(|p| only.as_deref().is_none_or(|o| o == **p))
+    {
+        tried += 1;
+        let from = host_of(app, "web");
+        let to = if from == "xenA" { "xenB" } else { "xenA" };
+        lab.restart_with(app, &[("NETMIGRATE_CRASH_AT", point)])
+            .unwrap();
+        let o = app
+            .cli(&["migrate", "web", "--to", to, "--cold", "--no-probe"])
+            .unwrap();
+        assert!(!o.status.success(), "{point}: the move did not crash");
+        lab.wait_exit(app, Duration::from_secs(120)).unwrap();
+        lab.restart_with(app, &[]).unwrap();
+        let m = netmigrate_lab::sys::wait_for(
+            &format!("{point}: the interrupted move to be settled"),
+            BOOT,
+            || {
+                let l = json(&app.cli_ok(&["migrations", "--json"]).ok()?);
+                let m = l[0].clone();
+                (m["state"] != "running").then_some(m)
+            },
+        )
+        .unwrap();
+        eprintln!(
+            "{}",
+            app.cli_ok(&["migrations", &m["id"].to_string()]).unwrap()
+        );
+        let host = host_of(app, "web");
+        let ns = &app.node.ns;
+        let (here, there) = if host == "xenA" {
+            (&hosts[0], &hosts[1])
+        } else {
+            (&hosts[1], &hosts[0])
+        };
+        let one_place = domains(&lab, ns, here) == ["web"] && domains(&lab, ns, there).is_empty();
+        let port = "nm-web".to_string();
+        let ports_right =
+            ports(&lab, ns, here).contains(&port) && !ports(&lab, ns, there).contains(&port);
+        let answers = wait_http(&lab, &client.ns, ip).contains("hello from web");
+        let dug = lab
+            .exec(
+                &client.ns,
+                "dig",
+                &["@10.213.0.1", "+short", "+time=2", "web.lab.internal"],
+            )
+            .unwrap();
+        eprintln!(
+            "xen crash at {point}: {} -> runs on {host}, one place {one_place}, ports {ports_right}, http {answers}, dns {}",
+            m["state"],
+            dug.trim()
+        );
+        assert!(one_place, "{point}: {m:#}");
+        assert!(ports_right, "{point}");
+        assert_eq!(dug.trim(), ip.to_string(), "{point}: DNS");
+        held += 1;
+    }
+    eprintln!("xen crash matrix: {tried} injection points, {held} held");
+}
