@@ -7,36 +7,10 @@ use std::time::Duration;
 
 use netmigrate_lab::Prober;
 use netmigrate_lab::{require_lab, Lab};
-use netmigrate_lab::{Appliance, Host};
 
-const BOOT: Duration = Duration::from_secs(120);
+mod common;
 
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap()
-}
-
-/// Defines VM `n` (vmN at 10.213.0.(20 + n), 128 MiB) booting the lab's kernel and initramfs.
-fn define(app: &Appliance, n: u8) -> (String, std::net::Ipv4Addr) {
-    app.define_guest(n, 128, 1).unwrap()
-}
-
-fn ports(h: &Host) -> Vec<String> {
-    h.ovs
-        .vsctl(&["list-ports", "br0"])
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn wait_http(lab: &Lab, ns: &str, ip: std::net::Ipv4Addr) -> String {
-    let url = format!("http://{ip}/");
-    netmigrate_lab::sys::wait_for(&format!("{url} to answer"), BOOT, || {
-        lab.exec(ns, "curl", &["-sS", "--fail", "--max-time", "1", &url])
-            .ok()
-    })
-    .unwrap()
-}
+use common::{define, json, one_vm_on_a, ports, runs_on, wait_http, OneVm, BOOT};
 
 #[test]
 fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
@@ -276,54 +250,6 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         .curl(&client.ns, &format!("http://{ip}/"))
         .unwrap()
         .contains("hello from vm1"));
-}
-
-/// A lab with hosts A and C, a client, the appliance, and VM `n` started on hostA and
-/// answering. Fields drop in order: the lab last.
-struct OneVm {
-    vm: String,
-    ip: std::net::Ipv4Addr,
-    /// Its switch port's name.
-    port: String,
-    app: Appliance,
-    client: netmigrate_lab::Node,
-    a: Host,
-    c: Host,
-    lab: Lab,
-}
-
-fn one_vm_on_a(n: u8) -> OneVm {
-    let lab = Lab::new().unwrap();
-    let a = lab.host("A").unwrap();
-    let c = lab.host("C").unwrap();
-    let client = lab.client().unwrap();
-    let app = lab.appliance(&[&a, &c]).unwrap();
-    let (vm, ip) = define(&app, n);
-    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
-    wait_http(&lab, &client.ns, ip);
-    OneVm {
-        port: format!("nm-{vm}"),
-        vm,
-        ip,
-        app,
-        client,
-        a,
-        c,
-        lab,
-    }
-}
-
-/// Whether a QEMU for `vm` runs on `h` (its pid file names a live, non-zombie process).
-fn runs_on(h: &Host, vm: &str) -> bool {
-    let Ok(pid) = std::fs::read_to_string(h.dir.join(format!("run/{vm}.pid"))) else {
-        return false;
-    };
-    std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
-        .map(|s| {
-            !s.lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'))
-        })
-        .unwrap_or(false)
 }
 
 /// The crash matrix: the appliance kills itself (SIGKILL) at a journal step of a cold or a live
@@ -779,56 +705,4 @@ fn a_target_cut_off_mid_move_leaves_the_vm_running_on_the_source() {
         "{}",
         app.cli_ok(&["migrations", &m["id"].to_string()]).unwrap()
     );
-}
-
-/// A lossy lab switch (3 % of the frames it forwards dropped at random, every way: SSH, the
-/// migration stream, the image store, the client's HTTP): a cold move and a live move back both
-/// finish, the VM runs in one place and answers; each move's break time is printed with the
-/// frames dropped meanwhile.
-#[test]
-fn moves_over_a_lossy_link_finish_and_keep_the_vm_in_one_place() {
-    require_lab!();
-    // The lab first: bindings drop in reverse, so it goes last.
-    let OneVm {
-        lab,
-        a,
-        c,
-        client,
-        app,
-        port,
-        vm,
-        ip,
-    } = one_vm_on_a(6);
-    lab.lossy_switch(3).unwrap();
-    for (mode, to, here, there) in [("--cold", "hostC", &c, &a), ("--live", "hostA", &a, &c)] {
-        let dropped = lab.switch_drops().unwrap();
-        let out = app
-            .cli(&["migrate", &vm, "--to", to, mode, "--json"])
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "{mode} over a lossy link: {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let m = &json(&text)["migrations"][0];
-        assert_eq!(m["state"], "done", "{m:#}");
-        let dropped = lab.switch_drops().unwrap() - dropped;
-        assert!(dropped > 0, "{mode}: the switch dropped nothing");
-        assert!(
-            runs_on(here, &vm) && !runs_on(there, &vm),
-            "{mode}: not in one place"
-        );
-        assert!(
-            ports(here).contains(&port) && !ports(there).contains(&port),
-            "{mode}: ports"
-        );
-        assert!(wait_http(&lab, &client.ns, ip).contains("hello from vm6"));
-        let took = m["finished_ms"].as_i64().unwrap() - m["started_ms"].as_i64().unwrap();
-        eprintln!(
-            "{mode} to {to} with 3 % loss: done, break {} ms, took {took} ms, {dropped} frames dropped",
-            m["break_ms"]
-        );
-    }
-    lab.lossy_switch(0).unwrap();
 }
