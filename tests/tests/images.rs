@@ -208,7 +208,21 @@ fn hosts_upload_and_download_images_over_ftp() {
     };
     let put = format!("put {} -o /vm1/vm1-lftp.img", src.display());
     let mut cut = lftp(&put);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Cut it once bytes have arrived (a fixed wait raced with a slow login on a loaded machine:
+    // lftp was killed before its upload began, and nothing was there to resume).
+    let part = app.state_dir.join("images/vm1/.3.img.part");
+    netmigrate_lab::sys::wait_for(
+        "lftp's upload to begin",
+        std::time::Duration::from_secs(30),
+        || {
+            std::fs::metadata(&part)
+                .ok()
+                .filter(|m| m.len() > 0)
+                .map(|_| ())
+        },
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     cut.kill().unwrap();
     cut.wait().unwrap();
     let published = |gen: u64| app.state_dir.join(format!("images/vm1/{gen}.img"));
