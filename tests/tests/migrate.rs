@@ -10,7 +10,7 @@ use netmigrate_lab::{require_lab, Lab};
 
 mod common;
 
-use common::{define, json, one_vm_on_a, ports, runs_on, wait_http, OneVm, BOOT};
+use common::{define, json, one_vm_on_a, placed, ports, runs_on, wait_http, OneVm, BOOT};
 
 #[test]
 fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
@@ -332,9 +332,7 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
         let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
         let host = v[0]["host"].as_str().unwrap().to_string();
         let (here, there) = if host == "hostA" { (&a, &c) } else { (&c, &a) };
-        let one_place = runs_on(here, &vm) && !runs_on(there, &vm);
-        let port = format!("nm-{vm}");
-        let ports_right = ports(here).contains(&port) && !ports(there).contains(&port);
+        let (one_place, ports_right) = placed(here, there, &vm);
         let answers = wait_http(&lab, &client.ns, ip).contains(&format!("hello from {vm}"));
         // Its name still leads to it (the appliance's DNS, asked from the client).
         let dug = lab
@@ -389,14 +387,9 @@ fn faults_on_the_target_roll_back_and_leave_the_vm_where_it_was() {
     } = one_vm_on_a(3);
 
     let still_on_a = |what: &str| {
-        assert!(
-            runs_on(&a, &vm) && !runs_on(&c, &vm),
-            "{what}: not in one place"
-        );
-        assert!(
-            ports(&a).contains(&port) && !ports(&c).contains(&port),
-            "{what}: ports"
-        );
+        let (one_place, ports_right) = placed(&a, &c, &vm);
+        assert!(one_place, "{what}: not in one place");
+        assert!(ports_right, "{what}: ports");
         assert!(
             wait_http(&lab, &client.ns, ip).contains("hello from vm3"),
             "{what}"
@@ -698,8 +691,9 @@ fn a_target_cut_off_mid_move_leaves_the_vm_running_on_the_source() {
     );
     let m = &json(&text)["migrations"][0];
     assert_eq!(m["state"], "done", "{m:#}");
-    assert!(runs_on(&c, &vm) && !runs_on(&a, &vm), "not in one place");
-    assert!(ports(&c).contains(&port) && !ports(&a).contains(&port));
+    let (one_place, ports_right) = placed(&c, &a, &vm);
+    assert!(one_place, "not in one place");
+    assert!(ports_right);
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from vm4"));
     eprintln!(
         "{}",

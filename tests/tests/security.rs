@@ -20,14 +20,18 @@ fn secret_file(p: &Path, text: &str) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
+fn random_bytes(n: usize) -> Vec<u8> {
     use std::io::Read;
+    let mut b = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .unwrap()
         .read_exact(&mut b)
         .unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    b
+}
+
+fn random_hex(n: usize) -> String {
+    random_bytes(n).iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// `curl` as the user nobody (uid 65534) at the API socket.
@@ -51,11 +55,8 @@ fn others_are_kept_out_and_secrets_stay_secret() {
     secret_file(&token_file, &format!("{token}\n"));
     // A TSIG secret (base64 of 32 random bytes, as tsig-keygen makes them).
     let tsig = {
-        let hex = random_hex(32);
-        let bytes: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
-        base64(&bytes)
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(random_bytes(32))
     };
     let tsig_file = lab.dir.join("ddns.key");
     secret_file(&tsig_file, &format!("{tsig}\n"));
@@ -223,22 +224,4 @@ fn others_are_kept_out_and_secrets_stay_secret() {
         events.len(),
         stored.len()
     );
-}
-
-fn base64(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

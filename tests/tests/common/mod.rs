@@ -71,6 +71,16 @@ pub fn one_vm_on_a(n: u8) -> OneVm {
     }
 }
 
+/// Where `vm` is, as every move and fault test checks it: (its QEMU runs on `here` and not on
+/// `there`, its port `nm-VM` is on `here`'s switch and not on `there`'s).
+pub fn placed(here: &Host, there: &Host, vm: &str) -> (bool, bool) {
+    let port = format!("nm-{vm}");
+    (
+        runs_on(here, vm) && !runs_on(there, vm),
+        ports(here).contains(&port) && !ports(there).contains(&port),
+    )
+}
+
 /// Whether a QEMU for `vm` runs on `h` (its pid file names a live, non-zombie process).
 pub fn runs_on(h: &Host, vm: &str) -> bool {
     let Ok(pid) = std::fs::read_to_string(h.dir.join(format!("run/{vm}.pid"))) else {
