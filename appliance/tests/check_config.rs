@@ -379,6 +379,28 @@ fn unknown_hypervisor() {
 }
 
 #[test]
+fn a_host_connect_timeout_out_of_bounds_is_refused() {
+    let c = Case::new();
+    let ok = GOOD.replace(
+        "bridge = \"xenbr0\"",
+        "bridge = \"xenbr0\"\nconnect_timeout = \"30s\"",
+    );
+    let (code, _, err) = c.check(&ok);
+    assert_eq!(code, 0, "{err}");
+    let text = GOOD.replace(
+        "bridge = \"xenbr0\"",
+        "bridge = \"xenbr0\"\nconnect_timeout = \"10m\"",
+    );
+    assert_one(
+        &c,
+        &text,
+        23,
+        "host[0].connect_timeout",
+        &["between 1s and 5m"],
+    );
+}
+
+#[test]
 fn wrong_value_type() {
     let c = Case::new();
     let text = GOOD.replace("lease_time = \"12h\"", "lease_time = 12");
@@ -517,6 +539,16 @@ fn migration_limits_and_hook_are_checked() {
         "migration.after_move",
         &["no-such-script", "No such file"],
     );
+    let text = format!("{GOOD}\n[migration]\nlive_timeout = \"0s\"\n");
+    assert_one(
+        &c,
+        &text,
+        lines + 3,
+        "migration.live_timeout",
+        &["between 1s and 1h"],
+    );
+    let (code, _, err) = c.check(&format!("{GOOD}\n[migration]\nlive_timeout = \"10m\"\n"));
+    assert_eq!(code, 0, "{err}");
 }
 
 const RELAYED: &str = "\n[[network]]\nname = \"far\"\nrelay = \"10.0.2.1/24\"\nvia = \"lab\"\ndhcp_range = [\"10.0.2.100\", \"10.0.2.199\"]\n";

@@ -149,9 +149,10 @@ enum Command {
         /// Live: the longest pause allowed at switch-over (default: migration.downtime).
         #[arg(long)]
         downtime: Option<String>,
-        /// Live: give up pre-copy after this many seconds and take the cold path.
-        #[arg(long, value_name = "SECS", default_value_t = crate::migrate::default_live_timeout_s())]
-        live_timeout: u64,
+        /// Live: give up pre-copy after this many seconds and take the cold path (default:
+        /// migration.live_timeout, 60 s).
+        #[arg(long, value_name = "SECS")]
+        live_timeout: Option<u64>,
         /// Probe each VM's address on this TCP port (default 80, an HTTP GET).
         #[arg(long, value_name = "PORT")]
         probe_port: Option<u16>,

@@ -909,6 +909,17 @@ impl Cx<'_> {
                 mc.downtime = d;
             }
         }
+        if let Some((d, span)) = t.parse(&mut self.p, "live_timeout", values::parse_duration) {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                self.p.at(
+                    &span,
+                    "migration.live_timeout",
+                    "expected between 1s and 1h, like \"60s\"",
+                );
+            } else {
+                mc.live_timeout = d;
+            }
+        }
         if let Some(s) = t.string(&mut self.p, "after_move") {
             mc.after_move = self.script(&s.value, &s.span, "migration.after_move");
         }
@@ -945,6 +956,7 @@ impl Cx<'_> {
                 "max_per_host",
                 "max_per_link",
                 "downtime",
+                "live_timeout",
                 "after_move",
                 "hook_timeout",
                 "retries",
@@ -1278,6 +1290,20 @@ impl Cx<'_> {
                 ))
             }
         });
+        let connect_timeout = t
+            .parse(&mut self.p, "connect_timeout", values::parse_duration)
+            .and_then(|(d, span)| {
+                if d < Duration::from_secs(1) || d > Duration::from_secs(300) {
+                    self.p.at(
+                        &span,
+                        &t.key_path("connect_timeout"),
+                        "expected between 1s and 5m, like \"8s\"",
+                    );
+                    None
+                } else {
+                    Some(d)
+                }
+            });
         let span = t.span.clone();
         t.finish(
             &mut self.p,
@@ -1295,6 +1321,7 @@ impl Cx<'_> {
                 "save_dir",
                 "run_dir",
                 "qemu_accel",
+                "connect_timeout",
             ],
         );
         let (name, name_span) = name?;
@@ -1327,6 +1354,7 @@ impl Cx<'_> {
                 }),
                 run_dir: run_dir.unwrap_or_else(|| "/run/netmigrate".into()),
                 qemu_accel: accel.map(|(a, _)| a).unwrap_or_else(|| "kvm:tcg".into()),
+                connect_timeout: connect_timeout.unwrap_or(crate::inventory::CONNECT_TIMEOUT),
             },
             span,
             fields,

@@ -120,6 +120,10 @@ pub struct MigrationConfig {
     /// Live: the longest pause allowed at switch-over, when a request names none.
     #[serde(serialize_with = "ser_duration")]
     pub downtime: Duration,
+    /// Live: how long pre-copy may run before the move takes the cold path, when a request
+    /// names none.
+    #[serde(serialize_with = "ser_duration")]
+    pub live_timeout: Duration,
     /// Run after each move: `SCRIPT moved VM FROM TO MAC IP` (dnsmasq's dhcp-script style).
     pub after_move: Option<PathBuf>,
     /// How long the script may take before it is killed.
@@ -139,6 +143,7 @@ impl Default for MigrationConfig {
             max_per_host: 1,
             max_per_link: 1,
             downtime: Duration::from_millis(100),
+            live_timeout: Duration::from_secs(60),
             after_move: None,
             hook_timeout: Duration::from_secs(10),
             retries: 0,
@@ -314,6 +319,10 @@ pub struct HostConfig {
     pub run_dir: String,
     /// QEMU accelerators to try in order (`-machine accel=`).
     pub qemu_accel: String,
+    /// How long an SSH connection to it may take (TCP, key exchange, login): a loaded host,
+    /// or one nested under emulation, needs longer than the default.
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
 }
 
 impl HostConfig {

@@ -696,6 +696,7 @@ mod tests {
             save_dir: "/var/lib/xen/save".into(),
             run_dir: "/run/netmigrate".into(),
             qemu_accel: "tcg".into(),
+            connect_timeout: std::time::Duration::from_secs(8),
         };
         let c = domain_config(&host, &vm);
         assert!(c.contains("type = \"pv\""), "{c}");

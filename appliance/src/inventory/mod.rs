@@ -18,6 +18,7 @@ use crate::config::{HostConfig, HypervisorKind};
 use facts::HostFacts;
 use ssh::{Conn, KeyCheck, SshError};
 
+/// A host's SSH connect timeout unless its config says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -87,7 +88,7 @@ impl Inventory {
             Some(p) => KeyCheck::Pinned(p.to_string()),
             None => KeyCheck::Refuse,
         };
-        let c = Arc::new(Conn::connect(h, check, CONNECT_TIMEOUT).await?);
+        let c = Arc::new(Conn::connect(h, check, h.connect_timeout).await?);
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -115,7 +116,7 @@ impl Inventory {
         pinned: Option<&str>,
         replace: bool,
     ) -> Result<String, SshError> {
-        let c = Conn::connect(h, KeyCheck::TrustOnFirstUse, CONNECT_TIMEOUT).await?;
+        let c = Conn::connect(h, KeyCheck::TrustOnFirstUse, h.connect_timeout).await?;
         if let Some(p) = pinned {
             if ssh::key_identity(p) != c.host_key && !replace {
                 return Err(SshError::KeyChanged {

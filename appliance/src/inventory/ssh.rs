@@ -150,7 +150,10 @@ impl Conn {
             Err(_) => {
                 return Err(SshError::Connect {
                     addr,
-                    reason: format!("no answer within {}s", timeout.as_secs()),
+                    reason: format!(
+                        "no answer within {}s (the host's connect_timeout)",
+                        timeout.as_secs()
+                    ),
                 })
             }
             Ok(Ok(h)) => h,
@@ -317,7 +320,7 @@ impl Conn {
                 }
                 Err(SshError::Timeout {
                     host: self.host.clone(),
-                    cmd: "collection script".into(),
+                    cmd: script.trim_start().chars().take(60).collect(),
                     secs: timeout.as_secs(),
                 })
             }

@@ -25,8 +25,9 @@ pub struct BatchRequest {
     /// Live: the longest pause at switch-over (default: `migration.downtime`).
     #[serde(default)]
     pub downtime_ms: Option<u64>,
-    #[serde(default = "super::default_live_timeout_s")]
-    pub live_timeout_s: u64,
+    /// Live: give up pre-copy after this long (default: `migration.live_timeout`).
+    #[serde(default)]
+    pub live_timeout_s: Option<u64>,
     #[serde(default = "super::yes")]
     pub probe_enabled: bool,
     /// The TCP port probed on each VM's address (default 80).

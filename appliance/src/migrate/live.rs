@@ -30,7 +30,11 @@ impl Move<'_> {
             return Err(Failure::RolledBack(e));
         }
         let downtime = Duration::from_millis(self.req.downtime_ms);
-        let timeout = Duration::from_secs(self.req.live_timeout_s);
+        let timeout = self
+            .req
+            .live_timeout_s
+            .map(Duration::from_secs)
+            .unwrap_or(self.cfg.migration.live_timeout);
         // Pre-copy that timed out, or whose stream broke with the VM resumed at the source,
         // leaves the VM untouched there: the cold path may follow.
         let mut may_go_cold = false;

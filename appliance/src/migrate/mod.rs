@@ -51,9 +51,10 @@ pub struct Request {
     /// Live only: the longest pause the hypervisor may take at switch-over.
     #[serde(default = "default_downtime_ms")]
     pub downtime_ms: u64,
-    /// Live only: give up pre-copy after this long and take the cold path.
-    #[serde(default = "default_live_timeout_s")]
-    pub live_timeout_s: u64,
+    /// Live only: give up pre-copy after this long and take the cold path (default:
+    /// `migration.live_timeout`).
+    #[serde(default)]
+    pub live_timeout_s: Option<u64>,
     /// Probe the VM's service at `ip:port`, or `:port` on the VM's address (default port 80).
     #[serde(default)]
     pub probe: Option<String>,
@@ -70,9 +71,6 @@ pub struct Request {
 
 fn default_downtime_ms() -> u64 {
     100
-}
-pub(crate) fn default_live_timeout_s() -> u64 {
-    60
 }
 pub(crate) fn yes() -> bool {
     true
