@@ -111,6 +111,9 @@ pub struct Flavor<'a> {
     pub probe_timeout: Duration,
     /// How long a VM may take to boot.
     pub boot: Duration,
+    /// A batch with a move that did not complete is still a run (its state in the table), not
+    /// an error: on nested Xen the lab's load, not the appliance, decides some of them.
+    pub record_failures: bool,
 }
 
 fn qemu_define(app: &Appliance, n: u8, vcpus: u32) -> Result<(String, std::net::Ipv4Addr)> {
@@ -125,6 +128,7 @@ pub fn qemu() -> Flavor<'static> {
         probe_every: Duration::from_millis(10),
         probe_timeout: Duration::from_millis(100),
         boot: Duration::from_secs(120),
+        record_failures: false,
     }
 }
 
@@ -249,7 +253,7 @@ pub fn run(
             }
             None => None,
         };
-        if !o.status.success() {
+        if !o.status.success() && !flavor.record_failures {
             bail!(
                 "{} {mode}: {}",
                 sc.describe(),

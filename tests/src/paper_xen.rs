@@ -16,10 +16,13 @@ use crate::sys::wait_for;
 use crate::xen::{XenHost, XenOpts, GUEST_INITRD, GUEST_KERNEL};
 use crate::{Appliance, Lab, Prober};
 
-/// Breaks here are seconds: a gentler prober than on QEMU (and guest traffic is what nested
-/// TCG corrupts dom0 with).
-pub const PROBE_EVERY: Duration = Duration::from_millis(100);
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Breaks here are tens of seconds: a gentler prober than on QEMU. Each probe is a TCP
+/// connection and a fork of the guest's httpd, emulated twice over: at 10 a second to each of
+/// two guests (and the appliance's own probe beside it) the guests took a third of xenA's one
+/// emulated CPU each and its SSH logins took 45 s; at 4 a second, three guests on xenC kept a
+/// 30 s command from finishing there.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Tries of a move that rolled back: a try fails on nested TCG about one time in three here.
 const RETRIES: u32 = 4;
 
@@ -29,8 +32,9 @@ pub fn config(lab: &Lab, hosts: &[XenHost]) -> Result<String> {
     for h in hosts {
         cfg += &h.config()?;
     }
+    // xl migrate of a 128 MiB guest takes 50-130 s here (ssh setup, the copy rounds).
     cfg += &format!(
-        "\n[migration]\nretries = {RETRIES}\nprobe_interval = \"{}ms\"\n",
+        "\n[migration]\nretries = {RETRIES}\nprobe_interval = \"{}ms\"\nlive_timeout = \"600s\"\n",
         PROBE_EVERY.as_millis()
     );
     Ok(cfg)
@@ -53,6 +57,7 @@ pub fn flavor() -> Flavor<'static> {
         probe_every: PROBE_EVERY,
         probe_timeout: PROBE_TIMEOUT,
         boot: Duration::from_secs(300),
+        record_failures: true,
     }
 }
 
@@ -214,6 +219,9 @@ pub fn run_all(out: &Path) -> Result<String> {
         let r = paper::run(&lab, &app, &client, sc, mode, Some(&out), &flavor())
             .with_context(|| format!("scenario 1 {mode}"))?;
         paper::print_moved(&r);
+        if r.state != "done" {
+            eprintln!("    {}", r.progress.trim().lines().last().unwrap_or(""));
+        }
         runs.push(r);
     }
     let ns = app.node.ns.clone();
