@@ -21,8 +21,8 @@ fn xen_lab(names: &[&str]) -> (Lab, Vec<XenHost>, netmigrate_lab::lab::Node, App
     let lab = Lab::new().unwrap();
     let hosts = lab.xen_hosts(names, &XenOpts::default()).unwrap();
     let client = lab.client().unwrap();
-    // Retries and gentle probes: nested Xen under TCG crashes dom0 processes now and then
-    // while guests have traffic (the lab recipe's pitfall).
+    // Retries, gentle probes and a long SSH connect timeout: nested Xen under TCG is slow,
+    // more so while guests answer probes.
     let app = lab
         .appliance_with(&netmigrate_lab::paper_xen::config(&lab, &hosts).unwrap())
         .unwrap();
@@ -250,7 +250,7 @@ fn xen_pv_guest_moves_cold_and_a_live_request_takes_the_cold_path_with_the_reaso
 
 #[test]
 #[ignore = "nested Xen, several minutes: make test-xen"]
-fn xen_pvh_guest_moves_live_or_falls_back_to_cold_with_the_reason() {
+fn xen_pvh_guest_moves_live_under_the_probers_traffic() {
     require_lab!();
     let (lab, hosts, client, app) = xen_lab(&["A", "B"]);
     let ns = &app.node.ns;
@@ -269,20 +269,16 @@ fn xen_pvh_guest_moves_live_or_falls_back_to_cold_with_the_reason() {
     assert_eq!(m["state"], "done", "{m:#}");
     let s = steps(&m);
     assert!(s.contains(&"live pre-copy".to_string()), "{s:?}");
-    // Nested TCG corrupts dom0 while a guest has traffic (the lab recipe: PVH live migration
-    // with traffic failed 5 of 5): xl then resumes the guest at the sender, and the engine
-    // takes the cold path, saying why. Either way the guest ends on B, answering.
-    match m["detail"]["fallback"].as_str() {
-        Some(why) => {
-            eprintln!("live fell back to cold: {why}");
-            assert!(s.contains(&"save to image store".to_string()), "{s:?}");
-        }
-        None => {
-            let at = |x: &str| s.iter().position(|y| y == x).unwrap();
-            assert!(at("live pre-copy") < at("target port"), "{s:?}");
-            assert!(at("target port") < at("target runs"), "{s:?}");
-        }
-    }
+    // Live, not the cold fallback: with XSAVE hidden from the nested hosts (XenOpts::cpu) a
+    // PVH guest live-migrates under the prober's traffic (with it, it never did here).
+    assert!(
+        m["detail"]["fallback"].is_null(),
+        "fell back to cold: {m:#}"
+    );
+    assert!(!s.contains(&"save to image store".to_string()), "{s:?}");
+    let at = |x: &str| s.iter().position(|y| y == x).unwrap();
+    assert!(at("live pre-copy") < at("target port"), "{s:?}");
+    assert!(at("target port") < at("target runs"), "{s:?}");
     assert_eq!(host_of(&app, "web"), "xenB");
     assert_eq!(domains(&lab, ns, &hosts[0]), Vec::<String>::new());
     assert_eq!(domains(&lab, ns, &hosts[1]), ["web"]);
@@ -294,6 +290,145 @@ fn xen_pvh_guest_moves_live_or_falls_back_to_cold_with_the_reason() {
         m["break_ms"],
         report.break_time.as_millis()
     );
+}
+
+/// What a dom0 sees of `ip`'s web page from VLAN `tag` of its switch: an OVS internal port
+/// with that tag in a namespace of its own (this lab's kernel has no 802.1Q devices, so the
+/// client namespace cannot join a VLAN; the dom0s' Open vSwitch can).
+fn from_vlan(lab: &Lab, from: &str, h: &XenHost, tag: u16, ip: Ipv4Addr) -> Result<String, String> {
+    let leg = format!("v{tag}");
+    lab.xen_ssh(
+        from,
+        h,
+        &format!(
+            "ip netns add {leg} 2>/dev/null; \
+             ovs-vsctl --may-exist add-port br0 {leg} tag={tag} -- set interface {leg} type=internal; \
+             ip link set {leg} netns {leg} 2>/dev/null; ip -n {leg} link set {leg} up; \
+             ip -n {leg} addr replace 10.213.0.{}/24 dev {leg}; \
+             ip netns exec {leg} curl -sS --fail --max-time 3 http://{ip}/",
+            200 + tag
+        ),
+    )
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// Two guests moved cold, each with a new MAC: one untagged, one on VLAN 7 with a rate limit.
+/// On the target each vif has its new MAC and the guest took its address up on it; the port
+/// kept its tag and limit; the untagged one answers the client at its new MAC, the tagged one
+/// answers from VLAN 7 and not from the untagged segment.
+#[test]
+#[ignore = "nested Xen, several minutes: make test-xen"]
+fn xen_guests_moved_with_a_new_mac_keep_their_address_vlan_and_rate_limit() {
+    require_lab!();
+    let (lab, hosts, client, app) = xen_lab(&["A", "B"]);
+    let (a, b) = (&hosts[0], &hosts[1]);
+    let ns = &app.node.ns;
+    let ip = define(&app, "web", 0, "pvh");
+    let tip = Ipv4Addr::new(10, 213, 0, 57);
+    netmigrate_lab::xen::define_guest(
+        &app,
+        "tagged",
+        tip,
+        1,
+        "pvh",
+        &["--vlan", "7", "--rate-kbps", "50000"],
+    )
+    .unwrap();
+    for vm in ["web", "tagged"] {
+        app.cli_ok(&["vm", "start", vm, "--on", "xenA"]).unwrap();
+    }
+    assert!(wait_http(&lab, &client.ns, ip).contains("hello from web"));
+    let page = netmigrate_lab::sys::wait_for("the tagged guest to answer on VLAN 7", BOOT, || {
+        from_vlan(&lab, ns, a, 7, tip).ok()
+    })
+    .unwrap();
+    assert!(page.contains("hello from tagged"), "{page}");
+    let untagged = |what: &str| {
+        let r = lab.exec(
+            &client.ns,
+            "curl",
+            &["-sS", "--max-time", "2", &format!("http://{tip}/")],
+        );
+        assert!(
+            r.is_err(),
+            "{what}: the tagged guest answered the untagged client"
+        );
+    };
+    untagged("on A");
+
+    let new = "00:16:3e:d5:01:50";
+    let m = migrate(
+        &app,
+        "web",
+        "xenB",
+        "--cold",
+        &["--new-mac", &format!("web={new}")],
+    );
+    assert_eq!(m["state"], "done", "{m:#}");
+    assert!(steps(&m).contains(&"new mac".to_string()), "{m:#}");
+    let tnew = "00:16:3e:d5:01:57";
+    let m = migrate(
+        &app,
+        "tagged",
+        "xenB",
+        "--cold",
+        &["--new-mac", &format!("tagged={tnew}"), "--no-probe"],
+    );
+    assert_eq!(m["state"], "done", "{m:#}");
+
+    // Where they are, with which MACs, on which ports.
+    assert_eq!(domains(&lab, ns, a), Vec::<String>::new());
+    let mut on_b = domains(&lab, ns, b);
+    on_b.sort();
+    assert_eq!(on_b, ["tagged", "web"]);
+    for (vm, mac) in [("web", new), ("tagged", tnew)] {
+        let nics = lab
+            .xen_ssh(ns, b, &format!("xl network-list {vm}"))
+            .unwrap();
+        assert!(nics.contains(mac), "{vm}: {nics}");
+        assert!(ports(&lab, ns, b).contains(&format!("nm-{vm}")));
+        assert!(!ports(&lab, ns, a).contains(&format!("nm-{vm}")));
+    }
+    let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
+    for (vm, mac) in [("web", new), ("tagged", tnew)] {
+        let row = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == vm)
+            .unwrap();
+        assert_eq!(row["host"], "xenB", "{v:#}");
+        assert_eq!(row["def"]["mac"], mac, "{v:#}");
+    }
+    let tag = lab
+        .xen_ssh(ns, b, "ovs-vsctl get Port nm-tagged tag")
+        .unwrap();
+    assert_eq!(tag.trim(), "7");
+    let qos = lab
+        .xen_ssh(
+            ns,
+            b,
+            "ovs-vsctl get QoS $(ovs-vsctl get Port nm-tagged qos) other_config",
+        )
+        .unwrap();
+    assert!(qos.contains("max-rate=\"50000000\""), "{qos}");
+
+    // The guests took up their new NICs with their addresses.
+    assert!(wait_http(&lab, &client.ns, ip).contains("hello from web"));
+    let neigh = lab
+        .exec(&client.ns, "ip", &["neigh", "show", &ip.to_string()])
+        .unwrap();
+    assert!(
+        neigh.contains(new),
+        "the client still sends to the old MAC: {neigh}"
+    );
+    let page =
+        netmigrate_lab::sys::wait_for("the tagged guest to answer on B's VLAN 7", BOOT, || {
+            from_vlan(&lab, ns, b, 7, tip).ok()
+        })
+        .unwrap();
+    assert!(page.contains("hello from tagged"), "{page}");
+    untagged("on B");
 }
 
 #[test]

@@ -607,6 +607,11 @@ impl Hypervisor for Xen {
 
     async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {
         // The vif goes and one with the new MAC comes, under the same name (the port stays).
+        // `xl network-attach` takes each setting as its own argument: given as one, joined by
+        // commas as in a domain config, all but the MAC were dropped (Xen's own vif-bridge on a
+        // bridge that is not there).
+        // The new one can take the name only once the old device is gone (the detach returns
+        // before); if it cannot be attached, the old MAC comes back so the guest keeps a NIC.
         let new = VmDef {
             mac: mac.to_string(),
             ..vm.clone()
@@ -615,7 +620,11 @@ impl Hypervisor for Xen {
             "{}cur=$(xl network-list {n} | awk 'NR>1 {{print $3}}'); \
              case \" $cur \" in *\" {mac} \"*) exit 0;; esac; \
              for m in $cur; do xl network-detach {n} \"$m\" || exit 1; done; \
-             xl network-attach {n} mac={mac},vifname={port},script={vif}",
+             i=0; while ip link show {port} >/dev/null 2>&1; do \
+               [ $i -ge 200 ] && {{ echo 'the old vif {port} did not go' >&2; exit 1; }}; \
+               sleep 0.1; i=$((i+1)); done; \
+             xl network-attach {n} mac={mac} vifname={port} script={vif} && exit 0; \
+             for m in $cur; do xl network-attach {n} mac=$m vifname={port} script={vif} >&2; done; exit 1",
             self.write_config(&new),
             n = sh_quote(&vm.name),
             mac = mac.to_ascii_lowercase(),
