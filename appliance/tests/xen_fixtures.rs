@@ -22,7 +22,7 @@ fn xen_host() -> HostConfig {
         save_dir: "/var/lib/xen/save".into(),
         run_dir: "/run/netmigrate".into(),
         qemu_accel: "kvm:tcg".into(),
-        connect_timeout: std::time::Duration::from_secs(8),
+        connect_timeout: netmigrate::inventory::CONNECT_TIMEOUT,
     }
 }
 

@@ -898,57 +898,46 @@ impl Cx<'_> {
         }) {
             mc.max_per_link = n as usize;
         }
-        if let Some((d, span)) = t.parse(&mut self.p, "downtime", values::parse_duration) {
-            if d.is_zero() || d > Duration::from_secs(10) {
-                self.p.at(
-                    &span,
-                    "migration.downtime",
-                    "expected a pause between 1ms and 10s, like \"100ms\"",
-                );
-            } else {
-                mc.downtime = d;
-            }
+        let any = Duration::from_nanos(1);
+        if let Some(d) = t.duration_in(
+            &mut self.p,
+            "downtime",
+            any..=Duration::from_secs(10),
+            "expected a pause between 1ms and 10s, like \"100ms\"",
+        ) {
+            mc.downtime = d;
         }
-        if let Some((d, span)) = t.parse(&mut self.p, "live_timeout", values::parse_duration) {
-            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
-                self.p.at(
-                    &span,
-                    "migration.live_timeout",
-                    "expected between 1s and 1h, like \"60s\"",
-                );
-            } else {
-                mc.live_timeout = d;
-            }
+        if let Some(d) = t.duration_in(
+            &mut self.p,
+            "live_timeout",
+            Duration::from_secs(1)..=Duration::from_secs(3600),
+            "expected between 1s and 1h, like \"60s\"",
+        ) {
+            mc.live_timeout = d;
         }
         if let Some(s) = t.string(&mut self.p, "after_move") {
             mc.after_move = self.script(&s.value, &s.span, "migration.after_move");
         }
-        if let Some((d, span)) = t.parse(&mut self.p, "hook_timeout", values::parse_duration) {
-            if d.is_zero() || d > Duration::from_secs(600) {
-                self.p.at(
-                    &span,
-                    "migration.hook_timeout",
-                    "expected between 1s and 10m, like \"10s\"",
-                );
-            } else {
-                mc.hook_timeout = d;
-            }
+        if let Some(d) = t.duration_in(
+            &mut self.p,
+            "hook_timeout",
+            any..=Duration::from_secs(600),
+            "expected between 1s and 10m, like \"10s\"",
+        ) {
+            mc.hook_timeout = d;
         }
         if let Some(n) = t.integer_in(&mut self.p, "retries", 0..=10, |v| {
             format!("{v} retries: use 0 to 10")
         }) {
             mc.retries = n as u32;
         }
-        if let Some((d, span)) = t.parse(&mut self.p, "probe_interval", values::parse_duration) {
-            if d < Duration::from_millis(1) || d > Duration::from_secs(10) {
-                self.p.at(
-                    &span,
-                    "migration.probe_interval",
-                    "expected between 1ms and 10s, like \"10ms\"",
-                );
-            } else {
-                mc.probe_interval = d;
-            }
+        if let Some(d) = t.duration_in(
+            &mut self.p,
+            "probe_interval",
+            Duration::from_millis(1)..=Duration::from_secs(10),
+            "expected between 1ms and 10s, like \"10ms\"",
+        ) {
+            mc.probe_interval = d;
         }
         t.finish(
             &mut self.p,
@@ -1290,20 +1279,12 @@ impl Cx<'_> {
                 ))
             }
         });
-        let connect_timeout = t
-            .parse(&mut self.p, "connect_timeout", values::parse_duration)
-            .and_then(|(d, span)| {
-                if d < Duration::from_secs(1) || d > Duration::from_secs(300) {
-                    self.p.at(
-                        &span,
-                        &t.key_path("connect_timeout"),
-                        "expected between 1s and 5m, like \"8s\"",
-                    );
-                    None
-                } else {
-                    Some(d)
-                }
-            });
+        let connect_timeout = t.duration_in(
+            &mut self.p,
+            "connect_timeout",
+            Duration::from_secs(1)..=Duration::from_secs(300),
+            "expected between 1s and 5m, like \"8s\"",
+        );
         let span = t.span.clone();
         t.finish(
             &mut self.p,

@@ -179,6 +179,23 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    /// A duration within `range`; one outside is reported with `hint` and None returned.
+    pub fn duration_in(
+        &self,
+        p: &mut Problems,
+        key: &str,
+        range: std::ops::RangeInclusive<std::time::Duration>,
+        hint: &str,
+    ) -> Option<std::time::Duration> {
+        let (d, span) = self.parse(p, key, super::values::parse_duration)?;
+        if range.contains(&d) {
+            Some(d)
+        } else {
+            p.at(&span, &self.key_path(key), hint);
+            None
+        }
+    }
+
     /// A required string; a missing one is reported with `hint` saying what to write.
     pub fn required_string(
         &self,

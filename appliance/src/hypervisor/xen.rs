@@ -607,11 +607,11 @@ impl Hypervisor for Xen {
 
     async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {
         // The vif goes and one with the new MAC comes, under the same name (the port stays).
+        // The new one can take the name only once the old device is gone (the detach returns
+        // before); if it cannot be attached, the old MAC comes back so the guest keeps a NIC.
         // `xl network-attach` takes each setting as its own argument: given as one, joined by
         // commas as in a domain config, all but the MAC were dropped (Xen's own vif-bridge on a
         // bridge that is not there).
-        // The new one can take the name only once the old device is gone (the detach returns
-        // before); if it cannot be attached, the old MAC comes back so the guest keeps a NIC.
         let new = VmDef {
             mac: mac.to_string(),
             ..vm.clone()
@@ -705,7 +705,7 @@ mod tests {
             save_dir: "/var/lib/xen/save".into(),
             run_dir: "/run/netmigrate".into(),
             qemu_accel: "tcg".into(),
-            connect_timeout: std::time::Duration::from_secs(8),
+            connect_timeout: crate::inventory::CONNECT_TIMEOUT,
         };
         let c = domain_config(&host, &vm);
         assert!(c.contains("type = \"pv\""), "{c}");

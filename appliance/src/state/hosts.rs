@@ -233,7 +233,7 @@ mod tests {
             save_dir: "/s".into(),
             run_dir: "/run/netmigrate".into(),
             qemu_accel: "tcg".into(),
-            connect_timeout: std::time::Duration::from_secs(8),
+            connect_timeout: crate::inventory::CONNECT_TIMEOUT,
         }
     }
 
