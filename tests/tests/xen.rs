@@ -172,14 +172,16 @@ fn xen_pvh_guest_moved_cold_through_the_store() {
     let report = probe.finish();
     assert_eq!(m["state"], "done", "{m:#}");
     let s = steps(&m);
-    // On Xen the port comes once the load has made the vif, before the guest runs.
+    // On Xen the port waits on the switch before the load makes the vif, and is checked up
+    // before the guest runs.
     let at = |x: &str| {
         s.iter()
             .position(|y| y == x)
             .unwrap_or_else(|| panic!("{x} not in {s:?}"))
     };
-    assert!(at("load on target") < at("target port"), "{s:?}");
-    assert!(at("target port") < at("resume on target"), "{s:?}");
+    assert!(at("target port") < at("load on target"), "{s:?}");
+    assert!(at("load on target") < at("target port up"), "{s:?}");
+    assert!(at("target port up") < at("resume on target"), "{s:?}");
     assert!(at("verify checksum") < at("resume on target"), "{s:?}");
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from web"));
     assert_eq!(domains(&lab, ns, a), Vec::<String>::new());
@@ -277,8 +279,9 @@ fn xen_pvh_guest_moves_live_under_the_probers_traffic() {
     );
     assert!(!s.contains(&"save to image store".to_string()), "{s:?}");
     let at = |x: &str| s.iter().position(|y| y == x).unwrap();
-    assert!(at("live pre-copy") < at("target port"), "{s:?}");
-    assert!(at("target port") < at("target runs"), "{s:?}");
+    assert!(at("target port") < at("live pre-copy"), "{s:?}");
+    assert!(at("live pre-copy") < at("target port up"), "{s:?}");
+    assert!(at("target port up") < at("target runs"), "{s:?}");
     assert_eq!(host_of(&app, "web"), "xenB");
     assert_eq!(domains(&lab, ns, &hosts[0]), Vec::<String>::new());
     assert_eq!(domains(&lab, ns, &hosts[1]), ["web"]);

@@ -206,8 +206,9 @@ pub trait Hypervisor: Send + Sync {
     /// The host this driver talks to.
     fn host(&self) -> &str;
     /// Whether a VM's NIC exists only once its state is loaded (Xen makes the domain and its
-    /// vif in the load): the engine then puts the target's port on the switch after the load,
-    /// before the VM runs, instead of before the move.
+    /// vif in the load): the engine then puts the target's port on the switch before the move
+    /// without its device, the driver's load lets the VM run only once the switch has taken
+    /// the device, and the engine checks after the load that it did.
     fn nic_made_by_load(&self) -> bool {
         false
     }

@@ -20,7 +20,10 @@ use crate::hypervisor::qemu::sh_quote;
 use crate::inventory::ssh::Conn;
 
 /// The hotplug script: renames the vif to the VM's port name and brings it up; netback waits
-/// for `hotplug-status` before it connects the guest.
+/// for `hotplug-status` before it connects the guest, and libxl for the script before the
+/// domain runs. A port the appliance put on the switch before the load (tag and rate limit
+/// set) takes the device when vswitchd sees it: the script waits for that (a few seconds at
+/// most), so that a migrated guest resumes with its network there.
 const VIF_SCRIPT: &str = r#"#!/bin/sh
 # netmigrate: the appliance puts this vif on the switch itself (OVSDB: VLAN tag, rate limit).
 name=$(xenstore-read "$XENBUS_PATH/vifname" 2>/dev/null)
@@ -31,6 +34,14 @@ online|add)
     ip link set dev "$dev" name "$name" || exit 1
   fi
   ip link set dev "${name:-$dev}" up || exit 1
+  if [ -n "$name" ] && ovs-vsctl --timeout=5 port-to-br "$name" >/dev/null 2>&1; then
+    i=0
+    while [ $i -lt 100 ]; do
+      o=$(ovs-vsctl --timeout=5 get Interface "$name" ofport 2>/dev/null)
+      [ "$o" -gt 0 ] 2>/dev/null && break
+      sleep 0.05; i=$((i+1))
+    done
+  fi
   xenstore-write "$XENBUS_PATH/hotplug-status" connected ;;
 esac
 exit 0
@@ -513,12 +524,15 @@ impl Hypervisor for Xen {
         _downtime: Duration,
         timeout: Duration,
     ) -> Result<LiveResult, DriverError> {
-        // `-p`: the domain stays paused on the target, for its port; `-C`: the config written
-        // from the definition (its vif script path is the same on every host). xl's transport
-        // is SSH between the dom0s, compressed: the stream is mostly zero pages.
+        // The domain runs on the target as soon as it is in: its port waited on the switch,
+        // and the hotplug script held the domain until vswitchd took the vif (a `-p` here and
+        // the port made after cost the guest seconds of SSH round trips on a busy dom0).
+        // `-C`: the config written from the definition (its vif script path is the same on
+        // every host). xl's transport is SSH between the dom0s, compressed: the stream is
+        // mostly zero pages.
         let t = Instant::now();
         let script = format!(
-            "{}set -o pipefail; xl migrate -p -C {cfg} -s 'ssh -C -o BatchMode=yes' {n} {target} </dev/null >{log} 2>&1; \
+            "{}set -o pipefail; xl migrate -C {cfg} -s 'ssh -C -o BatchMode=yes' {n} {target} </dev/null >{log} 2>&1; \
              rc=$?; [ $rc = 0 ] || {{ grep -v '^ *$' {log} | tail -n 4 >&2; exit $rc; }}",
             self.write_config(vm),
             cfg = sh_quote(&self.path(vm, "xl.cfg")),

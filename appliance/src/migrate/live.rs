@@ -76,8 +76,8 @@ impl Move<'_> {
                                    "bytes": result.bytes}),
             )
             .await;
-        // The target starts by itself once the state is in (Xen's waits paused for its port);
-        // check, and start it if not.
+        // The target starts by itself once the state is in, its port already taken by the
+        // switch; check both, and start it if it did not.
         let port = self.port_after_load(&spec).await;
         let running = self
             .journal

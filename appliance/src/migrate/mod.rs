@@ -26,6 +26,10 @@ use crate::network::{self, Ovsdb, PortSpec};
 use crate::state::{MigrationRow, NewEvent, State};
 use journal::Journal;
 
+/// How long a port put on the switch before its device existed may take to be opened once the
+/// load made the device: the hotplug waited for it, so this is a check, not a wait.
+const PORT_UP_WITHIN: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -149,11 +153,40 @@ impl Side {
         Ok(Ovsdb::new(s))
     }
 
+    /// Puts `vm`'s port on the switch; its device must be there and open.
     pub async fn add_port(&self, vm: &VmDef, spec: &PortSpec) -> Result<i64, String> {
+        self.put_port(vm, spec, false)
+            .await?
+            .ok_or_else(|| format!("{}: port {} has no ofport", self.cfg.name, vm.port()))
+    }
+
+    /// Puts `vm`'s port on the switch, `device_later`: its device may come after (Xen's vif
+    /// appears with the domain the load makes); see `port_up`.
+    pub async fn put_port(
+        &self,
+        vm: &VmDef,
+        spec: &PortSpec,
+        device_later: bool,
+    ) -> Result<Option<i64>, String> {
         let mut db = self.ovsdb().await?;
-        db.add_port(&self.cfg.bridge, &vm.port(), spec)
+        db.add_port(&self.cfg.bridge, &vm.port(), spec, device_later)
             .await
             .map_err(|e| format!("{}: {e}", self.cfg.name))
+    }
+
+    /// Waits up to `within` for vswitchd to have `vm`'s port device open; why not, if not.
+    pub async fn port_up(&self, vm: &VmDef, within: Duration) -> Result<i64, String> {
+        let mut db = self.ovsdb().await?;
+        let t = std::time::Instant::now();
+        loop {
+            match db.ofport(&vm.port()).await? {
+                Ok(n) => return Ok(n),
+                Err(why) if t.elapsed() >= within => {
+                    return Err(format!("{}: port {}: {why}", self.cfg.name, vm.port()))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     pub async fn del_port(&self, vm: &VmDef) -> Result<(), String> {
@@ -775,8 +808,8 @@ impl Move<'_> {
 
     /// Readies the target: a paused VM waiting for its state, and its switch port (with the
     /// source port's VLAN tag and rate limit) up and checked, before anything stops. Where the
-    /// load itself makes the VM's NIC (Xen), the port comes after the load (`port_after_load`);
-    /// the spec it needs is returned.
+    /// load itself makes the VM's NIC (Xen), the port waits on the switch for its device, and
+    /// `port_after_load` checks that it came; the spec is returned for it.
     pub async fn prepare_target(&self) -> Result<PortSpec, String> {
         let spec = self.port_spec().await;
         // What an earlier move left there when the target stopped answering (a QEMU that never
@@ -821,13 +854,11 @@ impl Move<'_> {
                     .map_err(driver_err)
             })
             .await?;
-        if self.dst.driver.nic_made_by_load() {
-            return Ok(spec);
-        }
+        let later = self.dst.driver.nic_made_by_load();
         let port = self
             .journal
             .step("target port", async {
-                self.dst.add_port(self.def, &spec).await
+                self.dst.put_port(self.def, &spec, later).await
             })
             .await;
         if let Err(e) = port {
@@ -837,14 +868,22 @@ impl Move<'_> {
         Ok(spec)
     }
 
-    /// The target's port, for a driver whose load made the VM's NIC (it is paused there).
+    /// For a driver whose load made the VM's NIC: the port put on the switch before has its
+    /// device now (the driver's hotplug waits for it before the VM runs); if vswitchd did not
+    /// take it up, the port is made again, which says why it cannot be.
     pub async fn port_after_load(&self, spec: &PortSpec) -> Result<(), String> {
         if !self.dst.driver.nic_made_by_load() {
             return Ok(());
         }
         self.journal
-            .step("target port", async {
-                self.dst.add_port(self.def, spec).await
+            .step("target port up", async {
+                match self.dst.port_up(self.def, PORT_UP_WITHIN).await {
+                    Ok(n) => Ok(n),
+                    Err(e) => {
+                        tracing::warn!(vm = %self.def.name, "{e}; the port is made again");
+                        self.dst.add_port(self.def, spec).await
+                    }
+                }
             })
             .await
             .map(drop)

@@ -169,22 +169,17 @@ impl Engine {
 
 /// The VM is (or may be made) running on the target: finish the move.
 async fn settle_forward(j: &Journal, def: &VmDef, src: &Side, dst: &Side, t: RunState) {
-    if t != RunState::Running {
-        j.try_step("recover: resume on target", async {
-            dst.driver.resume(def).await.map_err(driver_err)
+    // The port was made before the load (and the VM's device is there now); make sure it
+    // is up before the VM runs, it costs one round trip.
+    if dst.port_up(def, Duration::ZERO).await.is_err() {
+        j.try_step("recover: target port", async {
+            dst.add_port(def, &port_of(def)).await.map(drop)
         })
         .await;
     }
-    // The port was made before the VM resumed; make sure, it costs one round trip.
-    let spec = port_of(def);
-    let has_port = async {
-        let mut db = dst.ovsdb().await?;
-        db.port(&def.port()).await
-    }
-    .await;
-    if !matches!(has_port, Ok(Some(_))) {
-        j.try_step("recover: target port", async {
-            dst.add_port(def, &spec).await.map(drop)
+    if t != RunState::Running {
+        j.try_step("recover: resume on target", async {
+            dst.driver.resume(def).await.map_err(driver_err)
         })
         .await;
     }

@@ -143,13 +143,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ovsdb<S> {
 
     /// Puts `port` on `bridge` with `spec`, waits for ovs-vswitchd, and checks that the
     /// interface really came up (a valid `ofport`, no `error`): ovs-vsctl-style success can
-    /// hide a port that vswitchd could not open. Returns the ofport.
+    /// hide a port that vswitchd could not open. Returns the ofport. With `device_later`, a
+    /// device that does not exist yet is accepted (ofport -1, "No such device"): vswitchd
+    /// opens it when it appears, with the port's tag and rate limit already set.
     pub async fn add_port(
         &mut self,
         bridge: &str,
         port: &str,
         spec: &PortSpec,
-    ) -> Result<i64, String> {
+        device_later: bool,
+    ) -> Result<Option<i64>, String> {
         // Replacing: a stale port of the same name (an earlier, interrupted move) goes first.
         self.del_port(bridge, port).await?;
         let mut port_row = json!({"name": port, "interfaces": ["named-uuid", "iface"]});
@@ -178,22 +181,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ovsdb<S> {
         if res[mutate]["count"].as_u64() != Some(1) {
             return Err(format!("no bridge {bridge}"));
         }
+        match self.ofport(port).await? {
+            Ok(n) => Ok(Some(n)),
+            Err(why) if device_later && why.contains("No such device") => Ok(None),
+            Err(why) => {
+                let _ = self.del_port(bridge, port).await;
+                Err(format!("port {port} did not come up on {bridge}: {why}"))
+            }
+        }
+    }
+
+    /// `port`'s ofport if vswitchd has its device open, else why not.
+    pub async fn ofport(&mut self, port: &str) -> Result<Result<i64, String>, String> {
         let res = self
             .transact(vec![json!({"op": "select", "table": "Interface",
                 "where": [["name", "==", port]], "columns": ["ofport", "error"]})])
             .await?;
-        let row = &res[0]["rows"][0];
-        match (row["ofport"].as_i64(), row["error"].as_str()) {
+        let Some(row) = res[0]["rows"].get(0) else {
+            return Ok(Err("no such interface".into()));
+        };
+        Ok(match (row["ofport"].as_i64(), row["error"].as_str()) {
             (Some(n), None) if n > 0 => Ok(n),
-            (ofport, error) => {
-                let why = error.unwrap_or("no error given").to_string();
-                let _ = self.del_port(bridge, port).await;
-                Err(format!(
-                    "port {port} did not come up on {bridge}: ofport {}, {why}",
-                    ofport.map_or("unset".into(), |n| n.to_string())
-                ))
-            }
-        }
+            (ofport, error) => Err(format!(
+                "ofport {}, {}",
+                ofport.map_or("unset".into(), |n| n.to_string()),
+                error.unwrap_or("no error given")
+            )),
+        })
     }
 
     /// Removes `port` (and its QoS) from `bridge`; a missing port is not an error.
