@@ -34,14 +34,13 @@ online|add)
     ip link set dev "$dev" name "$name" || exit 1
   fi
   ip link set dev "${name:-$dev}" up || exit 1
-  if [ -n "$name" ] && ovs-vsctl --timeout=5 port-to-br "$name" >/dev/null 2>&1; then
-    i=0
-    while [ $i -lt 100 ]; do
-      o=$(ovs-vsctl --timeout=5 get Interface "$name" ofport 2>/dev/null)
-      [ "$o" -gt 0 ] 2>/dev/null && break
-      sleep 0.05; i=$((i+1))
-    done
-  fi
+  # No such interface on the switch: the appliance puts the port there after this.
+  i=0
+  while [ -n "$name" ] && [ $i -lt 100 ]; do
+    o=$(ovs-vsctl --timeout=5 get Interface "$name" ofport 2>/dev/null) || break
+    [ "$o" -gt 0 ] 2>/dev/null && break
+    sleep 0.05; i=$((i+1))
+  done
   xenstore-write "$XENBUS_PATH/hotplug-status" connected ;;
 esac
 exit 0
