@@ -55,6 +55,25 @@ pub fn artifacts() -> Result<Artifacts> {
     Ok(Artifacts { dir })
 }
 
+/// The lab's hypervisor rebuilt with shadow paging, built once into the artifacts' directory.
+pub fn shadow_hypervisor(art: &Artifacts) -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("xen/build-shadow.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&art.dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", script.display(), out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(PathBuf::from)
+        .context("the shadow build printed no path")
+}
+
 /// Address of Xen host N (A = 21, B = 22, ...): apart from the QEMU hosts' 11, 12, ...
 pub fn xen_host_ip(name: &str) -> Ipv4Addr {
     let n = name.bytes().next().unwrap_or(b'A').saturating_sub(b'A');
@@ -75,6 +94,9 @@ pub struct XenOpts {
     /// to boot the next guest). With `-xsave` the same migration succeeded 3 times of 3: Xen
     /// saves the FPU with FXSAVE and glibc takes its SSE2 routines.
     pub cpu: String,
+    /// Boot the hypervisor rebuilt with shadow paging (`xen/build-shadow.sh`, cached beside
+    /// the lab's build) instead of Debian's, which has none: PV guests can live-migrate there.
+    pub shadow: bool,
 }
 
 impl Default for XenOpts {
@@ -83,6 +105,7 @@ impl Default for XenOpts {
             mem_mib: 2048,
             nic: std::env::var("NETMIGRATE_XEN_NIC").unwrap_or_else(|_| "e1000".into()),
             cpu: std::env::var("NETMIGRATE_XEN_CPU").unwrap_or_else(|_| "max,-xsave".into()),
+            shadow: false,
         }
     }
 }
@@ -165,9 +188,14 @@ impl Lab {
     /// Boots Xen hosts `names` in parallel ("A", "B"...) and waits until each dom0 is ready.
     pub fn xen_hosts(&self, names: &[&str], opts: &XenOpts) -> Result<Vec<XenHost>> {
         let art = artifacts()?;
+        let hypervisor = if opts.shadow {
+            shadow_hypervisor(&art)?
+        } else {
+            art.dir.join("xen.elf")
+        };
         let hosts = names
             .iter()
-            .map(|n| self.boot_xen(n, &art, opts))
+            .map(|n| self.boot_xen(n, &art, &hypervisor, opts))
             .collect::<Result<Vec<_>>>()?;
         for h in &hosts {
             // 20-65 s on the lab's two cores; more when they are busy.
@@ -190,7 +218,13 @@ impl Lab {
         Ok(hosts)
     }
 
-    fn boot_xen(&self, name: &str, art: &Artifacts, opts: &XenOpts) -> Result<XenHost> {
+    fn boot_xen(
+        &self,
+        name: &str,
+        art: &Artifacts,
+        hypervisor: &Path,
+        opts: &XenOpts,
+    ) -> Result<XenHost> {
         let role = format!("x{name}");
         let ns = self.ns_name(&role);
         let ip = xen_host_ip(name);
@@ -216,7 +250,7 @@ impl Lab {
             .args(["-m", &opts.mem_mib.to_string(), "-smp", "1"])
             .args(["-nodefaults", "-no-user-config", "-vga", "none", "-display", "none"])
             .arg("-kernel")
-            .arg(art.dir.join("xen.elf"))
+            .arg(hypervisor)
             .args([
                 "-append",
                 "dom0_mem=1024M,max:1024M console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all smap=0 noreboot",

@@ -18,8 +18,15 @@ fn json(s: &str) -> serde_json::Value {
 
 /// The lab: Xen hosts `names`, a client, and the appliance driving the hosts.
 fn xen_lab(names: &[&str]) -> (Lab, Vec<XenHost>, netmigrate_lab::lab::Node, Appliance) {
+    xen_lab_with(names, &XenOpts::default())
+}
+
+fn xen_lab_with(
+    names: &[&str],
+    opts: &XenOpts,
+) -> (Lab, Vec<XenHost>, netmigrate_lab::lab::Node, Appliance) {
     let lab = Lab::new().unwrap();
-    let hosts = lab.xen_hosts(names, &XenOpts::default()).unwrap();
+    let hosts = lab.xen_hosts(names, opts).unwrap();
     let client = lab.client().unwrap();
     // Retries, gentle probes and a long SSH connect timeout: nested Xen under TCG is slow,
     // more so while guests answer probes.
@@ -248,6 +255,59 @@ fn xen_pv_guest_moves_cold_and_a_live_request_takes_the_cold_path_with_the_reaso
     assert_eq!(domains(&lab, ns, &hosts[0]), ["webpv"]);
     assert_eq!(domains(&lab, ns, &hosts[1]), Vec::<String>::new());
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from webpv"));
+}
+
+#[test]
+#[ignore = "nested Xen, several minutes: make test-xen"]
+fn xen_pv_guest_moves_live_on_a_hypervisor_with_shadow_paging() {
+    require_lab!();
+    let opts = XenOpts {
+        shadow: true,
+        ..XenOpts::default()
+    };
+    let (lab, hosts, client, app) = xen_lab_with(&["A", "B"], &opts);
+    let ns = &app.node.ns;
+    let caps = lines(&lab, ns, &hosts[0], "xl info | grep virt_caps");
+    assert!(caps.concat().contains("shadow"), "{caps:?}");
+    let ip = define(&app, "webpv", 1, "pv");
+    app.cli_ok(&["vm", "start", "webpv", "--on", "xenA"])
+        .unwrap();
+    assert!(wait_http(&lab, &client.ns, ip).contains("hello from webpv"));
+    let probe = Prober::start(
+        &client.ns,
+        SocketAddr::new(ip.into(), 80),
+        PROBE_EVERY,
+        PROBE_TIMEOUT,
+    )
+    .unwrap();
+    let m = migrate(&app, "webpv", "xenB", "--live", &[]);
+    let report = probe.finish();
+    assert_eq!(m["state"], "done", "{m:#}");
+    // The hypervisor has shadow paging: the PV guest is not sent to the cold path for want of
+    // it, and xl migrate is tried. Under nested TCG it fails now and then (the lab recipe: 4
+    // of 5 succeed); such a move ends cold, and says why.
+    assert!(m["detail"]["cold_because"].is_null(), "{m:#}");
+    let s = steps(&m);
+    assert!(s.contains(&"live pre-copy".to_string()), "{s:?}");
+    if !m["detail"]["fallback"].is_null() {
+        assert!(s.contains(&"save to image store".to_string()), "{s:?}");
+    }
+    assert_eq!(host_of(&app, "webpv"), "xenB");
+    assert_eq!(domains(&lab, ns, &hosts[0]), Vec::<String>::new());
+    assert_eq!(domains(&lab, ns, &hosts[1]), ["webpv"]);
+    assert!(ports(&lab, ns, &hosts[1]).contains(&"nm-webpv".into()));
+    assert!(!ports(&lab, ns, &hosts[0]).contains(&"nm-webpv".into()));
+    assert!(wait_http(&lab, &client.ns, ip).contains("hello from webpv"));
+    eprintln!(
+        "xen live PV (shadow paging): {}, built-in probe {} ms, client prober {} ms",
+        if m["detail"]["fallback"].is_null() {
+            "live".to_string()
+        } else {
+            format!("fell back to cold: {}", m["detail"]["fallback"])
+        },
+        m["break_ms"],
+        report.break_time.as_millis()
+    );
 }
 
 #[test]
