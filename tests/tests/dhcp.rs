@@ -227,7 +227,8 @@ fn real_clients_get_renew_and_release_leases_that_survive_a_crash() {
 }
 
 /// dhcpcd confined to the lab: its lease and control files go to `dir` (bind-mounted in the
-/// mount namespace `ip netns exec` makes), its hook is our script (never resolv.conf).
+/// mount namespace `ip netns exec` makes), its hook is our script (never resolv.conf). The
+/// mount points are made if missing: Debian's dhcpcd-base makes /run/dhcpcd only when it runs.
 fn dhcpcd(lab: &Lab, ns: &str, dir: &Path, hook: &Path, args: &[&str]) -> std::process::Command {
     let (db, run) = (dir.join("db"), dir.join("run"));
     std::fs::create_dir_all(&db).unwrap();
@@ -236,7 +237,8 @@ fn dhcpcd(lab: &Lab, ns: &str, dir: &Path, hook: &Path, args: &[&str]) -> std::p
     let mut c = netmigrate_lab::netns::exec(ns, "sh");
     c.arg("-c")
         .arg(format!(
-            "mount --bind {} /var/lib/dhcpcd && mount --bind {} /run/dhcpcd && exec dhcpcd -4 -f /dev/null -c {} \"$@\"",
+            "mkdir -p /var/lib/dhcpcd /run/dhcpcd && \
+             mount --bind {} /var/lib/dhcpcd && mount --bind {} /run/dhcpcd && exec dhcpcd -4 -f /dev/null -c {} \"$@\"",
             db.display(),
             run.display(),
             hook.display()
