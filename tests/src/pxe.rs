@@ -30,6 +30,10 @@ pub fn installer() -> Result<PathBuf> {
     }
     (BUILD, &kver).hash(&mut h);
     let out = cache_dir().join(format!("installer-{:016x}", h.finish()));
+    // One build at a time: a test binary's tests run as threads, and two building into the
+    // same directory took each other's files (a fresh machine, both tests missing the cache).
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if out.join("initrd.img").exists() {
         return Ok(out);
     }
