@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use netmigrate_lab::paper_xen::{PROBE_EVERY, PROBE_TIMEOUT};
 use netmigrate_lab::xen::{XenHost, XenOpts, GUEST_INITRD, GUEST_KERNEL};
-use netmigrate_lab::{require_lab, Appliance, Lab, Prober};
+use netmigrate_lab::{require_lab, Appliance, Lab, ProbeReport, Prober};
 
 /// Guests boot in 10-20 s under nested TCG; more when the two cores are busy.
 const BOOT: Duration = Duration::from_secs(240);
@@ -106,6 +106,37 @@ fn steps(m: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// `migrate`, with the client namespace's prober on `ip` throughout; the record and what the
+/// prober saw.
+fn probed_migrate(
+    app: &Appliance,
+    client: &netmigrate_lab::lab::Node,
+    ip: Ipv4Addr,
+    vm: &str,
+    to: &str,
+    mode: &str,
+    extra: &[&str],
+) -> (serde_json::Value, ProbeReport) {
+    let probe = Prober::start(
+        &client.ns,
+        SocketAddr::new(ip.into(), 80),
+        PROBE_EVERY,
+        PROBE_TIMEOUT,
+    )
+    .unwrap();
+    let m = migrate(app, vm, to, mode, extra);
+    (m, probe.finish())
+}
+
+/// `vm` runs on `here` only, and its port is on `here`'s switch only.
+fn only_on(lab: &Lab, from: &str, vm: &str, here: &XenHost, there: &XenHost) {
+    let port = format!("nm-{vm}");
+    assert_eq!(domains(lab, from, here), [vm]);
+    assert_eq!(domains(lab, from, there), Vec::<String>::new());
+    assert!(ports(lab, from, here).contains(&port));
+    assert!(!ports(lab, from, there).contains(&port));
+}
+
 /// Boots two Xen hosts, collects their facts, starts a PVH guest with its port on the switch.
 fn smoke(
     lab: &Lab,
@@ -168,15 +199,7 @@ fn xen_pvh_guest_moved_cold_through_the_store() {
     let ns = &app.node.ns;
     let ip = smoke(&lab, &hosts, &client, &app);
 
-    let probe = Prober::start(
-        &client.ns,
-        SocketAddr::new(ip.into(), 80),
-        PROBE_EVERY,
-        PROBE_TIMEOUT,
-    )
-    .unwrap();
-    let m = migrate(&app, "web", "xenB", "--cold", &[]);
-    let report = probe.finish();
+    let (m, report) = probed_migrate(&app, &client, ip, "web", "xenB", "--cold", &[]);
     assert_eq!(m["state"], "done", "{m:#}");
     let s = steps(&m);
     // On Xen the port waits on the switch before the load makes the vif, and is checked up
@@ -191,10 +214,7 @@ fn xen_pvh_guest_moved_cold_through_the_store() {
     assert!(at("target port up") < at("resume on target"), "{s:?}");
     assert!(at("verify checksum") < at("resume on target"), "{s:?}");
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from web"));
-    assert_eq!(domains(&lab, ns, a), Vec::<String>::new());
-    assert_eq!(domains(&lab, ns, b), ["web"]);
-    assert!(!ports(&lab, ns, a).contains(&"nm-web".into()));
-    assert!(ports(&lab, ns, b).contains(&"nm-web".into()));
+    only_on(&lab, ns, "web", b, a);
     // The rate limit followed the port.
     let qos = lab
         .xen_ssh(
@@ -273,15 +293,7 @@ fn xen_pv_guest_moves_live_on_a_hypervisor_with_shadow_paging() {
     app.cli_ok(&["vm", "start", "webpv", "--on", "xenA"])
         .unwrap();
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from webpv"));
-    let probe = Prober::start(
-        &client.ns,
-        SocketAddr::new(ip.into(), 80),
-        PROBE_EVERY,
-        PROBE_TIMEOUT,
-    )
-    .unwrap();
-    let m = migrate(&app, "webpv", "xenB", "--live", &[]);
-    let report = probe.finish();
+    let (m, report) = probed_migrate(&app, &client, ip, "webpv", "xenB", "--live", &[]);
     assert_eq!(m["state"], "done", "{m:#}");
     // The hypervisor has shadow paging: the PV guest is not sent to the cold path for want of
     // it, and xl migrate is tried. Under nested TCG it fails now and then (the lab recipe: 4
@@ -293,10 +305,7 @@ fn xen_pv_guest_moves_live_on_a_hypervisor_with_shadow_paging() {
         assert!(s.contains(&"save to image store".to_string()), "{s:?}");
     }
     assert_eq!(host_of(&app, "webpv"), "xenB");
-    assert_eq!(domains(&lab, ns, &hosts[0]), Vec::<String>::new());
-    assert_eq!(domains(&lab, ns, &hosts[1]), ["webpv"]);
-    assert!(ports(&lab, ns, &hosts[1]).contains(&"nm-webpv".into()));
-    assert!(!ports(&lab, ns, &hosts[0]).contains(&"nm-webpv".into()));
+    only_on(&lab, ns, "webpv", &hosts[1], &hosts[0]);
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from webpv"));
     eprintln!(
         "xen live PV (shadow paging): {}, built-in probe {} ms, client prober {} ms",
@@ -319,15 +328,15 @@ fn xen_pvh_guest_moves_live_under_the_probers_traffic() {
     let ip = define(&app, "web", 0, "pvh");
     app.cli_ok(&["vm", "start", "web", "--on", "xenA"]).unwrap();
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from web"));
-    let probe = Prober::start(
-        &client.ns,
-        SocketAddr::new(ip.into(), 80),
-        PROBE_EVERY,
-        PROBE_TIMEOUT,
-    )
-    .unwrap();
-    let m = migrate(&app, "web", "xenB", "--live", &["--live-timeout", "600"]);
-    let report = probe.finish();
+    let (m, report) = probed_migrate(
+        &app,
+        &client,
+        ip,
+        "web",
+        "xenB",
+        "--live",
+        &["--live-timeout", "600"],
+    );
     assert_eq!(m["state"], "done", "{m:#}");
     let s = steps(&m);
     assert!(s.contains(&"live pre-copy".to_string()), "{s:?}");
@@ -343,10 +352,7 @@ fn xen_pvh_guest_moves_live_under_the_probers_traffic() {
     assert!(at("live pre-copy") < at("target port up"), "{s:?}");
     assert!(at("target port up") < at("target runs"), "{s:?}");
     assert_eq!(host_of(&app, "web"), "xenB");
-    assert_eq!(domains(&lab, ns, &hosts[0]), Vec::<String>::new());
-    assert_eq!(domains(&lab, ns, &hosts[1]), ["web"]);
-    assert!(ports(&lab, ns, &hosts[1]).contains(&"nm-web".into()));
-    assert!(!ports(&lab, ns, &hosts[0]).contains(&"nm-web".into()));
+    only_on(&lab, ns, "web", &hosts[1], &hosts[0]);
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from web"));
     eprintln!(
         "xen live PVH: built-in probe {} ms, client prober {} ms",
@@ -515,10 +521,7 @@ fn xen_faults_a_save_cut_half_way_no_room_and_mismatched_tools_leave_the_guest_i
     let m = migrate(&app, "web", "xenB", "--cold", &[]);
     assert_eq!(m["state"], "rolled-back", "{m:#}");
     assert_eq!(host_of(&app, "web"), "xenA");
-    assert_eq!(domains(&lab, ns, a), ["web"]);
-    assert_eq!(domains(&lab, ns, b), Vec::<String>::new());
-    assert!(ports(&lab, ns, a).contains(&"nm-web".into()));
-    assert!(!ports(&lab, ns, b).contains(&"nm-web".into()));
+    only_on(&lab, ns, "web", a, b);
     assert!(wait_http(&lab, &client.ns, ip).contains("hello from web"));
     // Every try (the lab's config retries 4 times) was rolled back and recorded.
     let all = json(&app.cli_ok(&["migrations", "--json"]).unwrap());
