@@ -79,8 +79,30 @@ impl Qmp {
 /// One hand-driven move of a freshly booted guest from `from` to `to`; returns the break the
 /// client namespace saw (ms).
 pub fn baseline(lab: &Lab, from: &Host, to: &Host, client: &Node, mode: &str) -> Result<u64> {
+    let mut started = Vec::new();
+    let r = move_once(lab, from, to, client, mode, &mut started);
+    if r.is_err() {
+        // What a failed try left (its QEMUs, taps, ports) would stop the next one.
+        for (h, pid, tap) in started {
+            lab.stop(pid);
+            let _ = h.ovs.vsctl(&["--if-exists", "del-port", BRIDGE, &tap]);
+            let _ = crate::netns::ip(&h.ns, &["link", "del", &tap]);
+        }
+    }
+    r
+}
+
+fn move_once<'h>(
+    lab: &Lab,
+    from: &'h Host,
+    to: &'h Host,
+    client: &Node,
+    mode: &str,
+    started: &mut Vec<(&'h Host, u32, String)>,
+) -> Result<u64> {
     let mut spec = GuestSpec::numbered(9);
     let src = lab.guest(from, spec.clone())?;
+    started.push((from, src.pid, src.tap.clone()));
     let ip = spec.ip;
     lab.wait_http(&client.ns, &src, Duration::from_secs(120))?;
     let start = || {
@@ -119,6 +141,7 @@ pub fn baseline(lab: &Lab, from: &Host, to: &Host, client: &Node, mode: &str) ->
             std::fs::copy(&saved, &copied)?;
             spec.incoming = Some(format!("exec:cat {}", copied.display()));
             let dst = lab.guest(to, spec.clone())?;
+            started.push((to, dst.pid, dst.tap.clone()));
             let mut t = Qmp::connect(&dst.qmp)?;
             t.wait_status("query-status", "status", &|s| s != "inmigrate")?;
             t.execute("cont", json!({}))?;
@@ -127,6 +150,7 @@ pub fn baseline(lab: &Lab, from: &Host, to: &Host, client: &Node, mode: &str) ->
         "live" => {
             spec.incoming = Some("tcp:0:4444".into());
             let dst = lab.guest(to, spec.clone())?;
+            started.push((to, dst.pid, dst.tap.clone()));
             q.execute(
                 "migrate",
                 json!({"uri": format!("tcp:{}:4444", host_ip(&to.name))}),
@@ -134,6 +158,12 @@ pub fn baseline(lab: &Lab, from: &Host, to: &Host, client: &Node, mode: &str) ->
             q.wait_status("query-migrate", "status", &|s| {
                 s == "completed" || s == "failed"
             })?;
+            let m = q.execute("query-migrate", json!({}))?;
+            if m["status"] != "completed" {
+                q.execute("quit", json!({}))?;
+                let _ = Qmp::connect(&dst.qmp).and_then(|mut t| t.execute("quit", json!({})));
+                bail!("the hand-driven live migration failed: {}", m["error-desc"]);
+            }
             q.execute("quit", json!({}))?;
             wait_for("the source QEMU to exit", Duration::from_secs(10), || {
                 lab.has_exited(src.pid).then_some(())

@@ -296,18 +296,28 @@ fn paper(
     for mode in modes {
         let mut ms = Vec::new();
         for i in 0..baseline_runs {
-            let b = step(
-                &format!("hand-driven QEMU baseline, {mode}, run {}", i + 1),
-                || {
-                    netmigrate_lab::hand::baseline(
-                        &p.lab,
-                        &p.hosts[0],
-                        &p.hosts[2],
-                        &p.client,
-                        mode,
-                    )
-                },
-            )?;
+            // A hand-driven move that fails (TCG on a busy machine) is tried again, twice at
+            // most, rather than losing the whole run's figures.
+            let mut tries = 0;
+            let b = loop {
+                let r = step(
+                    &format!("hand-driven QEMU baseline, {mode}, run {}", i + 1),
+                    || {
+                        netmigrate_lab::hand::baseline(
+                            &p.lab,
+                            &p.hosts[0],
+                            &p.hosts[2],
+                            &p.client,
+                            mode,
+                        )
+                    },
+                );
+                tries += 1;
+                match r {
+                    Err(e) if tries < 3 => eprintln!("    {e:#}; again"),
+                    r => break r?,
+                }
+            };
             eprintln!("    break {b} ms");
             ms.push(b);
         }

@@ -51,6 +51,18 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
     );
     assert!(ports(&a).contains(&"nm-vm1".to_string()));
 
+    // The client sees the VM's gratuitous ARPs: the one that re-points the network must come
+    // while the VM is still stopped (sent from its target port, not by the guest).
+    let arp_log = lab.dir.join("client-arp.log");
+    let sniffer = lab
+        .track(
+            "client-arp",
+            std::process::Command::new("ip").args([
+                "netns", "exec", &client.ns, "tcpdump", "-l", "-n", "-e", "-tt", "-i", "any", "arp",
+            ]),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     // Cold: the paper's path, streamed through the image store.
     let probe = Prober::start(
         &client.ns,
@@ -81,10 +93,38 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.stop(sniffer);
+    let at = |name: &str| {
+        m["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == name)
+            .and_then(|s| s["started_ms"].as_i64())
+            .unwrap_or_else(|| panic!("no step {name}: {m:#}")) as f64
+            / 1000.0
+    };
+    let (paused, resumed) = (at("pause source"), at("resume on target"));
+    let arps = std::fs::read_to_string(&arp_log).unwrap();
+    let garp = format!("who-has {ip} tell {ip}");
+    let while_stopped = arps.lines().any(|l| {
+        let t: f64 = l
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0);
+        l.contains("52:54:00:d5:00:15") && l.contains(&garp) && t > paused && t < resumed
+    });
+    assert!(
+        while_stopped,
+        "no gratuitous ARP for {ip} between the pause ({paused}) and the resume ({resumed}):\n{arps}"
+    );
     for want in [
         "prepare target",
         "target port",
         "pause source",
+        "re-point network",
         "save to image store",
         "load on target",
         "verify checksum",
@@ -178,6 +218,11 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
     let id = m["id"].as_i64().unwrap().to_string();
     let shown = app.cli_ok(&["migrations", &id]).unwrap();
     assert!(shown.contains("live pre-copy"), "{shown}");
+    // QEMU held the switch-over for the network to be re-pointed at the target, and went on.
+    let repointed = shown
+        .lines()
+        .any(|l| l.contains("re-point network") && l.contains("done"));
+    assert!(repointed, "{shown}");
 
     // The dashboard, in Chromium on the client: what it shows is what the API says.
     let page = netmigrate_lab::dashboard::open(
@@ -273,6 +318,7 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
         "prepare target:after",
         "target port:after",
         "pause source:after",
+        "re-point network:after",
         "save to image store:before",
         "load on target:before",
         "verify checksum:before",
@@ -289,6 +335,7 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
         "target port:after",
         "target listens:after",
         "live pre-copy:before",
+        "re-point network:after",
         "live pre-copy:after",
         "target runs:after",
         "announce:after",

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{last_words, DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef};
+use super::{
+    last_words, DriverError, GuestType, Hypervisor, LiveResult, RunState, Switchover, VmDef,
+};
 use crate::config::HostConfig;
 use crate::hypervisor::qemu::sh_quote;
 use crate::inventory::ssh::Conn;
@@ -324,38 +326,6 @@ fn died(reason: &str) -> bool {
     code == "?" || code.parse::<u32>().is_ok_and(|c| c > 128)
 }
 
-/// A gratuitous ARP (or, without an address, a RARP as QEMU's announce-self sends) from `mac`,
-/// as hex for `ovs-ofctl packet-out`.
-pub fn announcement(mac: &str, ip: Option<std::net::Ipv4Addr>) -> Option<String> {
-    let m: Vec<u8> = mac
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    if m.len() != 6 {
-        return None;
-    }
-    let mut f = vec![0xff; 6];
-    f.extend(&m);
-    let (ethertype, op, ip) = match ip {
-        Some(ip) => ([0x08, 0x06], [0, 1], ip.octets()),
-        None => ([0x80, 0x35], [0, 3], [0; 4]),
-    };
-    f.extend(ethertype);
-    f.extend([0, 1, 0x08, 0x00, 6, 4]);
-    f.extend(op);
-    f.extend(&m);
-    f.extend(ip);
-    f.extend(if ethertype == [0x08, 0x06] {
-        [0; 6]
-    } else {
-        [m[0], m[1], m[2], m[3], m[4], m[5]]
-    });
-    f.extend(ip);
-    f.resize(60, 0);
-    Some(f.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[async_trait]
 impl Hypervisor for Xen {
     fn host(&self) -> &str {
@@ -522,6 +492,7 @@ impl Hypervisor for Xen {
         _port: u16,
         _downtime: Duration,
         timeout: Duration,
+        _at_switchover: Option<Switchover<'_>>,
     ) -> Result<LiveResult, DriverError> {
         // The domain runs on the target as soon as it is in: its port waited on the switch,
         // and the hotplug script held the domain until vswitchd took the vif (a `-p` here and
@@ -596,9 +567,10 @@ impl Hypervisor for Xen {
     async fn announce(&self, vm: &VmDef) -> Result<(), DriverError> {
         // netfront announces the guest itself on resume; this says it again from its port, as
         // if from the guest, for switches that missed it.
-        let Some(frame) = announcement(&vm.mac, vm.ip) else {
+        let Some(frame) = crate::network::announcement(&vm.mac, vm.ip) else {
             return Err(self.err(vm, format!("bad MAC {}", vm.mac)));
         };
+        let frame: String = frame.iter().map(|b| format!("{b:02x}")).collect();
         let script = format!(
             "o=$(ovs-vsctl --timeout=5 get Interface {p} ofport) && [ \"$o\" -gt 0 ] && \
              for i in 1 2 3; do ovs-ofctl packet-out {br} \"in_port=$o packet={frame} actions=NORMAL\" || exit 1; sleep 0.05; done",
@@ -653,16 +625,6 @@ impl Hypervisor for Xen {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn announcement_is_a_gratuitous_arp_or_a_rarp() {
-        let g = announcement("00:16:3e:00:00:01", Some("10.0.0.5".parse().unwrap())).unwrap();
-        assert_eq!(g.len(), 120);
-        assert!(g.starts_with("ffffffffffff00163e0000010806000108000604000100163e0000010a000005"));
-        let r = announcement("00:16:3e:00:00:01", None).unwrap();
-        assert_eq!(&r[24..28], "8035");
-        assert!(announcement("bad", None).is_none());
-    }
 
     #[test]
     fn a_death_is_told_from_a_refusal() {

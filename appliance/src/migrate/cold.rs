@@ -162,6 +162,7 @@ impl Move<'_> {
                 Err(Failure::RolledBack(e))
             }
         };
+        let mut repoint = self.repointer().await;
         let paused_at = Instant::now();
         if let Err(e) = self
             .journal
@@ -185,24 +186,34 @@ impl Move<'_> {
                 .await
                 .map_err(driver_err)
         })));
-        // The target starts loading as soon as the upload exists in the store.
+        // The target starts loading as soon as the upload exists in the store; the network is
+        // re-pointed meanwhile (not before the save: it is off the break's critical path).
         let mut saved = None;
-        let generation = loop {
-            tokio::select! {
-                r = save.as_mut().expect("save"), if saved.is_none() => {
-                    if let Err(e) = r {
-                        return back(e).await;
+        let appeared = async {
+            loop {
+                tokio::select! {
+                    r = save.as_mut().expect("save"), if saved.is_none() => {
+                        r?;
+                        saved = Some(());
                     }
-                    saved = Some(Ok::<(), String>(()));
+                    g = self.upload_appears(&c.up_user) => {
+                        if g.is_err() {
+                            drop(save.take());
+                        }
+                        return g;
+                    }
                 }
-                g = self.upload_appears(&c.up_user) => match g {
-                    Ok(g) => break g,
-                    Err(e) => {
-                        drop(save.take());
-                        return back(e).await;
-                    }
-                },
             }
+        };
+        let repointed = async {
+            if let Some(r) = repoint.as_mut() {
+                self.repoint(r).await;
+            }
+        };
+        let (appeared, ()) = tokio::join!(appeared, repointed);
+        let generation = match appeared {
+            Ok(g) => g,
+            Err(e) => return back(e).await,
         };
         let image = ImageId {
             vm: vm.clone(),
@@ -426,6 +437,12 @@ impl Move<'_> {
         self.journal
             .undo("pause source", async {
                 self.src.driver.resume(self.def).await.map_err(driver_err)
+            })
+            .await;
+        // The network may have been re-pointed at the target already.
+        self.journal
+            .try_step("announce on source", async {
+                self.src.driver.announce(self.def).await.map_err(driver_err)
             })
             .await;
         self.undo_target().await;

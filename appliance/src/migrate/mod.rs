@@ -22,7 +22,7 @@ use crate::hypervisor::xen::Xen;
 use crate::hypervisor::{Hypervisor, RunState, VmDef};
 use crate::inventory::ssh::Conn;
 use crate::inventory::Inventory;
-use crate::network::{self, Ovsdb, PortSpec};
+use crate::network::{self, OpenFlow, Ovsdb, PortSpec};
 use crate::state::{MigrationRow, NewEvent, State};
 use journal::Journal;
 
@@ -134,23 +134,45 @@ pub(crate) struct Side {
 }
 
 impl Side {
-    /// The host's switch, over its OVSDB socket forwarded through SSH.
-    pub async fn ovsdb(&self) -> Result<Ovsdb<russh::ChannelStream<russh::client::Msg>>, String> {
-        let path = match self.cfg.ovsdb.as_deref() {
-            None => "/var/run/openvswitch/db.sock",
+    /// Where the host's OVSDB socket is.
+    fn ovsdb_path(&self) -> Result<&str, String> {
+        match self.cfg.ovsdb.as_deref() {
+            None => Ok("/var/run/openvswitch/db.sock"),
             Some(s) => s.strip_prefix("unix:").ok_or_else(|| {
                 format!(
                     "{}: ovsdb `{s}`: only unix: sockets are reachable over SSH",
                     self.cfg.name
                 )
-            })?,
-        };
+            }),
+        }
+    }
+
+    /// The host's switch, over its OVSDB socket forwarded through SSH.
+    pub async fn ovsdb(&self) -> Result<Ovsdb<russh::ChannelStream<russh::client::Msg>>, String> {
         let s = self
             .conn
-            .unix_stream(path)
+            .unix_stream(self.ovsdb_path()?)
             .await
             .map_err(|e| format!("{}: OVSDB: {e}", self.cfg.name))?;
         Ok(Ovsdb::new(s))
+    }
+
+    /// The bridge's OpenFlow management socket (ovs-vswitchd makes `<bridge>.mgmt` beside
+    /// `db.sock`), forwarded through SSH.
+    pub async fn openflow(
+        &self,
+    ) -> Result<OpenFlow<russh::ChannelStream<russh::client::Msg>>, String> {
+        let db = self.ovsdb_path()?;
+        let dir = db.rsplit_once('/').map_or(".", |(d, _)| d);
+        let path = format!("{dir}/{}.mgmt", self.cfg.bridge);
+        let s = self
+            .conn
+            .unix_stream(&path)
+            .await
+            .map_err(|e| format!("{}: OpenFlow {path}: {e}", self.cfg.name))?;
+        OpenFlow::handshake(s)
+            .await
+            .map_err(|e| format!("{}: {path}: {e}", self.cfg.name))
     }
 
     /// Puts `vm`'s port on the switch; its device must be there and open.
@@ -779,6 +801,14 @@ pub(crate) enum Failure {
     Forward(String),
 }
 
+/// What re-points the network at a VM's target port the moment the VM stops on the source: a
+/// connection to the target's switch opened before, and the announcement to send through it.
+pub(crate) struct Repoint {
+    of: OpenFlow<russh::ChannelStream<russh::client::Msg>>,
+    in_port: u16,
+    frame: Vec<u8>,
+}
+
 /// The parts of one move.
 #[derive(Clone, Copy)]
 pub(crate) struct Move<'a> {
@@ -866,6 +896,42 @@ impl Move<'_> {
             return Err(e);
         }
         Ok(spec)
+    }
+
+    /// Readies `repoint`, before the VM stops. None where the target port has no device yet
+    /// (the load makes it: Xen) or its switch cannot be reached so; the announcement once the VM
+    /// runs there (`tell_network`) then does it, later.
+    pub async fn repointer(&self) -> Option<Repoint> {
+        if self.dst.driver.nic_made_by_load() {
+            return None;
+        }
+        let r = async {
+            let frame = network::announcement(&self.def.mac, self.def.ip)
+                .ok_or_else(|| format!("bad MAC {}", self.def.mac))?;
+            let ofport = self.dst.port_up(self.def, Duration::ZERO).await?;
+            let in_port = u16::try_from(ofport)
+                .ok()
+                .filter(|p| *p < 0xff00)
+                .ok_or_else(|| format!("ofport {ofport} is beyond OpenFlow 1.0's ports"))?;
+            let of = self.dst.openflow().await?;
+            Ok::<_, String>(Repoint { of, in_port, frame })
+        }
+        .await;
+        r.map_err(|e| tracing::warn!(vm = %self.def.name, "the network is re-pointed only once the VM runs on the target: {e}"))
+            .ok()
+    }
+
+    /// The VM has stopped on the source: the switches are told it is at its target port now,
+    /// so what is sent to it during the break waits in the target's tap (QEMU reads it once
+    /// the VM runs there) instead of being lost at the source. A failure is recorded; the
+    /// announcement once the VM runs there follows anyway.
+    pub async fn repoint(&self, rp: &mut Repoint) {
+        self.journal
+            .try_step("re-point network", async {
+                rp.of.packet_out(rp.in_port, &rp.frame).await?;
+                rp.of.barrier().await
+            })
+            .await;
     }
 
     /// For a driver whose load made the VM's NIC: the port put on the switch before has its
