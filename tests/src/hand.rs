@@ -151,6 +151,14 @@ fn move_once<'h>(
             spec.incoming = Some("tcp:0:4444".into());
             let dst = lab.guest(to, spec.clone())?;
             started.push((to, dst.pid, dst.tap.clone()));
+            // QEMU opens its incoming socket some time after it starts.
+            wait_for("the target QEMU to listen", Duration::from_secs(30), || {
+                let out = crate::netns::exec(&to.ns, "ss")
+                    .args(["-Hltn", "sport = :4444"])
+                    .output()
+                    .ok()?;
+                (!out.stdout.is_empty()).then_some(())
+            })?;
             q.execute(
                 "migrate",
                 json!({"uri": format!("tcp:{}:4444", host_ip(&to.name))}),

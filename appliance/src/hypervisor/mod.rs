@@ -201,11 +201,6 @@ pub struct LiveResult {
 
 /// What the engine asks of a host. Each call acts on one VM and returns once it has taken
 /// effect (or failed); none leaves the VM in two places.
-/// What a live migration runs at its switch-over, where the hypervisor can hold it there: the
-/// VM stopped on the source, its last pages not yet sent. Dropped unrun where it cannot, or
-/// where the migration ends without reaching it.
-pub type Switchover<'a> = futures_util::future::BoxFuture<'a, ()>;
-
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
     /// The host this driver talks to.
@@ -258,7 +253,6 @@ pub trait Hypervisor: Send + Sync {
         port: u16,
         downtime: Duration,
         timeout: Duration,
-        at_switchover: Option<Switchover<'_>>,
     ) -> Result<LiveResult, DriverError>;
     /// Stops an outgoing migration of `vm` if one runs; `vm` keeps running here.
     async fn abort_outgoing(&self, vm: &VmDef) -> Result<(), DriverError>;

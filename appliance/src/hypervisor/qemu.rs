@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{DriverError, Hypervisor, LiveResult, RunState, Switchover, VmDef};
+use super::{DriverError, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::inventory::qmp::Qmp;
 use crate::inventory::ssh::Conn;
@@ -335,14 +335,6 @@ impl Hypervisor for Qemu {
     async fn save_to(&self, vm: &VmDef, sink: &str, timeout: Duration) -> Result<(), DriverError> {
         let mut q = self.qmp(vm).await?;
         let run = |e: String| self.err(vm, e);
-        // Capabilities stay with the QEMU: a live attempt before this one may have left the
-        // pause at the switch-over on, and nobody would continue this save from there.
-        q.execute(
-            "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "pause-before-switchover", "state": false}]}),
-        )
-        .await
-        .map_err(run)?;
         q.execute(
             "migrate-set-parameters",
             json!({"max-bandwidth": MAX_BANDWIDTH}),
@@ -445,21 +437,9 @@ impl Hypervisor for Qemu {
         port: u16,
         downtime: Duration,
         timeout: Duration,
-        at_switchover: Option<Switchover<'_>>,
     ) -> Result<LiveResult, DriverError> {
-        let t = Instant::now();
         let mut q = self.qmp(vm).await?;
         let run = |e: String| self.err(vm, e);
-        // QEMU holds the migration once the VM has stopped here for the last pages
-        // ("pre-switchover") until told to go on: the moment to run `at_switchover`.
-        let hold = at_switchover.is_some();
-        q.execute(
-            "migrate-set-capabilities",
-            json!({"capabilities": [{"capability": "pause-before-switchover", "state": hold},
-                                    {"capability": "events", "state": true}]}),
-        )
-        .await
-        .map_err(run)?;
         q.execute(
             "migrate-set-parameters",
             json!({"max-bandwidth": MAX_BANDWIDTH, "downtime-limit": downtime.as_millis() as u64}),
@@ -469,38 +449,9 @@ impl Hypervisor for Qemu {
         q.execute("migrate", json!({"uri": format!("tcp:{target}:{port}")}))
             .await
             .map_err(run)?;
-        let what = "live migration (it did not converge)";
-        let held = q.event("MIGRATION", |d| {
-            matches!(
-                d["status"].as_str(),
-                Some("pre-switchover" | "completed" | "failed" | "cancelled")
-            )
-        });
-        match tokio::time::timeout(timeout, held).await {
-            Ok(Ok(d)) if d["status"] == "pre-switchover" => {
-                if let Some(f) = at_switchover {
-                    f.await;
-                }
-                q.execute("migrate-continue", json!({"state": "pre-switchover"}))
-                    .await
-                    .map_err(run)?;
-            }
-            // It ended without the hold: `wait_migration` says how.
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(run(e)),
-            Err(_) => {
-                let _ = q.execute("migrate_cancel", json!({})).await;
-                return Err(DriverError::Timeout {
-                    host: self.host.name.clone(),
-                    vm: vm.name.clone(),
-                    what: what.into(),
-                    after: timeout,
-                });
-            }
-        }
         self.keep(vm, q).await;
         let m = self
-            .wait_migration(vm, what, timeout.saturating_sub(t.elapsed()))
+            .wait_migration(vm, "live migration (it did not converge)", timeout)
             .await?;
         Ok(LiveResult {
             downtime_ms: m["downtime"].as_u64(),

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{
-    last_words, DriverError, GuestType, Hypervisor, LiveResult, RunState, Switchover, VmDef,
-};
+use super::{last_words, DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::hypervisor::qemu::sh_quote;
 use crate::inventory::ssh::Conn;
@@ -492,7 +490,6 @@ impl Hypervisor for Xen {
         _port: u16,
         _downtime: Duration,
         timeout: Duration,
-        _at_switchover: Option<Switchover<'_>>,
     ) -> Result<LiveResult, DriverError> {
         // The domain runs on the target as soon as it is in: its port waited on the switch,
         // and the hotplug script held the domain until vswitchd took the vif (a `-p` here and

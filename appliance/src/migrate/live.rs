@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{driver_err, Failure, Move};
-use crate::hypervisor::{DriverError, RunState, Switchover};
+use crate::hypervisor::{DriverError, RunState};
 
 /// Incoming live migrations listen on this port plus the migration's number (mod 10000).
 const LIVE_PORT_BASE: u16 = 49152;
@@ -38,23 +38,12 @@ impl Move<'_> {
         // Pre-copy that timed out, or whose stream broke with the VM resumed at the source,
         // leaves the VM untouched there: the cold path may follow.
         let mut may_go_cold = false;
-        let mut repoint = self.repointer().await;
         let r = self
             .journal
             .step("live pre-copy", async {
-                let at_switchover = repoint
-                    .as_mut()
-                    .map(|r| Box::pin(self.repoint(r)) as Switchover);
                 self.src
                     .driver
-                    .live_migrate(
-                        self.def,
-                        self.dst.cfg.address,
-                        port,
-                        downtime,
-                        timeout,
-                        at_switchover,
-                    )
+                    .live_migrate(self.def, self.dst.cfg.address, port, downtime, timeout)
                     .await
                     .map_err(|e| {
                         may_go_cold = matches!(

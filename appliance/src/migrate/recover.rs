@@ -139,7 +139,7 @@ impl Engine {
                     def.name
                 ));
             }
-            settle_back(&journal, &def, &src, &dst).await?;
+            settle_back(&journal, &def, &src, &dst, s).await?;
             (
                 "rolled-back",
                 src.cfg.name.clone(),
@@ -196,13 +196,20 @@ async fn settle_forward(j: &Journal, def: &VmDef, src: &Side, dst: &Side, t: Run
 }
 
 /// The VM belongs on the source: clear the target, let the source run.
-async fn settle_back(j: &Journal, def: &VmDef, src: &Side, dst: &Side) -> Result<(), String> {
-    // A live pre-copy may still be going on by itself, or be held at its switch-over (the VM
-    // stopped there) for a continue that will not come. (Nothing to cancel is no error.)
-    j.try_step("recover: cancel outgoing migration", async {
-        src.driver.abort_outgoing(def).await.map_err(driver_err)
-    })
-    .await;
+async fn settle_back(
+    j: &Journal,
+    def: &VmDef,
+    src: &Side,
+    dst: &Side,
+    s: RunState,
+) -> Result<(), String> {
+    // A live pre-copy may still be going on by itself.
+    if s == RunState::Running {
+        j.try_step("recover: cancel outgoing migration", async {
+            src.driver.abort_outgoing(def).await.map_err(driver_err)
+        })
+        .await;
+    }
     j.try_step("recover: clear target", async {
         dst.driver.destroy(def).await.map_err(driver_err)
     })
