@@ -168,8 +168,7 @@ fn move_once<'h>(
             })?;
             let m = q.execute("query-migrate", json!({}))?;
             if m["status"] != "completed" {
-                q.execute("quit", json!({}))?;
-                let _ = Qmp::connect(&dst.qmp).and_then(|mut t| t.execute("quit", json!({})));
+                // `baseline` stops both QEMUs.
                 bail!("the hand-driven live migration failed: {}", m["error-desc"]);
             }
             q.execute("quit", json!({}))?;

@@ -188,13 +188,13 @@ impl Move<'_> {
         })));
         // The target starts loading as soon as the upload exists in the store; the network is
         // re-pointed meanwhile (not before the save: it is off the break's critical path).
-        let mut saved = None;
+        let mut save_done = false;
         let appeared = async {
             loop {
                 tokio::select! {
-                    r = save.as_mut().expect("save"), if saved.is_none() => {
+                    r = save.as_mut().expect("save"), if !save_done => {
                         r?;
-                        saved = Some(());
+                        save_done = true;
                     }
                     g = self.upload_appears(&c.up_user) => {
                         if g.is_err() {
@@ -264,7 +264,6 @@ impl Move<'_> {
         tokio::pin!(restore);
         let stalls = self.upload_stalls(&image);
         tokio::pin!(stalls);
-        let mut save_done = saved.is_some();
         let loaded = loop {
             tokio::select! {
                 r = save.as_mut().expect("save"), if !save_done => {
