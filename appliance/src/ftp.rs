@@ -7,6 +7,7 @@ use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use async_trait::async_trait;
 use netmigrate_image::{ImageId, Published, Store};
 use netmigrate_services::ftp::{FtpAccounts, FtpUser};
+use subtle::ConstantTimeEq;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -70,9 +71,8 @@ impl Verified {
     fn knows(&self, user: &str, hash: &str, password: &str) -> bool {
         let tag = self.tag(hash, password);
         let seen = self.seen.lock().expect("verified lock");
-        seen.get(user).is_some_and(|(t, at)| {
-            at.elapsed() < VERIFIED_FOR && crate::api::server::constant_time_eq(t, &tag)
-        })
+        seen.get(user)
+            .is_some_and(|(t, at)| at.elapsed() < VERIFIED_FOR && bool::from(t.ct_eq(&tag)))
     }
 
     fn remember(&self, user: &str, hash: &str, password: &str) {
@@ -142,7 +142,7 @@ pub fn hash_token(token: &str) -> String {
 }
 
 fn token_matches(hash: &str, token: &str) -> bool {
-    crate::api::server::constant_time_eq(hash_token(token).as_bytes(), hash.as_bytes())
+    bool::from(hash_token(token).as_bytes().ct_eq(hash.as_bytes()))
 }
 
 pub fn hash_password(password: &str) -> Result<String, Error> {

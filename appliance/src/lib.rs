@@ -18,6 +18,7 @@ pub mod provision;
 pub mod reservations;
 pub mod router;
 pub mod script;
+pub mod shell;
 pub mod state;
 
 /// The appliance's error; the binary turns it into one line and an exit code.

@@ -12,6 +12,7 @@ use super::{DriverError, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::inventory::qmp::Qmp;
 use crate::inventory::ssh::Conn;
+use crate::shell::quote;
 
 /// How often migration progress is polled (the poll is one QMP round trip over SSH).
 const POLL: Duration = Duration::from_millis(5);
@@ -34,11 +35,6 @@ pub struct Qemu {
     pub host: HostConfig,
     pub conn: Arc<Conn>,
     qmps: tokio::sync::Mutex<std::collections::HashMap<String, QmpConn>>,
-}
-
-/// Quotes `s` for a POSIX shell.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 impl Qemu {
@@ -179,7 +175,7 @@ impl Qemu {
             vm,
             &format!(
                 "tail -n 3 {} 2>/dev/null",
-                sh_quote(&self.path(vm, "qemu.log"))
+                quote(&self.path(vm, "qemu.log"))
             ),
             Duration::from_secs(10),
         )
@@ -197,7 +193,7 @@ impl Qemu {
         let cmd: Vec<String> = self
             .command(vm, incoming)
             .iter()
-            .map(|a| sh_quote(a))
+            .map(|a| quote(a))
             .collect();
         let port = vm.port();
         let pid = self.path(vm, "pid");
@@ -207,10 +203,10 @@ impl Qemu {
              ip link del {port} 2>/dev/null || true; \
              ip tuntap add {port} mode tap; ip link set {port} up; \
              rm -f {qmp}; {cmd} </dev/null >/dev/null 2>{log} || {{ ip link del {port}; cat {log} >&2; exit 4; }}",
-            run = sh_quote(&self.host.run_dir),
-            pid = sh_quote(&pid),
-            qmp = sh_quote(&self.path(vm, "qmp")),
-            log = sh_quote(&self.path(vm, "qemu.log")),
+            run = quote(&self.host.run_dir),
+            pid = quote(&pid),
+            qmp = quote(&self.path(vm, "qmp")),
+            log = quote(&self.path(vm, "qemu.log")),
             cmd = cmd.join(" "),
         );
         self.sh(vm, &script, Duration::from_secs(30)).await?;
@@ -258,7 +254,7 @@ impl Qemu {
 
     /// Whether the VM's QEMU process runs on the host (a zombie counts as gone).
     async fn alive(&self, vm: &VmDef) -> Result<bool, DriverError> {
-        let pid = sh_quote(&self.path(vm, "pid"));
+        let pid = quote(&self.path(vm, "pid"));
         let out = self
             .sh(
                 vm,
@@ -476,7 +472,7 @@ impl Hypervisor for Qemu {
 
     async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError> {
         self.qmps.lock().await.remove(&vm.name);
-        let pid = sh_quote(&self.path(vm, "pid"));
+        let pid = quote(&self.path(vm, "pid"));
         let script = format!(
             "p=$(cat {pid} 2>/dev/null); \
              if [ -n \"$p\" ] && kill \"$p\" 2>/dev/null; then \
@@ -484,8 +480,8 @@ impl Hypervisor for Qemu {
                [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && kill -9 \"$p\"; \
              fi; \
              rm -f {pid} {qmp}; ip link del {port} 2>/dev/null; true",
-            qmp = sh_quote(&self.path(vm, "qmp")),
-            port = sh_quote(&vm.port()),
+            qmp = quote(&self.path(vm, "qmp")),
+            port = quote(&vm.port()),
         );
         self.sh(vm, &script, Duration::from_secs(20))
             .await

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 
 use super::{last_words, DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
-use crate::hypervisor::qemu::sh_quote;
 use crate::inventory::ssh::Conn;
+use crate::shell::quote;
 
 /// The hotplug script: renames the vif to the VM's port name and brings it up; netback waits
 /// for `hotplug-status` before it connects the guest, and libxl for the script before the
@@ -165,11 +165,11 @@ impl Xen {
         format!(
             "umask 022; mkdir -p {run}; printf '%s' {cfg} > {cfgp}; \
              printf '%s' {script} > {vif}.tmp && chmod 755 {vif}.tmp && mv {vif}.tmp {vif}; ",
-            run = sh_quote(&self.host.run_dir),
-            cfg = sh_quote(&self.config(vm)),
-            cfgp = sh_quote(&self.path(vm, "xl.cfg")),
-            vif = sh_quote(&self.vif_script()),
-            script = sh_quote(VIF_SCRIPT),
+            run = quote(&self.host.run_dir),
+            cfg = quote(&self.config(vm)),
+            cfgp = quote(&self.path(vm, "xl.cfg")),
+            vif = quote(&self.vif_script()),
+            script = quote(VIF_SCRIPT),
         )
     }
 
@@ -238,7 +238,7 @@ impl Xen {
                 vm,
                 &format!(
                     "xl list | awk -v n={} 'NR>1 && ($1==n || $1==n\"--incoming\" || $1==n\"--migratedaway\") {{print $1, $(NF-1)}}'",
-                    sh_quote(&vm.name)
+                    quote(&vm.name)
                 ),
             )
             .await?;
@@ -257,7 +257,7 @@ impl Xen {
             &format!(
                 "i=0; while pgrep -f {pat} >/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
                  ! pgrep -f {pat} >/dev/null || {{ echo 'xl {what} did not end' >&2; exit 1; }}",
-                pat = sh_quote(&format!("xl .*{what} .*{}( |$)", vm.name)),
+                pat = quote(&format!("xl .*{what} .*{}( |$)", vm.name)),
             ),
             Duration::from_secs(40),
         )
@@ -377,8 +377,8 @@ impl Hypervisor for Xen {
             "{}if xl domid {n} >/dev/null 2>&1; then echo 'a domain of this name already runs here' >&2; exit 3; fi; \
              xl create {cfg} </dev/null 2>&1 >/dev/null | tail -n 5 >&2; xl domid {n} >/dev/null",
             self.write_config(vm),
-            n = sh_quote(&vm.name),
-            cfg = sh_quote(&self.path(vm, "xl.cfg")),
+            n = quote(&vm.name),
+            cfg = quote(&self.path(vm, "xl.cfg")),
         );
         let mut tries = 0;
         loop {
@@ -414,7 +414,7 @@ impl Hypervisor for Xen {
     async fn resume(&self, vm: &VmDef) -> Result<(), DriverError> {
         // Unpausing a running domain is harmless; a domain left suspended by a broken save is
         // not running and says so.
-        self.quick(vm, &format!("xl unpause {}", sh_quote(&vm.name)))
+        self.quick(vm, &format!("xl unpause {}", quote(&vm.name)))
             .await
             .map(drop)
     }
@@ -426,12 +426,15 @@ impl Hypervisor for Xen {
         // resumes the guest by itself, which killing xl would not.
         let script = format!(
             "set -o pipefail; xl unpause {n} 2>/dev/null; \
-             xl save -p {n} /proc/self/fd/1 2>{log} | zstd -1 -q -T0 | sh -c 'echo $$ > {pid}; exec {sink}'; \
+             xl save -p {n} /proc/self/fd/1 2>{log} | zstd -1 -q -T0 | sh -c {run_sink}; \
              rc=$?; rm -f {pid}; [ $rc = 0 ] || {{ grep -v '^Saving to' {log} | tail -n 3 >&2; exit $rc; }}",
-            n = sh_quote(&vm.name),
-            log = sh_quote(&self.path(vm, "save.log")),
-            pid = sh_quote(&self.path(vm, "sink.pid")),
-            sink = sink.replace('\'', r"'\''"),
+            n = quote(&vm.name),
+            log = quote(&self.path(vm, "save.log")),
+            pid = quote(&self.path(vm, "sink.pid")),
+            run_sink = quote(&format!(
+                "echo $$ > {}; exec {sink}",
+                quote(&self.path(vm, "sink.pid"))
+            )),
         );
         match self.sh(vm, &script, timeout).await {
             Ok(_) => Ok(()),
@@ -456,9 +459,9 @@ impl Hypervisor for Xen {
             "set -o pipefail; {src} | zstd -d -q | xl restore -p {cfg} /proc/self/fd/0 2>{log} >/dev/null; \
              rc=$?; [ $rc = 0 ] || {{ tail -n 3 {log} >&2; xl destroy {n}--incoming 2>/dev/null; xl destroy {n} 2>/dev/null; exit $rc; }}",
             src = source,
-            cfg = sh_quote(&self.path(vm, "xl.cfg")),
-            log = sh_quote(&self.path(vm, "restore.log")),
-            n = sh_quote(&vm.name),
+            cfg = quote(&self.path(vm, "xl.cfg")),
+            log = quote(&self.path(vm, "restore.log")),
+            n = quote(&vm.name),
         );
         let t = Instant::now();
         let r = self.sh(vm, &script, timeout).await;
@@ -502,9 +505,9 @@ impl Hypervisor for Xen {
             "{}set -o pipefail; xl migrate -C {cfg} -s 'ssh -C -o BatchMode=yes' {n} {target} </dev/null >{log} 2>&1; \
              rc=$?; [ $rc = 0 ] || {{ grep -v '^ *$' {log} | tail -n 4 >&2; exit $rc; }}",
             self.write_config(vm),
-            cfg = sh_quote(&self.path(vm, "xl.cfg")),
-            n = sh_quote(&vm.name),
-            log = sh_quote(&self.path(vm, "migrate.log")),
+            cfg = quote(&self.path(vm, "xl.cfg")),
+            n = quote(&vm.name),
+            log = quote(&self.path(vm, "migrate.log")),
         );
         match self.sh(vm, &script, timeout).await {
             Ok(_) => Ok(LiveResult {
@@ -552,8 +555,8 @@ impl Hypervisor for Xen {
             &format!(
                 "p=$(cat {pid} 2>/dev/null); [ -n \"$p\" ] && kill \"$p\" 2>/dev/null; \
                  pkill -f {mig} 2>/dev/null; true",
-                pid = sh_quote(&self.path(vm, "sink.pid")),
-                mig = sh_quote("ssh .*xl .*migrate-receive"),
+                pid = quote(&self.path(vm, "sink.pid")),
+                mig = quote("ssh .*xl .*migrate-receive"),
             ),
             Duration::from_secs(20),
         )
@@ -571,8 +574,8 @@ impl Hypervisor for Xen {
         let script = format!(
             "o=$(ovs-vsctl --timeout=5 get Interface {p} ofport) && [ \"$o\" -gt 0 ] && \
              for i in 1 2 3; do ovs-ofctl packet-out {br} \"in_port=$o packet={frame} actions=NORMAL\" || exit 1; sleep 0.05; done",
-            p = sh_quote(&vm.port()),
-            br = sh_quote(&self.host.bridge),
+            p = quote(&vm.port()),
+            br = quote(&self.host.bridge),
         );
         self.quick(vm, &script).await.map(drop)
     }
@@ -582,7 +585,7 @@ impl Hypervisor for Xen {
             "for d in {n} {n}--incoming {n}--migratedaway; do xl destroy \"$d\" 2>/dev/null; done; \
              i=0; while xl domid {n} >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
              ! xl domid {n} >/dev/null 2>&1 || {{ echo 'the domain would not go' >&2; exit 1; }}",
-            n = sh_quote(&vm.name),
+            n = quote(&vm.name),
         );
         self.quick(vm, &script).await.map(drop)
     }
@@ -608,7 +611,7 @@ impl Hypervisor for Xen {
              xl network-attach {n} mac={mac} vifname={port} script={vif} && exit 0; \
              for m in $cur; do xl network-attach {n} mac=$m vifname={port} script={vif} >&2; done; exit 1",
             self.write_config(&new),
-            n = sh_quote(&vm.name),
+            n = quote(&vm.name),
             mac = mac.to_ascii_lowercase(),
             port = vm.port(),
             vif = self.vif_script(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use netmigrate_image::ImageId;
 
 use super::{driver_err, Failure, Move};
-use crate::hypervisor::qemu::sh_quote;
+use crate::shell::quote;
 use crate::state::{now_ms, AccountRow};
 
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -100,13 +100,10 @@ impl Move<'_> {
         for u in [&c.up_user, &c.down_user] {
             let _ = self.engine.state.delete_account(u.clone()).await;
         }
-        let _ = self
-            .src
-            .sh(&format!("rm -f {}", sh_quote(&c.up_netrc)))
-            .await;
+        let _ = self.src.sh(&format!("rm -f {}", quote(&c.up_netrc))).await;
         let _ = self
             .dst
-            .sh(&format!("rm -f {}", sh_quote(&c.down_netrc)))
+            .sh(&format!("rm -f {}", quote(&c.down_netrc)))
             .await;
     }
 
@@ -155,7 +152,7 @@ impl Move<'_> {
         let sum_file = format!("{}/{vm}.{id}.in.sha256", self.dst.cfg.run_dir);
         let fifo = format!("{}/{vm}.{id}.in.fifo", self.dst.cfg.run_dir);
         let back = |e: String| {
-            let cleanup = format!("rm -f {} {}", sh_quote(&fifo), sh_quote(&sum_file));
+            let cleanup = format!("rm -f {} {}", quote(&fifo), quote(&sum_file));
             async move {
                 self.rollback().await;
                 let _ = self.dst.sh(&cleanup).await;
@@ -175,7 +172,7 @@ impl Move<'_> {
         }
         let sink = format!(
             "curl -sS --fail --ftp-pasv --netrc-file {} -T - {src_url}/{vm}/mig{id}.img",
-            sh_quote(&c.up_netrc)
+            quote(&c.up_netrc)
         );
         // Held in an Option so that a rollback can drop it first: a save waiting on its QMP
         // answer holds the source's QMP connection, and QEMU serves one client at a time.
@@ -248,9 +245,9 @@ impl Move<'_> {
              (if command -v openssl >/dev/null; then openssl dgst -sha256 -r; else sha256sum; fi \
                < {f} > {s}.tmp && mv {s}.tmp {s}) & \
              curl -sS --fail --ftp-pasv --netrc-file {n} {dst_url}/{vm}/{generation}.img | tee -p {f}",
-            f = sh_quote(&fifo),
-            s = sh_quote(&sum_file),
-            n = sh_quote(&c.down_netrc),
+            f = quote(&fifo),
+            s = quote(&sum_file),
+            n = quote(&c.down_netrc),
         );
         let restore = self.journal.step("load on target", async {
             self.dst
@@ -308,11 +305,7 @@ impl Move<'_> {
         let told = self.arrive().await;
         let _ = self
             .dst
-            .sh(&format!(
-                "rm -f {} {}",
-                sh_quote(&fifo),
-                sh_quote(&sum_file)
-            ))
+            .sh(&format!("rm -f {} {}", quote(&fifo), quote(&sum_file)))
             .await;
         let upload_done_ms = upload_done.await.ok().flatten().map(since);
         if let (false, Some(s)) = (save_done, save.take()) {
@@ -405,7 +398,7 @@ impl Move<'_> {
             .dst
             .quick(&format!(
                 "i=0; while [ ! -s {s} ] && [ $i -lt 500 ]; do sleep 0.005; i=$((i+1)); done; cat {s}",
-                s = sh_quote(sum_file)
+                s = quote(sum_file)
             ))
             .await?;
         let got = got.split_whitespace().next().unwrap_or("");

@@ -17,12 +17,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, HostConfig, HypervisorKind};
-use crate::hypervisor::qemu::{sh_quote, Qemu};
+use crate::hypervisor::qemu::Qemu;
 use crate::hypervisor::xen::Xen;
 use crate::hypervisor::{Hypervisor, RunState, VmDef};
 use crate::inventory::ssh::Conn;
 use crate::inventory::Inventory;
 use crate::network::{self, OpenFlow, Ovsdb, PortSpec};
+use crate::shell::quote;
 use crate::state::{MigrationRow, NewEvent, State};
 use journal::Journal;
 
@@ -265,9 +266,9 @@ impl Side {
     pub async fn write_secret(&self, path: &str, text: &str) -> Result<(), String> {
         self.sh(&format!(
             "umask 077; mkdir -p {dir}; printf '%s' {t} > {p}",
-            dir = sh_quote(&self.cfg.run_dir),
-            t = sh_quote(text),
-            p = sh_quote(path)
+            dir = quote(&self.cfg.run_dir),
+            t = quote(text),
+            p = quote(path)
         ))
         .await
         .map(drop)
