@@ -312,8 +312,8 @@ pub struct FollowVm(pub Arc<Dhcp>);
 
 #[async_trait]
 impl crate::migrate::hooks::AfterMove for FollowVm {
-    fn name(&self) -> String {
-        "dhcp".into()
+    fn name(&self) -> &'static str {
+        "dhcp"
     }
 
     async fn moved(&self, m: &crate::migrate::hooks::Moved) -> Result<(), String> {

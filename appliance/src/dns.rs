@@ -322,8 +322,8 @@ pub struct FollowVm(pub Arc<Dns>);
 
 #[async_trait]
 impl crate::migrate::hooks::AfterMove for FollowVm {
-    fn name(&self) -> String {
-        "dns".into()
+    fn name(&self) -> &'static str {
+        "dns"
     }
 
     async fn moved(&self, m: &crate::migrate::hooks::Moved) -> Result<(), String> {

@@ -46,6 +46,12 @@ impl Store {
             .max())
     }
 
+    /// How the upload of `id` stands, told at every change (each write, the end, a failure),
+    /// while it is in progress; None once it is published or if there is no such upload.
+    pub fn progress(&self, id: &ImageId) -> Option<watch::Receiver<Progress>> {
+        self.inner.uploads.lock().expect("uploads").get(id).cloned()
+    }
+
     /// Bytes written so far, if `id` is being uploaded.
     pub fn uploading(&self, id: &ImageId) -> Option<u64> {
         let rx = self

@@ -31,7 +31,7 @@ mod store;
 mod writer;
 
 pub use follow::Reader;
-pub use store::{ImageId, Published, Store};
+pub use store::{ImageId, Progress, Published, Store};
 pub use writer::Writer;
 
 #[derive(Debug, thiserror::Error)]

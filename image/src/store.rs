@@ -85,7 +85,7 @@ impl Stored {
 
 /// How an upload stands, as its followers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Progress {
+pub enum Progress {
     Uploading {
         written: u64,
     },

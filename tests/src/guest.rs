@@ -188,7 +188,11 @@ pub(crate) fn busybox_into(root: &Path) -> Result<()> {
 
 /// `root` as a gzipped newc cpio at `out`, written aside and renamed in.
 pub(crate) fn pack(root: &Path, out: &Path) -> Result<()> {
-    let part = out.with_extension("part");
+    // A part of its own: test threads that build the same image into an empty cache at once
+    // each rename a whole one (a shared part was written by two and renamed under the other).
+    static PACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let part = out.with_extension(format!("{}.{n}.part", std::process::id()));
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(

@@ -2,6 +2,7 @@
 //! back, cold (through the FTP image store) and live, while a client namespace keeps asking it
 //! for HTTP; the switch ports, the journal and the refusals checked.
 
+use netmigrate::migrate::{Step, When};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -310,35 +311,35 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
 
     let only = std::env::var("NETMIGRATE_TEST_CRASH_ONLY").ok();
     let cold = [
-        "prepare target:after",
-        "target port:after",
-        "pause source:after",
-        "re-point network:after",
-        "save to image store:before",
-        "load on target:before",
-        "verify checksum:before",
-        "resume on target:before",
-        "resume on target:after",
-        "announce:before",
-        "appliance neighbour:after",
-        "stop source:after",
-        "source port:before",
-        "source port:after",
-        "after move: dns:before",
+        Step::PrepareTarget.crash_at(When::After),
+        Step::TargetPort.crash_at(When::After),
+        Step::PauseSource.crash_at(When::After),
+        Step::Repoint.crash_at(When::After),
+        Step::SaveToStore.crash_at(When::Before),
+        Step::LoadOnTarget.crash_at(When::Before),
+        Step::VerifyChecksum.crash_at(When::Before),
+        Step::ResumeOnTarget.crash_at(When::Before),
+        Step::ResumeOnTarget.crash_at(When::After),
+        Step::Announce.crash_at(When::Before),
+        Step::ApplianceNeighbour.crash_at(When::After),
+        Step::StopSource.crash_at(When::After),
+        Step::SourcePort.crash_at(When::Before),
+        Step::SourcePort.crash_at(When::After),
+        Step::AfterMove("dns").crash_at(When::Before),
     ];
     let live = [
-        "target port:after",
-        "target listens:after",
-        "live pre-copy:before",
-        "live pre-copy:after",
-        "target runs:after",
-        "announce:after",
-        "stop source:before",
+        Step::TargetPort.crash_at(When::After),
+        Step::TargetListens.crash_at(When::After),
+        Step::LivePreCopy.crash_at(When::Before),
+        Step::LivePreCopy.crash_at(When::After),
+        Step::TargetRuns.crash_at(When::After),
+        Step::Announce.crash_at(When::After),
+        Step::StopSource.crash_at(When::Before),
     ];
     let cases: Vec<(&str, &str)> = cold
         .iter()
-        .map(|p| ("--cold", *p))
-        .chain(live.iter().map(|p| ("--live", *p)))
+        .map(|p| ("--cold", p.as_str()))
+        .chain(live.iter().map(|p| ("--live", p.as_str())))
         .filter(|(_, p)| only.as_deref().is_none_or(|o| o == *p))
         .collect();
     let mut held = 0;

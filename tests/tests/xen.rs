@@ -2,6 +2,7 @@
 //! nested in QEMU (TCG) in the lab's namespaces. The smoke test runs in `make test`; the rest,
 //! slower, in `make test-xen` (`--ignored`).
 
+use netmigrate::migrate::{Step, When};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -599,19 +600,19 @@ fn xen_a_crash_at_a_journal_step_leaves_the_guest_running_in_exactly_one_place()
     let app = &mut app;
     let ip = smoke(&lab, &hosts, &client, app);
     let points = [
-        "pause source:after",
-        "save to image store:before",
-        "load on target:before",
-        "verify checksum:before",
-        "resume on target:after",
-        "stop source:after",
+        Step::PauseSource.crash_at(When::After),
+        Step::SaveToStore.crash_at(When::Before),
+        Step::LoadOnTarget.crash_at(When::Before),
+        Step::VerifyChecksum.crash_at(When::Before),
+        Step::ResumeOnTarget.crash_at(When::After),
+        Step::StopSource.crash_at(When::After),
     ];
     let only = std::env::var("NETMIGRATE_TEST_CRASH_ONLY").ok();
     let mut held = 0;
     let mut tried = 0;
     for point in points
         .iter()
-        .filter(|p| only.as_deref().is_none_or(|o| o == **p))
+        .filter(|p| only.as_deref().is_none_or(|o| o == p.as_str()))
     {
         tried += 1;
         let from = host_of(app, "web");

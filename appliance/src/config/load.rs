@@ -1241,6 +1241,9 @@ impl Cx<'_> {
         let hv = t.parse(&mut self.p, "hypervisor", |s| match s {
             "xen" => Ok(HypervisorKind::Xen),
             "qemu" | "kvm" => Ok(HypervisorKind::Qemu),
+            // The engine's unit tests drive fake hosts through the same factory.
+            #[cfg(test)]
+            "fake" => Ok(HypervisorKind::Fake),
             _ => Err(format!(
                 "`{s}` is not a hypervisor netmigrate drives; use \"xen\" or \"qemu\""
             )),
@@ -1312,7 +1315,7 @@ impl Cx<'_> {
         let hypervisor = hv.map(|(h, _)| h).unwrap_or(HypervisorKind::Xen);
         let bridge = bridge.unwrap_or_else(|| match hypervisor {
             HypervisorKind::Xen => "xenbr0".into(),
-            HypervisorKind::Qemu => "br0".into(),
+            _ => "br0".into(),
         });
         Some(Item {
             value: HostConfig {
@@ -1327,11 +1330,11 @@ impl Cx<'_> {
                 ovsdb: ovsdb.map(|(d, _)| d),
                 image_dir: image_dir.unwrap_or_else(|| match hypervisor {
                     HypervisorKind::Xen => "/var/lib/xen/images".into(),
-                    HypervisorKind::Qemu => "/var/lib/netmigrate/images".into(),
+                    _ => "/var/lib/netmigrate/images".into(),
                 }),
                 save_dir: save_dir.unwrap_or_else(|| match hypervisor {
                     HypervisorKind::Xen => "/var/lib/xen/save".into(),
-                    HypervisorKind::Qemu => "/var/lib/netmigrate/save".into(),
+                    _ => "/var/lib/netmigrate/save".into(),
                 }),
                 run_dir: run_dir.unwrap_or_else(|| "/run/netmigrate".into()),
                 qemu_accel: accel.map(|(a, _)| a).unwrap_or_else(|| "kvm:tcg".into()),

@@ -286,6 +286,9 @@ pub struct RouterConfig {
 pub enum HypervisorKind {
     Xen,
     Qemu,
+    /// The engine's unit tests' backend (`hypervisor::fake`), built in tests only.
+    #[cfg(test)]
+    Fake,
 }
 
 impl HypervisorKind {
@@ -293,6 +296,8 @@ impl HypervisorKind {
         match self {
             HypervisorKind::Xen => "xen",
             HypervisorKind::Qemu => "qemu",
+            #[cfg(test)]
+            HypervisorKind::Fake => "fake",
         }
     }
 }

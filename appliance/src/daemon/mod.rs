@@ -85,8 +85,9 @@ impl App {
     pub fn engine(&self) -> crate::migrate::Engine {
         crate::migrate::Engine {
             state: self.state.clone(),
+            journal: Arc::new(self.state.clone()),
             store: self.images.clone(),
-            inventory: self.inventory.clone(),
+            hosts: Arc::new(self.inventory.clone()),
             after_move: self.after_move.clone(),
         }
     }

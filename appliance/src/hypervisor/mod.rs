@@ -1,13 +1,19 @@
 //! Hypervisor drivers: what the migration engine asks of a host, whatever runs on it. One
 //! driver per hypervisor kind; the engine never knows which one it talks to.
 
+#[cfg(test)]
+pub mod fake;
 pub mod qemu;
 pub mod xen;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+use crate::config::{HostConfig, HypervisorKind};
+use crate::inventory::link::Link;
 
 /// A VM as the appliance keeps it (in state, as JSON): enough to start it on any host of its
 /// hypervisor kind. Paths are as the hosts see them (shared storage, or the same files on each).
@@ -63,6 +69,17 @@ impl GuestType {
     }
 }
 
+/// The driver for host `h`, over its link: the one place a backend is chosen. A new backend
+/// is a module beside these and one line here.
+pub fn new(h: &HostConfig, link: Arc<dyn Link>) -> Box<dyn Hypervisor> {
+    match h.hypervisor {
+        HypervisorKind::Qemu => Box::new(qemu::Qemu::new(h.clone(), link)),
+        HypervisorKind::Xen => Box::new(xen::Xen::new(h.clone(), link)),
+        #[cfg(test)]
+        HypervisorKind::Fake => Box::new(fake::Fake::new(h.clone(), link)),
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -70,7 +87,7 @@ fn one() -> u32 {
 /// Runs `script` on the host over a new SSH session; a non-zero exit becomes `err` of the last
 /// line it printed on stderr, with the status.
 pub(crate) async fn exec_checked(
-    conn: &crate::inventory::ssh::Conn,
+    conn: &dyn crate::inventory::link::Link,
     script: &str,
     timeout: Duration,
     err: impl Fn(String) -> DriverError,

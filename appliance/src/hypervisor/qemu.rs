@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use super::{DriverError, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
+use crate::inventory::link::Link;
 use crate::inventory::qmp::Qmp;
-use crate::inventory::ssh::Conn;
 use crate::shell::quote;
 
 /// How often migration progress is polled (the poll is one QMP round trip over SSH).
@@ -26,19 +26,19 @@ const NIC_SLOT: &str = "0x10";
 /// How long a guest may take to let its NIC go.
 const NIC_RELEASE: Duration = Duration::from_secs(15);
 
-type QmpConn = Qmp<russh::ChannelStream<russh::client::Msg>>;
+type QmpConn = Qmp<crate::inventory::link::BoxStream>;
 
 /// A driver lives for one operation or move; it keeps one QMP connection per VM for that time
 /// (a QMP round trip is then ~1 ms instead of a channel and a handshake), and drops them with
 /// itself, so the inventory's own QMP calls are not held up for long.
 pub struct Qemu {
     pub host: HostConfig,
-    pub conn: Arc<Conn>,
+    pub conn: Arc<dyn Link>,
     qmps: tokio::sync::Mutex<std::collections::HashMap<String, QmpConn>>,
 }
 
 impl Qemu {
-    pub fn new(host: HostConfig, conn: Arc<Conn>) -> Qemu {
+    pub fn new(host: HostConfig, conn: Arc<dyn Link>) -> Qemu {
         Qemu {
             host,
             conn,
@@ -120,7 +120,7 @@ impl Qemu {
     }
 
     async fn sh(&self, vm: &VmDef, script: &str, timeout: Duration) -> Result<String, DriverError> {
-        super::exec_checked(&self.conn, script, timeout, |e| self.err(vm, e)).await
+        super::exec_checked(&*self.conn, script, timeout, |e| self.err(vm, e)).await
     }
 
     async fn connect_qmp(&self, vm: &VmDef) -> Result<QmpConn, DriverError> {

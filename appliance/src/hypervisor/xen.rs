@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use super::{last_words, DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
-use crate::inventory::ssh::Conn;
+use crate::inventory::link::Link;
 use crate::shell::quote;
 
 /// The hotplug script: renames the vif to the VM's port name and brings it up; netback waits
@@ -48,7 +48,7 @@ exit 0
 
 pub struct Xen {
     pub host: HostConfig,
-    pub conn: Arc<Conn>,
+    pub conn: Arc<dyn Link>,
     /// What the host offers, read once per driver (a driver lives for one operation): its
     /// check and each live refusal would otherwise ask `xl info` again.
     caps: tokio::sync::OnceCell<Caps>,
@@ -132,7 +132,7 @@ impl Caps {
 }
 
 impl Xen {
-    pub fn new(host: HostConfig, conn: Arc<Conn>) -> Xen {
+    pub fn new(host: HostConfig, conn: Arc<dyn Link>) -> Xen {
         Xen {
             host,
             conn,
@@ -174,7 +174,7 @@ impl Xen {
     }
 
     async fn sh(&self, vm: &VmDef, script: &str, timeout: Duration) -> Result<String, DriverError> {
-        super::exec_checked(&self.conn, script, timeout, |e| self.err(vm, e)).await
+        super::exec_checked(&*self.conn, script, timeout, |e| self.err(vm, e)).await
     }
 
     /// A short command that may be repeated (a query, or one whose effect is the same done

@@ -111,6 +111,8 @@ echo @@ovs; command -v ovs-vsctl >/dev/null && ovs-vsctl {db} --timeout=5 --form
 "#,
             );
         }
+        #[cfg(test)]
+        HypervisorKind::Fake => {}
         HypervisorKind::Xen => {
             // xl's status and its short list too: an `xl list -l` that fails, or prints
             // nothing while domains run, must not read as "no VMs here".

@@ -3,6 +3,7 @@
 //! need, in parallel with bounded concurrency. All I/O lives here; placement stays pure.
 
 pub mod facts;
+pub mod link;
 pub mod qmp;
 pub mod ssh;
 pub mod xen;
@@ -277,6 +278,8 @@ pub fn parse_output(
     };
     let mut qemus = Vec::new();
     match h.hypervisor {
+        #[cfg(test)]
+        HypervisorKind::Fake => {}
         HypervisorKind::Qemu => {
             qemus = get("qemu")
                 .lines()

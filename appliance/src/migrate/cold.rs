@@ -1,15 +1,18 @@
 //! The cold path, the paper's: pause -> save stream -> image store -> target loads -> verify ->
 //! resume. Streamed end to end: the source uploads its state to the appliance's FTP store while
 //! the target already downloads it (the store's readers follow an upload), so the break is one
-//! pass of the bytes, not an upload then a download.
+//! pass of the bytes, not an upload then a download. The engine waits on notices (the state's
+//! bus for the upload's start, the store's progress for its growth and end), never by polling.
 
 use std::time::{Duration, Instant};
 
-use netmigrate_image::ImageId;
+use netmigrate_image::{ImageId, Progress};
+use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{driver_err, Failure, Move};
+use super::error::{Error, Result};
+use super::{Failure, Move, Step};
 use crate::shell::quote;
-use crate::state::{now_ms, AccountRow};
+use crate::state::{now_ms, AccountRow, Notice};
 
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the upload may take to show up in the store once the save began.
@@ -18,22 +21,67 @@ const UPLOAD_APPEARS: Duration = Duration::from_secs(20);
 /// is cut, would otherwise keep the VM stopped until the save's timeout).
 const UPLOAD_STALLS: Duration = Duration::from_secs(30);
 
-/// One-time FTP credentials of a move, and where each host finds them.
-struct Creds {
-    up_user: String,
-    down_user: String,
-    up_netrc: String,
-    down_netrc: String,
+/// One-time FTP credentials of a move, and where each host finds them. Their names follow
+/// from the migration's number, so recovery finds them too.
+pub(crate) struct Creds {
+    pub up_user: String,
+    pub down_user: String,
+    pub up_netrc: String,
+    pub down_netrc: String,
+}
+
+impl Creds {
+    /// Those of move `id` of `vm` from the host with `src_run` to the one with `dst_run`.
+    pub fn new(vm: &str, id: i64, src_run: &str, dst_run: &str) -> Creds {
+        Creds {
+            up_user: format!("mig{id}-up"),
+            down_user: format!("mig{id}-down"),
+            up_netrc: format!("{src_run}/{vm}.{id}.netrc"),
+            down_netrc: format!("{dst_run}/{vm}.{id}.netrc"),
+        }
+    }
+
+    fn of(m: &Move<'_>) -> Creds {
+        Creds::new(
+            &m.def.name,
+            m.journal.id,
+            &m.src.cfg.run_dir,
+            &m.dst.cfg.run_dir,
+        )
+    }
+}
+
+/// The target's files of one transfer: the fifo its hasher reads, and the checksum it writes
+/// (through a `.tmp` beside it).
+pub(crate) struct TransferFiles {
+    pub fifo: String,
+    pub sum: String,
+    pub sum_tmp: String,
+}
+
+impl TransferFiles {
+    pub fn new(vm: &str, id: i64, dst_run: &str) -> TransferFiles {
+        let sum = format!("{dst_run}/{vm}.{id}.in.sha256");
+        TransferFiles {
+            fifo: format!("{dst_run}/{vm}.{id}.in.fifo"),
+            sum_tmp: format!("{sum}.tmp"),
+            sum,
+        }
+    }
+
+    pub fn all(&self) -> [&str; 3] {
+        [&self.fifo, &self.sum, &self.sum_tmp]
+    }
 }
 
 impl Move<'_> {
     /// The appliance's address on the network of `host`: where that host reaches the store.
-    fn store_ip(&self, host: &crate::config::HostConfig) -> Result<std::net::Ipv4Addr, String> {
+    fn store_ip(&self, host: &crate::config::HostConfig) -> Result<std::net::Ipv4Addr> {
         let std::net::IpAddr::V4(a) = host.address else {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "{}: IPv6 hosts cannot reach the image store yet",
                 host.name
-            ));
+            )));
         };
         self.cfg
             .networks
@@ -41,14 +89,14 @@ impl Move<'_> {
             .find(|n| n.address.contains(&a))
             .and_then(|n| self.cfg.own_address(n))
             .ok_or_else(|| {
-                format!(
+                Error::Refused(format!(
                     "{} ({a}) is on none of the appliance's networks: it cannot reach the image store",
                     host.name
-                )
+                ))
             })
     }
 
-    fn store_url(&self, host: &crate::config::HostConfig) -> Result<String, String> {
+    fn store_url(&self, host: &crate::config::HostConfig) -> Result<String> {
         Ok(format!(
             "ftp://{}:{}",
             self.store_ip(host)?,
@@ -56,15 +104,15 @@ impl Move<'_> {
         ))
     }
 
-    async fn make_creds(&self) -> Result<Creds, String> {
-        let id = self.journal.id;
+    /// The move's two accounts in the state (one may write the VM's images, one read them,
+    /// for an hour), and each host's netrc file for its own.
+    async fn make_creds(&self, c: &Creds) -> Result<()> {
         let vm = &self.def.name;
-        let mut made = Vec::new();
-        for (user, write, side) in [
-            (format!("mig{id}-up"), true, self.src),
-            (format!("mig{id}-down"), false, self.dst),
+        for (user, write, side, netrc) in [
+            (&c.up_user, true, self.src, &c.up_netrc),
+            (&c.down_user, false, self.dst, &c.down_netrc),
         ] {
-            let token = crate::ftp::new_password().map_err(|e| e.to_string())?;
+            let token = crate::ftp::new_password().map_err(|e| Error::Store(e.to_string()))?;
             let grant = vec![vm.clone()];
             self.engine
                 .state
@@ -75,36 +123,24 @@ impl Move<'_> {
                     read: if write { vec![] } else { grant },
                     expires_ms: Some(now_ms() + 3_600_000),
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let host = self.store_ip(&side.cfg)?;
-            let netrc = format!("{}/{vm}.{id}.netrc", side.cfg.run_dir);
             side.write_secret(
-                &netrc,
+                netrc,
                 &format!("machine {host} login {user} password {token}\n"),
             )
             .await?;
-            made.push((user, netrc));
         }
-        let (down_user, down_netrc) = made.pop().expect("two accounts");
-        let (up_user, up_netrc) = made.pop().expect("two accounts");
-        Ok(Creds {
-            up_user,
-            down_user,
-            up_netrc,
-            down_netrc,
-        })
+        Ok(())
     }
 
-    async fn drop_creds(&self, c: &Creds) {
+    /// Removes the accounts and netrc files `make_creds` made (or began to make).
+    async fn drop_creds(&self, c: &Creds) -> Result<()> {
         for u in [&c.up_user, &c.down_user] {
-            let _ = self.engine.state.delete_account(u.clone()).await;
+            self.engine.state.delete_account(u.clone()).await?;
         }
-        let _ = self.src.sh(&format!("rm -f {}", quote(&c.up_netrc))).await;
-        let _ = self
-            .dst
-            .sh(&format!("rm -f {}", quote(&c.down_netrc)))
-            .await;
+        self.src.remove(&[&c.up_netrc]).await?;
+        self.dst.remove(&[&c.down_netrc]).await
     }
 
     pub(crate) async fn cold(&self) -> Result<(), Failure> {
@@ -112,32 +148,48 @@ impl Move<'_> {
         let src_url = self.store_url(&self.src.cfg).map_err(rolled)?;
         let dst_url = self.store_url(&self.dst.cfg).map_err(rolled)?;
         self.store_has_room().map_err(rolled)?;
-        let creds = self.make_creds().await.map_err(rolled)?;
+        let creds = Creds::of(self);
         let r = async {
+            self.journal
+                .step(Step::Accounts, self.make_creds(&creds))
+                .await
+                .map_err(rolled)?;
             let spec = self.prepare_target().await.map_err(rolled)?;
             Box::pin(self.transfer(&creds, &src_url, &dst_url, &spec)).await
         }
         .await;
-        self.drop_creds(&creds).await;
+        self.journal
+            .try_step(Step::DropAccounts, self.drop_creds(&creds))
+            .await;
         r
     }
 
     /// The saved state is about the size of the VM's memory: a store that cannot take it with its
     /// reserve left is found out before the VM is paused, not by a refused upload halfway.
-    fn store_has_room(&self) -> Result<(), String> {
+    fn store_has_room(&self) -> Result<()> {
         let need = u64::from(self.def.mem_mib) << 20;
-        let (free, reserve) = self.engine.store.room().map_err(|e| e.to_string())?;
+        let (free, reserve) = self
+            .engine
+            .store
+            .room()
+            .map_err(|e| Error::Store(e.to_string()))?;
         if free >= need + reserve {
             return Ok(());
         }
-        Err(format!(
+        Err(Error::Store(format!(
             "the image store has {} MiB free: {}'s state (up to {} MiB) would leave less than \
              its reserve of {} MiB (ftp.reserve)",
             free >> 20,
             self.def.name,
             self.def.mem_mib,
             reserve >> 20
-        ))
+        )))
+    }
+
+    async fn remove_transfer_files(&self, f: &TransferFiles) {
+        self.journal
+            .try_step(Step::TransferFiles, self.dst.remove(&f.all()))
+            .await;
     }
 
     /// From the pause to the VM running on the target.
@@ -149,22 +201,23 @@ impl Move<'_> {
         spec: &crate::network::PortSpec,
     ) -> Result<(), Failure> {
         let (vm, id) = (&self.def.name, self.journal.id);
-        let sum_file = format!("{}/{vm}.{id}.in.sha256", self.dst.cfg.run_dir);
-        let fifo = format!("{}/{vm}.{id}.in.fifo", self.dst.cfg.run_dir);
-        let back = |e: String| {
-            let cleanup = format!("rm -f {} {}", quote(&fifo), quote(&sum_file));
+        let files = TransferFiles::new(vm, id, &self.dst.cfg.run_dir);
+        let back = |e: Error| {
+            let files = &files;
             async move {
                 self.rollback().await;
-                let _ = self.dst.sh(&cleanup).await;
+                self.remove_transfer_files(files).await;
                 Err(Failure::RolledBack(e))
             }
         };
         let mut repoint = self.repointer().await;
+        // Subscribed before the save can start: the upload's first notice cannot be missed.
+        let mut notices = self.engine.state.watch();
         let paused_at = Instant::now();
         if let Err(e) = self
             .journal
-            .step("pause source", async {
-                self.src.driver.pause(self.def).await.map_err(driver_err)
+            .step(Step::PauseSource, async {
+                Ok(self.src.driver.pause(self.def).await?)
             })
             .await
         {
@@ -175,25 +228,27 @@ impl Move<'_> {
             quote(&c.up_netrc)
         );
         // Held in an Option so that a rollback can drop it first: a save waiting on its QMP
-        // answer holds the source's QMP connection, and QEMU serves one client at a time.
-        let mut save = Some(Box::pin(self.journal.step("save to image store", async {
-            self.src
+        // answer may hold the source's control connection, which serves one client at a time.
+        let mut save = Some(Box::pin(self.journal.step(Step::SaveToStore, async {
+            Ok(self
+                .src
                 .driver
                 .save_to(self.def, &sink, SAVE_TIMEOUT)
-                .await
-                .map_err(driver_err)
+                .await?)
         })));
+        let mut save_done = false;
         // The target starts loading as soon as the upload exists in the store; the network is
         // re-pointed meanwhile (not before the save: it is off the break's critical path).
-        let mut save_done = false;
         let appeared = async {
+            let seen = self.upload_appears(&c.up_user, &mut notices);
+            tokio::pin!(seen);
             loop {
                 tokio::select! {
                     r = save.as_mut().expect("save"), if !save_done => {
                         r?;
                         save_done = true;
                     }
-                    g = self.upload_appears(&c.up_user) => {
+                    g = &mut seen => {
                         if g.is_err() {
                             drop(save.take());
                         }
@@ -204,7 +259,7 @@ impl Move<'_> {
         };
         let repointed = async {
             if let Some(r) = repoint.as_mut() {
-                self.repoint(r).await;
+                self.repoint(&mut **r).await;
             }
         };
         let (appeared, ()) = tokio::join!(appeared, repointed);
@@ -225,42 +280,33 @@ impl Move<'_> {
         // Phases, in ms after the pause (as the paper's and the lab recipe's tables have them).
         let since = |at: Instant| at.duration_since(paused_at).as_millis() as u64;
         let upload_seen_ms = since(Instant::now());
-        let upload_done = {
-            let (store, image) = (self.engine.store.clone(), image.clone());
-            tokio::spawn(async move {
-                loop {
-                    if store.completed(&image).is_some() {
-                        return Some(Instant::now());
-                    }
-                    store.uploading(&image)?;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        };
-        // QEMU runs this with /bin/sh: the stream goes to QEMU and, through a fifo, to a
+        // The driver runs this with /bin/sh: the stream goes to the hypervisor and, through a fifo, to a
         // hasher, so the target's own checksum of what it loaded can be compared. openssl
         // uses the CPU's SHA instructions (coreutils' sha256sum is 5x slower here).
         let source = format!(
             "rm -f {f} {s}; mkfifo {f}; \
              (if command -v openssl >/dev/null; then openssl dgst -sha256 -r; else sha256sum; fi \
-               < {f} > {s}.tmp && mv {s}.tmp {s}) & \
+               < {f} > {t} && mv {t} {s}) & \
              curl -sS --fail --ftp-pasv --netrc-file {n} {dst_url}/{vm}/{generation}.img | tee -p {f}",
-            f = quote(&fifo),
-            s = quote(&sum_file),
+            f = quote(&files.fifo),
+            s = quote(&files.sum),
+            t = quote(&files.sum_tmp),
             n = quote(&c.down_netrc),
         );
-        let restore = self.journal.step("load on target", async {
-            self.dst
+        let restore = self.journal.step(Step::LoadOnTarget, async {
+            Ok(self
+                .dst
                 .driver
                 .restore_from(self.def, &source, SAVE_TIMEOUT)
-                .await
-                .map_err(driver_err)
+                .await?)
         });
         // The target may resume once it has loaded every byte and they check out; the source's
         // save (its upload being made durable) need not be waited for, unless it fails first.
+        // The upload's end is told by the store; one that stalls or fails ends the wait.
         tokio::pin!(restore);
-        let stalls = self.upload_stalls(&image);
-        tokio::pin!(stalls);
+        let upload = self.upload_complete(&image);
+        tokio::pin!(upload);
+        let mut uploaded: Option<(Instant, String)> = None;
         let loaded = loop {
             tokio::select! {
                 r = save.as_mut().expect("save"), if !save_done => {
@@ -269,8 +315,11 @@ impl Move<'_> {
                     }
                     save_done = true;
                 }
+                r = &mut upload, if uploaded.is_none() => match r {
+                    Ok(sha) => uploaded = Some((Instant::now(), sha)),
+                    Err(e) => break Err(e),
+                },
                 r = &mut restore => break r,
-                why = &mut stalls => break Err(why),
             }
         };
         if let Err(e) = loaded {
@@ -282,19 +331,36 @@ impl Move<'_> {
             drop(save.take());
             return back(e).await;
         }
-        if let Err(e) = self
-            .journal
-            .step("verify checksum", self.verify(&image, &sum_file))
-            .await
-        {
-            drop(save.take());
-            return back(e).await;
+        let verified = self.journal.step(Step::VerifyChecksum, async {
+            let stored = match &uploaded {
+                Some((_, sha)) => sha.clone(),
+                None => tokio::time::timeout(Duration::from_secs(30), &mut upload)
+                    .await
+                    .map_err(|_| {
+                        Error::Store(format!(
+                            "the upload of {image} did not complete within 30 s"
+                        ))
+                    })??,
+            };
+            self.verify(&image, &stored, &files.sum).await?;
+            Ok(stored)
+        });
+        match verified.await {
+            Ok(sha) => {
+                if uploaded.is_none() {
+                    uploaded = Some((Instant::now(), sha));
+                }
+            }
+            Err(e) => {
+                drop(save.take());
+                return back(e).await;
+            }
         }
         let verified_ms = since(Instant::now());
         if let Err(e) = self
             .journal
-            .step("resume on target", async {
-                self.dst.driver.resume(self.def).await.map_err(driver_err)
+            .step(Step::ResumeOnTarget, async {
+                Ok(self.dst.driver.resume(self.def).await?)
             })
             .await
         {
@@ -303,11 +369,7 @@ impl Move<'_> {
         }
         let paused_ms = paused_at.elapsed().as_millis() as u64;
         let told = self.arrive().await;
-        let _ = self
-            .dst
-            .sh(&format!("rm -f {} {}", quote(&fifo), quote(&sum_file)))
-            .await;
-        let upload_done_ms = upload_done.await.ok().flatten().map(since);
+        self.remove_transfer_files(&files).await;
         if let (false, Some(s)) = (save_done, save.take()) {
             if let Err(e) = s.await {
                 // The target runs verified bytes; the source's side ended badly afterwards.
@@ -317,6 +379,7 @@ impl Move<'_> {
                 );
             }
         }
+        let upload_done_ms = uploaded.map(|(at, _)| since(at));
         let _ = self
             .engine
             .state
@@ -330,70 +393,88 @@ impl Move<'_> {
         self.clear_source(told).await
     }
 
-    /// Resolves, with why, once the upload stops growing for `UPLOAD_STALLS`; never once it
-    /// is complete.
-    async fn upload_stalls(&self, image: &ImageId) -> String {
-        let (mut last, mut since) = (0, Instant::now());
+    /// The SHA-256 of the upload of `image` once every byte is in (before it is made durable),
+    /// as the store tells its progress; fails once it fails, or stops growing for
+    /// `UPLOAD_STALLS`.
+    async fn upload_complete(&self, image: &ImageId) -> Result<String> {
+        let store = &self.engine.store;
+        let ended = || {
+            store
+                .completed(image)
+                .map(|(_, sha)| sha)
+                .ok_or_else(|| Error::Store(format!("the upload of {image} failed")))
+        };
+        let Some(mut rx) = store.progress(image) else {
+            return ended();
+        };
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if self.engine.store.completed(image).is_some() {
-                return std::future::pending().await;
-            }
-            match self.engine.store.uploading(image) {
-                Some(w) if w != last => (last, since) = (w, Instant::now()),
-                Some(_) if since.elapsed() >= UPLOAD_STALLS => {
-                    return format!(
-                        "the upload of {image} stalled: no byte for {} s after {last} bytes",
-                        UPLOAD_STALLS.as_secs()
-                    )
+            let written = match rx.borrow_and_update().clone() {
+                Progress::Complete { sha256, .. } | Progress::Published { sha256, .. } => {
+                    return Ok(sha256)
                 }
-                Some(_) => {}
-                None => return format!("the upload of {image} failed"),
+                Progress::Failed(why) => {
+                    return Err(Error::Store(format!("the upload of {image} failed: {why}")))
+                }
+                Progress::Uploading { written } => written,
+            };
+            match tokio::time::timeout(UPLOAD_STALLS, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The upload is over (published, or failed) and its progress gone with it.
+                Ok(Err(_)) => return ended(),
+                Err(_) => {
+                    return Err(Error::Store(format!(
+                        "the upload of {image} stalled: no byte for {} s after {written} bytes",
+                        UPLOAD_STALLS.as_secs()
+                    )))
+                }
             }
         }
     }
 
-    /// Waits for the upload of this move's account to appear in the store's manifest.
-    async fn upload_appears(&self, user: &str) -> Result<u64, String> {
-        let t = Instant::now();
+    /// Waits for the upload of this move's account to appear in the store's manifest: told by
+    /// the state's notices (subscribed to before the save began), read from the state once
+    /// first and again if notices were missed.
+    async fn upload_appears(
+        &self,
+        user: &str,
+        notices: &mut broadcast::Receiver<Notice>,
+    ) -> Result<u64> {
+        let deadline = tokio::time::sleep(UPLOAD_APPEARS);
+        tokio::pin!(deadline);
         loop {
-            if let Some((g, _)) = self
+            let known = self
                 .engine
                 .state
                 .image_uploaded_by(self.def.name.clone(), user.to_string())
-                .await
-                .map_err(|e| e.to_string())?
-            {
+                .await?;
+            if let Some((g, _)) = known {
                 return Ok(g);
             }
-            if t.elapsed() > UPLOAD_APPEARS {
-                return Err(format!(
-                    "the source's upload did not reach the image store within {}s",
-                    UPLOAD_APPEARS.as_secs()
-                ));
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => {
+                        return Err(Error::Store(format!(
+                            "the source's upload did not reach the image store within {}s",
+                            UPLOAD_APPEARS.as_secs()
+                        )))
+                    }
+                    n = notices.recv() => match n {
+                        Ok(Notice::Image { vm, generation, uploader: Some(u), .. })
+                            if vm == self.def.name && u == user => return Ok(generation),
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => {
+                            return Err(Error::Store("the appliance is stopping".into()))
+                        }
+                    },
+                }
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
-    /// The store's checksum of the upload (known once every byte is in, before it is made
-    /// durable) against the one the target computed over what it loaded.
-    async fn verify(&self, image: &ImageId, sum_file: &str) -> Result<(), String> {
-        let t = Instant::now();
-        let stored = loop {
-            if let Some((_, sha)) = self.engine.store.completed(image) {
-                break sha;
-            }
-            if self.engine.store.uploading(image).is_none() {
-                return Err(format!("the upload of {image} failed"));
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                return Err(format!(
-                    "the upload of {image} did not complete within 30 s"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+    /// The store's checksum of the upload against the one the target computed over what it
+    /// loaded.
+    async fn verify(&self, image: &ImageId, stored: &str, sum_file: &str) -> Result<()> {
         let got = self
             .dst
             .quick(&format!(
@@ -403,10 +484,10 @@ impl Move<'_> {
             .await?;
         let got = got.split_whitespace().next().unwrap_or("");
         if got != stored {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "{image}: the target loaded bytes with SHA-256 {}, the source uploaded {stored}",
                 if got.is_empty() { "(none)" } else { got }
-            ));
+            )));
         }
         Ok(())
     }
@@ -415,26 +496,22 @@ impl Move<'_> {
     pub(crate) async fn rollback(&self) {
         // A save still streaming out would go on, and end the VM paused: stop it first.
         self.journal
-            .undo("save", async {
-                self.src
-                    .driver
-                    .abort_outgoing(self.def)
-                    .await
-                    .map_err(driver_err)
+            .try_step(Step::UndoSave, async {
+                Ok(self.src.driver.abort_outgoing(self.def).await?)
             })
             .await;
         // The source first: the target never runs a state saved from a paused VM unless told
-        // to (QEMU keeps the source's run state), and a target that no longer answers would
+        // to (the drivers keep the source's run state), and a target that no longer answers would
         // otherwise keep the VM paused for as long as it takes to give up on it.
         self.journal
-            .undo("pause source", async {
-                self.src.driver.resume(self.def).await.map_err(driver_err)
+            .try_step(Step::UndoPause, async {
+                Ok(self.src.driver.resume(self.def).await?)
             })
             .await;
         // The network may have been re-pointed at the target already.
         self.journal
-            .try_step("announce on source", async {
-                self.src.driver.announce(self.def).await.map_err(driver_err)
+            .try_step(Step::AnnounceOnSource, async {
+                Ok(self.src.driver.announce(self.def).await?)
             })
             .await;
         self.undo_target().await;

@@ -28,7 +28,7 @@ pub struct Moved {
 #[async_trait]
 pub trait AfterMove: Send + Sync {
     /// Names the hook's journal step (`after move: NAME`).
-    fn name(&self) -> String;
+    fn name(&self) -> &'static str;
     async fn moved(&self, m: &Moved) -> Result<(), String>;
 }
 
@@ -43,8 +43,8 @@ pub struct Script {
 
 #[async_trait]
 impl AfterMove for Script {
-    fn name(&self) -> String {
-        format!("script {}", self.path.display())
+    fn name(&self) -> &'static str {
+        "script"
     }
 
     async fn moved(&self, m: &Moved) -> Result<(), String> {
@@ -57,6 +57,7 @@ impl AfterMove for Script {
             self.timeout,
         )
         .await
+        .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
 

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use super::{driver_err, Failure, Move};
-use crate::hypervisor::{DriverError, RunState};
+use super::error::{Error, Result};
+use super::{Failure, Move, Step};
+use crate::hypervisor::RunState;
 
 /// Incoming live migrations listen on this port plus the migration's number (mod 10000).
 const LIVE_PORT_BASE: u16 = 49152;
@@ -17,12 +18,8 @@ impl Move<'_> {
         let port = LIVE_PORT_BASE + (self.journal.id % 10000) as u16;
         if let Err(e) = self
             .journal
-            .step("target listens", async {
-                self.dst
-                    .driver
-                    .listen_incoming(self.def, port)
-                    .await
-                    .map_err(driver_err)
+            .step(Step::TargetListens, async {
+                Ok(self.dst.driver.listen_incoming(self.def, port).await?)
             })
             .await
         {
@@ -35,32 +32,25 @@ impl Move<'_> {
             .live_timeout_s
             .map(Duration::from_secs)
             .unwrap_or(self.cfg.migration.live_timeout);
-        // Pre-copy that timed out, or whose stream broke with the VM resumed at the source,
-        // leaves the VM untouched there: the cold path may follow.
-        let mut may_go_cold = false;
         let r = self
             .journal
-            .step("live pre-copy", async {
-                self.src
+            .step(Step::LivePreCopy, async {
+                Ok(self
+                    .src
                     .driver
                     .live_migrate(self.def, self.dst.cfg.address, port, downtime, timeout)
-                    .await
-                    .map_err(|e| {
-                        may_go_cold = matches!(
-                            e,
-                            DriverError::Timeout { .. } | DriverError::LiveFailed { .. }
-                        );
-                        driver_err(e)
-                    })
+                    .await?)
             })
             .await;
         let result = match r {
             Ok(res) => res,
             Err(e) => {
                 // The source was never stopped for good: a failed or cancelled pre-copy
-                // leaves it running. Make sure, then clear the target.
+                // leaves it running. Make sure, then clear the target. One that timed out, or
+                // whose stream broke with the VM resumed at the source, left the VM untouched
+                // there: the cold path may follow.
                 self.rollback().await;
-                return Err(if may_go_cold {
+                return Err(if e.may_go_cold() {
                     Failure::NotConverged(e)
                 } else {
                     Failure::RolledBack(e)
@@ -81,34 +71,45 @@ impl Move<'_> {
         let port = self.port_after_load(&spec).await;
         let running = self
             .journal
-            .step("target runs", async {
+            .step(Step::TargetRuns, async {
                 // It may still be taking in the last pages when the source reports done.
                 let t = std::time::Instant::now();
                 loop {
-                    match self.dst.driver.state(self.def).await.map_err(driver_err)? {
+                    match self.dst.driver.state(self.def).await? {
                         RunState::Running => return Ok(()),
-                        RunState::Paused => {
-                            return self.dst.driver.resume(self.def).await.map_err(driver_err)
-                        }
+                        RunState::Paused => return Ok(self.dst.driver.resume(self.def).await?),
                         RunState::Incoming if t.elapsed() < Duration::from_secs(10) => {
                             tokio::time::sleep(Duration::from_millis(5)).await
                         }
-                        s => return Err(format!("the target VM is {s:?} after the migration")),
+                        s => {
+                            return Err(Error::Refused(format!(
+                                "the target VM is {s:?} after the migration"
+                            )))
+                        }
                     }
                 }
             })
             .await;
         if let Err(e) = port.and(running) {
-            // A hypervisor that ended the source's copy (Xen's sender destroys it) leaves
+            // A hypervisor that ended the source's copy (some senders destroy it) leaves
             // the target's the only one: it must go on there, whatever failed.
             if matches!(self.src.driver.state(self.def).await, Ok(RunState::Absent)) {
-                let _ = self.dst.driver.resume(self.def).await;
-                let told = self.arrive().await;
-                let _ = self.clear_source(told).await;
-                return Err(Failure::Forward(format!(
-                    "the VM runs on {} (its source copy is gone), but: {e}",
-                    self.dst.cfg.name
-                )));
+                let mut problems = vec![e];
+                problems.extend(
+                    self.journal
+                        .try_step(Step::ResumeOnTarget, async {
+                            Ok(self.dst.driver.resume(self.def).await?)
+                        })
+                        .await,
+                );
+                problems.extend(self.arrive().await);
+                if let Err(Failure::Forward { problems: p, .. }) = self.clear_source(vec![]).await {
+                    problems.extend(p);
+                }
+                return Err(Failure::Forward {
+                    on: format!("{} (its source copy is gone)", self.dst.cfg.name),
+                    problems,
+                });
             }
             self.rollback().await;
             return Err(Failure::RolledBack(e));

@@ -3,29 +3,35 @@
 //! re-pointed, the break measured. Whatever fails, the VM runs in exactly one place.
 
 pub mod batch;
-mod cold;
+pub(crate) mod cold;
+pub mod error;
 pub mod hooks;
 pub mod journal;
 mod live;
 pub mod probe;
 mod recover;
+pub mod step;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, HostConfig, HypervisorKind};
-use crate::hypervisor::qemu::Qemu;
-use crate::hypervisor::xen::Xen;
-use crate::hypervisor::{Hypervisor, RunState, VmDef};
-use crate::inventory::ssh::Conn;
-use crate::inventory::Inventory;
-use crate::network::{self, OpenFlow, Ovsdb, PortSpec};
+use crate::config::{Config, HostConfig};
+use crate::hypervisor::{self, Hypervisor, RunState, VmDef};
+use crate::inventory::link::Link;
+use crate::inventory::{Collected, Inventory};
+use crate::network::{self, PortSpec, Switch};
 use crate::shell::quote;
 use crate::state::{MigrationRow, NewEvent, State};
+pub use error::Error;
+use error::Result;
 use journal::Journal;
+pub use step::{Step, When};
 
 /// How long a port put on the switch before its device existed may take to be opened once the
 /// load made the device: the hotplug waited for it, so this is a check, not a wait.
@@ -117,116 +123,76 @@ pub enum Refused {
     State(#[from] crate::state::StateError),
 }
 
+/// How the engine reaches hosts: a link to each (checked against its pinned key), its switch,
+/// and its facts collected now. The inventory in the appliance; fakes in the engine's tests.
+#[async_trait]
+pub trait Hosts: Send + Sync {
+    /// The open link to `h`, checked against `pinned`.
+    async fn link(&self, h: &HostConfig, pinned: &str) -> Result<Arc<dyn Link>, String>;
+    /// Forgets `host`'s link (it died under a call): the next `link` makes a new one.
+    async fn forget(&self, host: &str);
+    /// Collects `hosts`' facts now, in parallel.
+    async fn collect(&self, hosts: Vec<(HostConfig, Option<String>)>) -> Vec<Collected>;
+    /// `h`'s switch, over `link`.
+    fn switch(&self, h: &HostConfig, link: Arc<dyn Link>) -> Box<dyn Switch> {
+        network::switch::new(h, link)
+    }
+}
+
+#[async_trait]
+impl Hosts for Arc<Inventory> {
+    async fn link(&self, h: &HostConfig, pinned: &str) -> Result<Arc<dyn Link>, String> {
+        let conn = self
+            .connection(h, Some(pinned))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    async fn forget(&self, host: &str) {
+        Inventory::forget(self, host).await
+    }
+
+    async fn collect(&self, hosts: Vec<(HostConfig, Option<String>)>) -> Vec<Collected> {
+        Inventory::collect(self, hosts).await
+    }
+}
+
 /// What the engine needs from the running appliance.
 #[derive(Clone)]
 pub struct Engine {
     pub state: State,
+    /// Where moves journal their steps (the state, in the appliance).
+    pub journal: Arc<dyn journal::JournalStore>,
     pub store: netmigrate_image::Store,
-    pub inventory: Arc<Inventory>,
+    pub hosts: Arc<dyn Hosts>,
     /// The services' after-move hooks (the config's script is added per move).
     pub after_move: hooks::Hooks,
 }
 
-/// One host as a move sees it: its config, connection and driver.
+/// One host as a move sees it: its config, its link, its hypervisor's driver and its switch.
 pub(crate) struct Side {
     pub cfg: HostConfig,
-    pub conn: Arc<Conn>,
+    pub link: Arc<dyn Link>,
     pub driver: Box<dyn Hypervisor>,
+    pub switch: Box<dyn Switch>,
 }
 
 impl Side {
-    /// Where the host's OVSDB socket is.
-    fn ovsdb_path(&self) -> Result<&str, String> {
-        match self.cfg.ovsdb.as_deref() {
-            None => Ok("/var/run/openvswitch/db.sock"),
-            Some(s) => s.strip_prefix("unix:").ok_or_else(|| {
-                format!(
-                    "{}: ovsdb `{s}`: only unix: sockets are reachable over SSH",
-                    self.cfg.name
-                )
-            }),
+    fn host_err(&self, reason: impl Into<String>) -> Error {
+        Error::Host {
+            host: self.cfg.name.clone(),
+            reason: reason.into(),
         }
-    }
-
-    /// The host's switch, over its OVSDB socket forwarded through SSH.
-    pub async fn ovsdb(&self) -> Result<Ovsdb<russh::ChannelStream<russh::client::Msg>>, String> {
-        let s = self
-            .conn
-            .unix_stream(self.ovsdb_path()?)
-            .await
-            .map_err(|e| format!("{}: OVSDB: {e}", self.cfg.name))?;
-        Ok(Ovsdb::new(s))
-    }
-
-    /// The bridge's OpenFlow management socket (ovs-vswitchd makes `<bridge>.mgmt` beside
-    /// `db.sock`), forwarded through SSH.
-    pub async fn openflow(
-        &self,
-    ) -> Result<OpenFlow<russh::ChannelStream<russh::client::Msg>>, String> {
-        let db = self.ovsdb_path()?;
-        let dir = db.rsplit_once('/').map_or(".", |(d, _)| d);
-        let path = format!("{dir}/{}.mgmt", self.cfg.bridge);
-        let s = self
-            .conn
-            .unix_stream(&path)
-            .await
-            .map_err(|e| format!("{}: OpenFlow {path}: {e}", self.cfg.name))?;
-        OpenFlow::handshake(s)
-            .await
-            .map_err(|e| format!("{}: {path}: {e}", self.cfg.name))
-    }
-
-    /// Puts `vm`'s port on the switch; its device must be there and open.
-    pub async fn add_port(&self, vm: &VmDef, spec: &PortSpec) -> Result<i64, String> {
-        self.put_port(vm, spec, false)
-            .await?
-            .ok_or_else(|| format!("{}: port {} has no ofport", self.cfg.name, vm.port()))
-    }
-
-    /// Puts `vm`'s port on the switch, `device_later`: its device may come after (Xen's vif
-    /// appears with the domain the load makes); see `port_up`.
-    pub async fn put_port(
-        &self,
-        vm: &VmDef,
-        spec: &PortSpec,
-        device_later: bool,
-    ) -> Result<Option<i64>, String> {
-        let mut db = self.ovsdb().await?;
-        db.add_port(&self.cfg.bridge, &vm.port(), spec, device_later)
-            .await
-            .map_err(|e| format!("{}: {e}", self.cfg.name))
-    }
-
-    /// Waits up to `within` for vswitchd to have `vm`'s port device open; why not, if not.
-    pub async fn port_up(&self, vm: &VmDef, within: Duration) -> Result<i64, String> {
-        let mut db = self.ovsdb().await?;
-        let t = std::time::Instant::now();
-        loop {
-            match db.ofport(&vm.port()).await? {
-                Ok(n) => return Ok(n),
-                Err(why) if t.elapsed() >= within => {
-                    return Err(format!("{}: port {}: {why}", self.cfg.name, vm.port()))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-
-    pub async fn del_port(&self, vm: &VmDef) -> Result<(), String> {
-        let mut db = self.ovsdb().await?;
-        db.del_port(&self.cfg.bridge, &vm.port())
-            .await
-            .map(drop)
-            .map_err(|e| format!("{}: {e}", self.cfg.name))
     }
 
     /// Runs a shell command on the host; fails on a non-zero exit. Only for commands that may
     /// run twice: one killed by a signal (no exit status, or above 128) runs again, twice at
-    /// most, as a crash at start changed nothing (nested Xen's dom0s crash now and then).
-    pub async fn sh(&self, script: &str) -> Result<String, String> {
+    /// most, as a crash at start changed nothing (nested dom0s crash now and then).
+    pub async fn sh(&self, script: &str) -> Result<String> {
         let mut tries = 0;
         loop {
-            let out = self.conn.exec(script, Duration::from_secs(30)).await;
+            let out = self.link.exec(script, Duration::from_secs(30)).await;
             let crashed = matches!(&out, Ok(o) if o.status.is_none_or(|s| s > 128));
             if crashed && tries < 2 {
                 tries += 1;
@@ -239,8 +205,8 @@ impl Side {
 
     /// Runs a short script in the shell kept open on the host: no new channel or process for
     /// it, for steps inside a VM's break.
-    pub async fn quick(&self, script: &str) -> Result<String, String> {
-        let out = self.conn.run_script(script, Duration::from_secs(30)).await;
+    pub async fn quick(&self, script: &str) -> Result<String> {
+        let out = self.link.run_script(script, Duration::from_secs(30)).await;
         self.checked(script, out)
     }
 
@@ -249,21 +215,20 @@ impl Side {
         &self,
         script: &str,
         out: Result<crate::inventory::ssh::Output, crate::inventory::ssh::SshError>,
-    ) -> Result<String, String> {
-        let out = out.map_err(|e| e.to_string())?;
+    ) -> Result<String> {
+        let out = out.map_err(|e| self.host_err(e.to_string()))?;
         if out.status != Some(0) {
-            return Err(format!(
-                "{}: `{}` failed: {}",
-                self.cfg.name,
+            return Err(self.host_err(format!(
+                "`{}` failed: {}",
                 script.chars().take(60).collect::<String>(),
                 out.stderr.trim()
-            ));
+            )));
         }
         Ok(out.stdout)
     }
 
     /// Writes `text` to `path` on the host, readable by root only.
-    pub async fn write_secret(&self, path: &str, text: &str) -> Result<(), String> {
+    pub async fn write_secret(&self, path: &str, text: &str) -> Result<()> {
         self.sh(&format!(
             "umask 077; mkdir -p {dir}; printf '%s' {t} > {p}",
             dir = quote(&self.cfg.run_dir),
@@ -273,6 +238,24 @@ impl Side {
         .await
         .map(drop)
     }
+
+    /// Removes `paths` on the host (those that are not there are not an error).
+    pub async fn remove(&self, paths: &[&str]) -> Result<()> {
+        let words: Vec<String> = paths.iter().map(|p| quote(p)).collect();
+        self.sh(&format!("rm -f {}", words.join(" ")))
+            .await
+            .map(drop)
+    }
+
+    /// Puts `vm`'s port on the switch; its device must be there and open.
+    pub async fn add_port(&self, vm: &VmDef, spec: &PortSpec) -> Result<i64> {
+        let n = self.switch.put_port(&vm.port(), spec, false).await?;
+        n.ok_or_else(|| self.host_err(format!("port {} has no ofport", vm.port())))
+    }
+
+    pub async fn del_port(&self, vm: &VmDef) -> Result<()> {
+        Ok(self.switch.del_port(&vm.port()).await?)
+    }
 }
 
 /// The switch port a VM's definition asks for.
@@ -281,10 +264,6 @@ fn port_of(def: &VmDef) -> PortSpec {
         vlan: def.vlan,
         rate_kbps: def.rate_kbps,
     }
-}
-
-fn driver_err(e: crate::hypervisor::DriverError) -> String {
-    e.to_string()
 }
 
 impl Engine {
@@ -301,28 +280,22 @@ impl Engine {
             .or_else(|| h.host_key.clone()))
     }
 
-    /// The pinned key and a connection to `h`.
+    /// The pinned key and a link to `h`; its driver from the hypervisor module's factory.
     async fn side(&self, h: &HostConfig) -> Result<Side, Refused> {
         let pinned = self
             .pinned_key(h)
             .await?
             .ok_or_else(|| Refused::NotTrusted(h.name.clone()))?;
-        let conn = self
-            .inventory
-            .connection(h, Some(&pinned))
-            .await
-            .map_err(|e| Refused::Driver(e.to_string()))?;
-        let driver: Box<dyn Hypervisor> = match h.hypervisor {
-            HypervisorKind::Qemu => Box::new(Qemu::new(h.clone(), conn.clone())),
-            HypervisorKind::Xen => Box::new(Xen::new(h.clone(), conn.clone())),
-        };
+        let link = self.hosts.link(h, &pinned).await.map_err(Refused::Driver)?;
+        let driver = hypervisor::new(h, link.clone());
         driver
             .check()
             .await
             .map_err(|e| Refused::Driver(e.to_string()))?;
         Ok(Side {
             cfg: h.clone(),
-            conn,
+            switch: self.hosts.switch(h, link.clone()),
+            link,
             driver,
         })
     }
@@ -333,7 +306,7 @@ impl Engine {
         &self,
         hosts: Vec<(HostConfig, Option<String>)>,
     ) -> Vec<crate::inventory::Collected> {
-        let mut got = self.inventory.collect(hosts.clone()).await;
+        let mut got = self.hosts.collect(hosts.clone()).await;
         let again: Vec<_> = hosts
             .into_iter()
             .filter(|(h, _)| got.iter().any(|c| c.host == h.name && c.facts.is_none()))
@@ -342,7 +315,7 @@ impl Engine {
             return got;
         }
         tracing::warn!(hosts = ?again.iter().map(|(h, _)| &h.name).collect::<Vec<_>>(), "collecting again");
-        for c in self.inventory.collect(again).await {
+        for c in self.hosts.collect(again).await {
             if let Some(old) = got.iter_mut().find(|o| o.host == c.host) {
                 *old = c;
             }
@@ -380,7 +353,7 @@ impl Engine {
     }
 
     /// Starts a defined VM on `host`: the hypervisor first, then its switch port (a tap carries
-    /// frames only once QEMU holds it), checked.
+    /// frames only once the hypervisor holds it), checked.
     pub async fn start_vm(&self, cfg: &Config, name: &str, host: &str) -> Result<(), Refused> {
         let row = self
             .state
@@ -404,9 +377,9 @@ impl Engine {
         if let Err(e) = &started {
             // A connection that died under the start (the host dropped it) is made anew and
             // the start asked once more; the driver refuses if the VM got there after all.
-            if side.conn.is_closed() {
+            if side.link.is_closed() {
                 tracing::warn!(host = %h.name, vm = %name, "the connection died while starting: {e}; again");
-                self.inventory.forget(&h.name).await;
+                self.hosts.forget(&h.name).await;
                 side = self.side(h).await?;
                 started = side.driver.start(&def).await;
             }
@@ -421,7 +394,7 @@ impl Engine {
         }
         if let Err(e) = side.add_port(&def, &port_of(&def)).await {
             let _ = side.driver.destroy(&def).await;
-            return Err(Refused::Driver(e));
+            return Err(Refused::Driver(e.to_string()));
         }
         self.state
             .place_vm(name.into(), Some(host.into()), "running")
@@ -452,7 +425,9 @@ impl Engine {
             .destroy(&row.def)
             .await
             .map_err(|e| Refused::Driver(e.to_string()))?;
-        side.del_port(&row.def).await.map_err(Refused::Driver)?;
+        side.del_port(&row.def)
+            .await
+            .map_err(|e| Refused::Driver(e.to_string()))?;
         self.state
             .place_vm(name.into(), Some(host), "stopped")
             .await?;
@@ -554,7 +529,7 @@ impl Engine {
             )
             .await?;
         let journal = Journal {
-            state: self.state.clone(),
+            store: self.journal.clone(),
             id,
         };
         if let Some(mac) = &req.new_mac {
@@ -605,7 +580,7 @@ impl Engine {
                 Err(Failure::NotConverged(why)) => {
                     // Pre-copy could not keep up, or its stream broke and the hypervisor
                     // resumed the VM at the source: it still runs there, untouched.
-                    self.fall_back(id, &req.vm, "fallback", "live failed", &why)
+                    self.fall_back(id, &req.vm, "fallback", "live failed", &why.to_string())
                         .await?;
                     Box::pin(mv.cold()).await
                 }
@@ -625,9 +600,11 @@ impl Engine {
         let (state, reason, host) = match outcome {
             Ok(()) => ("done", None, dst.cfg.name.clone()),
             Err(Failure::RolledBack(why)) | Err(Failure::NotConverged(why)) => {
-                ("rolled-back", Some(why), src.cfg.name.clone())
+                ("rolled-back", Some(why.to_string()), src.cfg.name.clone())
             }
-            Err(Failure::Forward(why)) => ("failed", Some(why), dst.cfg.name.clone()),
+            Err(f @ Failure::Forward { .. }) => {
+                ("failed", Some(f.to_string()), dst.cfg.name.clone())
+            }
         };
         self.state
             .end_migration(id, state, reason.clone(), host.clone(), "running")
@@ -687,24 +664,13 @@ impl Engine {
 
     /// Replaces `def`'s NIC on `side` by one with `mac` and keeps the new MAC in its definition
     /// (where its next start or move takes it from); returns the definition as it now is.
-    pub(crate) async fn give_mac(
-        &self,
-        side: &Side,
-        def: &VmDef,
-        mac: &str,
-    ) -> Result<VmDef, String> {
-        side.driver
-            .replace_nic(def, mac)
-            .await
-            .map_err(driver_err)?;
+    pub(crate) async fn give_mac(&self, side: &Side, def: &VmDef, mac: &str) -> Result<VmDef> {
+        side.driver.replace_nic(def, mac).await?;
         let def = VmDef {
             mac: mac.to_string(),
             ..def.clone()
         };
-        self.state
-            .define_vm(def.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        self.state.define_vm(def.clone()).await?;
         Ok(def)
     }
 
@@ -740,7 +706,7 @@ impl Engine {
 }
 
 /// Runs the after-move hooks for `def`, moved `from` -> `to` (with a new MAC if `old_mac` is
-/// its old one); failures are journaled.
+/// its old one); each is a journaled step, and a failure is recorded as a warning.
 pub(crate) async fn run_hooks(
     engine: &Engine,
     cfg: &Config,
@@ -767,11 +733,12 @@ pub(crate) async fn run_hooks(
         ip: def.ip,
     };
     for h in all {
-        let name = format!("after move: {}", h.name());
-        if let Err(e) = journal.step(&name, h.moved(&moved)).await {
+        let step = Step::AfterMove(h.name());
+        let run = async { h.moved(&moved).await.map_err(Error::Hook) };
+        if let Some(e) = journal.try_step(step, run).await {
             let _ = engine
                 .state
-                .record(NewEvent::warn("migration.hook", format!("{name}: {e}")).about(&def.name))
+                .record(NewEvent::warn("migration.hook", format!("{step}: {e}")).about(&def.name))
                 .await;
         }
     }
@@ -793,21 +760,22 @@ fn probe_addr(req: &Request, def: &VmDef) -> Option<SocketAddr> {
 }
 
 /// How a started move failed.
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum Failure {
     /// Undone: the VM runs on the source, as before.
-    RolledBack(String),
+    #[error("{0}")]
+    RolledBack(Error),
     /// Live pre-copy gave up; the VM runs on the source, untouched (the cold path may follow).
-    NotConverged(String),
+    #[error("{0}")]
+    NotConverged(Error),
     /// It failed after the VM already ran on the target: it stays there.
-    Forward(String),
+    #[error("the VM runs on {on}, but: {}", join(problems))]
+    Forward { on: String, problems: Vec<Error> },
 }
 
-/// What re-points the network at a VM's target port the moment the VM stops on the source: a
-/// connection to the target's switch opened before, and the announcement to send through it.
-pub(crate) struct Repoint {
-    of: OpenFlow<russh::ChannelStream<russh::client::Msg>>,
-    in_port: u16,
-    frame: Vec<u8>,
+fn join(problems: &[Error]) -> String {
+    let all: Vec<String> = problems.iter().map(Error::to_string).collect();
+    all.join("; ")
 }
 
 /// The parts of one move.
@@ -826,12 +794,7 @@ impl Move<'_> {
     /// The port the VM needs on the target: the source port's tag and rate limit (the live
     /// truth), else its definition's.
     pub async fn port_spec(&self) -> PortSpec {
-        let from_source = async {
-            let mut db = self.src.ovsdb().await?;
-            db.port(&self.def.port()).await
-        }
-        .await;
-        match from_source {
+        match self.src.switch.port(&self.def.port()).await {
             Ok(Some(p)) => p,
             _ => port_of(self.def),
         }
@@ -839,27 +802,27 @@ impl Move<'_> {
 
     /// Readies the target: a paused VM waiting for its state, and its switch port (with the
     /// source port's VLAN tag and rate limit) up and checked, before anything stops. Where the
-    /// load itself makes the VM's NIC (Xen), the port waits on the switch for its device, and
+    /// load itself makes the VM's NIC (`nic_made_by_load`), the port waits on the switch for its device, and
     /// `port_after_load` checks that it came; the spec is returned for it.
-    pub async fn prepare_target(&self) -> Result<PortSpec, String> {
+    pub async fn prepare_target(&self) -> Result<PortSpec> {
         let spec = self.port_spec().await;
-        // What an earlier move left there when the target stopped answering (a QEMU that never
-        // ran the VM, or one whose QMP a dead session still holds) goes first, but only while
-        // the VM demonstrably runs on the source; a running one on the target is refused.
+        // What an earlier move left there when the target stopped answering (a VM that never
+        // ran, or one whose control socket a dead session still holds) goes first, but only
+        // while the VM demonstrably runs on the source; a running one on the target is refused.
         let there = self.dst.driver.state(self.def).await;
         match there {
             Ok(RunState::Absent) => {}
             Ok(RunState::Running) => {
-                return Err(format!(
-                    "a running QEMU for {} is already on {}; the state says it runs on {}",
+                return Err(Error::Refused(format!(
+                    "{} already runs on {}; the state says it runs on {}",
                     self.def.name, self.dst.cfg.name, self.src.cfg.name
-                ))
+                )))
             }
             leftover => {
-                let here = self.src.driver.state(self.def).await.map_err(driver_err)?;
+                let here = self.src.driver.state(self.def).await?;
                 if here != RunState::Running {
-                    return Err(format!(
-                        "{} has a QEMU for {} ({}) and the one on {} is {here:?}: touching neither",
+                    return Err(Error::Refused(format!(
+                        "{} has a leftover of {} ({}) and the one on {} is {here:?}: touching neither",
                         self.dst.cfg.name,
                         self.def.name,
                         match leftover {
@@ -867,29 +830,29 @@ impl Move<'_> {
                             Err(e) => e.to_string(),
                         },
                         self.src.cfg.name
-                    ));
+                    )));
                 }
                 self.journal
-                    .step("clear leftover on target", async {
-                        self.dst.driver.destroy(self.def).await.map_err(driver_err)
+                    .step(Step::ClearLeftover, async {
+                        Ok(self.dst.driver.destroy(self.def).await?)
                     })
                     .await?;
             }
         }
         self.journal
-            .step("prepare target", async {
-                self.dst
-                    .driver
-                    .prepare_incoming(self.def)
-                    .await
-                    .map_err(driver_err)
+            .step(Step::PrepareTarget, async {
+                Ok(self.dst.driver.prepare_incoming(self.def).await?)
             })
             .await?;
         let later = self.dst.driver.nic_made_by_load();
         let port = self
             .journal
-            .step("target port", async {
-                self.dst.put_port(self.def, &spec, later).await
+            .step(Step::TargetPort, async {
+                Ok(self
+                    .dst
+                    .switch
+                    .put_port(&self.def.port(), &spec, later)
+                    .await?)
             })
             .await;
         if let Err(e) = port {
@@ -899,52 +862,51 @@ impl Move<'_> {
         Ok(spec)
     }
 
-    /// Readies `repoint`, before the VM stops. None where the target port has no device yet
-    /// (the load makes it: Xen) or its switch cannot be reached so; the announcement once the VM
-    /// runs there (`tell_network`) then does it, later.
-    pub async fn repointer(&self) -> Option<Repoint> {
+    /// Readies the re-point, before the VM stops. None where the target port has no device yet
+    /// (the load makes it) or its switch cannot be reached so; the announcement once the
+    /// VM runs there (`tell_network`) then does it, later.
+    pub async fn repointer(&self) -> Option<Box<dyn network::Announcer>> {
         if self.dst.driver.nic_made_by_load() {
             return None;
         }
-        let r = async {
-            let frame = network::announcement(&self.def.mac, self.def.ip)
-                .ok_or_else(|| format!("bad MAC {}", self.def.mac))?;
-            let ofport = self.dst.port_up(self.def, Duration::ZERO).await?;
-            let in_port = u16::try_from(ofport)
-                .ok()
-                .filter(|p| *p < 0xff00)
-                .ok_or_else(|| format!("ofport {ofport} is beyond OpenFlow 1.0's ports"))?;
-            let of = self.dst.openflow().await?;
-            Ok::<_, String>(Repoint { of, in_port, frame })
-        }
-        .await;
-        r.map_err(|e| tracing::warn!(vm = %self.def.name, "the network is re-pointed only once the VM runs on the target: {e}"))
+        self.dst
+            .switch
+            .announcer(&self.def.port())
+            .await
+            .map_err(|e| tracing::warn!(vm = %self.def.name, "the network is re-pointed only once the VM runs on the target: {e}"))
             .ok()
     }
 
     /// The VM has stopped on the source: the switches are told it is at its target port now,
-    /// so what is sent to it during the break waits in the target's tap (QEMU reads it once
+    /// so what is sent to it during the break waits in the target's tap (the hypervisor reads it once
     /// the VM runs there) instead of being lost at the source. A failure is recorded; the
     /// announcement once the VM runs there follows anyway.
-    pub async fn repoint(&self, rp: &mut Repoint) {
+    pub async fn repoint(&self, announcer: &mut dyn network::Announcer) {
+        let frame = network::announcement(&self.def.mac, self.def.ip);
         self.journal
-            .try_step("re-point network", async {
-                rp.of.packet_out(rp.in_port, &rp.frame).await?;
-                rp.of.barrier().await
+            .try_step(Step::Repoint, async {
+                let frame =
+                    frame.ok_or_else(|| Error::Refused(format!("bad MAC {}", self.def.mac)))?;
+                Ok(announcer.send(&frame).await?)
             })
             .await;
     }
 
     /// For a driver whose load made the VM's NIC: the port put on the switch before has its
-    /// device now (the driver's hotplug waits for it before the VM runs); if vswitchd did not
+    /// device now (the driver's hotplug waits for it before the VM runs); if the switch did not
     /// take it up, the port is made again, which says why it cannot be.
-    pub async fn port_after_load(&self, spec: &PortSpec) -> Result<(), String> {
+    pub async fn port_after_load(&self, spec: &PortSpec) -> Result<()> {
         if !self.dst.driver.nic_made_by_load() {
             return Ok(());
         }
         self.journal
-            .step("target port up", async {
-                match self.dst.port_up(self.def, PORT_UP_WITHIN).await {
+            .step(Step::TargetPortUp, async {
+                match self
+                    .dst
+                    .switch
+                    .port_up(&self.def.port(), PORT_UP_WITHIN)
+                    .await
+                {
                     Ok(n) => Ok(n),
                     Err(e) => {
                         tracing::warn!(vm = %self.def.name, "{e}; the port is made again");
@@ -959,12 +921,12 @@ impl Move<'_> {
     /// Removes what `prepare_target` made.
     pub async fn undo_target(&self) {
         self.journal
-            .undo("prepare target", async {
-                self.dst.driver.destroy(self.def).await.map_err(driver_err)
+            .try_step(Step::UndoPrepareTarget, async {
+                Ok(self.dst.driver.destroy(self.def).await?)
             })
             .await;
         self.journal
-            .undo("target port", async { self.dst.del_port(self.def).await })
+            .try_step(Step::UndoTargetPort, self.dst.del_port(self.def))
             .await;
     }
 
@@ -978,7 +940,7 @@ impl Move<'_> {
     /// Once the VM runs on the target: its new MAC if one was asked for, the network told and
     /// the hooks run (with the MAC it now has). Returns what went wrong, for `clear_source` to
     /// report.
-    pub async fn arrive(&self) -> Vec<String> {
+    pub async fn arrive(&self) -> Vec<Error> {
         let Some(mac) = &self.req.new_mac else {
             let problems = self.tell_network().await;
             self.hooks(self.def, None).await;
@@ -992,7 +954,13 @@ impl Move<'_> {
         };
         self.hooks(&renewed, Some(&self.def.mac)).await;
         let mut problems = Vec::new();
-        let now = match self.journal.step("new mac", self.renew_mac(mac)).await {
+        let given = async {
+            self.engine
+                .give_mac(self.dst, self.def, mac)
+                .await
+                .map(drop)
+        };
+        let now = match self.journal.step(Step::NewMac, given).await {
             Ok(()) => &renewed,
             Err(e) => {
                 problems.push(e);
@@ -1018,42 +986,23 @@ impl Move<'_> {
         .await;
     }
 
-    /// Replaces the VM's NIC on the target by one with `mac`, and keeps the new MAC in its
-    /// definition (where its next start or move takes it from).
-    async fn renew_mac(&self, mac: &str) -> Result<(), String> {
-        self.engine
-            .give_mac(self.dst, self.def, mac)
-            .await
-            .map(drop)
-    }
-
     /// Tells the network where the VM now is, at once (the break ends when the switches know):
     /// the announcement from its new port, and the appliance's own neighbour entry. Returns
     /// what went wrong, for `clear_source` to report.
-    pub async fn tell_network(&self) -> Vec<String> {
+    pub async fn tell_network(&self) -> Vec<Error> {
         let mut problems = Vec::new();
-        if let Err(e) = self
-            .journal
-            .step("announce", async {
-                self.dst.driver.announce(self.def).await.map_err(driver_err)
-            })
-            .await
-        {
-            problems.push(e);
-        }
+        let announced = async { Ok(self.dst.driver.announce(self.def).await?) };
+        problems.extend(self.journal.try_step(Step::Announce, announced).await);
         if let Some(ip) = self.def.ip {
             // Only on a segment the appliance is attached to: a relayed one is routed.
             let on_link = |n: &&crate::config::Network| n.via.is_none() && n.address.contains(&ip);
             if let Some(net) = self.cfg.networks.iter().find(on_link) {
-                if let Err(e) = self
-                    .journal
-                    .step("appliance neighbour", async {
-                        network::replace_neighbour(ip, &self.def.mac, &net.interface).await
-                    })
-                    .await
-                {
-                    problems.push(e);
-                }
+                let set = async {
+                    network::replace_neighbour(ip, &self.def.mac, &net.interface)
+                        .await
+                        .map_err(Error::Neighbour)
+                };
+                problems.extend(self.journal.try_step(Step::ApplianceNeighbour, set).await);
             }
         }
         problems
@@ -1061,31 +1010,18 @@ impl Move<'_> {
 
     /// Stops the VM on the source and removes its port there; `problems` are those of the
     /// steps before, reported together.
-    pub async fn clear_source(&self, mut problems: Vec<String>) -> Result<(), Failure> {
-        if let Err(e) = self
-            .journal
-            .step("stop source", async {
-                self.src.driver.destroy(self.def).await.map_err(driver_err)
-            })
-            .await
-        {
-            problems.push(e);
-        }
-        if let Err(e) = self
-            .journal
-            .step("source port", async { self.src.del_port(self.def).await })
-            .await
-        {
-            problems.push(e);
-        }
+    pub async fn clear_source(&self, mut problems: Vec<Error>) -> Result<(), Failure> {
+        let stopped = async { Ok(self.src.driver.destroy(self.def).await?) };
+        problems.extend(self.journal.try_step(Step::StopSource, stopped).await);
+        let port = self.src.del_port(self.def);
+        problems.extend(self.journal.try_step(Step::SourcePort, port).await);
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Failure::Forward(format!(
-                "the VM runs on {}, but: {}",
-                self.dst.cfg.name,
-                problems.join("; ")
-            )))
+            Err(Failure::Forward {
+                on: self.dst.cfg.name.clone(),
+                problems,
+            })
         }
     }
 }

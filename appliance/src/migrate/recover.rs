@@ -4,11 +4,44 @@
 
 use std::time::Duration;
 
+use super::cold::{Creds, TransferFiles};
+use super::error::{Error, Result};
 use super::journal::Journal;
-use super::{driver_err, port_of, Engine, Side};
+use super::{port_of, Engine, Side, Step};
 use crate::config::Config;
 use crate::hypervisor::{RunState, VmDef};
 use crate::state::NewEvent;
+
+/// What recovery does with a move the appliance's stop interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Finish it: the VM runs, or may be made to run, on the target.
+    Forward,
+    /// Roll it back: the VM belongs on the source.
+    Back,
+    /// The VM is on neither host: nothing to settle, the operator is told.
+    Lost,
+}
+
+/// Recovery's decision table: where the hosts say the VM stands (`s` on the source, `t` on the
+/// target) and which steps the journal shows done. A VM running on the target stays there; so
+/// does one paused there once the journal says it was resumed there (a pause that is the
+/// hypervisor's, not ours), or once its state was loaded and verified and the source has none.
+/// Otherwise it goes back to the source, unless the source has none either.
+pub(crate) fn decide(s: RunState, t: RunState, done: impl Fn(Step) -> bool) -> Decision {
+    let resumed_on_target = done(Step::ResumeOnTarget) || done(Step::TargetRuns);
+    let loaded_and_verified = done(Step::VerifyChecksum) || done(Step::LivePreCopy);
+    let forward = t == RunState::Running
+        || (resumed_on_target && t != RunState::Absent)
+        || (s == RunState::Absent && t == RunState::Paused && loaded_and_verified);
+    if forward {
+        Decision::Forward
+    } else if s == RunState::Absent {
+        Decision::Lost
+    } else {
+        Decision::Back
+    }
+}
 
 /// Attempts per migration when a host does not answer, and the pause between them.
 const TRIES: u32 = 5;
@@ -57,36 +90,32 @@ impl Engine {
         }
     }
 
-    async fn recover_one(&self, cfg: &Config, id: i64) -> Result<(), String> {
+    pub(crate) async fn recover_one(&self, cfg: &Config, id: i64) -> Result<()> {
+        let gone = |what: String| Error::Refused(what);
         let m = self
             .state
             .migration(id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("gone from the journal")?;
+            .await?
+            .ok_or_else(|| gone("gone from the journal".into()))?;
         let def = self
             .state
             .vm(m.vm.clone())
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("VM {} is no longer defined", m.vm))?
+            .await?
+            .ok_or_else(|| gone(format!("VM {} is no longer defined", m.vm)))?
             .def;
         let host = |n: &str| {
             cfg.hosts
                 .iter()
                 .find(|h| h.name == n)
-                .ok_or_else(|| format!("host {n} is no longer in the config"))
+                .ok_or_else(|| gone(format!("host {n} is no longer in the config")))
         };
-        let src = self
-            .side(host(&m.source)?)
-            .await
-            .map_err(|e| e.to_string())?;
-        let dst = self
-            .side(host(&m.target)?)
-            .await
-            .map_err(|e| e.to_string())?;
+        let side = |r: std::result::Result<Side, super::Refused>| {
+            r.map_err(|e| Error::Refused(e.to_string()))
+        };
+        let src = side(self.side(host(&m.source)?).await)?;
+        let dst = side(self.side(host(&m.target)?).await)?;
         let journal = Journal {
-            state: self.state.clone(),
+            store: self.journal.clone(),
             id,
         };
         let last = m
@@ -94,65 +123,69 @@ impl Engine {
             .last()
             .map(|s| format!("{} ({})", s.step, s.state))
             .unwrap_or_else(|| "its start".into());
-        let done = |name: &str| m.steps.iter().any(|s| s.step == name && s.state == "done");
-        let s = src.driver.state(&def).await.map_err(driver_err)?;
-        let t = dst.driver.state(&def).await.map_err(driver_err)?;
+        let done = |step: Step| {
+            m.steps
+                .iter()
+                .any(|s| s.step == step.name() && s.state == "done")
+        };
+        let s = src.driver.state(&def).await?;
+        let t = dst.driver.state(&def).await?;
         tracing::info!(migration = id, source = ?s, target = ?t, last = %last, "recovering");
 
-        let resumed_on_target = done("resume on target") || done("target runs");
-        let loaded_and_verified = done("verify checksum") || done("live pre-copy");
-        let forward = t == RunState::Running
-            || (resumed_on_target && t != RunState::Absent)
-            || (s == RunState::Absent && t == RunState::Paused && loaded_and_verified);
         let mut def = def;
-        let (state, host, reason) = if forward {
-            settle_forward(&journal, &def, &src, &dst, t).await;
-            // A new MAC asked for and perhaps half given: give it (again; it is idempotent).
-            if let Some(new) = m.detail["new_mac"].as_str().filter(|n| *n != def.mac) {
-                if let Ok(given) = journal
-                    .step("recover: new mac", self.give_mac(&dst, &def, new))
-                    .await
-                {
-                    def = given;
+        let (state, host, reason) = match decide(s, t, done) {
+            Decision::Forward => {
+                settle_forward(&journal, &def, &src, &dst, t).await;
+                // A new MAC asked for and perhaps half given: give it (again; it is idempotent).
+                if let Some(new) = m.detail["new_mac"].as_str().filter(|n| *n != def.mac) {
+                    if let Ok(given) = journal
+                        .step(Step::RecoverNewMac, self.give_mac(&dst, &def, new))
+                        .await
+                    {
+                        def = given;
+                    }
                 }
+                let old_mac = m.detail["old_mac"].as_str().filter(|o| *o != def.mac);
+                super::run_hooks(
+                    self,
+                    cfg,
+                    &journal,
+                    &def,
+                    old_mac,
+                    &src.cfg.name,
+                    &dst.cfg.name,
+                )
+                .await;
+                (
+                    "done",
+                    dst.cfg.name.clone(),
+                    format!("finished after the appliance restarted during {last}"),
+                )
             }
-            let old_mac = m.detail["old_mac"].as_str().filter(|o| *o != def.mac);
-            super::run_hooks(
-                self,
-                cfg,
-                &journal,
-                &def,
-                old_mac,
-                &src.cfg.name,
-                &dst.cfg.name,
-            )
-            .await;
-            (
-                "done",
-                dst.cfg.name.clone(),
-                format!("finished after the appliance restarted during {last}"),
-            )
-        } else {
-            if s == RunState::Absent {
-                return Err(format!(
+            Decision::Lost => {
+                return Err(Error::Refused(format!(
                     "{} runs on neither host (source {s:?}, target {t:?}); start it again with `netmigrate vm start`",
                     def.name
-                ));
+                )));
             }
-            settle_back(&journal, &def, &src, &dst, s).await?;
-            (
-                "rolled-back",
-                src.cfg.name.clone(),
-                format!("rolled back after the appliance restarted during {last}"),
-            )
+            Decision::Back => {
+                settle_back(&journal, &def, &src, &dst, s).await?;
+                (
+                    "rolled-back",
+                    src.cfg.name.clone(),
+                    format!("rolled back after the appliance restarted during {last}"),
+                )
+            }
         };
-        for u in [format!("mig{id}-up"), format!("mig{id}-down")] {
-            let _ = self.state.delete_account(u).await;
-        }
+        journal
+            .try_step(
+                Step::RecoverOneTimeFiles,
+                drop_accounts(self, &m, &src, &dst),
+            )
+            .await;
         self.state
             .end_migration(id, state, Some(reason.clone()), host.clone(), "running")
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let _ = self
             .state
             .record(
@@ -167,62 +200,78 @@ impl Engine {
     }
 }
 
+/// A cold move's one-time accounts, netrc files and transfer files, whichever were made
+/// (their names follow from the migration's number and VM).
+async fn drop_accounts(
+    engine: &Engine,
+    m: &crate::state::MigrationRow,
+    src: &Side,
+    dst: &Side,
+) -> Result<()> {
+    let c = Creds::new(&m.vm, m.id, &src.cfg.run_dir, &dst.cfg.run_dir);
+    for u in [c.up_user, c.down_user] {
+        engine.state.delete_account(u).await?;
+    }
+    let t = TransferFiles::new(&m.vm, m.id, &dst.cfg.run_dir);
+    src.remove(&[&c.up_netrc]).await?;
+    dst.remove(&[&c.down_netrc]).await?;
+    dst.remove(&t.all()).await
+}
+
 /// The VM is (or may be made) running on the target: finish the move.
 async fn settle_forward(j: &Journal, def: &VmDef, src: &Side, dst: &Side, t: RunState) {
     // The port was made before the load (and the VM's device is there now); make sure it
     // is up before the VM runs, it costs one round trip.
-    if dst.port_up(def, Duration::ZERO).await.is_err() {
-        j.try_step("recover: target port", async {
+    if dst
+        .switch
+        .port_up(&def.port(), Duration::ZERO)
+        .await
+        .is_err()
+    {
+        j.try_step(Step::RecoverTargetPort, async {
             dst.add_port(def, &port_of(def)).await.map(drop)
         })
         .await;
     }
     if t != RunState::Running {
-        j.try_step("recover: resume on target", async {
-            dst.driver.resume(def).await.map_err(driver_err)
+        j.try_step(Step::RecoverResumeTarget, async {
+            Ok(dst.driver.resume(def).await?)
         })
         .await;
     }
-    j.try_step("recover: announce", async {
-        dst.driver.announce(def).await.map_err(driver_err)
+    j.try_step(Step::RecoverAnnounce, async {
+        Ok(dst.driver.announce(def).await?)
     })
     .await;
-    j.try_step("recover: stop source", async {
-        src.driver.destroy(def).await.map_err(driver_err)
+    j.try_step(Step::RecoverStopSource, async {
+        Ok(src.driver.destroy(def).await?)
     })
     .await;
-    j.try_step("recover: source port", async { src.del_port(def).await })
-        .await;
+    j.try_step(Step::RecoverSourcePort, src.del_port(def)).await;
 }
 
 /// The VM belongs on the source: clear the target, let the source run.
-async fn settle_back(
-    j: &Journal,
-    def: &VmDef,
-    src: &Side,
-    dst: &Side,
-    s: RunState,
-) -> Result<(), String> {
+async fn settle_back(j: &Journal, def: &VmDef, src: &Side, dst: &Side, s: RunState) -> Result<()> {
     // A live pre-copy may still be going on by itself.
     if s == RunState::Running {
-        j.try_step("recover: cancel outgoing migration", async {
-            src.driver.abort_outgoing(def).await.map_err(driver_err)
+        j.try_step(Step::RecoverCancelOutgoing, async {
+            Ok(src.driver.abort_outgoing(def).await?)
         })
         .await;
     }
-    j.try_step("recover: clear target", async {
-        dst.driver.destroy(def).await.map_err(driver_err)
+    j.try_step(Step::RecoverClearTarget, async {
+        Ok(dst.driver.destroy(def).await?)
     })
     .await;
-    j.try_step("recover: target port", async { dst.del_port(def).await })
+    j.try_step(Step::RecoverRemoveTargetPort, dst.del_port(def))
         .await;
-    j.step("recover: resume source", async {
-        src.driver.resume(def).await.map_err(driver_err)
+    j.step(Step::RecoverResumeSource, async {
+        Ok(src.driver.resume(def).await?)
     })
     .await?;
     // The network may have been re-pointed at the target before the crash.
-    j.try_step("recover: announce on source", async {
-        src.driver.announce(def).await.map_err(driver_err)
+    j.try_step(Step::RecoverAnnounceOnSource, async {
+        Ok(src.driver.announce(def).await?)
     })
     .await;
     Ok(())

@@ -1,11 +1,15 @@
-//! The network after a move: switch ports on the hosts (OVSDB), the appliance's own neighbour
-//! entries.
+//! The network after a move: switch ports on the hosts (the `Switch` trait, over OVSDB and
+//! OpenFlow), the VM's announcement frame, the appliance's own neighbour entries.
 
+#[cfg(test)]
+pub mod fake;
 pub mod openflow;
 pub mod ovsdb;
+pub mod switch;
 
 pub use openflow::OpenFlow;
 pub use ovsdb::{Ovsdb, PortSpec};
+pub use switch::{Announcer, Switch, SwitchError};
 
 /// A gratuitous ARP (or, without an address, a RARP as QEMU's announce-self sends) from `mac`,
 /// as the switch should see it come from the VM's port.

@@ -60,6 +60,12 @@ impl State {
             compression,
             stored,
         } = c;
+        let notice = super::notices::Notice::Image {
+            vm: vm.clone(),
+            generation,
+            state: state.to_string(),
+            uploader: uploader.clone(),
+        };
         self.write(move |tx| {
             let now = now_ms();
             tx.execute(
@@ -77,7 +83,9 @@ impl State {
             )?;
             Ok(())
         })
-        .await
+        .await?;
+        self.notify(notice);
+        Ok(())
     }
 
     pub async fn images(&self) -> Result<Vec<ImageRow>, StateError> {

@@ -1,5 +1,5 @@
 //! The notice bus: every committed change a watcher may care about (events, journal steps,
-//! migrations and batches starting and ending), broadcast in process after its commit. The API
+//! migrations and batches starting and ending, image uploads), broadcast in process after its commit. The API
 //! streams it to the CLI's progress bars; nothing is lost by a slow watcher but its own view
 //! (it is told how many notices it missed).
 
@@ -42,6 +42,13 @@ pub enum Notice {
         id: i64,
         state: String,
         at_ms: i64,
+    },
+    /// An image's manifest row changed (an upload started, was published or failed).
+    Image {
+        vm: String,
+        generation: u64,
+        state: String,
+        uploader: Option<String>,
     },
     /// The watcher fell behind and missed this many notices.
     Lagged {

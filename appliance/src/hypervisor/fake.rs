@@ -1,0 +1,398 @@
+//! The engine's unit tests' backend, registered in the factory like the real ones
+//! (`hypervisor = "fake"`, test builds only). A VM is a run state and its "memory", a few KiB
+//! of bytes; saving pipes them into the engine's sink command and loading reads them from its
+//! source command, both run by the host's link (a local shell in the tests), so the bytes
+//! really go through curl and the image store. Each host's state lives in a registry by host
+//! name, with its switch, so a test injects faults and reads what happened.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+
+use super::{DriverError, Hypervisor, LiveResult, RunState, VmDef};
+use crate::config::HostConfig;
+use crate::inventory::link::Link;
+use crate::network::fake::FakeSwitch;
+
+/// How an operation is made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// It refuses at once.
+    Fail,
+    /// It never returns until `abort_outgoing` (then fails).
+    Hang,
+    /// Live only: pre-copy does not converge in time (the VM runs on here, untouched).
+    NotConverged,
+    /// Save only: half the state goes out, then the save stalls until `abort_outgoing`.
+    Stall,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeVm {
+    pub state: RunState,
+    pub memory: Vec<u8>,
+    pub mac: String,
+    listening: bool,
+}
+
+/// One fake host: its VMs, the calls made to it, the faults it is to show, and its switch.
+pub struct FakeHost {
+    pub name: String,
+    pub address: IpAddr,
+    /// Whether the VM's NIC exists only once its state is loaded (as on Xen).
+    pub nic_by_load: Mutex<bool>,
+    pub vms: Mutex<HashMap<String, FakeVm>>,
+    pub calls: Mutex<Vec<String>>,
+    pub faults: Mutex<HashMap<&'static str, Fault>>,
+    pub switch: Arc<FakeSwitch>,
+    cancel: tokio::sync::Notify,
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Arc<FakeHost>>> {
+    static HOSTS: OnceLock<Mutex<HashMap<String, Arc<FakeHost>>>> = OnceLock::new();
+    HOSTS.get_or_init(Default::default)
+}
+
+/// The fake host named `name` (made at `address` the first time).
+pub fn host(name: &str, address: IpAddr) -> Arc<FakeHost> {
+    registry()
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            Arc::new(FakeHost {
+                name: name.to_string(),
+                address,
+                nic_by_load: Mutex::new(false),
+                vms: Default::default(),
+                calls: Default::default(),
+                faults: Default::default(),
+                switch: Arc::new(FakeSwitch {
+                    host: name.to_string(),
+                    ..Default::default()
+                }),
+                cancel: tokio::sync::Notify::new(),
+            })
+        })
+        .clone()
+}
+
+fn by_address(a: IpAddr) -> Option<Arc<FakeHost>> {
+    registry()
+        .lock()
+        .unwrap()
+        .values()
+        .find(|h| h.address == a)
+        .cloned()
+}
+
+impl FakeHost {
+    pub fn state(&self, vm: &str) -> RunState {
+        self.vms
+            .lock()
+            .unwrap()
+            .get(vm)
+            .map_or(RunState::Absent, |v| v.state)
+    }
+
+    pub fn memory(&self, vm: &str) -> Option<Vec<u8>> {
+        self.vms.lock().unwrap().get(vm).map(|v| v.memory.clone())
+    }
+
+    /// A VM running here since before the test, with `memory`.
+    pub fn run(&self, def: &VmDef, memory: Vec<u8>) {
+        self.vms.lock().unwrap().insert(
+            def.name.clone(),
+            FakeVm {
+                state: RunState::Running,
+                memory,
+                mac: def.mac.clone(),
+                listening: false,
+            },
+        );
+        self.switch.ports.lock().unwrap().insert(
+            def.port(),
+            (
+                crate::network::PortSpec {
+                    vlan: def.vlan,
+                    rate_kbps: def.rate_kbps,
+                },
+                Some(1),
+            ),
+        );
+    }
+
+    pub fn set_state(&self, vm: &str, state: RunState) {
+        if let Some(v) = self.vms.lock().unwrap().get_mut(vm) {
+            v.state = state;
+        }
+    }
+
+    pub fn inject(&self, op: &'static str, f: Fault) {
+        self.faults.lock().unwrap().insert(op, f);
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn call(&self, op: &str, vm: &VmDef) {
+        self.calls.lock().unwrap().push(format!("{op} {}", vm.name));
+    }
+
+    fn err(&self, vm: &VmDef, reason: impl Into<String>) -> DriverError {
+        DriverError::Vm {
+            host: self.name.clone(),
+            vm: vm.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The fault injected for `op`, acted out: an error, or a wait for `abort_outgoing`.
+    async fn fault(&self, op: &'static str, vm: &VmDef) -> Result<(), DriverError> {
+        self.call(op, vm);
+        let f = self.faults.lock().unwrap().get(op).copied();
+        match f {
+            None => Ok(()),
+            Some(Fault::Fail) => Err(self.err(vm, format!("injected: {op} fails"))),
+            Some(Fault::Hang) => {
+                self.cancel.notified().await;
+                Err(self.err(vm, format!("{op} cancelled")))
+            }
+            Some(Fault::Stall) => Ok(()),
+            Some(Fault::NotConverged) => Err(DriverError::Timeout {
+                host: self.name.clone(),
+                vm: vm.name.clone(),
+                what: "live migration (it did not converge)".into(),
+                after: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    fn with<T>(&self, vm: &VmDef, f: impl FnOnce(&mut FakeVm) -> T) -> Result<T, DriverError> {
+        let mut vms = self.vms.lock().unwrap();
+        let v = vms
+            .get_mut(&vm.name)
+            .ok_or_else(|| self.err(vm, "no such VM here"))?;
+        Ok(f(v))
+    }
+}
+
+pub struct Fake {
+    host: Arc<FakeHost>,
+    link: Arc<dyn Link>,
+}
+
+impl Fake {
+    pub fn new(h: HostConfig, link: Arc<dyn Link>) -> Fake {
+        Fake {
+            host: host(&h.name, h.address),
+            link,
+        }
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Fake {
+    fn host(&self) -> &str {
+        &self.host.name
+    }
+
+    fn nic_made_by_load(&self) -> bool {
+        *self.host.nic_by_load.lock().unwrap()
+    }
+
+    async fn state(&self, vm: &VmDef) -> Result<RunState, DriverError> {
+        self.host.fault("state", vm).await?;
+        Ok(self.host.state(&vm.name))
+    }
+
+    async fn start(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("start", vm).await?;
+        self.host.run(
+            vm,
+            format!("memory of {}\n", vm.name).repeat(256).into_bytes(),
+        );
+        Ok(())
+    }
+
+    async fn prepare_incoming(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("prepare_incoming", vm).await?;
+        let mut vms = self.host.vms.lock().unwrap();
+        if vms.get(&vm.name).is_some() {
+            return Err(self.host.err(vm, "a VM of this name is already here"));
+        }
+        vms.insert(
+            vm.name.clone(),
+            FakeVm {
+                state: RunState::Incoming,
+                memory: Vec::new(),
+                mac: vm.mac.clone(),
+                listening: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn pause(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("pause", vm).await?;
+        self.host
+            .with(vm, |v| match v.state {
+                RunState::Running | RunState::Paused => {
+                    v.state = RunState::Paused;
+                    Ok(())
+                }
+                s => Err(format!("cannot pause a VM that is {s:?}")),
+            })?
+            .map_err(|e| self.host.err(vm, e))
+    }
+
+    async fn resume(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("resume", vm).await?;
+        self.host
+            .with(vm, |v| match v.state {
+                RunState::Running | RunState::Paused | RunState::Migrated => {
+                    v.state = RunState::Running;
+                    Ok(())
+                }
+                s => Err(format!("cannot resume a VM that is {s:?}")),
+            })?
+            .map_err(|e| self.host.err(vm, e))
+    }
+
+    async fn save_to(&self, vm: &VmDef, sink: &str, timeout: Duration) -> Result<(), DriverError> {
+        let memory = self.host.with(vm, |v| (v.state, v.memory.clone()))?;
+        if memory.0 != RunState::Paused {
+            return Err(self
+                .host
+                .err(vm, format!("save of a VM that is {:?}", memory.0)));
+        }
+        let cancelled = self.host.cancel.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
+        self.host.fault("save_to", vm).await?;
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", sink])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| self.host.err(vm, e.to_string()))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let stall = self.host.faults.lock().unwrap().get("save_to") == Some(&Fault::Stall);
+        let run = async {
+            if stall {
+                stdin.write_all(&memory.1[..memory.1.len() / 2]).await?;
+                stdin.flush().await?;
+                std::future::pending::<()>().await;
+            }
+            stdin.write_all(&memory.1).await?;
+            drop(stdin);
+            child.wait().await
+        };
+        let status = tokio::select! {
+            r = tokio::time::timeout(timeout, run) => r
+                .map_err(|_| self.host.err(vm, "the save timed out"))?
+                .map_err(|e| self.host.err(vm, e.to_string()))?,
+            _ = cancelled => return Err(self.host.err(vm, "the save was cancelled")),
+        };
+        if !status.success() {
+            return Err(self.host.err(vm, format!("the sink failed: {status}")));
+        }
+        self.host.with(vm, |v| v.state = RunState::Migrated)
+    }
+
+    async fn restore_from(
+        &self,
+        vm: &VmDef,
+        source: &str,
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        self.host.fault("restore_from", vm).await?;
+        let state = self.host.with(vm, |v| v.state)?;
+        if state != RunState::Incoming {
+            return Err(self
+                .host
+                .err(vm, format!("load into a VM that is {state:?}")));
+        }
+        let out = self
+            .link
+            .exec(source, timeout)
+            .await
+            .map_err(|e| self.host.err(vm, e.to_string()))?;
+        if out.status != Some(0) {
+            return Err(self
+                .host
+                .err(vm, format!("the source failed: {}", out.stderr)));
+        }
+        self.host.with(vm, |v| {
+            v.memory = out.stdout.into_bytes();
+            v.state = RunState::Paused;
+        })?;
+        if self.nic_made_by_load() {
+            self.host.switch.device_came(&vm.port());
+        }
+        Ok(())
+    }
+
+    async fn live_migrate(
+        &self,
+        vm: &VmDef,
+        target: IpAddr,
+        _port: u16,
+        _downtime: Duration,
+        _timeout: Duration,
+    ) -> Result<LiveResult, DriverError> {
+        self.host.fault("live_migrate", vm).await?;
+        let memory = self.host.with(vm, |v| v.memory.clone())?;
+        let there = by_address(target).ok_or_else(|| self.host.err(vm, "no such target"))?;
+        there
+            .with(vm, |v| {
+                if v.state != RunState::Incoming || !v.listening {
+                    return Err(format!("the target is {:?}, not listening", v.state));
+                }
+                v.memory = memory;
+                v.state = RunState::Running;
+                Ok(())
+            })?
+            .map_err(|e| self.host.err(vm, e))?;
+        if *there.nic_by_load.lock().unwrap() {
+            there.switch.device_came(&vm.port());
+        }
+        self.host.with(vm, |v| v.state = RunState::Migrated)?;
+        Ok(LiveResult {
+            downtime_ms: Some(1),
+            total_ms: Some(2),
+            bytes: Some(3),
+        })
+    }
+
+    async fn abort_outgoing(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.cancel.notify_waiters();
+        self.host.fault("abort_outgoing", vm).await
+    }
+
+    async fn listen_incoming(&self, vm: &VmDef, _port: u16) -> Result<(), DriverError> {
+        self.host.fault("listen_incoming", vm).await?;
+        self.host.with(vm, |v| v.listening = true)
+    }
+
+    async fn announce(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("announce", vm).await
+    }
+
+    async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("destroy", vm).await?;
+        self.host.vms.lock().unwrap().remove(&vm.name);
+        Ok(())
+    }
+
+    async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {
+        self.host.fault("replace_nic", vm).await?;
+        self.host.with(vm, |v| v.mac = mac.to_string())
+    }
+}
