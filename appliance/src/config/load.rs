@@ -1338,7 +1338,7 @@ impl Cx<'_> {
                 }),
                 run_dir: run_dir.unwrap_or_else(|| "/run/netmigrate".into()),
                 qemu_accel: accel.map(|(a, _)| a).unwrap_or_else(|| "kvm:tcg".into()),
-                connect_timeout: connect_timeout.unwrap_or(crate::inventory::CONNECT_TIMEOUT),
+                connect_timeout: connect_timeout.unwrap_or(super::CONNECT_TIMEOUT),
             },
             span,
             fields,

@@ -302,6 +302,9 @@ impl HypervisorKind {
     }
 }
 
+/// A host's SSH connect timeout (TCP, key exchange, login) unless its config says otherwise.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// A hypervisor host; the appliance reaches it over SSH, nothing is installed on it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostConfig {

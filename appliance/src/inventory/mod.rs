@@ -19,8 +19,9 @@ use crate::config::{HostConfig, HypervisorKind};
 use facts::HostFacts;
 use ssh::{Conn, KeyCheck, SshError};
 
-/// A host's SSH connect timeout unless its config says otherwise.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+/// A host's SSH connect timeout unless its config says otherwise (kept with the config, which
+/// the inventory reads; the config does not reach into the inventory).
+pub use crate::config::CONNECT_TIMEOUT;
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 
