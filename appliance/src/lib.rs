@@ -2,6 +2,7 @@
 //! controller that moves its VMs between hypervisor hosts. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod daemon;

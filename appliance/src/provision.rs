@@ -184,7 +184,7 @@ pub async fn accept(app: &App, mac: &str, why: String) -> Result<MachineRow, Sta
             client_id: None,
             hostname: m.name.clone(),
         };
-        crate::api::reservations::changed(app, "added", &r).await;
+        crate::app::reservations::changed(app, "added", &r).await;
     }
     Ok(m)
 }
@@ -409,8 +409,8 @@ impl Enrolment for AppEnrolment {
         let app2 = app.clone();
         let n = name.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::api::hosts::collect_hosts(&app2, vec![n.clone()]).await {
-                tracing::warn!(host = %n, "collecting a new host: {}", e.message);
+            if let Err(e) = crate::app::hosts::collect(&app2, vec![n.clone()]).await {
+                tracing::warn!(host = %n, "collecting a new host: {e}");
             }
         });
         Ok(Enrolled { name, address })

@@ -60,6 +60,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::app::Error> for ApiError {
+    fn from(e: crate::app::Error) -> Self {
+        use crate::app::Error as E;
+        use crate::migrate::Refused;
+        let message = e.to_string();
+        let (status, code) = match e {
+            E::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
+            E::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            E::Invalid { code: "bad_vm", .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_vm"),
+            E::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
+            E::State(s) => return s.into(),
+            E::Refused(Refused::UnknownVm(_) | Refused::UnknownHost(_)) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            E::Refused(Refused::State(s)) => return s.into(),
+            E::Refused(Refused::Driver(_)) => (StatusCode::BAD_GATEWAY, "host"),
+            E::Refused(_) => (StatusCode::CONFLICT, "refused"),
+            E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "panic"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         let status = match e {

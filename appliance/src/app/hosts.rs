@@ -1,0 +1,202 @@
+//! Hosts: what the inventory knows of them, collecting their facts now, pinning their keys, and
+//! the machines provisioning met.
+
+use serde::{Deserialize, Serialize};
+
+use super::{App, Error, Result};
+use crate::inventory::facts::{HostFacts, VmFacts};
+use crate::inventory::{arp_table, Collected};
+use crate::state::machines::MachineRow;
+use crate::state::{HostRow, NewEvent};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub row: HostRow,
+    pub collected_ms: Option<i64>,
+    pub facts: Option<HostFacts>,
+    /// Where it is in its life: `configured` (from the config file), or an enrolled host's
+    /// provisioning stage (`ready`; `booting` while it boots the installer again).
+    #[serde(default)]
+    pub stage: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmView {
+    pub host: String,
+    pub collected_ms: i64,
+    #[serde(flatten)]
+    pub vm: VmFacts,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrustReply {
+    pub host: String,
+    pub key: String,
+    pub previous: Option<String>,
+}
+
+/// The configured and enrolled hosts, each with its newest facts.
+pub async fn list(app: &App) -> Result<Vec<HostView>> {
+    let rows = app.state.hosts().await?;
+    let facts = app.state.latest_facts().await?;
+    let machines = app.state.machines().await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.in_config || r.enrolled)
+        .map(|row| {
+            let f = facts.iter().find(|(h, _, _)| *h == row.name);
+            let stage = match machines
+                .iter()
+                .find(|m| m.name.as_deref() == Some(&row.name))
+            {
+                Some(m) if row.enrolled && !row.in_config => m.stage.clone(),
+                _ => "configured".to_string(),
+            };
+            HostView {
+                collected_ms: f.map(|(_, at, _)| *at),
+                facts: f.map(|(_, _, f)| f.clone()),
+                row,
+                stage,
+            }
+        })
+        .collect())
+}
+
+/// Every VM the hosts reported at their last collection.
+pub async fn vms(app: &App) -> Result<Vec<VmView>> {
+    let facts = app.state.latest_facts().await?;
+    Ok(facts
+        .into_iter()
+        .flat_map(|(host, at, f)| {
+            f.vms.into_iter().map(move |vm| VmView {
+                host: host.clone(),
+                collected_ms: at,
+                vm,
+            })
+        })
+        .collect())
+}
+
+fn unknown_host(name: &str, known: &[String]) -> Error {
+    Error::not_found(
+        "unknown_host",
+        format!("unknown host `{name}`; configured: {}", known.join(", ")),
+    )
+}
+
+/// Collects the `wanted` hosts (all when empty), records the facts and each host that went
+/// down or came back.
+pub async fn collect(app: &App, wanted: Vec<String>) -> Result<Vec<Collected>> {
+    let cfg = app.config();
+    let known: Vec<String> = cfg.hosts.iter().map(|h| h.name.clone()).collect();
+    for w in &wanted {
+        if !known.contains(w) {
+            return Err(unknown_host(w, &known));
+        }
+    }
+    let rows = app.state.hosts().await?;
+    let targets: Vec<_> = cfg
+        .hosts
+        .iter()
+        .filter(|h| wanted.is_empty() || wanted.contains(&h.name))
+        .map(|h| {
+            let pinned = rows
+                .iter()
+                .find(|r| r.name == h.name)
+                .and_then(|r| r.host_key.clone());
+            (h.clone(), pinned)
+        })
+        .collect();
+    let mut results = app.inventory.collect(targets).await;
+    // VM addresses: the appliance is the router, its neighbour table knows who is where.
+    let arp = arp_table(
+        &tokio::fs::read_to_string("/proc/net/arp")
+            .await
+            .unwrap_or_default(),
+    );
+    for r in &mut results {
+        if let Some(f) = r.facts.as_mut() {
+            for vm in &mut f.vms {
+                vm.ips = vm
+                    .macs
+                    .iter()
+                    .flat_map(|m| arp.get(m).cloned().unwrap_or_default())
+                    .collect();
+            }
+        }
+    }
+    let before = rows;
+    app.state.record_collections(results.clone()).await?;
+    for r in &results {
+        let was = before
+            .iter()
+            .find(|b| b.name == r.host)
+            .map(|b| b.status.as_str());
+        match (&r.error, was) {
+            (Some(e), w) if w != Some("down") => {
+                app.state
+                    .record(NewEvent::warn("host.down", e.clone()).about(&r.host))
+                    .await?;
+            }
+            (None, Some("down")) => {
+                app.state
+                    .record(NewEvent::info("host.up", "answers again").about(&r.host))
+                    .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(results)
+}
+
+/// Pins the key `host` shows now (trust on first use; with `replace`, over a key pinned
+/// before, but not over one the config file pins).
+pub async fn trust(app: &App, host: &str, replace: bool) -> Result<TrustReply> {
+    let cfg = app.config();
+    let known: Vec<String> = cfg.hosts.iter().map(|h| h.name.clone()).collect();
+    let Some(h) = cfg.hosts.iter().find(|h| h.name == host) else {
+        return Err(unknown_host(host, &known));
+    };
+    if h.host_key.is_some() && replace {
+        return Err(Error::conflict(
+            "pinned_in_config",
+            format!(
+                "the host key of `{}` is pinned in the config file; change it there",
+                h.name
+            ),
+        ));
+    }
+    let rows = app.state.hosts().await?;
+    let previous = rows
+        .iter()
+        .find(|r| r.name == h.name)
+        .and_then(|r| r.host_key.clone());
+    let key = app
+        .inventory
+        .trust(h, previous.as_deref(), replace)
+        .await
+        .map_err(|e| Error::conflict("host_key", e.to_string()))?;
+    app.state.pin_host_key(h.name.clone(), key.clone()).await?;
+    app.state
+        .record(NewEvent::info("host.trust", format!("host key pinned: {key}")).about(&h.name))
+        .await?;
+    Ok(TrustReply {
+        host: h.name.clone(),
+        key,
+        previous,
+    })
+}
+
+/// Machines that network-booted, from discovered to ready.
+pub async fn machines(app: &App) -> Result<Vec<MachineRow>> {
+    Ok(app.state.machines().await?)
+}
+
+/// The operator accepts the discovered machine with `mac`.
+pub async fn accept(app: &App, mac: &str) -> Result<MachineRow> {
+    let mac: crate::config::Mac = mac
+        .parse()
+        .map_err(|e: String| Error::invalid("bad_mac", e))?;
+    Ok(crate::provision::accept(app, &mac.to_string(), "accepted by the operator".into()).await?)
+}
