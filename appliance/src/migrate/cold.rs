@@ -51,6 +51,56 @@ impl Creds {
     }
 }
 
+/// The source's save while the rest of the transfer goes on: held so that a rollback can drop
+/// it first, and watched so that its failure ends whatever waits beside it.
+struct Saving<'m> {
+    save: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'm>>>,
+    done: bool,
+}
+
+impl<'m> Saving<'m> {
+    fn start(
+        save: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'm>>,
+    ) -> Self {
+        Saving {
+            save: Some(save),
+            done: false,
+        }
+    }
+
+    fn none() -> Self {
+        Saving {
+            save: None,
+            done: true,
+        }
+    }
+
+    /// Runs `f` while the save goes on; a save that fails first ends it with its error.
+    async fn beside<T>(&mut self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::pin!(f);
+        loop {
+            let Some(save) = self.save.as_mut().filter(|_| !self.done) else {
+                return f.await;
+            };
+            tokio::select! {
+                r = save => {
+                    r?;
+                    self.done = true;
+                }
+                r = &mut f => return r,
+            }
+        }
+    }
+
+    /// Waits for the save to end, if it has not: its error, if it failed.
+    async fn finish(mut self) -> Option<Error> {
+        match (self.done, self.save.take()) {
+            (false, Some(s)) => s.await.err(),
+            _ => None,
+        }
+    }
+}
+
 /// The target's files of one transfer: the fifo its hasher reads, and the checksum it writes
 /// (through a `.tmp` beside it).
 pub(crate) struct TransferFiles {
@@ -202,70 +252,37 @@ impl Move<'_> {
     ) -> Result<(), Failure> {
         let (vm, id) = (&self.def.name, self.journal.id);
         let files = TransferFiles::new(vm, id, &self.dst.cfg.run_dir);
-        let back = |e: Error| {
-            let files = &files;
-            async move {
-                self.rollback().await;
-                self.remove_transfer_files(files).await;
-                Err(Failure::RolledBack(e))
-            }
-        };
         let mut repoint = self.repointer().await;
         // Subscribed before the save can start: the upload's first notice cannot be missed.
         let mut notices = self.engine.state.watch();
         let paused_at = Instant::now();
-        if let Err(e) = self
-            .journal
-            .step(Step::PauseSource, async {
-                Ok(self.src.driver.pause(self.def).await?)
-            })
-            .await
-        {
-            return back(e).await;
+        let since = |at: Instant| at.duration_since(paused_at).as_millis() as u64;
+        let paused = async { Ok(self.src.driver.pause(self.def).await?) };
+        if let Err(e) = self.journal.step(Step::PauseSource, paused).await {
+            return self.back(e, Saving::none(), &files).await;
         }
         let sink = format!(
             "curl -sS --fail --ftp-pasv --netrc-file {} -T - {src_url}/{vm}/mig{id}.img",
             quote(&c.up_netrc)
         );
-        // Held in an Option so that a rollback can drop it first: a save waiting on its QMP
-        // answer may hold the source's control connection, which serves one client at a time.
-        let mut save = Some(Box::pin(self.journal.step(Step::SaveToStore, async {
+        let mut save = Saving::start(Box::pin(self.journal.step(Step::SaveToStore, async {
             Ok(self
                 .src
                 .driver
                 .save_to(self.def, &sink, SAVE_TIMEOUT)
                 .await?)
         })));
-        let mut save_done = false;
         // The target starts loading as soon as the upload exists in the store; the network is
         // re-pointed meanwhile (not before the save: it is off the break's critical path).
-        let appeared = async {
-            let seen = self.upload_appears(&c.up_user, &mut notices);
-            tokio::pin!(seen);
-            loop {
-                tokio::select! {
-                    r = save.as_mut().expect("save"), if !save_done => {
-                        r?;
-                        save_done = true;
-                    }
-                    g = &mut seen => {
-                        if g.is_err() {
-                            drop(save.take());
-                        }
-                        return g;
-                    }
-                }
-            }
-        };
         let repointed = async {
             if let Some(r) = repoint.as_mut() {
                 self.repoint(&mut **r).await;
             }
         };
-        let (appeared, ()) = tokio::join!(appeared, repointed);
-        let generation = match appeared {
+        let appeared = save.beside(self.upload_appears(&c.up_user, &mut notices));
+        let generation = match tokio::join!(appeared, repointed).0 {
             Ok(g) => g,
-            Err(e) => return back(e).await,
+            Err(e) => return self.back(e, save, &files).await,
         };
         let image = ImageId {
             vm: vm.clone(),
@@ -277,21 +294,104 @@ impl Move<'_> {
             .state
             .migration_detail(id, serde_json::json!({"image": image.to_string()}))
             .await;
-        // Phases, in ms after the pause (as the paper's and the lab recipe's tables have them).
-        let since = |at: Instant| at.duration_since(paused_at).as_millis() as u64;
         let upload_seen_ms = since(Instant::now());
-        // The driver runs this with /bin/sh: the stream goes to the hypervisor and, through a fifo, to a
-        // hasher, so the target's own checksum of what it loaded can be compared. openssl
-        // uses the CPU's SHA instructions (coreutils' sha256sum is 5x slower here).
+        // The target may resume once it has loaded every byte and they check out; the source's
+        // save (its upload being made durable) need not be waited for, unless it fails first.
+        let upload = self.upload_complete(&image);
+        tokio::pin!(upload);
+        let loaded = save.beside(self.load(c, &files, dst_url, &image, &mut upload));
+        let uploaded = match loaded.await {
+            Ok(u) => u,
+            Err(e) => return self.back(e, save, &files).await,
+        };
+        let loaded_ms = since(Instant::now());
+        if let Err(e) = self.port_after_load(spec).await {
+            return self.back(e, save, &files).await;
+        }
+        let verified = self.journal.step(Step::VerifyChecksum, async {
+            let (at, stored) = match uploaded {
+                Some(u) => u,
+                None => tokio::time::timeout(Duration::from_secs(30), &mut upload)
+                    .await
+                    .map(|r| r.map(|sha| (Instant::now(), sha)))
+                    .map_err(|_| {
+                        Error::Store(format!(
+                            "the upload of {image} did not complete within 30 s"
+                        ))
+                    })??,
+            };
+            self.verify(&image, &stored, &files.sum).await?;
+            Ok(at)
+        });
+        let upload_done_at = match verified.await {
+            Ok(at) => at,
+            Err(e) => return self.back(e, save, &files).await,
+        };
+        let verified_ms = since(Instant::now());
+        let resumed = async { Ok(self.dst.driver.resume(self.def).await?) };
+        if let Err(e) = self.journal.step(Step::ResumeOnTarget, resumed).await {
+            return self.back(e, save, &files).await;
+        }
+        let paused_ms = paused_at.elapsed().as_millis() as u64;
+        let told = self.arrive().await;
+        self.remove_transfer_files(&files).await;
+        if let Some(e) = save.finish().await {
+            // The target runs verified bytes; the source's side ended badly afterwards.
+            tracing::warn!(
+                migration = id,
+                "after the target resumed, the source's save: {e}"
+            );
+        }
+        let _ = self
+            .engine
+            .state
+            .migration_detail(
+                id,
+                serde_json::json!({"image": image.to_string(), "paused_ms": paused_ms,
+                    "phases_ms": {"upload started": upload_seen_ms,
+                                  "upload complete": since(upload_done_at),
+                                  "loaded": loaded_ms, "verified": verified_ms, "resumed": paused_ms}}),
+            )
+            .await;
+        self.clear_source(told).await
+    }
+
+    /// Undoes a transfer that failed: the save dropped first (one still waiting on its answer
+    /// may hold the source's control connection, which serves one client at a time), then the
+    /// rollback, then the target's transfer files.
+    async fn back(&self, e: Error, save: Saving<'_>, files: &TransferFiles) -> Result<(), Failure> {
+        drop(save);
+        self.rollback().await;
+        self.remove_transfer_files(files).await;
+        Err(Failure::RolledBack(e))
+    }
+
+    /// The target loads the upload of `image` as the store receives it, hashing what it
+    /// loads into the transfer's checksum file. `upload` tells the upload's end meanwhile: once
+    /// it is complete, its SHA-256 (and when) comes back with the load; if it stalls or fails,
+    /// the load ends with that.
+    async fn load(
+        &self,
+        c: &Creds,
+        files: &TransferFiles,
+        dst_url: &str,
+        image: &ImageId,
+        upload: &mut (impl std::future::Future<Output = Result<String>> + Unpin),
+    ) -> Result<Option<(Instant, String)>> {
+        // The driver runs this with /bin/sh: the stream goes to the hypervisor and, through a
+        // fifo, to a hasher, so the target's own checksum of what it loaded can be compared.
+        // openssl uses the CPU's SHA instructions (coreutils' sha256sum is 5x slower here).
         let source = format!(
             "rm -f {f} {s}; mkfifo {f}; \
              (if command -v openssl >/dev/null; then openssl dgst -sha256 -r; else sha256sum; fi \
                < {f} > {t} && mv {t} {s}) & \
-             curl -sS --fail --ftp-pasv --netrc-file {n} {dst_url}/{vm}/{generation}.img | tee -p {f}",
+             curl -sS --fail --ftp-pasv --netrc-file {n} {dst_url}/{vm}/{g}.img | tee -p {f}",
             f = quote(&files.fifo),
             s = quote(&files.sum),
             t = quote(&files.sum_tmp),
             n = quote(&c.down_netrc),
+            vm = image.vm,
+            g = image.generation,
         );
         let restore = self.journal.step(Step::LoadOnTarget, async {
             Ok(self
@@ -300,97 +400,14 @@ impl Move<'_> {
                 .restore_from(self.def, &source, SAVE_TIMEOUT)
                 .await?)
         });
-        // The target may resume once it has loaded every byte and they check out; the source's
-        // save (its upload being made durable) need not be waited for, unless it fails first.
-        // The upload's end is told by the store; one that stalls or fails ends the wait.
         tokio::pin!(restore);
-        let upload = self.upload_complete(&image);
-        tokio::pin!(upload);
-        let mut uploaded: Option<(Instant, String)> = None;
-        let loaded = loop {
+        let mut uploaded = None;
+        loop {
             tokio::select! {
-                r = save.as_mut().expect("save"), if !save_done => {
-                    if let Err(e) = r {
-                        return back(e).await;
-                    }
-                    save_done = true;
-                }
-                r = &mut upload, if uploaded.is_none() => match r {
-                    Ok(sha) => uploaded = Some((Instant::now(), sha)),
-                    Err(e) => break Err(e),
-                },
-                r = &mut restore => break r,
-            }
-        };
-        if let Err(e) = loaded {
-            drop(save.take());
-            return back(e).await;
-        }
-        let loaded_ms = since(Instant::now());
-        if let Err(e) = self.port_after_load(spec).await {
-            drop(save.take());
-            return back(e).await;
-        }
-        let verified = self.journal.step(Step::VerifyChecksum, async {
-            let stored = match &uploaded {
-                Some((_, sha)) => sha.clone(),
-                None => tokio::time::timeout(Duration::from_secs(30), &mut upload)
-                    .await
-                    .map_err(|_| {
-                        Error::Store(format!(
-                            "the upload of {image} did not complete within 30 s"
-                        ))
-                    })??,
-            };
-            self.verify(&image, &stored, &files.sum).await?;
-            Ok(stored)
-        });
-        match verified.await {
-            Ok(sha) => {
-                if uploaded.is_none() {
-                    uploaded = Some((Instant::now(), sha));
-                }
-            }
-            Err(e) => {
-                drop(save.take());
-                return back(e).await;
+                r = &mut *upload, if uploaded.is_none() => uploaded = Some((Instant::now(), r?)),
+                r = &mut restore => return r.map(|()| uploaded),
             }
         }
-        let verified_ms = since(Instant::now());
-        if let Err(e) = self
-            .journal
-            .step(Step::ResumeOnTarget, async {
-                Ok(self.dst.driver.resume(self.def).await?)
-            })
-            .await
-        {
-            drop(save.take());
-            return back(e).await;
-        }
-        let paused_ms = paused_at.elapsed().as_millis() as u64;
-        let told = self.arrive().await;
-        self.remove_transfer_files(&files).await;
-        if let (false, Some(s)) = (save_done, save.take()) {
-            if let Err(e) = s.await {
-                // The target runs verified bytes; the source's side ended badly afterwards.
-                tracing::warn!(
-                    migration = id,
-                    "after the target resumed, the source's save: {e}"
-                );
-            }
-        }
-        let upload_done_ms = uploaded.map(|(at, _)| since(at));
-        let _ = self
-            .engine
-            .state
-            .migration_detail(
-                id,
-                serde_json::json!({"image": image.to_string(), "paused_ms": paused_ms,
-                    "phases_ms": {"upload started": upload_seen_ms, "upload complete": upload_done_ms,
-                                  "loaded": loaded_ms, "verified": verified_ms, "resumed": paused_ms}}),
-            )
-            .await;
-        self.clear_source(told).await
     }
 
     /// The SHA-256 of the upload of `image` once every byte is in (before it is made durable),

@@ -247,6 +247,18 @@ impl Bench {
         .expect("the move started")
     }
 
+    /// Makes `op` fail on host `h` ("A" or "C"): a switch operation ("put", "up", "announcer",
+    /// "send", "del") or a driver call.
+    fn fail(&self, h: &str, op: &'static str) {
+        let on = if h == "A" { &self.a } else { &self.c };
+        match op {
+            "put" | "up" | "announcer" | "send" | "del" => {
+                on.switch.failing.lock().unwrap().insert(op);
+            }
+            _ => on.inject(op, Fault::Fail),
+        }
+    }
+
     fn steps(m: &MigrationRow) -> Vec<String> {
         m.steps.iter().map(|s| s.step.clone()).collect()
     }
@@ -289,6 +301,24 @@ impl Bench {
 
 /// The VM's "memory": 90 KiB of lines that differ along their length (a torn or reordered
 /// copy shows), text because the fake's load reads it back through a shell's stdout.
+/// Every step a cold move without a new MAC journals, when all goes well.
+const COLD_STEPS: [Step; 14] = [
+    Step::Accounts,
+    Step::PrepareTarget,
+    Step::TargetPort,
+    Step::PauseSource,
+    Step::SaveToStore,
+    Step::Repoint,
+    Step::LoadOnTarget,
+    Step::VerifyChecksum,
+    Step::ResumeOnTarget,
+    Step::Announce,
+    Step::TransferFiles,
+    Step::StopSource,
+    Step::SourcePort,
+    Step::DropAccounts,
+];
+
 fn original() -> Vec<u8> {
     (0..10_000u32)
         .flat_map(|i| format!("{i:08x}\n").into_bytes())
@@ -314,25 +344,7 @@ async fn a_cold_move_carries_every_byte_through_the_store_and_journals_each_step
     assert_eq!(m.state, "done", "{m:#?}");
     b.assert_only_on(&b.c, &m).await;
     assert_whole(b.c.memory("vm1"), "memory");
-    let want: Vec<String> = [
-        Step::Accounts,
-        Step::PrepareTarget,
-        Step::TargetPort,
-        Step::PauseSource,
-        Step::SaveToStore,
-        Step::Repoint,
-        Step::LoadOnTarget,
-        Step::VerifyChecksum,
-        Step::ResumeOnTarget,
-        Step::Announce,
-        Step::TransferFiles,
-        Step::StopSource,
-        Step::SourcePort,
-        Step::DropAccounts,
-    ]
-    .iter()
-    .map(|s| s.name().into_owned())
-    .collect();
+    let want: Vec<String> = COLD_STEPS.iter().map(|s| s.name().into_owned()).collect();
     let got = Bench::steps(&m);
     let mut sorted_got = got.clone();
     sorted_got.sort();
@@ -477,13 +489,7 @@ async fn a_failure_at_every_step_of_a_cold_move_leaves_the_vm_in_one_place() {
     {
         let ((h, op), rolls_back) = (host, op);
         let b = Bench::new(&format!("fail-{op}")).await;
-        let on = if *h == "A" { &b.a } else { &b.c };
-        match *op {
-            "put" | "del" | "send" | "announcer" => {
-                on.switch.failing.lock().unwrap().insert(op);
-            }
-            _ => on.inject(op, Fault::Fail),
-        }
+        b.fail(h, op);
         let m = b.migrate(Mode::Cold).await;
         let failed_step = m.steps.iter().find(|s| s.state == "failed");
         if rolls_back {
@@ -522,27 +528,58 @@ async fn a_failure_at_every_step_of_a_cold_move_leaves_the_vm_in_one_place() {
     }
 }
 
+/// The same for a live move: a failure before the target runs rolls it back (a refused
+/// pre-copy too, which is not sent cold); after, the VM stays on the target.
+#[tokio::test]
+async fn a_failure_at_every_step_of_a_live_move_leaves_the_vm_in_one_place() {
+    let back = [
+        ("C", "prepare_incoming"),
+        ("C", "put"),
+        ("C", "listen_incoming"),
+        ("A", "live_migrate"),
+    ];
+    let forward = [("C", "announce"), ("A", "destroy"), ("A", "del")];
+    for ((h, op), rolls_back) in back
+        .iter()
+        .map(|c| (c, true))
+        .chain(forward.iter().map(|c| (c, false)))
+    {
+        let b = Bench::new(&format!("livefail-{op}")).await;
+        b.fail(h, op);
+        let m = b.migrate(Mode::Live).await;
+        assert!(
+            m.steps.iter().any(|s| s.state == "failed"),
+            "{op}: no failed step: {m:#?}"
+        );
+        assert!(
+            !Bench::steps(&m).contains(&Step::SaveToStore.name().into_owned()),
+            "{op}: went cold"
+        );
+        assert!(
+            m.reason.as_deref().unwrap().contains("injected"),
+            "{op}: {m:#?}"
+        );
+        if rolls_back {
+            assert_eq!(m.state, "rolled-back", "{op}: {m:#?}");
+            b.assert_only_on(&b.a, &m).await;
+            assert_whole(b.a.memory("vm1"), op);
+        } else {
+            assert_eq!(m.state, "failed", "{op}: {m:#?}");
+            assert_eq!(b.c.state("vm1"), RunState::Running, "{op}");
+            assert_whole(b.c.memory("vm1"), op);
+            if *op == "announce" {
+                b.assert_only_on(&b.c, &m).await;
+            }
+        }
+    }
+}
+
 /// A kill of the appliance at each journal step of a cold and a live move (just after the step
 /// is journaled as started, and just after its side effect), then recovery: the VM runs in
 /// exactly one place, with its port there, its bytes whole.
 #[tokio::test]
 async fn recovery_after_a_crash_at_any_step_leaves_the_vm_in_one_place() {
-    let cold = [
-        Step::Accounts,
-        Step::PrepareTarget,
-        Step::TargetPort,
-        Step::PauseSource,
-        Step::SaveToStore,
-        Step::Repoint,
-        Step::LoadOnTarget,
-        Step::VerifyChecksum,
-        Step::ResumeOnTarget,
-        Step::Announce,
-        Step::TransferFiles,
-        Step::StopSource,
-        Step::SourcePort,
-        Step::DropAccounts,
-    ];
+    let cold = COLD_STEPS;
     let live = [
         Step::TargetListens,
         Step::LivePreCopy,
