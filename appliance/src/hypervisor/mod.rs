@@ -284,3 +284,37 @@ pub trait Hypervisor: Send + Sync {
     /// the NIC with that MAC is there; calling it again then changes nothing.
     async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::inventory::link::LocalLink;
+
+    /// A new backend is a module under `hypervisor/` and one line in its factory: the fake one is
+    /// made there from a host's config, like the real ones.
+    #[test]
+    fn the_factory_makes_each_backend_from_the_host_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        std::fs::write(&key, "x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for (kind, nic_by_load) in [("qemu", false), ("xen", true), ("fake", false)] {
+            let text = format!(
+                "state_dir = \"{}\"\n[[host]]\nname = \"factory-{kind}\"\naddress = \"192.0.2.9\"\n\
+                 hypervisor = \"{kind}\"\nssh_key = \"{}\"\n",
+                dir.path().display(),
+                key.display()
+            );
+            let cfg = Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+            let h = &cfg.hosts[0];
+            let link: Arc<dyn Link> = Arc::new(LocalLink {
+                host: h.name.clone(),
+            });
+            let d = new(h, link);
+            assert_eq!(d.host(), h.name);
+            assert_eq!(d.nic_made_by_load(), nic_by_load, "{kind}");
+        }
+    }
+}
