@@ -68,7 +68,7 @@ impl From<crate::app::Error> for ApiError {
         let (status, code) = match e {
             E::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             E::Conflict { code, .. } => (StatusCode::CONFLICT, code),
-            E::Invalid { code: "bad_vm", .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_vm"),
+            E::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             E::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
             E::State(s) => return s.into(),
             E::Refused(Refused::UnknownVm(_) | Refused::UnknownHost(_)) => {

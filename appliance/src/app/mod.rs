@@ -25,6 +25,10 @@ pub enum Error {
     /// The request itself is wrong.
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
+    /// The request is well formed, but what it describes cannot be (a VM definition that no
+    /// driver could start).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     /// A move or a VM operation refused (it says why).
     #[error(transparent)]
     Refused(#[from] Refused),

@@ -14,7 +14,10 @@ pub async fn list(app: &App) -> Result<Vec<VmRow>> {
 
 /// Defines (or redefines) a VM; one with an address is named in DNS at once.
 pub async fn define(app: &App, def: VmDef) -> Result<VmRow> {
-    def.check().map_err(|e| Error::invalid("bad_vm", e))?;
+    def.check().map_err(|message| Error::Unprocessable {
+        code: "bad_vm",
+        message,
+    })?;
     let name = def.name.clone();
     app.state.define_vm(def).await?;
     app.state

@@ -23,8 +23,6 @@ use crate::network::fake::FakeSwitch;
 pub enum Fault {
     /// It refuses at once.
     Fail,
-    /// It never returns until `abort_outgoing` (then fails).
-    Hang,
     /// Live only: pre-copy does not converge in time (the VM runs on here, untouched).
     NotConverged,
     /// Save only: half the state goes out, then the save stalls until `abort_outgoing`.
@@ -126,12 +124,6 @@ impl FakeHost {
         );
     }
 
-    pub fn set_state(&self, vm: &str, state: RunState) {
-        if let Some(v) = self.vms.lock().unwrap().get_mut(vm) {
-            v.state = state;
-        }
-    }
-
     pub fn inject(&self, op: &'static str, f: Fault) {
         self.faults.lock().unwrap().insert(op, f);
     }
@@ -159,10 +151,6 @@ impl FakeHost {
         match f {
             None => Ok(()),
             Some(Fault::Fail) => Err(self.err(vm, format!("injected: {op} fails"))),
-            Some(Fault::Hang) => {
-                self.cancel.notified().await;
-                Err(self.err(vm, format!("{op} cancelled")))
-            }
             Some(Fault::Stall) => Ok(()),
             Some(Fault::NotConverged) => Err(DriverError::Timeout {
                 host: self.name.clone(),

@@ -2,7 +2,6 @@
 //! unix sockets forwarded from the host (QMP, OVSDB, OpenFlow). Over SSH in the appliance
 //! (`ssh::Conn`); tests put a local shell behind it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,8 +17,6 @@ pub type BoxStream = Box<dyn Stream>;
 
 #[async_trait]
 pub trait Link: Send + Sync {
-    /// The host's name.
-    fn host(&self) -> &str;
     /// Whether the connection is gone (the next call would fail).
     fn is_closed(&self) -> bool;
     /// Runs `cmd` in a session of its own, bounded by `timeout`.
@@ -32,10 +29,6 @@ pub trait Link: Send + Sync {
 
 #[async_trait]
 impl Link for Conn {
-    fn host(&self) -> &str {
-        &self.host
-    }
-
     fn is_closed(&self) -> bool {
         Conn::is_closed(self)
     }
@@ -53,9 +46,6 @@ impl Link for Conn {
     }
 }
 
-/// A host link as the engine keeps it.
-pub type SharedLink = Arc<dyn Link>;
-
 /// A host whose shell is this machine's own `sh` (the engine's unit tests): commands run for
 /// real, in whatever directories the test's host config names; it has no sockets to forward.
 #[cfg(test)]
@@ -66,10 +56,6 @@ pub struct LocalLink {
 #[cfg(test)]
 #[async_trait]
 impl Link for LocalLink {
-    fn host(&self) -> &str {
-        &self.host
-    }
-
     fn is_closed(&self) -> bool {
         false
     }

@@ -91,23 +91,22 @@ impl Engine {
     }
 
     pub(crate) async fn recover_one(&self, cfg: &Config, id: i64) -> Result<()> {
-        let gone = |what: String| Error::Refused(what);
         let m = self
             .state
             .migration(id)
             .await?
-            .ok_or_else(|| gone("gone from the journal".into()))?;
+            .ok_or_else(|| Error::Refused("gone from the journal".into()))?;
         let def = self
             .state
             .vm(m.vm.clone())
             .await?
-            .ok_or_else(|| gone(format!("VM {} is no longer defined", m.vm)))?
+            .ok_or_else(|| Error::Refused(format!("VM {} is no longer defined", m.vm)))?
             .def;
         let host = |n: &str| {
             cfg.hosts
                 .iter()
                 .find(|h| h.name == n)
-                .ok_or_else(|| gone(format!("host {n} is no longer in the config")))
+                .ok_or_else(|| Error::Refused(format!("host {n} is no longer in the config")))
         };
         let side = |r: std::result::Result<Side, super::Refused>| {
             r.map_err(|e| Error::Refused(e.to_string()))
