@@ -276,9 +276,11 @@ enum VmCmd {
         /// Kernel command line.
         #[arg(long)]
         append: Option<String>,
-        /// A raw disk image on storage the hosts share.
-        #[arg(long)]
-        disk: Option<String>,
+        /// A disk, in the order the guest sees them (the first boots a VM without a kernel):
+        /// `PATH[,format=raw|qcow2][,bus=virtio|ide|scsi][,shared]`. A disk is on each host's
+        /// own storage and moves with the VM, unless `shared` (the same file on every host).
+        #[arg(long = "disk")]
+        disks: Vec<crate::hypervisor::Disk>,
         /// Xen hosts: the guest's type (default pvh).
         #[arg(long = "type", value_enum)]
         guest_type: Option<crate::hypervisor::GuestType>,
@@ -726,7 +728,7 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     kernel,
                     initrd,
                     append,
-                    disk,
+                    disks,
                     guest_type,
                 } => {
                     let def = crate::hypervisor::VmDef {
@@ -740,7 +742,7 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                         kernel: kernel.clone(),
                         initrd: initrd.clone(),
                         append: append.clone(),
-                        disk: disk.clone(),
+                        disks: disks.clone(),
                         guest_type: *guest_type,
                     };
                     let body = serde_json::to_value(&def).expect("json");

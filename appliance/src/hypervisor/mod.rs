@@ -1,6 +1,7 @@
 //! Hypervisor drivers: what the migration engine asks of a host, whatever runs on it. One
 //! driver per hypervisor kind; the engine never knows which one it talks to.
 
+pub mod disk;
 #[cfg(test)]
 pub mod fake;
 pub mod qemu;
@@ -14,10 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{HostConfig, HypervisorKind};
 use crate::inventory::link::Link;
+pub use disk::{Disk, DiskBus, DiskFormat, DiskUsage};
 
 /// A VM as the appliance keeps it (in state, as JSON): enough to start it on any host of its
 /// hypervisor kind. Paths are as the hosts see them (shared storage, or the same files on each).
+/// A definition from before `disks` (one shared raw `disk`) still loads, as that one disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct VmDef {
     pub name: String,
     pub mem_mib: u32,
@@ -41,9 +45,10 @@ pub struct VmDef {
     pub initrd: Option<String>,
     #[serde(default)]
     pub append: Option<String>,
-    /// A raw disk image (on storage the hosts share).
-    #[serde(default)]
-    pub disk: Option<String>,
+    /// Its disks, in the order the guest sees them; it boots from the first when it has no
+    /// kernel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
     /// Xen only: the kind of guest (PVH when not given). QEMU ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_type: Option<GuestType>,
@@ -77,6 +82,36 @@ pub fn new(h: &HostConfig, link: Arc<dyn Link>) -> Box<dyn Hypervisor> {
         HypervisorKind::Xen => Box::new(xen::Xen::new(h.clone(), link)),
         #[cfg(test)]
         HypervisorKind::Fake => Box::new(fake::Fake::new(h.clone(), link)),
+    }
+}
+
+impl Serialize for VmDef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        VmDef::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for VmDef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let old = v.as_object_mut().and_then(|o| o.remove("disk"));
+        let mut def = VmDef::deserialize(v).map_err(D::Error::custom)?;
+        match old {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(path)) if def.disks.is_empty() => def.disks.push(Disk {
+                path,
+                format: DiskFormat::Raw,
+                bus: DiskBus::Virtio,
+                shared: true,
+            }),
+            Some(_) => {
+                return Err(D::Error::custom(
+                    "`disk` (a path, as definitions had it) and `disks` both given: keep `disks`",
+                ))
+            }
+        }
+        Ok(def)
     }
 }
 
@@ -158,10 +193,16 @@ impl VmDef {
                 return Err(format!("vlan {v}: between 1 and 4094"));
             }
         }
-        if self.kernel.is_none() && self.disk.is_none() {
+        Disk::check_all(&self.disks)?;
+        if self.kernel.is_none() && self.disks.is_empty() {
             return Err("nothing to boot: give a kernel (and initrd) or a disk".into());
         }
         Ok(())
+    }
+
+    /// Its disks on each host's own storage: those a move carries.
+    pub fn local_disks(&self) -> Vec<&Disk> {
+        self.disks.iter().filter(|d| !d.shared).collect()
     }
 }
 
@@ -316,5 +357,31 @@ mod tests {
             assert_eq!(d.host(), h.name);
             assert_eq!(d.nic_made_by_load(), nic_by_load, "{kind}");
         }
+    }
+
+    /// A definition stored before `disks` (one shared raw `disk`) loads as that one disk, and
+    /// is written back in the new form.
+    #[test]
+    fn an_old_definition_with_one_disk_still_loads() {
+        let old = r#"{"name":"vm1","mem_mib":128,"mac":"52:54:00:00:00:01","disk":"/srv/vm1.img"}"#;
+        let d: VmDef = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            d.disks,
+            vec![Disk {
+                path: "/srv/vm1.img".into(),
+                format: DiskFormat::Raw,
+                bus: DiskBus::Virtio,
+                shared: true
+            }]
+        );
+        let again: VmDef = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(again, d);
+        assert!(d.check().is_ok());
+        assert!(d.local_disks().is_empty());
+        let both = r#"{"name":"v","mem_mib":128,"mac":"52:54:00:00:00:01","disk":"/a","disks":[{"path":"/b"}]}"#;
+        let e = serde_json::from_str::<VmDef>(both).unwrap_err().to_string();
+        assert!(e.contains("both"), "{e}");
+        let typo = r#"{"name":"v","mem_mib":128,"mac":"52:54:00:00:00:01","disks":[{"path":"/b","fromat":"raw"}]}"#;
+        assert!(serde_json::from_str::<VmDef>(typo).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{DriverError, Hypervisor, LiveResult, RunState, VmDef};
+use super::{Disk, DiskBus, DriverError, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::inventory::link::Link;
 use crate::inventory::qmp::Qmp;
@@ -87,12 +87,7 @@ impl Qemu {
         if let Some(c) = &vm.append {
             a.extend(["-append".into(), c.clone()]);
         }
-        if let Some(d) = &vm.disk {
-            a.extend([
-                "-drive".into(),
-                format!("file={},if=virtio,format=raw", d.replace(',', ",,")),
-            ]);
-        }
+        a.extend(disk_args(vm));
         a.extend([
             "-serial".into(),
             format!("file:{}", self.path(vm, "serial.log")),
@@ -272,6 +267,46 @@ impl Qemu {
         let s = self.exec(vm, "query-status", json!({})).await?;
         Ok(s["status"].as_str().unwrap_or("unknown").to_string())
     }
+}
+
+/// `-blockdev` and `-device` for each of the VM's disks: node `diskN` (the name the mirror of a
+/// move and the target's export use on both sides), device `vdN`; the first is the boot disk
+/// of a VM without a kernel.
+fn disk_args(vm: &VmDef) -> Vec<String> {
+    let mut a = Vec::new();
+    let boot = vm.kernel.is_none();
+    if vm.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
+        a.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
+    }
+    for (i, d) in vm.disks.iter().enumerate() {
+        let node = Disk::node(i);
+        // JSON: a path needs no escaping of QEMU's commas.
+        let blockdev = json!({
+            "node-name": node,
+            "driver": d.format.as_str(),
+            "discard": "unmap",
+            "file": {"driver": "file", "filename": d.path, "discard": "unmap"},
+        });
+        let dev = match d.bus {
+            DiskBus::Virtio => "virtio-blk-pci",
+            DiskBus::Ide => "ide-hd",
+            DiskBus::Scsi => "scsi-hd",
+        };
+        let mut device = format!("{dev},drive={node},id=vd{i}");
+        if d.bus == DiskBus::Scsi {
+            device += ",bus=scsi0.0";
+        }
+        if boot && i == 0 {
+            device += ",bootindex=1";
+        }
+        a.extend([
+            "-blockdev".into(),
+            blockdev.to_string(),
+            "-device".into(),
+            device,
+        ]);
+    }
+    a
 }
 
 #[async_trait]
@@ -537,5 +572,29 @@ impl Hypervisor for Qemu {
         )
         .await
         .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each disk is a `-blockdev` node named `diskN` (what a move mirrors and exports) behind
+    /// its bus's device; a VM without a kernel boots from the first.
+    #[test]
+    fn disks_are_named_block_nodes_and_the_first_boots() {
+        let vm: VmDef = serde_json::from_value(json!({
+            "name": "d", "mem_mib": 128, "mac": "52:54:00:00:00:02",
+            "disks": [{"path": "/v/a,b.qcow2", "format": "qcow2"}, {"path": "/v/c.img", "bus": "scsi"}]
+        }))
+        .unwrap();
+        let a = disk_args(&vm);
+        let node: Value = serde_json::from_str(&a[3]).unwrap();
+        assert_eq!(node["node-name"], "disk0");
+        assert_eq!(node["driver"], "qcow2");
+        assert_eq!(node["file"]["filename"], "/v/a,b.qcow2");
+        assert_eq!(a[5], "virtio-blk-pci,drive=disk0,id=vd0,bootindex=1");
+        assert_eq!(a[1], "virtio-scsi-pci,id=scsi0");
+        assert_eq!(a[9], "scsi-hd,drive=disk1,id=vd1,bus=scsi0.0");
     }
 }

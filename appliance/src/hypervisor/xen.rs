@@ -292,11 +292,31 @@ pub fn domain_config(host: &HostConfig, vm: &VmDef) -> String {
     if let Some(a) = &vm.append {
         c += &format!("extra = {}\n", q(a));
     }
-    if let Some(d) = &vm.disk {
-        c += &format!(
-            "disk = [ {} ]\n",
-            q(&format!("format=raw,vdev=xvda,access=rw,target={d}"))
-        );
+    if !vm.disks.is_empty() {
+        let disks: Vec<String> = vm
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                // xvda, xvdb, ...; qdisk (QEMU in dom0) serves qcow2.
+                let vdev = format!("xvd{}", (b'a' + i as u8) as char);
+                q(&format!(
+                    "format={},vdev={vdev},access=rw,target={}",
+                    d.format.as_str(),
+                    d.path
+                ))
+            })
+            .collect();
+        c += &format!("disk = [ {} ]\n", disks.join(", "));
+        // No kernel: boot from the first disk (a PV guest through pygrub, HVM from its BIOS;
+        // a PVH guest needs a kernel, and xl says so).
+        if vm.kernel.is_none() {
+            match t {
+                GuestType::Pv => c += "bootloader = \"pygrub\"\n",
+                GuestType::Hvm => c += "boot = \"c\"\n",
+                GuestType::Pvh => {}
+            }
+        }
     }
     c += &format!(
         "vif = [ {} ]\n",
@@ -663,7 +683,7 @@ mod tests {
             kernel: Some("/k".into()),
             initrd: Some("/i".into()),
             append: Some("console=hvc0 a=\"b\"".into()),
-            disk: None,
+            disks: vec![],
             guest_type: Some(GuestType::Pv),
         };
         let host = HostConfig {

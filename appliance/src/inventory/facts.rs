@@ -241,6 +241,18 @@ pub fn qemu_cmdline(line: &str) -> Option<QemuCmdline> {
                     q.drives.push(f.to_string());
                 }
             }
+            // `-blockdev` in JSON (as the appliance starts its VMs) or as key=value words; the
+            // image is the node, or its child, that has a `filename`.
+            "blockdev" => {
+                let file = match serde_json::from_str::<serde_json::Value>(v) {
+                    Ok(j) => j["filename"]
+                        .as_str()
+                        .or(j["file"]["filename"].as_str())
+                        .map(str::to_string),
+                    Err(_) => opt(v, "filename").map(str::to_string),
+                };
+                q.drives.extend(file);
+            }
             _ => {
                 i += 1;
                 continue;
@@ -403,6 +415,8 @@ mod tests {
         assert_eq!(q.taps, ["t-vm1"]);
         assert_eq!(q.qmp.as_deref(), Some("/run/vm1.qmp"));
         assert_eq!(q.drives, ["/img/vm1.qcow2"]);
+        let line = "9\x1fqemu-system-x86_64\x1f-blockdev\x1f{\"node-name\":\"disk0\",\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"/v/a.img\"}}\x1f-blockdev\x1fdriver=file,filename=/v/b.img,node-name=f1\x1f";
+        assert_eq!(qemu_cmdline(line).unwrap().drives, ["/v/a.img", "/v/b.img"]);
         let libvirtish = "7\x1f/usr/bin/qemu-system-x86_64\x1f-name\x1fguest=web,debug-threads=on\x1f-m\x1fsize=2G,slots=4\x1f-smp\x1fcpus=4,sockets=1";
         let q = qemu_cmdline(libvirtish).unwrap();
         assert_eq!((q.name.as_str(), q.mem_mib, q.vcpus), ("web", 2048, 4));

@@ -194,7 +194,7 @@ impl Bench {
             kernel: Some("/boot/vmlinuz".into()),
             initrd: None,
             append: None,
-            disk: None,
+            disks: vec![],
             guest_type: None,
         };
         state.define_vm(def.clone()).await.unwrap();

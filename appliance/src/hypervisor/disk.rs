@@ -1,0 +1,359 @@
+//! A VM's disks: how its definition names them, and the host-side work every driver shares
+//! (their sizes, room for them, making and removing a target's copy), in shell words for the
+//! host's own tools: `stat`, `df`, `truncate`, and `qemu-img` for qcow2.
+
+use serde::{Deserialize, Serialize};
+
+use crate::shell::quote;
+
+/// One disk of a VM. A local disk (`shared = false`, the default) lives on its host's own
+/// storage and moves with the VM; a shared one is at the same path on every host and stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    /// Its image file, as the hosts see it (the same path on the target).
+    pub path: String,
+    #[serde(default)]
+    pub format: DiskFormat,
+    #[serde(default)]
+    pub bus: DiskBus,
+    #[serde(default)]
+    pub shared: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// How the guest sees the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    Ide,
+    Scsi,
+}
+
+impl DiskBus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "virtio",
+            DiskBus::Ide => "ide",
+            DiskBus::Scsi => "scsi",
+        }
+    }
+}
+
+/// At most this many disks per VM (IDE has four places; the rest is a sanity bound).
+pub const MAX_DISKS: usize = 8;
+
+impl std::str::FromStr for Disk {
+    type Err = String;
+
+    /// `PATH[,format=raw|qcow2][,bus=virtio|ide|scsi][,shared]`, as `vm define --disk` takes it.
+    fn from_str(s: &str) -> Result<Disk, String> {
+        let mut parts = s.split(',');
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut d = Disk {
+            path,
+            format: DiskFormat::default(),
+            bus: DiskBus::default(),
+            shared: false,
+        };
+        for p in parts {
+            match p.split_once('=') {
+                Some(("format", "raw")) => d.format = DiskFormat::Raw,
+                Some(("format", "qcow2")) => d.format = DiskFormat::Qcow2,
+                Some(("bus", "virtio")) => d.bus = DiskBus::Virtio,
+                Some(("bus", "ide")) => d.bus = DiskBus::Ide,
+                Some(("bus", "scsi")) => d.bus = DiskBus::Scsi,
+                None if p == "shared" => d.shared = true,
+                _ => return Err(format!(
+                    "disk `{s}`: `{p}` is not one of format=raw|qcow2, bus=virtio|ide|scsi, shared"
+                )),
+            }
+        }
+        Ok(d)
+    }
+}
+
+impl Disk {
+    /// Its block node's name in QEMU (the same on both sides of a move): `disk0`, `disk1`, ...
+    pub fn node(i: usize) -> String {
+        format!("disk{i}")
+    }
+
+    /// What is wrong with `disks` as one VM's, if anything.
+    pub fn check_all(disks: &[Disk]) -> Result<(), String> {
+        if disks.len() > MAX_DISKS {
+            return Err(format!("{} disks: at most {MAX_DISKS}", disks.len()));
+        }
+        for (i, d) in disks.iter().enumerate() {
+            if !d.path.starts_with('/') || d.path.ends_with('/') || d.path.contains('\n') {
+                return Err(format!(
+                    "disk {i} `{}`: an absolute path to an image file",
+                    d.path
+                ));
+            }
+            if disks[..i].iter().any(|o| o.path == d.path) {
+                return Err(format!("disk {i} `{}`: given twice", d.path));
+            }
+        }
+        if disks.iter().filter(|d| d.bus == DiskBus::Ide).count() > 4 {
+            return Err("more than 4 IDE disks (two buses, two places each)".into());
+        }
+        Ok(())
+    }
+
+    /// The directory its file is in.
+    pub fn dir(&self) -> &str {
+        match self.path.rsplit_once('/') {
+            Some(("", _)) | None => "/",
+            Some((d, _)) => d,
+        }
+    }
+}
+
+/// One disk's size on a host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    /// The size the guest sees.
+    pub virtual_bytes: u64,
+    /// What its file takes on the host's storage (less than `virtual_bytes` when sparse).
+    pub allocated_bytes: u64,
+}
+
+/// A script printing `VIRTUAL ALLOCATED` for each of `disks`, one line each, in order; a disk
+/// that is not there prints `missing`. A qcow2's virtual size is read from its header (bytes
+/// 24-31, big-endian), so no `qemu-img` is needed to ask.
+pub fn usage_script(disks: &[&Disk]) -> String {
+    let mut s = String::from("export LC_ALL=C; ");
+    for d in disks {
+        let p = quote(&d.path);
+        let virt = match d.format {
+            DiskFormat::Raw => "$1".to_string(),
+            DiskFormat::Qcow2 => format!("$(od -An -j24 -N8 -tu8 --endian=big -- {p} | tr -d ' ')"),
+        };
+        s += &format!(
+            "if set -- $(stat -L -c '%s %b %B' -- {p} 2>/dev/null) && [ $# = 3 ]; then \
+             echo \"{virt} $(( $2 * $3 ))\"; else echo missing; fi; "
+        );
+    }
+    s
+}
+
+/// `usage_script`'s output, for `disks`.
+pub fn parse_usage(disks: &[&Disk], out: &str) -> Result<Vec<Option<DiskUsage>>, String> {
+    let lines: Vec<&str> = out.lines().collect();
+    if lines.len() != disks.len() {
+        return Err(format!(
+            "asked for {} disks' sizes, got {} lines",
+            disks.len(),
+            lines.len()
+        ));
+    }
+    lines
+        .iter()
+        .zip(disks)
+        .map(|(l, d)| {
+            if *l == "missing" {
+                return Ok(None);
+            }
+            let mut w = l.split_whitespace().map(str::parse::<u64>);
+            match (w.next(), w.next()) {
+                (Some(Ok(v)), Some(Ok(a))) => Ok(Some(DiskUsage {
+                    virtual_bytes: v,
+                    allocated_bytes: a,
+                })),
+                _ => Err(format!("{}: sizes `{l}` unreadable", d.path)),
+            }
+        })
+        .collect()
+}
+
+/// A script that makes an empty copy of each of `disks` (`like` gives each one's virtual
+/// size): refused, with nothing made, if one is there already or its directory has less room
+/// than the data it will hold (`like`'s allocated bytes). Every file made is removed if a later
+/// one fails.
+pub fn create_script(disks: &[&Disk], like: &[DiskUsage]) -> String {
+    // Room per directory: the data of every disk in it.
+    let mut need: Vec<(&str, u64)> = Vec::new();
+    for (d, u) in disks.iter().zip(like) {
+        match need.iter_mut().find(|(dir, _)| *dir == d.dir()) {
+            Some((_, n)) => *n += u.allocated_bytes,
+            None => need.push((d.dir(), u.allocated_bytes)),
+        }
+    }
+    let mut s = String::from("export LC_ALL=C; ");
+    for d in disks {
+        let p = quote(&d.path);
+        s += &format!(
+            "if [ -e {p} ]; then echo {msg} >&2; exit 3; fi; ",
+            msg = quote(&format!("{} is there already: not overwriting it", d.path))
+        );
+    }
+    for (dir, bytes) in &need {
+        let q = quote(dir);
+        s += &format!(
+            "mkdir -p -- {q} || exit 4; free=$(df -P -B1 -- {q} | awk 'NR==2 {{print $4}}'); \
+             if [ \"${{free:-0}}\" -lt {bytes} ]; then echo {msg}\"$free free\" >&2; exit 4; fi; ",
+            msg = quote(&format!(
+                "no room for the disks in {dir}: they hold {bytes} bytes, "
+            ))
+        );
+    }
+    // Each made in turn; one that fails takes those made before it with it.
+    let mut made: Vec<String> = Vec::new();
+    for (d, u) in disks.iter().zip(like) {
+        let p = quote(&d.path);
+        let size = u.virtual_bytes;
+        let make = match d.format {
+            DiskFormat::Raw => format!("truncate -s {size} -- {p}"),
+            DiskFormat::Qcow2 => format!("qemu-img create -q -f qcow2 -- {p} {size} >&2"),
+        };
+        made.push(p);
+        s += &format!("{make} || {{ rm -f -- {}; exit 5; }}; ", made.join(" "));
+    }
+    s += "true";
+    s
+}
+
+/// A script that removes `disks` (those not there are no error).
+pub fn remove_script(disks: &[&Disk]) -> String {
+    let words: Vec<String> = disks.iter().map(|d| quote(&d.path)).collect();
+    format!("rm -f -- {}", words.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(path: &str, format: DiskFormat) -> Disk {
+        Disk {
+            path: path.into(),
+            format,
+            bus: DiskBus::Virtio,
+            shared: false,
+        }
+    }
+
+    #[test]
+    fn a_disk_is_read_from_its_command_line_words() {
+        let d: Disk = "/var/lib/vm/a.qcow2,format=qcow2,bus=ide,shared"
+            .parse()
+            .unwrap();
+        assert_eq!(d.path, "/var/lib/vm/a.qcow2");
+        assert_eq!(d.format, DiskFormat::Qcow2);
+        assert_eq!(d.bus, DiskBus::Ide);
+        assert!(d.shared);
+        let d: Disk = "/a.img".parse().unwrap();
+        assert_eq!(
+            (d.format, d.bus, d.shared),
+            (DiskFormat::Raw, DiskBus::Virtio, false)
+        );
+        let e = "/a.img,format=vmdk".parse::<Disk>().unwrap_err();
+        assert!(e.contains("format=vmdk"), "{e}");
+        assert_eq!(d.dir(), "/");
+        assert_eq!(disk("/var/a", DiskFormat::Raw).dir(), "/var");
+    }
+
+    #[test]
+    fn bad_disk_lists_are_named() {
+        let a = disk("/x/a.img", DiskFormat::Raw);
+        assert!(Disk::check_all(std::slice::from_ref(&a)).is_ok());
+        let e = Disk::check_all(&[a.clone(), a.clone()]).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        let e = Disk::check_all(&[disk("rel.img", DiskFormat::Raw)]).unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+    }
+
+    /// The scripts run here, in a shell, on real files: sizes read, copies made sparse and
+    /// refused over an existing file, removed.
+    #[test]
+    fn the_scripts_measure_make_and_remove_disks_on_a_real_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let raw = disk(&p("a.img"), DiskFormat::Raw);
+        let sh = |s: &str| {
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(s)
+                .output()
+                .unwrap();
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).to_string(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
+        };
+        // Absent: "missing".
+        let (ok, out, _) = sh(&usage_script(&[&raw]));
+        assert!(ok);
+        assert_eq!(parse_usage(&[&raw], &out).unwrap(), vec![None]);
+        // Made sparse, 64 MiB seen, next to nothing allocated.
+        let like = DiskUsage {
+            virtual_bytes: 64 << 20,
+            allocated_bytes: 1 << 20,
+        };
+        let (ok, _, err) = sh(&create_script(&[&raw], &[like]));
+        assert!(ok, "{err}");
+        let (_, out, _) = sh(&usage_script(&[&raw]));
+        let u = parse_usage(&[&raw], &out).unwrap()[0].unwrap();
+        assert_eq!(u.virtual_bytes, 64 << 20);
+        assert!(u.allocated_bytes < 1 << 20, "{u:?}");
+        // Not made again over what is there.
+        std::fs::write(&raw.path, b"data").unwrap();
+        let (ok, _, err) = sh(&create_script(&[&raw], &[like]));
+        assert!(!ok && err.contains("there already"), "{err}");
+        assert_eq!(std::fs::read(&raw.path).unwrap(), b"data");
+        // No room: nothing made (the first of two is removed when the second is refused).
+        let b = disk(&p("b.img"), DiskFormat::Raw);
+        let c = disk(&p("c.img"), DiskFormat::Raw);
+        let huge = DiskUsage {
+            virtual_bytes: 1 << 50,
+            allocated_bytes: 1 << 50,
+        };
+        let (ok, _, err) = sh(&create_script(&[&b, &c], &[like, huge]));
+        assert!(!ok && err.contains("no room"), "{err}");
+        assert!(!std::path::Path::new(&b.path).exists());
+        let (ok, _, _) = sh(&remove_script(&[&raw, &b]));
+        assert!(ok);
+        assert!(!std::path::Path::new(&raw.path).exists());
+    }
+
+    #[test]
+    fn a_qcow2_virtual_size_comes_from_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = disk(
+            &dir.path().join("q.qcow2").display().to_string(),
+            DiskFormat::Qcow2,
+        );
+        // A qcow2 header's first 32 bytes: magic, version, backing offset and size, then the
+        // virtual size at 24.
+        let mut h = vec![0u8; 512];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[24..32].copy_from_slice(&(3u64 << 30).to_be_bytes());
+        std::fs::write(&q.path, &h).unwrap();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(usage_script(&[&q]))
+            .output()
+            .unwrap();
+        let u = parse_usage(&[&q], &String::from_utf8_lossy(&o.stdout)).unwrap()[0].unwrap();
+        assert_eq!(u.virtual_bytes, 3 << 30);
+    }
+}
