@@ -939,6 +939,21 @@ impl Cx<'_> {
         ) {
             mc.probe_interval = d;
         }
+        if let Some(d) = t.duration_in(
+            &mut self.p,
+            "mirror_timeout",
+            Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600),
+            "expected between 1s and 7d, like \"1h\"",
+        ) {
+            mc.mirror_timeout = d;
+        }
+        if let Some((v, _)) = t.parse(&mut self.p, "source_disks", |s| match s {
+            "keep" => Ok(super::SourceDisks::Keep),
+            "remove" => Ok(super::SourceDisks::Remove),
+            _ => Err(format!("`{s}`: use \"keep\" or \"remove\"")),
+        }) {
+            mc.source_disks = v;
+        }
         t.finish(
             &mut self.p,
             &[
@@ -950,6 +965,8 @@ impl Cx<'_> {
                 "hook_timeout",
                 "retries",
                 "probe_interval",
+                "mirror_timeout",
+                "source_disks",
             ],
         );
         mc

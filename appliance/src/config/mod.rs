@@ -135,6 +135,21 @@ pub struct MigrationConfig {
     /// How often the built-in probe opens a connection to a moving VM's service.
     #[serde(serialize_with = "ser_duration")]
     pub probe_interval: Duration,
+    /// Live moves with local disks: how long the disks' mirror may take to come in sync.
+    #[serde(serialize_with = "ser_duration")]
+    pub mirror_timeout: Duration,
+    /// What becomes of a moved VM's local disks on its source once it runs on the target.
+    pub source_disks: SourceDisks,
+}
+
+/// A moved VM's local disks on its source, once it runs on the target from its copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceDisks {
+    /// Left where they are (the operator removes them).
+    Keep,
+    /// Removed.
+    Remove,
 }
 
 impl Default for MigrationConfig {
@@ -148,6 +163,8 @@ impl Default for MigrationConfig {
             hook_timeout: Duration::from_secs(10),
             retries: 0,
             probe_interval: Duration::from_millis(10),
+            mirror_timeout: Duration::from_secs(3600),
+            source_disks: SourceDisks::Keep,
         }
     }
 }

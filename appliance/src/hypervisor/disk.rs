@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{exec_checked, DriverError, VmDef};
+use crate::inventory::link::Link;
 use crate::shell::quote;
 
 /// One disk of a VM. A local disk (`shared = false`, the default) lives on its host's own
@@ -82,9 +84,11 @@ impl std::str::FromStr for Disk {
                 Some(("bus", "ide")) => d.bus = DiskBus::Ide,
                 Some(("bus", "scsi")) => d.bus = DiskBus::Scsi,
                 None if p == "shared" => d.shared = true,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "disk `{s}`: `{p}` is not one of format=raw|qcow2, bus=virtio|ide|scsi, shared"
-                )),
+                ))
+                }
             }
         }
         Ok(d)
@@ -190,6 +194,26 @@ pub fn parse_usage(disks: &[&Disk], out: &str) -> Result<Vec<Option<DiskUsage>>,
 /// than the data it will hold (`like`'s allocated bytes). Every file made is removed if a later
 /// one fails.
 pub fn create_script(disks: &[&Disk], like: &[DiskUsage]) -> String {
+    let mut s = checks_script(disks, like);
+    // Each made in turn; one that fails takes those made before it with it.
+    let mut made: Vec<String> = Vec::new();
+    for (d, u) in disks.iter().zip(like) {
+        let p = quote(&d.path);
+        let size = u.virtual_bytes;
+        let make = match d.format {
+            DiskFormat::Raw => format!("truncate -s {size} -- {p}"),
+            DiskFormat::Qcow2 => format!("qemu-img create -q -f qcow2 -- {p} {size} >&2"),
+        };
+        made.push(p);
+        s += &format!("{make} || {{ rm -f -- {}; exit 5; }}; ", made.join(" "));
+    }
+    s += "true";
+    s
+}
+
+/// A script that fails, saying why, if `disks` could not be made as `create_script` makes
+/// them: one is there already, or a directory lacks room.
+pub fn checks_script(disks: &[&Disk], like: &[DiskUsage]) -> String {
     // Room per directory: the data of every disk in it.
     let mut need: Vec<(&str, u64)> = Vec::new();
     for (d, u) in disks.iter().zip(like) {
@@ -216,19 +240,6 @@ pub fn create_script(disks: &[&Disk], like: &[DiskUsage]) -> String {
             ))
         );
     }
-    // Each made in turn; one that fails takes those made before it with it.
-    let mut made: Vec<String> = Vec::new();
-    for (d, u) in disks.iter().zip(like) {
-        let p = quote(&d.path);
-        let size = u.virtual_bytes;
-        let make = match d.format {
-            DiskFormat::Raw => format!("truncate -s {size} -- {p}"),
-            DiskFormat::Qcow2 => format!("qemu-img create -q -f qcow2 -- {p} {size} >&2"),
-        };
-        made.push(p);
-        s += &format!("{make} || {{ rm -f -- {}; exit 5; }}; ", made.join(" "));
-    }
-    s += "true";
     s
 }
 
@@ -237,6 +248,54 @@ pub fn remove_script(disks: &[&Disk]) -> String {
     let words: Vec<String> = disks.iter().map(|d| quote(&d.path)).collect();
     format!("rm -f -- {}", words.join(" "))
 }
+
+/// The calls every driver makes for a VM's local disks on its host, over its link.
+pub struct HostDisks<'a> {
+    pub link: &'a dyn Link,
+    pub host: &'a str,
+}
+
+impl HostDisks<'_> {
+    fn err(&self, vm: &VmDef) -> impl Fn(String) -> DriverError + '_ {
+        let (host, vm) = (self.host.to_string(), vm.name.clone());
+        move |reason| DriverError::Vm {
+            host: host.clone(),
+            vm: vm.clone(),
+            reason,
+        }
+    }
+
+    pub async fn usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError> {
+        let disks = vm.local_disks();
+        let out = exec_checked(self.link, &usage_script(&disks), TIMEOUT, self.err(vm)).await?;
+        parse_usage(&disks, &out).map_err(self.err(vm))
+    }
+
+    pub async fn check(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
+        let script = checks_script(&vm.local_disks(), like);
+        exec_checked(self.link, &script, TIMEOUT, self.err(vm))
+            .await
+            .map(drop)
+    }
+
+    pub async fn make(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
+        let script = create_script(&vm.local_disks(), like);
+        exec_checked(self.link, &script, TIMEOUT, self.err(vm))
+            .await
+            .map(drop)
+    }
+
+    pub async fn remove(&self, vm: &VmDef) -> Result<(), DriverError> {
+        let script = remove_script(&vm.local_disks());
+        exec_checked(self.link, &script, TIMEOUT, self.err(vm))
+            .await
+            .map(drop)
+    }
+}
+
+/// How long one of those calls may take (a qcow2 is made in milliseconds; `df` on a hung
+/// mount is the slow case).
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
-use super::{DriverError, Hypervisor, LiveResult, RunState, VmDef};
+use super::{DiskUsage, DriverError, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::inventory::link::Link;
 use crate::network::fake::FakeSwitch;
@@ -34,7 +34,18 @@ pub struct FakeVm {
     pub state: RunState,
     pub memory: Vec<u8>,
     pub mac: String,
-    listening: bool,
+    pub listening: bool,
+    /// Target: its disks served to a mirror.
+    pub exported: bool,
+    /// Source: its disks mirrored onto this target host (every write reaches it too).
+    pub mirror_to: Option<IpAddr>,
+}
+
+/// A disk image on a fake host: its size and the bytes written to it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FakeDisk {
+    pub virtual_bytes: u64,
+    pub data: Vec<u8>,
 }
 
 /// One fake host: its VMs, the calls made to it, the faults it is to show, and its switch.
@@ -47,6 +58,9 @@ pub struct FakeHost {
     pub calls: Mutex<Vec<String>>,
     pub faults: Mutex<HashMap<&'static str, Fault>>,
     pub switch: Arc<FakeSwitch>,
+    /// Disk images by path, and the room for more.
+    pub disks: Mutex<HashMap<String, FakeDisk>>,
+    pub disk_room: Mutex<u64>,
     cancel: tokio::sync::Notify,
 }
 
@@ -73,6 +87,8 @@ pub fn host(name: &str, address: IpAddr) -> Arc<FakeHost> {
                     host: name.to_string(),
                     ..Default::default()
                 }),
+                disks: Default::default(),
+                disk_room: Mutex::new(1 << 40),
                 cancel: tokio::sync::Notify::new(),
             })
         })
@@ -110,6 +126,8 @@ impl FakeHost {
                 memory,
                 mac: def.mac.clone(),
                 listening: false,
+                exported: false,
+                mirror_to: None,
             },
         );
         self.switch.ports.lock().unwrap().insert(
@@ -122,6 +140,29 @@ impl FakeHost {
                 Some(1),
             ),
         );
+    }
+
+    /// The guest of `vm` writes `bytes` at the end of disk `path`: here, and on the mirror's
+    /// target too while one runs (as write-blocking mirrors do).
+    pub fn write_disk(&self, vm: &str, path: &str, bytes: &[u8]) {
+        let to = self.vms.lock().unwrap().get(vm).and_then(|v| v.mirror_to);
+        let mut here = vec![self.name.clone()];
+        if let Some(t) = to.and_then(by_address) {
+            here.push(t.name.clone());
+        }
+        for h in here {
+            let h = host(&h, self.address);
+            let mut disks = h.disks.lock().unwrap();
+            disks
+                .entry(path.to_string())
+                .or_default()
+                .data
+                .extend_from_slice(bytes);
+        }
+    }
+
+    pub fn disk(&self, path: &str) -> Option<FakeDisk> {
+        self.disks.lock().unwrap().get(path).cloned()
     }
 
     pub fn inject(&self, op: &'static str, f: Fault) {
@@ -221,6 +262,8 @@ impl Hypervisor for Fake {
                 memory: Vec::new(),
                 mac: vm.mac.clone(),
                 listening: false,
+                exported: false,
+                mirror_to: None,
             },
         );
         Ok(())
@@ -376,6 +419,122 @@ impl Hypervisor for Fake {
     async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError> {
         self.host.fault("destroy", vm).await?;
         self.host.vms.lock().unwrap().remove(&vm.name);
+        Ok(())
+    }
+
+    async fn disk_usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError> {
+        self.host.fault("disk_usage", vm).await?;
+        let disks = self.host.disks.lock().unwrap();
+        Ok(vm
+            .local_disks()
+            .iter()
+            .map(|d| {
+                disks.get(&d.path).map(|f| DiskUsage {
+                    virtual_bytes: f.virtual_bytes,
+                    allocated_bytes: f.data.len() as u64,
+                })
+            })
+            .collect())
+    }
+
+    async fn check_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
+        self.host.fault("check_disks", vm).await?;
+        let disks = self.host.disks.lock().unwrap();
+        if let Some(d) = vm
+            .local_disks()
+            .iter()
+            .find(|d| disks.contains_key(&d.path))
+        {
+            return Err(self.host.err(
+                vm,
+                format!("{} is there already: not overwriting it", d.path),
+            ));
+        }
+        let need: u64 = like.iter().map(|u| u.allocated_bytes).sum();
+        let room = *self.host.disk_room.lock().unwrap();
+        if need > room {
+            return Err(self.host.err(
+                vm,
+                format!("no room for the disks: they hold {need} bytes, {room} free"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn make_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
+        self.check_disks(vm, like).await?;
+        self.host.fault("make_disks", vm).await?;
+        let mut disks = self.host.disks.lock().unwrap();
+        for (d, u) in vm.local_disks().iter().zip(like) {
+            disks.insert(
+                d.path.clone(),
+                FakeDisk {
+                    virtual_bytes: u.virtual_bytes,
+                    data: Vec::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn remove_disks(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("remove_disks", vm).await?;
+        let mut disks = self.host.disks.lock().unwrap();
+        for d in vm.local_disks() {
+            disks.remove(&d.path);
+        }
+        Ok(())
+    }
+
+    fn mirrors_disks(&self) -> bool {
+        true
+    }
+
+    async fn export_disks(&self, vm: &VmDef, _port: u16) -> Result<(), DriverError> {
+        self.host.fault("export_disks", vm).await?;
+        self.host.with(vm, |v| v.exported = true)
+    }
+
+    async fn mirror_disks(
+        &self,
+        vm: &VmDef,
+        target: IpAddr,
+        _port: u16,
+        _timeout: Duration,
+    ) -> Result<(), DriverError> {
+        self.host.fault("mirror_disks", vm).await?;
+        let there = by_address(target).ok_or_else(|| self.host.err(vm, "no such target"))?;
+        if !there.with(vm, |v| v.exported)? {
+            return Err(self.host.err(vm, "the target serves no disks"));
+        }
+        let ours = self.host.disks.lock().unwrap().clone();
+        for d in vm.local_disks() {
+            let data = ours
+                .get(&d.path)
+                .map(|f| f.data.clone())
+                .unwrap_or_default();
+            let mut theirs = there.disks.lock().unwrap();
+            let t = theirs
+                .get_mut(&d.path)
+                .ok_or_else(|| self.host.err(vm, format!("the target has no {}", d.path)))?;
+            t.data = data;
+        }
+        self.host.with(vm, |v| v.mirror_to = Some(target))
+    }
+
+    async fn end_mirror(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("end_mirror", vm).await?;
+        if let Some(v) = self.host.vms.lock().unwrap().get_mut(&vm.name) {
+            v.mirror_to = None;
+        }
+        Ok(())
+    }
+
+    async fn end_export(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host.fault("end_export", vm).await?;
+        if let Some(v) = self.host.vms.lock().unwrap().get_mut(&vm.name) {
+            v.exported = false;
+        }
         Ok(())
     }
 

@@ -320,6 +320,57 @@ pub trait Hypervisor: Send + Sync {
     async fn announce(&self, vm: &VmDef) -> Result<(), DriverError>;
     /// Ends `vm` here (its process or domain); nothing is left of it on this host.
     async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// The sizes of `vm`'s local disks here, in order (None for one that is not here).
+    async fn disk_usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError>;
+    /// Fails, saying why, where `vm`'s local disks could not be made here like `like`: one is
+    /// here already (nothing is ever overwritten), or there is no room for their data.
+    async fn check_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError>;
+    /// Makes empty copies of `vm`'s local disks here, of `like`'s sizes and their formats, as
+    /// `check_disks` allows; nothing is left made on failure.
+    async fn make_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError>;
+    /// Removes `vm`'s local disks here. Only for copies this host should not keep: the
+    /// engine's partial target copies, or a source's once the VM runs on its target.
+    async fn remove_disks(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// Whether a live move from this host carries `vm`'s local disks (a mirror onto the
+    /// target's export while the VM runs); where not, a live request with local disks takes
+    /// the cold path.
+    fn mirrors_disks(&self) -> bool {
+        false
+    }
+    /// Target: serves prepared `vm`'s local disks (their empty copies, made before it was
+    /// prepared) on `port` of its address, writable, for the source's mirror.
+    async fn export_disks(&self, vm: &VmDef, _port: u16) -> Result<(), DriverError> {
+        Err(self.no_mirror(vm))
+    }
+    /// Source: mirrors running `vm`'s local disks onto `target`'s export on `port`; returns
+    /// once every mirror is in sync, from when on each write of the guest reaches both copies
+    /// before it completes. On failure the mirrors are gone and the VM runs on, untouched.
+    async fn mirror_disks(
+        &self,
+        vm: &VmDef,
+        _target: std::net::IpAddr,
+        _port: u16,
+        _timeout: Duration,
+    ) -> Result<(), DriverError> {
+        Err(self.no_mirror(vm))
+    }
+    /// Source: ends `vm`'s mirrors, if any run: after the switch-over the target's copies are
+    /// whole; before it, they are left as they are, for the caller to remove.
+    async fn end_mirror(&self, _vm: &VmDef) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Target: stops serving `vm`'s disks, if it does.
+    async fn end_export(&self, _vm: &VmDef) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// The error of a disk call this driver does not have.
+    fn no_mirror(&self, vm: &VmDef) -> DriverError {
+        DriverError::Vm {
+            host: self.host().to_string(),
+            vm: vm.name.clone(),
+            reason: "this host's driver cannot mirror disks".into(),
+        }
+    }
     /// Gives running `vm` a NIC with MAC `mac` on the same port, in place of its own; the
     /// guest sees its NIC go and a new one come (it must take up hot-plugged NICs). Done when
     /// the NIC with that MAC is there; calling it again then changes nothing.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{Disk, DiskBus, DriverError, Hypervisor, LiveResult, RunState, VmDef};
+use super::{Disk, DiskBus, DiskUsage, DriverError, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::inventory::link::Link;
 use crate::inventory::qmp::Qmp;
@@ -38,6 +38,14 @@ pub struct Qemu {
 }
 
 impl Qemu {
+    /// Its local-disk calls, over its link.
+    fn disks(&self) -> super::disk::HostDisks<'_> {
+        super::disk::HostDisks {
+            link: &*self.conn,
+            host: &self.host.name,
+        }
+    }
+
     pub fn new(host: HostConfig, conn: Arc<dyn Link>) -> Qemu {
         Qemu {
             host,
@@ -263,10 +271,87 @@ impl Qemu {
         Ok(out.trim() == "alive")
     }
 
+    /// Block job `id` as `query-block-jobs` shows it, if there.
+    async fn job(&self, vm: &VmDef, id: &str) -> Result<Option<Value>, DriverError> {
+        let jobs = self.exec(vm, "query-block-jobs", json!({})).await?;
+        Ok(jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["device"] == id).cloned()))
+    }
+
+    /// Waits until every local disk's mirror is ready (in sync); one that ended, with its
+    /// error, or the deadline fails it.
+    async fn mirrors_ready(&self, vm: &VmDef, timeout: Duration) -> Result<(), DriverError> {
+        let t = Instant::now();
+        loop {
+            let mut waiting = Vec::new();
+            for i in local_nodes(vm) {
+                let id = mirror_job(i);
+                let Some(job) = self.job(vm, &id).await? else {
+                    return Err(self.err(vm, format!("the mirror of {} is gone", vm.disks[i].path)));
+                };
+                if job["status"] == "concluded" || job["status"] == "aborting" {
+                    return Err(self.err(
+                        vm,
+                        format!(
+                            "the mirror of {} failed: {}",
+                            vm.disks[i].path,
+                            job["error"]
+                                .as_str()
+                                .unwrap_or("it ended before it was in sync")
+                        ),
+                    ));
+                }
+                if job["ready"] != true {
+                    waiting.push(format!(
+                        "{} {}/{} bytes",
+                        vm.disks[i].path,
+                        job["offset"].as_u64().unwrap_or(0),
+                        job["len"].as_u64().unwrap_or(0)
+                    ));
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if t.elapsed() > timeout {
+                return Err(DriverError::Timeout {
+                    host: self.host.name.clone(),
+                    vm: vm.name.clone(),
+                    what: format!(
+                        "for the disk mirror to come in sync ({})",
+                        waiting.join(", ")
+                    ),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn status(&self, vm: &VmDef) -> Result<String, DriverError> {
         let s = self.exec(vm, "query-status", json!({})).await?;
         Ok(s["status"].as_str().unwrap_or("unknown").to_string())
     }
+}
+
+/// The indexes of `vm`'s local disks (their nodes are `diskN`).
+fn local_nodes(vm: &VmDef) -> Vec<usize> {
+    (0..vm.disks.len())
+        .filter(|i| !vm.disks[*i].shared)
+        .collect()
+}
+
+fn mirror_job(i: usize) -> String {
+    format!("nm-mirror{i}")
+}
+
+fn nbd_node(i: usize) -> String {
+    format!("nm-nbd{i}")
+}
+
+fn export_id(i: usize) -> String {
+    format!("nm-export{i}")
 }
 
 /// `-blockdev` and `-device` for each of the VM's disks: node `diskN` (the name the mirror of a
@@ -521,6 +606,141 @@ impl Hypervisor for Qemu {
         self.sh(vm, &script, Duration::from_secs(20))
             .await
             .map(drop)
+    }
+
+    fn mirrors_disks(&self) -> bool {
+        true
+    }
+
+    async fn export_disks(&self, vm: &VmDef, port: u16) -> Result<(), DriverError> {
+        self.exec(
+            vm,
+            "nbd-server-start",
+            json!({"addr": {"type": "inet",
+                            "data": {"host": self.host.address.to_string(), "port": port.to_string()}}}),
+        )
+        .await?;
+        for i in local_nodes(vm) {
+            self.exec(
+                vm,
+                "block-export-add",
+                json!({"type": "nbd", "id": export_id(i), "node-name": Disk::node(i),
+                       "name": Disk::node(i), "writable": true}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn mirror_disks(
+        &self,
+        vm: &VmDef,
+        target: std::net::IpAddr,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        let started = async {
+            for i in local_nodes(vm) {
+                self.exec(
+                    vm,
+                    "blockdev-add",
+                    json!({"driver": "nbd", "node-name": nbd_node(i),
+                           "server": {"type": "inet", "host": target.to_string(), "port": port.to_string()},
+                           "export": Disk::node(i)}),
+                )
+                .await?;
+                // write-blocking: once in sync, a guest write completes only when both copies
+                // have it, so the switch-over finds the target's disk current. Kept after it
+                // ends (auto-dismiss off), so that its error can be read.
+                self.exec(
+                    vm,
+                    "blockdev-mirror",
+                    json!({"job-id": mirror_job(i), "device": Disk::node(i), "target": nbd_node(i),
+                           "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": false}),
+                )
+                .await?;
+            }
+            Ok::<(), DriverError>(())
+        };
+        let synced = async {
+            started.await?;
+            self.mirrors_ready(vm, timeout).await
+        };
+        if let Err(e) = synced.await {
+            let _ = self.end_mirror(vm).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn end_mirror(&self, vm: &VmDef) -> Result<(), DriverError> {
+        // A ready mirror's cancel completes it without a pivot: the target's copy is whole and
+        // the source keeps its own. One not ready yet is dropped.
+        for i in local_nodes(vm) {
+            if let Some(job) = self.job(vm, &mirror_job(i)).await? {
+                if job["status"] != "concluded" {
+                    self.exec(vm, "block-job-cancel", json!({"device": mirror_job(i)}))
+                        .await?;
+                }
+                let t = Instant::now();
+                while self
+                    .job(vm, &mirror_job(i))
+                    .await?
+                    .is_some_and(|j| j["status"] != "concluded")
+                {
+                    if t.elapsed() > Duration::from_secs(30) {
+                        return Err(self.err(vm, "a cancelled disk mirror did not end in 30 s"));
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                self.exec(vm, "job-dismiss", json!({"id": mirror_job(i)}))
+                    .await?;
+            }
+            match self
+                .exec(vm, "blockdev-del", json!({"node-name": nbd_node(i)}))
+                .await
+            {
+                Err(e) if !e.to_string().contains("not found") => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_export(&self, vm: &VmDef) -> Result<(), DriverError> {
+        for i in local_nodes(vm) {
+            match self
+                .exec(
+                    vm,
+                    "block-export-del",
+                    json!({"id": export_id(i), "mode": "hard"}),
+                )
+                .await
+            {
+                Err(e) if !e.to_string().contains("not found") => return Err(e),
+                _ => {}
+            }
+        }
+        match self.exec(vm, "nbd-server-stop", json!({})).await {
+            Err(e) if !e.to_string().contains("not running") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    async fn disk_usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError> {
+        self.disks().usage(vm).await
+    }
+
+    async fn check_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
+        self.disks().check(vm, like).await
+    }
+
+    async fn make_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
+        self.disks().make(vm, like).await
+    }
+
+    async fn remove_disks(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.disks().remove(vm).await
     }
 
     async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {

@@ -531,6 +531,14 @@ impl Move<'_> {
                 Ok(self.src.driver.announce(self.def).await?)
             })
             .await;
+        // A disk mirror lets go of the target's copies before they are removed.
+        if !self.disks.is_empty() {
+            self.journal
+                .try_step(Step::UndoMirror, async {
+                    Ok(self.src.driver.end_mirror(self.def).await?)
+                })
+                .await;
+        }
         self.undo_target().await;
     }
 }

@@ -11,20 +11,59 @@ use crate::hypervisor::RunState;
 
 /// Incoming live migrations listen on this port plus the migration's number (mod 10000).
 const LIVE_PORT_BASE: u16 = 49152;
+/// A target serves its disks' copies on this port plus the migration's number (mod 5000).
+const NBD_PORT_BASE: u16 = 60000;
 
 impl Move<'_> {
     pub(crate) async fn live(&self) -> Result<(), Failure> {
         let spec = self.prepare_target().await.map_err(Failure::RolledBack)?;
         let port = LIVE_PORT_BASE + (self.journal.id % 10000) as u16;
-        if let Err(e) = self
-            .journal
-            .step(Step::TargetListens, async {
-                Ok(self.dst.driver.listen_incoming(self.def, port).await?)
-            })
-            .await
-        {
+        let nbd_port = NBD_PORT_BASE + (self.journal.id % 5000) as u16;
+        let disks = !self.disks.is_empty();
+        let exported = async {
+            if !disks {
+                return Ok(());
+            }
+            self.journal
+                .step(Step::ExportDisks, async {
+                    Ok(self.dst.driver.export_disks(self.def, nbd_port).await?)
+                })
+                .await
+        };
+        let listening = async {
+            exported.await?;
+            self.journal
+                .step(Step::TargetListens, async {
+                    Ok(self.dst.driver.listen_incoming(self.def, port).await?)
+                })
+                .await
+        };
+        if let Err(e) = listening.await {
             self.undo_target().await;
             return Err(Failure::RolledBack(e));
+        }
+        if disks {
+            // The disks first, while the VM runs on: once in sync they stay so (every write
+            // reaches both copies), and the memory's pre-copy follows.
+            let mirrored = self
+                .journal
+                .step(Step::MirrorDisks, async {
+                    Ok(self
+                        .src
+                        .driver
+                        .mirror_disks(
+                            self.def,
+                            self.dst.cfg.address,
+                            nbd_port,
+                            self.cfg.migration.mirror_timeout,
+                        )
+                        .await?)
+                })
+                .await;
+            if let Err(e) = mirrored {
+                self.rollback().await;
+                return Err(Failure::RolledBack(e));
+            }
         }
         let downtime = Duration::from_millis(self.req.downtime_ms);
         let timeout = self
@@ -66,6 +105,16 @@ impl Move<'_> {
                                    "bytes": result.bytes}),
             )
             .await;
+        // The VM's state is across and its disks were in sync to the last write: the mirror
+        // ends (the source is done with), and the target stops serving its disks. Neither
+        // failing keeps the VM from running on the target; both are reported.
+        let mut ended = Vec::new();
+        if disks {
+            let mirror = async { Ok(self.src.driver.end_mirror(self.def).await?) };
+            ended.extend(self.journal.try_step(Step::EndMirror, mirror).await);
+            let export = async { Ok(self.dst.driver.end_export(self.def).await?) };
+            ended.extend(self.journal.try_step(Step::EndExport, export).await);
+        }
         // The target starts by itself once the state is in, its port already taken by the
         // switch; check both, and start it if it did not.
         let port = self.port_after_load(&spec).await;
@@ -114,6 +163,20 @@ impl Move<'_> {
             self.rollback().await;
             return Err(Failure::RolledBack(e));
         }
-        self.finish_on_target().await
+        match self.finish_on_target().await {
+            Ok(()) if ended.is_empty() => Ok(()),
+            Ok(()) => Err(Failure::Forward {
+                on: self.dst.cfg.name.clone(),
+                problems: ended,
+            }),
+            Err(Failure::Forward { on, mut problems }) => {
+                ended.append(&mut problems);
+                Err(Failure::Forward {
+                    on,
+                    problems: ended,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 }

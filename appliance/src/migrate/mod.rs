@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, HostConfig};
+use crate::config::{Config, HostConfig, SourceDisks};
 use crate::hypervisor::{self, Hypervisor, RunState, VmDef};
 use crate::inventory::link::Link;
 use crate::inventory::{Collected, Inventory};
@@ -115,6 +115,8 @@ pub enum Refused {
     },
     #[error("host {0} has no pinned SSH host key yet; `netmigrate hosts trust {0}` first")]
     NotTrusted(String),
+    #[error("{vm}'s local disks: {why}")]
+    LocalDisks { vm: String, why: String },
     #[error("new MAC for {vm}: {why}")]
     BadMac { vm: String, why: String },
     #[error("{0}")]
@@ -352,6 +354,58 @@ impl Engine {
         }
     }
 
+    /// For a VM with local disks: whether this move can carry them (live, with a driver that
+    /// mirrors them), each disk's size on the source, and room for the copies on the target with
+    /// nothing there to overwrite. Their sizes, for the target's copies; none without local
+    /// disks.
+    async fn check_disks(
+        &self,
+        req: &Request,
+        src: &Side,
+        dst: &Side,
+        def: &VmDef,
+    ) -> Result<Vec<hypervisor::DiskUsage>, Refused> {
+        let local = def.local_disks();
+        if local.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refuse = |why: String| Refused::LocalDisks {
+            vm: def.name.clone(),
+            why,
+        };
+        const NO_COLD: &str = "the cold path does not carry local disks yet";
+        if req.mode == Mode::Cold {
+            return Err(refuse(format!(
+                "{NO_COLD}; move it live (QEMU hosts mirror them)"
+            )));
+        }
+        if !src.driver.mirrors_disks() {
+            return Err(refuse(format!(
+                "{}'s hypervisor cannot carry them live, and {NO_COLD}",
+                src.cfg.name
+            )));
+        }
+        if let Some(why) = src.driver.live_refusal(def, &*dst.driver).await {
+            return Err(refuse(format!(
+                "it cannot live-migrate ({why}), and {NO_COLD}"
+            )));
+        }
+        let usage = src
+            .driver
+            .disk_usage(def)
+            .await
+            .map_err(|e| refuse(e.to_string()))?;
+        let mut like = Vec::new();
+        for (d, u) in local.iter().zip(usage) {
+            like.push(u.ok_or_else(|| refuse(format!("{} is not on {}", d.path, src.cfg.name)))?);
+        }
+        dst.driver
+            .check_disks(def, &like)
+            .await
+            .map_err(|e| refuse(e.to_string()))?;
+        Ok(like)
+    }
+
     /// Starts a defined VM on `host`: the hypervisor first, then its switch port (a tap carries
     /// frames only once the hypervisor holds it), checked.
     pub async fn start_vm(&self, cfg: &Config, name: &str, host: &str) -> Result<(), Refused> {
@@ -517,6 +571,7 @@ impl Engine {
             ..req.clone()
         };
         self.check_room(dst_cfg, &def).await?;
+        let disks = self.check_disks(req, &src, &dst, &def).await?;
 
         let id = self
             .state
@@ -535,6 +590,20 @@ impl Engine {
         if let Some(mac) = &req.new_mac {
             self.state
                 .migration_detail(id, serde_json::json!({"new_mac": mac, "old_mac": def.mac}))
+                .await?;
+        }
+        if !disks.is_empty() {
+            let shown: Vec<_> = def
+                .local_disks()
+                .iter()
+                .zip(&disks)
+                .map(|(d, u)| {
+                    serde_json::json!({"path": d.path, "virtual_bytes": u.virtual_bytes,
+                                                 "allocated_bytes": u.allocated_bytes})
+                })
+                .collect();
+            self.state
+                .migration_detail(id, serde_json::json!({ "disks": shown }))
                 .await?;
         }
         self.state
@@ -562,6 +631,7 @@ impl Engine {
             src: &src,
             dst: &dst,
             journal: &journal,
+            disks: &disks,
         };
         let refusal = match req.mode {
             Mode::Live => src.driver.live_refusal(&def, &*dst.driver).await,
@@ -577,6 +647,10 @@ impl Engine {
             }
             (Mode::Live, None) => match Box::pin(mv.live()).await {
                 Ok(o) => Ok(o),
+                // Local disks do not take the cold path (yet): the move ends where it began.
+                Err(Failure::NotConverged(why)) if !disks.is_empty() => {
+                    Err(Failure::RolledBack(why))
+                }
                 Err(Failure::NotConverged(why)) => {
                     // Pre-copy could not keep up, or its stream broke and the hypervisor
                     // resumed the VM at the source: it still runs there, untouched.
@@ -788,6 +862,9 @@ pub(crate) struct Move<'a> {
     pub src: &'a Side,
     pub dst: &'a Side,
     pub journal: &'a Journal,
+    /// The sizes of the VM's local disks on the source, for the target's copies (empty when
+    /// the move carries no disk).
+    pub disks: &'a [hypervisor::DiskUsage],
 }
 
 impl Move<'_> {
@@ -839,11 +916,24 @@ impl Move<'_> {
                     .await?;
             }
         }
-        self.journal
+        if !self.disks.is_empty() {
+            // Before the hypervisor opens them. A failed make leaves nothing made.
+            self.journal
+                .step(Step::TargetDisks, async {
+                    Ok(self.dst.driver.make_disks(self.def, self.disks).await?)
+                })
+                .await?;
+        }
+        let prepared = self
+            .journal
             .step(Step::PrepareTarget, async {
                 Ok(self.dst.driver.prepare_incoming(self.def).await?)
             })
-            .await?;
+            .await;
+        if let Err(e) = prepared {
+            self.undo_disks().await;
+            return Err(e);
+        }
         let later = self.dst.driver.nic_made_by_load();
         let port = self
             .journal
@@ -927,6 +1017,20 @@ impl Move<'_> {
             .await;
         self.journal
             .try_step(Step::UndoTargetPort, self.dst.del_port(self.def))
+            .await;
+        self.undo_disks().await;
+    }
+
+    /// Removes the target's copies of the disks this move made there (the target only: the
+    /// source's are the VM's own).
+    pub async fn undo_disks(&self) {
+        if self.disks.is_empty() {
+            return;
+        }
+        self.journal
+            .try_step(Step::UndoTargetDisks, async {
+                Ok(self.dst.driver.remove_disks(self.def).await?)
+            })
             .await;
     }
 
@@ -1015,6 +1119,15 @@ impl Move<'_> {
         problems.extend(self.journal.try_step(Step::StopSource, stopped).await);
         let port = self.src.del_port(self.def);
         problems.extend(self.journal.try_step(Step::SourcePort, port).await);
+        // The source's disks go only once the VM runs on its copies, and only if asked.
+        // After anything went wrong on the way they stay, whatever the config says.
+        if problems.is_empty()
+            && !self.disks.is_empty()
+            && self.cfg.migration.source_disks == SourceDisks::Remove
+        {
+            let removed = async { Ok(self.src.driver.remove_disks(self.def).await?) };
+            problems.extend(self.journal.try_step(Step::SourceDisks, removed).await);
+        }
         if problems.is_empty() {
             Ok(())
         } else {

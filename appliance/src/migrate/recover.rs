@@ -127,6 +127,18 @@ impl Engine {
                 .iter()
                 .any(|s| s.step == step.name() && s.state == "done")
         };
+        // Journaled and not failed: its side effect may have happened (a failed disk step made
+        // nothing, or says so).
+        let begun = |step: Step| {
+            m.steps
+                .iter()
+                .any(|s| s.step == step.name() && s.state != "failed")
+        };
+        let disks = Disks {
+            made: begun(Step::TargetDisks),
+            exported: begun(Step::ExportDisks),
+            mirrored: begun(Step::MirrorDisks),
+        };
         let s = src.driver.state(&def).await?;
         let t = dst.driver.state(&def).await?;
         tracing::info!(migration = id, source = ?s, target = ?t, last = %last, "recovering");
@@ -134,7 +146,7 @@ impl Engine {
         let mut def = def;
         let (state, host, reason) = match decide(s, t, done) {
             Decision::Forward => {
-                settle_forward(&journal, &def, &src, &dst, t).await;
+                settle_forward(&journal, &def, &src, &dst, t, disks).await;
                 // A new MAC asked for and perhaps half given: give it (again; it is idempotent).
                 if let Some(new) = m.detail["new_mac"].as_str().filter(|n| *n != def.mac) {
                     if let Ok(given) = journal
@@ -168,7 +180,7 @@ impl Engine {
                 )));
             }
             Decision::Back => {
-                settle_back(&journal, &def, &src, &dst, s).await?;
+                settle_back(&journal, &def, &src, &dst, s, disks).await?;
                 (
                     "rolled-back",
                     src.cfg.name.clone(),
@@ -217,8 +229,27 @@ async fn drop_accounts(
     dst.remove(&t.all()).await
 }
 
-/// The VM is (or may be made) running on the target: finish the move.
-async fn settle_forward(j: &Journal, def: &VmDef, src: &Side, dst: &Side, t: RunState) {
+/// What the journal shows of a move's disk steps.
+#[derive(Debug, Clone, Copy)]
+struct Disks {
+    /// The target's copies may have been made.
+    made: bool,
+    /// The target may serve them.
+    exported: bool,
+    /// The source may mirror onto them.
+    mirrored: bool,
+}
+
+/// The VM is (or may be made) running on the target: finish the move. Its disks there are
+/// its own now; the source's are kept (recovery never removes them).
+async fn settle_forward(
+    j: &Journal,
+    def: &VmDef,
+    src: &Side,
+    dst: &Side,
+    t: RunState,
+    disks: Disks,
+) {
     // The port was made before the load (and the VM's device is there now); make sure it
     // is up before the VM runs, it costs one round trip.
     if dst
@@ -242,6 +273,12 @@ async fn settle_forward(j: &Journal, def: &VmDef, src: &Side, dst: &Side, t: Run
         Ok(dst.driver.announce(def).await?)
     })
     .await;
+    if disks.exported {
+        j.try_step(Step::RecoverEndExport, async {
+            Ok(dst.driver.end_export(def).await?)
+        })
+        .await;
+    }
     j.try_step(Step::RecoverStopSource, async {
         Ok(src.driver.destroy(def).await?)
     })
@@ -249,12 +286,26 @@ async fn settle_forward(j: &Journal, def: &VmDef, src: &Side, dst: &Side, t: Run
     j.try_step(Step::RecoverSourcePort, src.del_port(def)).await;
 }
 
-/// The VM belongs on the source: clear the target, let the source run.
-async fn settle_back(j: &Journal, def: &VmDef, src: &Side, dst: &Side, s: RunState) -> Result<()> {
-    // A live pre-copy may still be going on by itself.
+/// The VM belongs on the source: clear the target (and the copies of its disks made there),
+/// let the source run.
+async fn settle_back(
+    j: &Journal,
+    def: &VmDef,
+    src: &Side,
+    dst: &Side,
+    s: RunState,
+    disks: Disks,
+) -> Result<()> {
+    // A live pre-copy may still be going on by itself, and a disk mirror with it.
     if s == RunState::Running {
         j.try_step(Step::RecoverCancelOutgoing, async {
             Ok(src.driver.abort_outgoing(def).await?)
+        })
+        .await;
+    }
+    if disks.mirrored && s != RunState::Absent {
+        j.try_step(Step::RecoverCancelMirror, async {
+            Ok(src.driver.end_mirror(def).await?)
         })
         .await;
     }
@@ -264,6 +315,12 @@ async fn settle_back(j: &Journal, def: &VmDef, src: &Side, dst: &Side, s: RunSta
     .await;
     j.try_step(Step::RecoverRemoveTargetPort, dst.del_port(def))
         .await;
+    if disks.made {
+        j.try_step(Step::RecoverRemoveTargetDisks, async {
+            Ok(dst.driver.remove_disks(def).await?)
+        })
+        .await;
+    }
     j.step(Step::RecoverResumeSource, async {
         Ok(src.driver.resume(def).await?)
     })

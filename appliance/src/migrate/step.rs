@@ -35,10 +35,15 @@ steps! {
     Accounts => "one-time accounts",
     /// What an earlier move left on the target, removed while the VM runs on the source.
     ClearLeftover => "clear leftover on target",
+    /// Empty copies of the VM's local disks made on the target (before its hypervisor opens
+    /// them), where there is room and nothing to overwrite.
+    TargetDisks => "target disks",
     /// The target readied to receive the VM (paused, nothing loaded).
     PrepareTarget => "prepare target",
     /// The VM's port on the target's switch, with the source port's tag and rate limit.
     TargetPort => "target port",
+    /// The target serves its disks' copies to the source's mirror.
+    ExportDisks => "export disks",
     /// The target listens for the live stream.
     TargetListens => "target listens",
     // The cold path's break.
@@ -54,7 +59,13 @@ steps! {
     /// The target's files of the transfer (the fifo, the checksum) removed.
     TransferFiles => "remove transfer files",
     // The live path.
+    /// The source's local disks mirrored onto the target's copies, until in sync.
+    MirrorDisks => "mirror disks",
     LivePreCopy => "live pre-copy",
+    /// The mirror ended once the VM's state is across (the target's copies are whole).
+    EndMirror => "end mirror",
+    /// The target stops serving its disks.
+    EndExport => "end disk export",
     TargetRuns => "target runs",
     // Once the VM runs on the target.
     NewMac => "new mac",
@@ -62,6 +73,9 @@ steps! {
     ApplianceNeighbour => "appliance neighbour",
     StopSource => "stop source",
     SourcePort => "source port",
+    /// The source's local disks removed (`source_disks = "remove"`), the VM running on its
+    /// target from its copies.
+    SourceDisks => "remove source disks",
     /// The one-time accounts and netrc files removed (whatever the outcome).
     DropAccounts => "drop accounts",
     // A rollback.
@@ -70,6 +84,9 @@ steps! {
     AnnounceOnSource => "announce on source",
     UndoPrepareTarget => "undo prepare target",
     UndoTargetPort => "undo target port",
+    UndoMirror => "undo mirror",
+    /// The target's partial copies of the disks removed (never the source's).
+    UndoTargetDisks => "remove target disks",
     // Recovery after a restart: forward.
     RecoverTargetPort => "recover: target port",
     RecoverResumeTarget => "recover: resume on target",
@@ -77,8 +94,11 @@ steps! {
     RecoverStopSource => "recover: stop source",
     RecoverSourcePort => "recover: source port",
     RecoverNewMac => "recover: new mac",
+    RecoverEndExport => "recover: end disk export",
     // Recovery: back.
     RecoverCancelOutgoing => "recover: cancel outgoing migration",
+    RecoverCancelMirror => "recover: cancel disk mirror",
+    RecoverRemoveTargetDisks => "recover: remove target disks",
     RecoverClearTarget => "recover: clear target",
     RecoverRemoveTargetPort => "recover: remove target port",
     RecoverResumeSource => "recover: resume source",

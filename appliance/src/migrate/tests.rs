@@ -704,3 +704,296 @@ fn recovery_decides_by_the_hosts_and_the_journal() {
         Forward
     );
 }
+
+/// The local disk of the disk tests' VM, and what its guest wrote on it before the move.
+const DISK: &str = "/var/lib/netmigrate-test/vm1.qcow2";
+
+fn disk_data() -> Vec<u8> {
+    (0..4_000u32)
+        .flat_map(|i| format!("block {i:06}\n").into_bytes())
+        .collect()
+}
+
+impl Bench {
+    /// The bench with a VM that boots from a local qcow2 disk, on A with its data.
+    async fn with_disk(tag: &str, crash: Option<(String, When)>) -> Bench {
+        let mut b = Bench::with_journal(tag, crash).await;
+        b.def.kernel = None;
+        b.def.disks = vec![crate::hypervisor::Disk {
+            path: DISK.into(),
+            format: crate::hypervisor::DiskFormat::Qcow2,
+            bus: crate::hypervisor::DiskBus::Virtio,
+            shared: false,
+        }];
+        b.engine.state.define_vm(b.def.clone()).await.unwrap();
+        b.a.disks.lock().unwrap().insert(
+            DISK.into(),
+            fake::FakeDisk {
+                virtual_bytes: 1 << 30,
+                data: disk_data(),
+            },
+        );
+        b
+    }
+
+    /// The VM's disk is whole where it runs; its target copy is gone if it runs on the source;
+    /// no mirror or export is left running.
+    #[track_caller]
+    fn assert_disks(&self, m: &MigrationRow) {
+        let on_target = self.c.state("vm1") == RunState::Running;
+        let src = self
+            .a
+            .disk(DISK)
+            .unwrap_or_else(|| panic!("the source's disk is gone: {m:#?}"));
+        assert!(src.data == disk_data(), "the source's disk changed: {m:#?}");
+        match self.c.disk(DISK) {
+            Some(d) if on_target => {
+                assert!(
+                    d.data == disk_data(),
+                    "the target's copy is not whole: {m:#?}"
+                );
+                assert_eq!(d.virtual_bytes, 1 << 30);
+            }
+            None if !on_target => {}
+            other => panic!(
+                "target copy {:?} with the VM on target {on_target}: {m:#?}",
+                other.map(|d| d.data.len())
+            ),
+        }
+        for h in [&self.a, &self.c] {
+            if let Some(v) = h.vms.lock().unwrap().get("vm1") {
+                assert!(
+                    !v.exported && v.mirror_to.is_none(),
+                    "{}: {v:?}: {m:#?}",
+                    h.name
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_live_move_with_a_local_disk_mirrors_it_before_the_memory_and_keeps_the_source() {
+    let b = Bench::with_disk("disk-live", None).await;
+    let m = b.migrate(Mode::Live).await;
+    assert_eq!(m.state, "done", "{m:#?}");
+    b.assert_only_on(&b.c, &m).await;
+    b.assert_disks(&m);
+    let got = Bench::steps(&m);
+    let at = |s: Step| {
+        got.iter()
+            .position(|g| *g == s.name())
+            .unwrap_or_else(|| panic!("{s} missing: {got:?}"))
+    };
+    // Made before the hypervisor opens it, served before the source mirrors, in sync before
+    // the memory goes; the mirror ends once the memory is across.
+    assert!(at(Step::TargetDisks) < at(Step::PrepareTarget));
+    assert!(at(Step::ExportDisks) < at(Step::MirrorDisks));
+    assert!(at(Step::MirrorDisks) < at(Step::LivePreCopy));
+    assert!(at(Step::LivePreCopy) < at(Step::EndMirror));
+    assert!(at(Step::EndExport) < at(Step::StopSource));
+    assert!(
+        !got.contains(&Step::SourceDisks.name().into_owned()),
+        "kept by default"
+    );
+    assert_eq!(m.detail["disks"][0]["path"], DISK, "{:#}", m.detail);
+    assert_eq!(m.detail["disks"][0]["virtual_bytes"], 1u64 << 30);
+}
+
+/// Writes the guest makes once the mirror is in sync reach the target's copy too (the
+/// fake's mirror is write-blocking, as QEMU's is made to be).
+#[test]
+fn a_write_during_the_mirror_reaches_both_copies() {
+    let a = fake::host("mirror-write-A", "127.0.251.2".parse().unwrap());
+    let c = fake::host("mirror-write-C", "127.0.251.3".parse().unwrap());
+    c.disks
+        .lock()
+        .unwrap()
+        .insert(DISK.into(), Default::default());
+    a.vms.lock().unwrap().insert(
+        "vm1".into(),
+        fake::FakeVm {
+            state: RunState::Running,
+            memory: vec![],
+            mac: String::new(),
+            listening: false,
+            exported: false,
+            mirror_to: Some(c.address),
+        },
+    );
+    a.write_disk("vm1", DISK, b"42\n");
+    assert_eq!(a.disk(DISK).unwrap().data, b"42\n");
+    assert_eq!(c.disk(DISK).unwrap().data, b"42\n");
+}
+
+#[tokio::test]
+async fn source_disks_remove_takes_the_source_copy_once_the_vm_runs_on_its_target() {
+    let mut b = Bench::with_disk("disk-remove", None).await;
+    b.cfg.migration.source_disks = crate::config::SourceDisks::Remove;
+    let m = b.migrate(Mode::Live).await;
+    assert_eq!(m.state, "done", "{m:#?}");
+    assert!(b.a.disk(DISK).is_none(), "{m:#?}");
+    assert!(b.c.disk(DISK).unwrap().data == disk_data());
+    // A move that went wrong on the way keeps them, whatever the config says.
+    let mut b = Bench::with_disk("disk-remove-failed", None).await;
+    b.cfg.migration.source_disks = crate::config::SourceDisks::Remove;
+    b.fail("C", "announce");
+    let m = b.migrate(Mode::Live).await;
+    assert_eq!(m.state, "failed", "{m:#?}");
+    assert!(b.a.disk(DISK).is_some(), "{m:#?}");
+}
+
+/// What cannot carry the disks is refused before anything starts, saying why: a cold move
+/// (not yet), a target without room, a target with a file at the disk's path (never
+/// overwritten), a source without the disk.
+#[tokio::test]
+async fn a_move_that_cannot_carry_the_disks_is_refused_up_front() {
+    let b = Bench::with_disk("disk-cold", None).await;
+    let e = b
+        .engine
+        .migrate(&b.cfg, &b.request(Mode::Cold))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cold path does not carry local disks"),
+        "{e}"
+    );
+
+    let b = Bench::with_disk("disk-room", None).await;
+    *b.c.disk_room.lock().unwrap() = 1000;
+    let e = b
+        .engine
+        .migrate(&b.cfg, &b.request(Mode::Live))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no room"), "{e}");
+    assert!(b.c.disk(DISK).is_none());
+
+    let b = Bench::with_disk("disk-there", None).await;
+    let theirs = fake::FakeDisk {
+        virtual_bytes: 5,
+        data: b"mine".to_vec(),
+    };
+    b.c.disks
+        .lock()
+        .unwrap()
+        .insert(DISK.into(), theirs.clone());
+    let e = b
+        .engine
+        .migrate(&b.cfg, &b.request(Mode::Live))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not overwriting"), "{e}");
+    assert_eq!(b.c.disk(DISK), Some(theirs));
+
+    let b = Bench::with_disk("disk-missing", None).await;
+    b.a.disks.lock().unwrap().clear();
+    let e = b
+        .engine
+        .migrate(&b.cfg, &b.request(Mode::Live))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("is not on"), "{e}");
+    for b in [&b] {
+        assert!(b
+            .engine
+            .state
+            .migrations(10, false)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+/// Each disk call failed in turn: before the VM runs on the target the move is rolled back
+/// (the target's copy removed, the source's untouched), never sent cold; a pre-copy that does
+/// not converge too. After, the VM stays on the target, its copy whole, the failure said.
+#[tokio::test]
+async fn a_failure_at_every_disk_step_leaves_one_vm_on_a_whole_disk() {
+    let back = [
+        ("C", "make_disks", Fault::Fail),
+        ("C", "prepare_incoming", Fault::Fail),
+        ("C", "export_disks", Fault::Fail),
+        ("C", "listen_incoming", Fault::Fail),
+        ("A", "mirror_disks", Fault::Fail),
+        ("A", "live_migrate", Fault::Fail),
+        ("A", "live_migrate", Fault::NotConverged),
+    ];
+    let forward = [("A", "end_mirror"), ("C", "end_export")];
+    for (h, op, fault) in back {
+        let b = Bench::with_disk(&format!("disk-fail-{op}-{fault:?}"), None).await;
+        let on = if h == "A" { &b.a } else { &b.c };
+        on.inject(op, fault);
+        let m = b.migrate(Mode::Live).await;
+        assert_eq!(m.state, "rolled-back", "{op}: {m:#?}");
+        assert!(
+            !Bench::steps(&m).contains(&Step::SaveToStore.name().into_owned()),
+            "{op}: went cold"
+        );
+        b.assert_only_on(&b.a, &m).await;
+        b.assert_disks(&m);
+    }
+    for (h, op) in forward {
+        let b = Bench::with_disk(&format!("disk-fail-{op}"), None).await;
+        b.fail(h, op);
+        let m = b.migrate(Mode::Live).await;
+        assert_eq!(m.state, "failed", "{op}: {m:#?}");
+        assert!(
+            m.reason.as_deref().unwrap().contains("injected"),
+            "{op}: {m:#?}"
+        );
+        assert_eq!(b.c.state("vm1"), RunState::Running, "{op}");
+        assert!(b.c.disk(DISK).unwrap().data == disk_data(), "{op}");
+        assert!(b.a.disk(DISK).unwrap().data == disk_data(), "{op}");
+    }
+}
+
+/// The crash matrix over the disk steps of a live move: recovery leaves the VM in one place
+/// on a whole disk, removes the target's copy when the VM goes back, stops what serves or
+/// mirrors it, and never touches the source's.
+#[tokio::test]
+async fn recovery_after_a_crash_at_any_disk_step_leaves_one_vm_on_a_whole_disk() {
+    let steps = [
+        Step::TargetDisks,
+        Step::PrepareTarget,
+        Step::ExportDisks,
+        Step::MirrorDisks,
+        Step::LivePreCopy,
+        Step::EndMirror,
+        Step::EndExport,
+        Step::StopSource,
+    ];
+    let mut seen = HashSet::new();
+    for step in steps {
+        for when in [When::Before, When::After] {
+            let tag = format!("disk-crash-{step:?}-{when:?}");
+            let b = Bench::with_disk(&tag, Some((step.name().into_owned(), when))).await;
+            let req = b.request(Mode::Live);
+            tokio::select! {
+                r = b.engine.migrate(&b.cfg, &req) => panic!("{tag}: the move did not stop at its crash: {r:?}"),
+                _ = b.crashed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(20)) => panic!("{tag}: no crash within 20 s"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let restarted = Engine {
+                journal: Arc::new(b.engine.state.clone()),
+                ..b.engine.clone()
+            };
+            restarted.recover(&b.cfg).await;
+            let m = b.engine.state.migrations(1, false).await.unwrap().remove(0);
+            let m = b.engine.state.migration(m.id).await.unwrap().unwrap();
+            assert_ne!(m.state, "running", "{tag}: {m:#?}");
+            let on = if b.c.state("vm1") == RunState::Running {
+                &b.c
+            } else {
+                &b.a
+            };
+            b.assert_only_on(on, &m).await;
+            b.assert_disks(&m);
+            seen.insert((m.state.clone(), on.name == b.c.name));
+        }
+    }
+    assert!(seen.contains(&("done".into(), true)), "{seen:?}");
+    assert!(seen.contains(&("rolled-back".into(), false)), "{seen:?}");
+}
