@@ -81,11 +81,12 @@ pub(crate) fn kernel_version() -> Result<String> {
 const INIT: &str = r#"#!/bin/busybox sh
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net e1000; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net e1000 virtio_blk crc16 mbcache jbd2 crc32c_generic ext4; do
   insmod /lib/modules/$m.ko 2>/dev/null; done
-NM_IP=; NM_GW=; NM_NAME=guest
+NM_IP=; NM_GW=; NM_NAME=guest; NM_DISK=
 for w in $(cat /proc/cmdline); do case "$w" in
-  nm_ip=*) NM_IP=${w#nm_ip=};; nm_gw=*) NM_GW=${w#nm_gw=};; nm_name=*) NM_NAME=${w#nm_name=};; esac; done
+  nm_ip=*) NM_IP=${w#nm_ip=};; nm_gw=*) NM_GW=${w#nm_gw=};; nm_name=*) NM_NAME=${w#nm_name=};;
+  nm_disk=*) NM_DISK=${w#nm_disk=};; esac; done
 hostname $NM_NAME
 ip link set lo up
 i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
@@ -102,6 +103,19 @@ if [ "$NM_IP" = dhcp ]; then
 else ip addr add $NM_IP dev eth0; fi
 [ -n "$NM_GW" ] && ip route add default via $NM_GW
 echo "hello from $NM_NAME $(cat /sys/class/net/eth0/address)" > /www/index.html
+# A disk to write to (nm_disk=DEV, an ext4 file system): a sequence number appended to
+# /data/seq, each fsynced before it is reported at /seq; /cgi-bin/stop ends the writer and
+# unmounts the file system (then /stopped says "clean").
+if [ -n "$NM_DISK" ]; then
+  i=0; while [ ! -b "$NM_DISK" ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
+  mkdir -p /data
+  if mount -t ext4 "$NM_DISK" /data; then
+    ( n=$(tail -n 1 /data/seq 2>/dev/null); n=${n:-0}
+      while [ ! -e /tmp/stop ]; do n=$((n+1)); echo $n >> /data/seq
+        sync /data/seq && echo $n > /www/seq.part && mv /www/seq.part /www/seq; usleep 20000; done
+      umount /data && echo clean > /www/stopped ) &
+  else echo "NM: cannot mount $NM_DISK" > /dev/console; fi
+fi
 httpd -p 80 -h /www
 echo "NM: READY uptime=$(cut -d' ' -f1 /proc/uptime) ip=$(ip -4 -o addr show eth0 | awk '{print $4}') mac=$(cat /sys/class/net/eth0/address)" > /dev/console
 exec setsid cttyhack sh
@@ -117,6 +131,10 @@ case "$1" in
 esac
 "#;
 
+/// The disk writer's stop, as a CGI of busybox's httpd.
+const STOP_CGI: &str =
+    "#!/bin/sh\ntouch /tmp/stop\nprintf 'Content-Type: text/plain\\r\\n\\r\\nstopping\\n'\n";
+
 pub(crate) const MODULES: &[&str] = &[
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio.ko",
@@ -127,6 +145,12 @@ pub(crate) const MODULES: &[&str] = &[
     "drivers/net/net_failover.ko",
     "drivers/net/virtio_net.ko",
     "drivers/net/ethernet/intel/e1000/e1000.ko",
+    "drivers/block/virtio_blk.ko",
+    "lib/crc16.ko",
+    "fs/mbcache.ko",
+    "fs/jbd2/jbd2.ko",
+    "crypto/crc32c_generic.ko",
+    "fs/ext4/ext4.ko",
 ];
 
 /// Builds (once, cached by content) the busybox initramfs for the cached kernel.
@@ -134,7 +158,7 @@ pub fn initramfs() -> Result<PathBuf> {
     let kver = kernel_version()?;
     let busybox = std::fs::metadata("/bin/busybox").context("/bin/busybox (busybox-static)")?;
     let mut h = DefaultHasher::new();
-    (INIT, UDHCPC_SCRIPT, MODULES, &kver, busybox.len()).hash(&mut h);
+    (INIT, UDHCPC_SCRIPT, STOP_CGI, MODULES, &kver, busybox.len()).hash(&mut h);
     let out = cache_dir().join(format!("initramfs-{:016x}.cpio.gz", h.finish()));
     if out.exists() {
         return Ok(out);
@@ -146,7 +170,7 @@ pub fn initramfs() -> Result<PathBuf> {
         "proc",
         "sys",
         "dev",
-        "www",
+        "www/cgi-bin",
         "lib/modules",
         "tmp",
         "etc",
@@ -158,8 +182,88 @@ pub fn initramfs() -> Result<PathBuf> {
     modules_into(&root, &kver, MODULES)?;
     write_exec(&root.join("init"), INIT)?;
     write_exec(&root.join("usr/share/udhcpc/default.script"), UDHCPC_SCRIPT)?;
+    write_exec(&root.join("www/cgi-bin/stop"), STOP_CGI)?;
     pack(&root, &out)?;
     Ok(out)
+}
+
+/// The file system partition of a disk guest's image (its second, after the boot image).
+pub const DATA_PARTITION: &str = "/dev/vda2";
+
+/// A disk that boots a guest by itself, as real VMs' disks do: a GRUB hybrid image (BIOS boots
+/// it from a plain disk) holding the lab's kernel and initramfs, booted with `cmdline`, and an
+/// ext4 partition of `data_mib` MiB (mostly free) after it, written to `out` as a sparse
+/// qcow2 of `virtual_mib` MiB. No loop device, no mount: grub-mkrescue and mkfs.ext4 on files.
+pub fn boot_disk(out: &Path, cmdline: &str, data_mib: u32, virtual_mib: u32) -> Result<()> {
+    let tmp = tempfile::tempdir_in(cache_dir())?;
+    let iso = tmp.path().join("iso");
+    std::fs::create_dir_all(iso.join("boot/grub"))?;
+    std::fs::copy(kernel()?, iso.join("boot/vmlinuz"))?;
+    std::fs::copy(initramfs()?, iso.join("boot/initrd.img"))?;
+    std::fs::write(
+        iso.join("boot/grub/grub.cfg"),
+        format!(
+            "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n\
+             set timeout=0\nmenuentry guest {{\n  linux /boot/vmlinuz console=ttyS0 quiet {cmdline}\n  \
+             initrd /boot/initrd.img\n}}\n"
+        ),
+    )?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let fs = tmp.path().join("fs.img");
+    std::fs::File::create(&fs)?.set_len(u64::from(data_mib) << 20)?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "nmdata", "-d"])
+        .arg(&data)
+        .arg(&fs))?;
+    let img = tmp.path().join("disk.img");
+    run(Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&img)
+        .arg(&iso)
+        .args(["--", "-append_partition", "2", "0x83"])
+        .arg(&fs))
+    .context("grub-mkrescue (grub-pc-bin, xorriso, mtools; `make deps`)")?;
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&img)
+        .arg(out))
+    .context("qemu-img (qemu-utils; `make deps`)")?;
+    run(Command::new("qemu-img")
+        .args(["resize", "-q"])
+        .arg(out)
+        .arg(format!("{virtual_mib}M")))?;
+    Ok(())
+}
+
+/// The ext4 file system of a disk guest's image at `disk` (a qcow2), as a raw file at `out`:
+/// its second MBR partition, for e2fsck and debugfs.
+pub fn data_partition(disk: &Path, out: &Path) -> Result<()> {
+    let raw = out.with_extension("raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw"])
+        .arg(disk)
+        .arg(&raw))?;
+    let mbr = {
+        use std::io::Read;
+        let mut b = [0u8; 512];
+        std::fs::File::open(&raw)?.read_exact(&mut b)?;
+        b
+    };
+    let entry = &mbr[446 + 16..446 + 32];
+    let start = u64::from(u32::from_le_bytes(entry[8..12].try_into()?));
+    let sectors = u64::from(u32::from_le_bytes(entry[12..16].try_into()?));
+    if start == 0 || sectors == 0 {
+        bail!("{}: no second partition", disk.display());
+    }
+    run(Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", out.display()))
+        .args(["bs=512", "status=none", "conv=sparse"])
+        .arg(format!("skip={start}"))
+        .arg(format!("count={sectors}")))?;
+    std::fs::remove_file(&raw)?;
+    Ok(())
 }
 
 /// The cached kernel's `modules` (paths under its `kernel/` tree) in `root`/lib/modules.

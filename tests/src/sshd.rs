@@ -57,6 +57,10 @@ impl Lab {
     }
 }
 
+/// Where each lab node's own disks are, as its SSH sessions see them (the directory `disks` of
+/// the node's lab directory, bound there in sshd's mount namespace).
+pub const LOCAL_DISKS: &str = "/var/lib/netmigrate-lab/disks";
+
 /// Starts sshd inside `ns` on `ip:22`, accepting `client` for root; returns the host key.
 pub(crate) fn start(lab: &Lab, ns: &str, role: &str, ip: Ipv4Addr) -> Result<KeyPair> {
     let dir = lab.subdir(&format!("{role}/sshd"))?;
@@ -93,8 +97,18 @@ pub(crate) fn start(lab: &Lab, ns: &str, role: &str, ip: Ipv4Addr) -> Result<Key
     )?;
     // Privilege separation needs this directory; systemd normally makes it.
     std::fs::create_dir_all("/run/sshd")?;
-    let mut cmd = netns::exec(ns, "/usr/sbin/sshd");
-    cmd.args(["-D", "-e", "-f", &cfg.display().to_string()]);
+    // Each node its own local storage at one path, as real hosts have: sshd (and all that its
+    // sessions start, QEMU included) in a mount namespace of its own, where LOCAL_DISKS is the
+    // node's `disks` directory.
+    let disks = lab.subdir(&format!("{role}/disks"))?;
+    std::fs::create_dir_all(LOCAL_DISKS)?;
+    let mut cmd = netns::exec(ns, "unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" \"$2\" && exec /usr/sbin/sshd -D -e -f \"$3\"")
+        .arg("sh")
+        .arg(&disks)
+        .arg(LOCAL_DISKS)
+        .arg(&cfg);
     let pid = lab.track(&format!("{role}-sshd"), &mut cmd)?;
     wait_for(
         &format!("sshd on {ip}:22 in {ns}"),

@@ -1,0 +1,220 @@
+//! VMs as operators have them: booted from a disk on their host's own storage (no kernel
+//! given), moved with that disk. Each lab host has its own `/var/lib/netmigrate-lab/disks`
+//! (sshd and the QEMUs it starts in a mount namespace of their own), so the target's copy is
+//! really another file.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use netmigrate_lab::guest::{boot_disk, data_partition, DATA_PARTITION};
+use netmigrate_lab::sshd::LOCAL_DISKS;
+use netmigrate_lab::sys::wait_for;
+use netmigrate_lab::{require_lab, Appliance, Lab, Prober};
+
+mod common;
+
+use common::{json, placed, wait_http, BOOT};
+
+/// A VM that boots from a qcow2 of 1 GiB on hostA's own storage and keeps appending fsynced
+/// sequence numbers to a file on it; returns its name and address.
+fn disk_vm(lab: &Lab, app: &Appliance, a: &netmigrate_lab::Host, n: u8) -> (String, Ipv4Addr) {
+    let name = format!("vm{n}");
+    let ip = Ipv4Addr::new(10, 213, 0, 20 + n);
+    let file = format!("{name}.qcow2");
+    boot_disk(
+        &a.dir.join("disks").join(&file),
+        &format!("nm_ip={ip}/24 nm_name={name} nm_disk={DATA_PARTITION}"),
+        64,
+        1024,
+    )
+    .unwrap();
+    app.cli_ok(&[
+        "vm",
+        "define",
+        &name,
+        "--mem",
+        "128",
+        "--mac",
+        &format!("52:54:00:d5:00:{:02x}", 20 + n),
+        "--ip",
+        &ip.to_string(),
+        "--disk",
+        &format!("{LOCAL_DISKS}/{file},format=qcow2"),
+    ])
+    .unwrap();
+    let _ = lab;
+    (name, ip)
+}
+
+/// The last sequence number the guest reported as on its disk.
+fn seq(lab: &Lab, ns: &str, ip: Ipv4Addr) -> Option<u64> {
+    lab.exec(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "2",
+            &format!("http://{ip}/seq"),
+        ],
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+}
+
+/// Bytes a file takes on its file system.
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+#[test]
+fn a_vm_booted_from_its_local_disk_moves_live_with_every_write_it_acknowledged() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let app = lab.appliance(&[&a, &c]).unwrap();
+    let (vm, ip) = disk_vm(&lab, &app, &a, 5);
+    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
+    wait_http(&lab, &client.ns, ip);
+    // Writing: the numbers grow.
+    wait_for("the guest to write to its disk", BOOT, || {
+        seq(&lab, &client.ns, ip).filter(|n| *n >= 20)
+    })
+    .unwrap();
+
+    let probe = Prober::start(
+        &client.ns,
+        SocketAddr::new(ip.into(), 80),
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let before = seq(&lab, &client.ns, ip).unwrap();
+    let out = app
+        .cli(&["migrate", &vm, "--to", "hostC", "--live", "--json"])
+        .unwrap();
+    let report = probe.finish();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = &json(&text)["migrations"][0];
+    assert_eq!(m["state"], "done", "{m:#}");
+    assert_eq!(m["mode"], "live", "{m:#}");
+    let steps: Vec<&str> = m["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    for want in [
+        "target disks",
+        "export disks",
+        "mirror disks",
+        "live pre-copy",
+        "end mirror",
+        "end disk export",
+    ] {
+        assert!(steps.contains(&want), "{want} missing from {steps:?}");
+    }
+    assert_eq!(placed(&c, &a, &vm), (true, true), "{m:#}");
+    eprintln!(
+        "moved live with its disk: break {:?} (probe), QEMU downtime {} ms, total {} ms",
+        report.break_time, m["detail"]["downtime_ms"], m["detail"]["total_ms"]
+    );
+    // It goes on writing on the target, from where it was.
+    wait_for("the guest to write on its target", BOOT, || {
+        seq(&lab, &client.ns, ip).filter(|n| *n > before + 20)
+    })
+    .unwrap();
+    // The source's disk is kept (source_disks = "keep", the default).
+    let src = a.dir.join("disks").join(format!("{vm}.qcow2"));
+    let dst = c.dir.join("disks").join(format!("{vm}.qcow2"));
+    assert!(src.exists(), "the source's disk is gone");
+
+    // The writer stops and unmounts; the last number it reported is on the target's disk,
+    // with every one before it, in a clean file system.
+    lab.exec(
+        &client.ns,
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            &format!("http://{ip}/cgi-bin/stop"),
+        ],
+    )
+    .unwrap();
+    wait_for(
+        "the guest to unmount its disk",
+        Duration::from_secs(30),
+        || {
+            lab.exec(
+                &client.ns,
+                "curl",
+                &[
+                    "-sS",
+                    "--fail",
+                    "--max-time",
+                    "2",
+                    &format!("http://{ip}/stopped"),
+                ],
+            )
+            .ok()
+            .filter(|s| s.trim() == "clean")
+        },
+    )
+    .unwrap();
+    let last = seq(&lab, &client.ns, ip).unwrap();
+    app.cli_ok(&["vm", "stop", &vm]).unwrap();
+    let part = lab.dir.join("data.ext4");
+    data_partition(&dst, &part).unwrap();
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /seq"])
+        .arg(&part)
+        .output()
+        .unwrap();
+    let numbers: Vec<u64> = String::from_utf8_lossy(&cat.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "the numbers on the target's disk are not 1, 2, 3, ..."
+    );
+    assert!(
+        numbers.len() as u64 >= last,
+        "the guest reported {last} as written, the target's disk holds {}",
+        numbers.len()
+    );
+    // Sparse: the copy takes about what the source's data takes, not its 1 GiB.
+    let (s, d) = (allocated(&src), allocated(&dst));
+    eprintln!(
+        "{} numbers on the target's disk (the last reported {last}, {before} before the move);          allocated: source {s} bytes, target {d} bytes",
+        numbers.len()
+    );
+    assert!(
+        d as f64 <= 1.2 * s as f64,
+        "the target's copy allocates {d} bytes, the source's {s}"
+    );
+}
