@@ -153,7 +153,9 @@ pub fn host_config(lab: &Lab, h: &Host, pin: bool) -> Result<String> {
             String::new()
         },
         h.ovs.db_sock().display(),
-        h.dir.join("images").display(),
+        // The host's own local storage, where its VMs' disks are: its room is what placement
+        // counts.
+        crate::sshd::LOCAL_DISKS,
         h.dir.join("run").display(),
     ))
 }

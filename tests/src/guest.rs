@@ -192,9 +192,16 @@ pub const DATA_PARTITION: &str = "/dev/vda2";
 
 /// A disk that boots a guest by itself, as real VMs' disks do: a GRUB hybrid image (BIOS boots
 /// it from a plain disk) holding the lab's kernel and initramfs, booted with `cmdline`, and an
-/// ext4 partition of `data_mib` MiB (mostly free) after it, written to `out` as a sparse
-/// qcow2 of `virtual_mib` MiB. No loop device, no mount: grub-mkrescue and mkfs.ext4 on files.
-pub fn boot_disk(out: &Path, cmdline: &str, data_mib: u32, virtual_mib: u32) -> Result<()> {
+/// ext4 partition of `data_mib` MiB after it, holding `fill_mib` MiB of random data (`/fill`),
+/// written to `out` as a sparse qcow2 of `virtual_mib` MiB. No loop device, no mount:
+/// grub-mkrescue and mkfs.ext4 on files.
+pub fn boot_disk(
+    out: &Path,
+    cmdline: &str,
+    data_mib: u32,
+    fill_mib: u32,
+    virtual_mib: u32,
+) -> Result<()> {
     let tmp = tempfile::tempdir_in(cache_dir())?;
     let iso = tmp.path().join("iso");
     std::fs::create_dir_all(iso.join("boot/grub"))?;
@@ -210,6 +217,12 @@ pub fn boot_disk(out: &Path, cmdline: &str, data_mib: u32, virtual_mib: u32) -> 
     )?;
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data)?;
+    if fill_mib > 0 {
+        run(Command::new("dd")
+            .args(["if=/dev/urandom", "bs=1M", "status=none"])
+            .arg(format!("count={fill_mib}"))
+            .arg(format!("of={}", data.join("fill").display())))?;
+    }
     let fs = tmp.path().join("fs.img");
     std::fs::File::create(&fs)?.set_len(u64::from(data_mib) << 20)?;
     run(Command::new("mkfs.ext4")

@@ -60,6 +60,12 @@ pub fn host_ip(name: &str) -> Ipv4Addr {
 impl Lab {
     /// A hypervisor host named `name` ("A", "B", ...) at 10.213.0.(11 + n).
     pub fn host(&self, name: &str) -> Result<Host> {
+        self.host_with_storage(name, None)
+    }
+
+    /// The same, its local storage (`sshd::LOCAL_DISKS`) a file system of `mib` MiB of its own
+    /// when given: a host short of disk room.
+    pub fn host_with_storage(&self, name: &str, mib: Option<u32>) -> Result<Host> {
         let role = format!("h{name}");
         let ns = self.ns_name(&role);
         let ip = host_ip(name);
@@ -68,7 +74,7 @@ impl Lab {
         let ovs = ovs::start(self, &ns, &role, BRIDGE)?;
         ovs.add_port(BRIDGE, "up0", None)?;
         netns::add_addr(&ns, BRIDGE, ip, SUBNET_PREFIX)?;
-        let host_key = sshd::start(self, &ns, &role, ip)?;
+        let host_key = sshd::start(self, &ns, &role, ip, mib)?;
         Ok(Host {
             name: name.into(),
             ns,

@@ -61,8 +61,16 @@ impl Lab {
 /// the node's lab directory, bound there in sshd's mount namespace).
 pub const LOCAL_DISKS: &str = "/var/lib/netmigrate-lab/disks";
 
-/// Starts sshd inside `ns` on `ip:22`, accepting `client` for root; returns the host key.
-pub(crate) fn start(lab: &Lab, ns: &str, role: &str, ip: Ipv4Addr) -> Result<KeyPair> {
+/// Starts sshd inside `ns` on `ip:22`, accepting `client` for root; returns the host key. Its
+/// sessions' LOCAL_DISKS is the node's `disks` directory, or, with `storage_mib`, a file system
+/// of that size of its own (seen by its sessions only, gone with sshd).
+pub(crate) fn start(
+    lab: &Lab,
+    ns: &str,
+    role: &str,
+    ip: Ipv4Addr,
+    storage_mib: Option<u32>,
+) -> Result<KeyPair> {
     let dir = lab.subdir(&format!("{role}/sshd"))?;
     let host_key = keygen(
         &dir.join("ssh_host_ed25519_key"),
@@ -104,11 +112,15 @@ pub(crate) fn start(lab: &Lab, ns: &str, role: &str, ip: Ipv4Addr) -> Result<Key
     std::fs::create_dir_all(LOCAL_DISKS)?;
     let mut cmd = netns::exec(ns, "unshare");
     cmd.args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg("mount --bind \"$1\" \"$2\" && exec /usr/sbin/sshd -D -e -f \"$3\"")
+        .arg(
+            "if [ -n \"$4\" ]; then mount -t tmpfs -o size=\"$4\"m lab-disks \"$2\"; \
+             else mount --bind \"$1\" \"$2\"; fi && exec /usr/sbin/sshd -D -e -f \"$3\"",
+        )
         .arg("sh")
         .arg(&disks)
         .arg(LOCAL_DISKS)
-        .arg(&cfg);
+        .arg(&cfg)
+        .arg(storage_mib.map(|m| m.to_string()).unwrap_or_default());
     let pid = lab.track(&format!("{role}-sshd"), &mut cmd)?;
     wait_for(
         &format!("sshd on {ip}:22 in {ns}"),

@@ -16,16 +16,18 @@ mod common;
 
 use common::{json, placed, wait_http, BOOT};
 
-/// A VM that boots from a qcow2 of 1 GiB on hostA's own storage and keeps appending fsynced
-/// sequence numbers to a file on it; returns its name and address.
-fn disk_vm(lab: &Lab, app: &Appliance, a: &netmigrate_lab::Host, n: u8) -> (String, Ipv4Addr) {
+/// A VM that boots from a qcow2 of 1 GiB on hostA's own storage (with `fill_mib` MiB of data
+/// beside its own) and keeps appending fsynced sequence numbers to a file on it; returns its
+/// name and address.
+fn disk_vm(app: &Appliance, a: &netmigrate_lab::Host, n: u8, fill_mib: u32) -> (String, Ipv4Addr) {
     let name = format!("vm{n}");
     let ip = Ipv4Addr::new(10, 213, 0, 20 + n);
     let file = format!("{name}.qcow2");
     boot_disk(
         &a.dir.join("disks").join(&file),
         &format!("nm_ip={ip}/24 nm_name={name} nm_disk={DATA_PARTITION}"),
-        64,
+        64 + fill_mib,
+        fill_mib,
         1024,
     )
     .unwrap();
@@ -43,7 +45,6 @@ fn disk_vm(lab: &Lab, app: &Appliance, a: &netmigrate_lab::Host, n: u8) -> (Stri
         &format!("{LOCAL_DISKS}/{file},format=qcow2"),
     ])
     .unwrap();
-    let _ = lab;
     (name, ip)
 }
 
@@ -78,7 +79,7 @@ fn a_vm_booted_from_its_local_disk_moves_live_with_every_write_it_acknowledged()
     let c = lab.host("C").unwrap();
     let client = lab.client().unwrap();
     let app = lab.appliance(&[&a, &c]).unwrap();
-    let (vm, ip) = disk_vm(&lab, &app, &a, 5);
+    let (vm, ip) = disk_vm(&app, &a, 5, 0);
     app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
     wait_http(&lab, &client.ns, ip);
     // Writing: the numbers grow.
@@ -216,7 +217,7 @@ fn a_crash_at_any_disk_step_leaves_the_vm_in_one_place_with_every_write() {
             .unwrap()
             + "\n[migration]\nsource_disks = \"remove\"\n";
     let mut app = lab.appliance_with(&config).unwrap();
-    let (vm, ip) = disk_vm(&lab, &app, &a, 6);
+    let (vm, ip) = disk_vm(&app, &a, 6, 0);
     app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
     wait_http(&lab, &client.ns, ip);
     let file = format!("{vm}.qcow2");
@@ -357,4 +358,153 @@ fn numbers_on(lab: &Lab, disk: &Path) -> Vec<u64> {
         .collect();
     let _ = std::fs::remove_file(&part);
     n
+}
+
+/// What cannot carry the disk leaves the VM where it was, writing on its own disk: a target
+/// without room for the copy is refused before anything moves (by placement, which counts
+/// the room there; the engine's own check is the unit tests'); a mirror whose NBD connection
+/// is cut (the target resets it) is rolled back, the target's partial copy removed.
+#[test]
+fn no_room_and_a_cut_mirror_leave_the_vm_on_its_source_with_its_disk() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    // hostB's own storage holds 16 MiB: less than the VM's data.
+    let b = lab.host_with_storage("B", Some(16)).unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let app = lab.appliance(&[&a, &b, &c]).unwrap();
+    let (vm, ip) = disk_vm(&app, &a, 7, 48);
+    app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
+    wait_http(&lab, &client.ns, ip);
+    let disk = |h: &netmigrate_lab::Host| h.dir.join("disks").join(format!("{vm}.qcow2"));
+
+    let out = app
+        .cli(&["migrate", &vm, "--to", "hostB", "--live", "--json"])
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "moved to a host without room: {said}"
+    );
+    // Placement counts the room of each host's image directory (here its local storage).
+    assert!(said.contains("disk: needs 68 MiB, 16 MiB free"), "{said}");
+    assert!(
+        json(&app.cli_ok(&["migrations", "--json"]).unwrap())
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a refusal up front opens no migration"
+    );
+    eprintln!("refused: {}", said.trim());
+
+    // The mirror slowed to 50 Mbit/s (48 MiB take about 8 s), and cut once it runs: hostC
+    // resets every packet to its NBD ports.
+    lab.exec(
+        &a.ns,
+        "tc",
+        &[
+            "qdisc", "add", "dev", "up0", "root", "tbf", "rate", "50mbit", "burst", "64kb",
+            "latency", "500ms",
+        ],
+    )
+    .unwrap();
+    let before = seq(&lab, &client.ns, ip).unwrap();
+    let out = std::thread::scope(|s| {
+        let mv = s.spawn(|| {
+            app.cli(&[
+                "migrate",
+                &vm,
+                "--to",
+                "hostC",
+                "--live",
+                "--no-probe",
+                "--json",
+            ])
+            .unwrap()
+        });
+        wait_for("the mirror to start", BOOT, || {
+            let v = json(&app.cli_ok(&["migrations", "--json"]).ok()?);
+            let id = v[0]["id"].as_i64()?;
+            let m = json(
+                &app.cli_ok(&["migrations", &id.to_string(), "--json"])
+                    .ok()?,
+            );
+            m["steps"]
+                .as_array()?
+                .iter()
+                .any(|s| s["step"] == "mirror disks")
+                .then_some(())
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        lab.exec(
+            &c.ns,
+            "nft",
+            &["add table inet nbdcut; add chain inet nbdcut in { type filter hook input priority 0; } ; \
+               add rule inet nbdcut in tcp dport 60000-64999 reject with tcp reset"],
+        )
+        .unwrap();
+        mv.join().unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "the cut move succeeded: {text}");
+    let m = &json(&text)["migrations"][0];
+    assert_eq!(m["state"], "rolled-back", "{m:#}");
+    let reason = m["reason"].as_str().unwrap();
+    assert!(reason.contains("mirror"), "{reason}");
+    eprintln!("cut mid-mirror: {reason}");
+    assert_eq!(placed(&a, &c, &vm), (true, true), "{m:#}");
+    assert!(!disk(&c).exists(), "the target's partial copy is left");
+    // The guest writes on, on its own disk.
+    wait_for("the guest to write on after the cut", BOOT, || {
+        seq(&lab, &client.ns, ip).filter(|n| *n > before + 20)
+    })
+    .unwrap();
+    lab.exec(&c.ns, "nft", &["delete table inet nbdcut"])
+        .unwrap();
+    lab.exec(&a.ns, "tc", &["qdisc", "del", "dev", "up0", "root"])
+        .unwrap();
+    lab.exec(
+        &client.ns,
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            &format!("http://{ip}/cgi-bin/stop"),
+        ],
+    )
+    .unwrap();
+    wait_for(
+        "the guest to unmount its disk",
+        Duration::from_secs(30),
+        || {
+            lab.exec(
+                &client.ns,
+                "curl",
+                &[
+                    "-sS",
+                    "--fail",
+                    "--max-time",
+                    "2",
+                    &format!("http://{ip}/stopped"),
+                ],
+            )
+            .ok()
+            .filter(|s| s.trim() == "clean")
+        },
+    )
+    .unwrap();
+    let last = seq(&lab, &client.ns, ip).unwrap();
+    app.cli_ok(&["vm", "stop", &vm]).unwrap();
+    let numbers = numbers_on(&lab, &disk(&a));
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    assert!(
+        numbers.len() as u64 >= last,
+        "reported {last}, on disk {}",
+        numbers.len()
+    );
 }
