@@ -3,7 +3,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp installer
+.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp bench-disk installer
 
 all: build
 
@@ -68,6 +68,11 @@ bench-inventory: deps
 bench-ftp: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=target/release/netmigrate target/release/netmigrate-lab bench-ftp --mib 1024 --runs 3
+
+## bench-disk: live moves with a local disk vs hand-driven QMP mirror + migrate, and vs a RAM-only move (root)
+bench-disk: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-disk --runs 3
 
 ## bench-dhcp: perfdhcp (full DORA) against netmigrate, Kea (memfile, persist) and dnsmasq (root)
 bench-dhcp: deps

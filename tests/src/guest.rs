@@ -28,6 +28,9 @@ pub struct GuestSpec {
     pub disk_mib: Option<u32>,
     /// Start waiting for a migration stream (QEMU's `-incoming`) instead of booting.
     pub incoming: Option<String>,
+    /// Boot from this qcow2 (block node `disk0`, as the appliance names it) instead of the
+    /// lab's kernel and initramfs: a disk `boot_disk` made.
+    pub boot_disk: Option<PathBuf>,
 }
 
 impl GuestSpec {
@@ -41,6 +44,7 @@ impl GuestSpec {
             vlan: None,
             disk_mib: None,
             incoming: None,
+            boot_disk: None,
         }
     }
 }
@@ -365,31 +369,41 @@ impl Lab {
             "none",
             "-display",
             "none",
-        ])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args([
-            "-append",
-            &format!(
-                "console=ttyS0 quiet nm_ip={}/{SUBNET_PREFIX} nm_name={}",
-                spec.ip, spec.name
-            ),
-        ])
-        .args(["-serial", &format!("file:{}", serial_log.display())])
-        .args([
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp.display()),
-        ])
-        .args([
-            "-netdev",
-            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-        ])
-        .args([
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
         ]);
+        match &spec.boot_disk {
+            Some(disk) => {
+                let node = serde_json::json!({"node-name": "disk0", "driver": "qcow2",
+                    "file": {"driver": "file", "filename": disk}});
+                cmd.args(["-blockdev", &node.to_string()])
+                    .args(["-device", "virtio-blk-pci,drive=disk0,id=vd0,bootindex=1"]);
+            }
+            None => {
+                cmd.arg("-kernel")
+                    .arg(&kernel)
+                    .arg("-initrd")
+                    .arg(&initrd)
+                    .args([
+                        "-append",
+                        &format!(
+                            "console=ttyS0 quiet nm_ip={}/{SUBNET_PREFIX} nm_name={}",
+                            spec.ip, spec.name
+                        ),
+                    ]);
+            }
+        }
+        cmd.args(["-serial", &format!("file:{}", serial_log.display())])
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", qmp.display()),
+            ])
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
+            ]);
         if let Some(mib) = spec.disk_mib {
             let img = dir.join(format!("{}.img", spec.name));
             std::fs::File::create(&img)?.set_len(u64::from(mib) << 20)?;

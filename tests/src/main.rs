@@ -43,6 +43,13 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Benchmark live moves with a local disk: a 128 MiB guest on a 1 GiB qcow2 holding 256 MiB,
+    /// moved by netmigrate, by hand over QMP (mirror + migrate) and, without a disk, by
+    /// netmigrate, between the same hosts in one run.
+    BenchDisk {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// The paper's five scenarios, cold and live, next to the hand-driven QEMU baseline run in
     /// the same invocation: a table, JSON and one SVG chart per run in the results directory.
     Paper {
@@ -135,6 +142,7 @@ fn main() -> std::process::ExitCode {
         }),
         Cmd::BenchInventory { hosts, runs } => bench_inventory(hosts, runs),
         Cmd::BenchFtp { mib, runs } => bench_ftp(mib, runs),
+        Cmd::BenchDisk { runs } => netmigrate_lab::bench_disk::run_all(runs).map(|t| println!("{t}")),
         Cmd::Cleanup { all } => {
             let removed = cleanup::cleanup(all);
             if removed.is_empty() {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{exec_checked, DriverError, VmDef};
+use super::{last_words, DriverError, VmDef};
 use crate::inventory::link::Link;
 use crate::shell::quote;
 
@@ -265,31 +265,40 @@ impl HostDisks<'_> {
         }
     }
 
+    /// Runs `script` in the host's kept shell (no new channel: these are on a move's way),
+    /// failing with the last line it printed on stderr.
+    async fn run(&self, vm: &VmDef, script: &str) -> Result<String, DriverError> {
+        let err = self.err(vm);
+        let out = self
+            .link
+            .run_script(script, TIMEOUT)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if out.status != Some(0) {
+            return Err(err(last_words(&out.stderr, out.status)));
+        }
+        Ok(out.stdout)
+    }
+
     pub async fn usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError> {
         let disks = vm.local_disks();
-        let out = exec_checked(self.link, &usage_script(&disks), TIMEOUT, self.err(vm)).await?;
+        let out = self.run(vm, &usage_script(&disks)).await?;
         parse_usage(&disks, &out).map_err(self.err(vm))
     }
 
     pub async fn check(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
         let script = checks_script(&vm.local_disks(), like);
-        exec_checked(self.link, &script, TIMEOUT, self.err(vm))
-            .await
-            .map(drop)
+        self.run(vm, &script).await.map(drop)
     }
 
     pub async fn make(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
         let script = create_script(&vm.local_disks(), like);
-        exec_checked(self.link, &script, TIMEOUT, self.err(vm))
-            .await
-            .map(drop)
+        self.run(vm, &script).await.map(drop)
     }
 
     pub async fn remove(&self, vm: &VmDef) -> Result<(), DriverError> {
         let script = remove_script(&vm.local_disks());
-        exec_checked(self.link, &script, TIMEOUT, self.err(vm))
-            .await
-            .map(drop)
+        self.run(vm, &script).await.map(drop)
     }
 }
 

@@ -1,0 +1,378 @@
+//! `make bench-disk`: a 128 MiB guest booted from a 1 GiB local qcow2 holding 256 MiB of data,
+//! moved live by the appliance (disk mirror over NBD, then the memory), next to the same move
+//! driven by hand over QMP (`blockdev-mirror` onto the target's NBD export, then `migrate`, as
+//! ../shared/lab/qemu/DISK-MIRROR.md does it) and to the appliance's live move of a guest
+//! without a disk, between the same hosts in the same run. Reported: total time, the break the
+//! client sees, and the bytes the source sent on its link against the data in use.
+//! The cold path does not carry local disks yet: no cold figures.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::guest::{boot_disk, GuestSpec, DATA_PARTITION};
+use crate::hand::Qmp;
+use crate::host::{host_ip, BRIDGE};
+use crate::sshd::LOCAL_DISKS;
+use crate::sys::{run, wait_for};
+use crate::{Host, Lab, Node, Prober};
+
+/// The data the benchmark's disk holds beside its boot image, MiB.
+const FILL_MIB: u32 = 256;
+const VIRTUAL_MIB: u32 = 1024;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    /// Netmigrate: from the migration's start to the VM running on its target with its disk
+    /// whole (the `target runs` step done); by hand: from the target's copy being made to the
+    /// export's stop.
+    total_ms: u64,
+    /// Netmigrate: the migration's whole span, the source cleared and the hooks run too.
+    span_ms: u64,
+    break_ms: u64,
+    wire_bytes: u64,
+}
+
+pub fn run_all(runs: usize) -> Result<String> {
+    let lab = Lab::new()?;
+    let a = lab.host("A")?;
+    let c = lab.host("C")?;
+    let client = lab.client()?;
+    let config = crate::appliance::lab_config(&lab, &lab.appliance_state_dir()?, &[&a, &c])?
+        + "\n[migration]\nsource_disks = \"remove\"\n";
+    let app = lab.appliance_with(&config)?;
+    // The disk guest and the guest without a disk, both on hostA.
+    let disk_vm = "vm5";
+    let disk_ip = Ipv4Addr::new(10, 213, 0, 25);
+    let image = format!("{disk_vm}.qcow2");
+    boot_disk(
+        &a.dir.join("disks").join(&image),
+        &format!("nm_ip={disk_ip}/24 nm_name={disk_vm} nm_disk={DATA_PARTITION}"),
+        FILL_MIB + 64,
+        FILL_MIB,
+        VIRTUAL_MIB,
+    )?;
+    app.cli_ok(&[
+        "vm",
+        "define",
+        disk_vm,
+        "--mem",
+        "128",
+        "--mac",
+        "52:54:00:d5:00:19",
+        "--ip",
+        &disk_ip.to_string(),
+        "--disk",
+        &format!("{LOCAL_DISKS}/{image},format=qcow2"),
+    ])?;
+    let (ram_vm, ram_ip) = app.define_guest(1, 128, 1)?;
+    for vm in [disk_vm, &ram_vm] {
+        app.cli_ok(&["vm", "start", vm, "--on", "hostA"])?;
+    }
+    for ip in [disk_ip, ram_ip] {
+        wait_http(&lab, &client, ip)?;
+    }
+    let data_bytes = allocated(&a.dir.join("disks").join(&image))?;
+
+    let mut rows = Vec::new();
+    for i in 0..runs {
+        let (from, to) = if i % 2 == 0 { (&a, &c) } else { (&c, &a) };
+        let disk = appliance_move(&lab, &app, &client, disk_vm, disk_ip, from, to)?;
+        let ram = appliance_move(&lab, &app, &client, &ram_vm, ram_ip, from, to)?;
+        let hand = hand_move(&lab, &client, &a, &c)?;
+        eprintln!(
+            "run {}: netmigrate {disk:?}, RAM only {ram:?}, by hand {hand:?}",
+            i + 1
+        );
+        rows.push((disk, ram, hand));
+    }
+
+    let median = |f: &dyn Fn(&(Figures, Figures, Figures)) -> u64| {
+        let mut v: Vec<u64> = rows.iter().map(f).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let ns = median(&|r| r.0.span_ms);
+    let (nt, nb, nw) = (
+        median(&|r| r.0.total_ms),
+        median(&|r| r.0.break_ms),
+        median(&|r| r.0.wire_bytes),
+    );
+    let (rb, rw) = (median(&|r| r.1.break_ms), median(&|r| r.1.wire_bytes));
+    let (ht, hb, hw) = (
+        median(&|r| r.2.total_ms),
+        median(&|r| r.2.break_ms),
+        median(&|r| r.2.wire_bytes),
+    );
+    let mut t = String::new();
+    t += &format!(
+        "bench-disk: 128 MiB guest, {VIRTUAL_MIB} MiB qcow2 with {:.0} MiB allocated, live, median of {runs}\n",
+        mib(data_bytes)
+    );
+    t += "                          total ms   break ms   MiB sent\n";
+    t += &format!(
+        "netmigrate (disk + RAM)   {nt:>8}   {nb:>8}   {:>8.1}\n",
+        mib(nw)
+    );
+    t += &format!(
+        "by hand (mirror + migrate){ht:>8}   {hb:>8}   {:>8.1}\n",
+        mib(hw)
+    );
+    t += &format!(
+        "netmigrate (RAM only)     {:>8}   {rb:>8}   {:>8.1}\n",
+        "-",
+        mib(rw)
+    );
+    t += &format!(
+        "total: until the VM runs on its target with its disk whole (netmigrate's whole move, \
+         the source cleared too: {ns} ms)\n"
+    );
+    t += &format!(
+        "total vs by hand: {:.2}x (target <= 1.1); break vs RAM-only move: {:.2}x (target <= 1.2); \
+         bytes sent vs data in use (disk allocated + the RAM-only move's bytes): {:.2}x (target <= 1.1)\n",
+        nt as f64 / ht.max(1) as f64,
+        nb as f64 / rb.max(1) as f64,
+        nw as f64 / (data_bytes + rw).max(1) as f64,
+    );
+    Ok(t)
+}
+
+fn wait_http(lab: &Lab, client: &Node, ip: Ipv4Addr) -> Result<()> {
+    wait_for(&format!("{ip} to answer"), Duration::from_secs(120), || {
+        lab.exec(
+            &client.ns,
+            "curl",
+            &["-sS", "--fail", "--max-time", "1", &format!("http://{ip}/")],
+        )
+        .ok()
+    })
+    .map(drop)
+}
+
+fn allocated(p: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(p)
+        .with_context(|| p.display().to_string())?
+        .blocks()
+        * 512)
+}
+
+/// Bytes `h` has sent on its uplink.
+fn tx_bytes(lab: &Lab, h: &Host) -> Result<u64> {
+    Ok(lab
+        .exec(&h.ns, "cat", &["/sys/class/net/up0/statistics/tx_bytes"])?
+        .trim()
+        .parse()?)
+}
+
+fn prober(client: &Node, ip: Ipv4Addr) -> Result<Prober> {
+    Prober::start(
+        &client.ns,
+        SocketAddr::new(ip.into(), 80),
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+    )
+}
+
+/// One live move by the appliance: the migration's own span, the client's break, the source's
+/// bytes sent.
+fn appliance_move(
+    lab: &Lab,
+    app: &crate::Appliance,
+    client: &Node,
+    vm: &str,
+    ip: Ipv4Addr,
+    from: &Host,
+    to: &Host,
+) -> Result<Figures> {
+    let p = prober(client, ip)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = tx_bytes(lab, from)?;
+    let out = app.cli_ok(&["migrate", vm, "--to", &to.config_name(), "--live", "--json"])?;
+    let wire_bytes = tx_bytes(lab, from)? - sent;
+    std::thread::sleep(Duration::from_millis(300));
+    let r = p.finish();
+    let v: Value = serde_json::from_str(&out)?;
+    let m = &v["migrations"][0];
+    if m["state"] != "done" {
+        bail!("the move of {vm} did not complete: {m:#}");
+    }
+    if std::env::var_os("NETMIGRATE_BENCH_STEPS").is_some() {
+        let steps: Vec<String> = m["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{} {} ms",
+                    s["step"].as_str().unwrap_or("?"),
+                    s["finished_ms"].as_i64().unwrap_or(0) - s["started_ms"].as_i64().unwrap_or(0)
+                )
+            })
+            .collect();
+        eprintln!("{vm}: {}", steps.join(", "));
+    }
+    let started = m["started_ms"].as_i64().unwrap_or(0);
+    let runs = m["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["step"] == "target runs")
+        .and_then(|s| s["finished_ms"].as_i64())
+        .context("no `target runs` step")?;
+    Ok(Figures {
+        total_ms: (runs - started) as u64,
+        span_ms: (m["finished_ms"].as_i64().unwrap_or(0) - started) as u64,
+        break_ms: r.break_time.as_millis() as u64,
+        wire_bytes,
+    })
+}
+
+/// The same move by hand, over QMP: the target QEMU with an empty copy of the disk serving it
+/// over NBD, the source mirroring onto it (write-blocking) until ready, then `migrate`, then
+/// the mirror cancelled (complete, no pivot) and the export stopped. Timed from the target's
+/// copy being made to the export's stop.
+fn hand_move(lab: &Lab, client: &Node, from: &Host, to: &Host) -> Result<Figures> {
+    let mut spec = GuestSpec::numbered(9);
+    let src_img = from.dir.join("disks/hand.qcow2");
+    if !src_img.exists() {
+        boot_disk(
+            &src_img,
+            &format!(
+                "nm_ip={}/24 nm_name={} nm_disk={DATA_PARTITION}",
+                spec.ip, spec.name
+            ),
+            FILL_MIB + 64,
+            FILL_MIB,
+            VIRTUAL_MIB,
+        )?;
+    }
+    spec.boot_disk = Some(src_img);
+    let src = lab.guest(from, spec.clone())?;
+    let dst_img = to.dir.join("disks/hand.qcow2");
+    let mut dst = None;
+    let r = (|| {
+        lab.wait_http(&client.ns, &src, Duration::from_secs(120))?;
+        let p = prober(client, spec.ip)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = tx_bytes(lab, from)?;
+        let t0 = Instant::now();
+        let _ = std::fs::remove_file(&dst_img);
+        run(std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&dst_img)
+            .arg(format!("{VIRTUAL_MIB}M")))?;
+        let mut ts = spec.clone();
+        ts.boot_disk = Some(dst_img.clone());
+        ts.incoming = Some("defer".into());
+        let d = lab.guest(to, ts)?;
+        let to_ip = host_ip(&to.name).to_string();
+        let mut tq = Qmp::connect(&d.qmp)?;
+        dst = Some(d);
+        tq.execute(
+            "nbd-server-start",
+            json!({"addr": {"type": "inet", "data": {"host": to_ip, "port": "10809"}}}),
+        )?;
+        tq.execute(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e0", "node-name": "disk0", "writable": true}),
+        )?;
+        tq.execute(
+            "migrate-incoming",
+            json!({"uri": format!("tcp:{to_ip}:4444")}),
+        )?;
+        let mut sq = Qmp::connect(&src.qmp)?;
+        sq.execute(
+            "blockdev-add",
+            json!({"driver": "nbd", "node-name": "tgt",
+                   "server": {"type": "inet", "host": to_ip, "port": "10809"}, "export": "disk0"}),
+        )?;
+        sq.execute(
+            "blockdev-mirror",
+            json!({"job-id": "m0", "device": "disk0", "target": "tgt", "sync": "full",
+                   "copy-mode": "write-blocking"}),
+        )?;
+        wait_for(
+            "the hand-driven mirror to be ready",
+            Duration::from_secs(300),
+            || {
+                let j = sq.execute("query-block-jobs", json!({})).ok()?;
+                (j[0]["ready"] == true).then_some(())
+            },
+        )?;
+        sq.execute(
+            "migrate-set-parameters",
+            json!({"max-bandwidth": 10u64 << 30, "downtime-limit": 100}),
+        )?;
+        sq.execute("migrate", json!({"uri": format!("tcp:{to_ip}:4444")}))?;
+        wait_for(
+            "the hand-driven migration",
+            Duration::from_secs(120),
+            || {
+                let m = sq.execute("query-migrate", json!({})).ok()?;
+                matches!(m["status"].as_str(), Some("completed" | "failed")).then_some(m)
+            },
+        )
+        .and_then(|m| {
+            if m["status"] == "completed" {
+                Ok(())
+            } else {
+                bail!("the hand-driven migration failed: {m}")
+            }
+        })?;
+        sq.execute("block-job-cancel", json!({"device": "m0"}))?;
+        wait_for(
+            "the hand-driven mirror to end",
+            Duration::from_secs(30),
+            || {
+                let j = sq.execute("query-block-jobs", json!({})).ok()?;
+                j.as_array().is_some_and(|a| a.is_empty()).then_some(())
+            },
+        )?;
+        tq.execute("nbd-server-stop", json!({}))?;
+        let total_ms = t0.elapsed().as_millis() as u64;
+        let wire_bytes = tx_bytes(lab, from)? - sent;
+        let _ = sq.execute("quit", json!({}));
+        from.ovs.vsctl(&["del-port", BRIDGE, &src.tap])?;
+        wait_for(
+            "the guest to answer on its target",
+            Duration::from_secs(30),
+            || {
+                lab.exec(
+                    &client.ns,
+                    "curl",
+                    &[
+                        "-sS",
+                        "--fail",
+                        "--max-time",
+                        "1",
+                        &format!("http://{}/", spec.ip),
+                    ],
+                )
+                .ok()
+            },
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+        let r = p.finish();
+        Ok(Figures {
+            total_ms,
+            span_ms: total_ms,
+            break_ms: r.break_time.as_millis() as u64,
+            wire_bytes,
+        })
+    })();
+    // Whatever happened: both QEMUs, their taps and ports, and the target's copy go.
+    for (h, g) in [(from, Some(&src)), (to, dst.as_ref())] {
+        if let Some(g) = g {
+            lab.stop(g.pid);
+            let _ = h.ovs.vsctl(&["--if-exists", "del-port", BRIDGE, &g.tap]);
+            let _ = crate::netns::ip(&h.ns, &["link", "del", &g.tap]);
+        }
+    }
+    let _ = std::fs::remove_file(&dst_img);
+    r
+}
