@@ -63,7 +63,18 @@ fn host_from_facts(cfg: &Config, name: &str, f: &HostFacts) -> (Host, Vec<Vm>) {
         .map(|v| Vm {
             name: v.name.clone(),
             host: name.to_string(),
-            req: Res::new(u64::from(v.vcpus) * 1000, v.mem_mib, v.disk_mib, v.bw_mbps),
+            // The room its disks' copies take on a target: what they hold now (a sparse image
+            // is copied sparse), or their size where the host did not say.
+            req: Res::new(
+                u64::from(v.vcpus) * 1000,
+                v.mem_mib,
+                if v.disk_allocated_mib > 0 {
+                    v.disk_allocated_mib
+                } else {
+                    v.disk_mib
+                },
+                v.bw_mbps,
+            ),
         })
         .collect();
     let used = vms.iter().fold(Res::default(), |a, v| a.plus(v.req));

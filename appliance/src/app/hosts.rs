@@ -25,6 +25,9 @@ pub struct HostView {
 pub struct VmView {
     pub host: String,
     pub collected_ms: i64,
+    /// Whether the appliance keeps its definition (`vm define`), by name or MAC.
+    #[serde(default)]
+    pub managed: bool,
     #[serde(flatten)]
     pub vm: VmFacts,
 }
@@ -63,19 +66,42 @@ pub async fn list(app: &App) -> Result<Vec<HostView>> {
         .collect())
 }
 
-/// Every VM the hosts reported at their last collection.
+/// Every VM the hosts reported at their last collection, managed or not. A VM's addresses are
+/// what knows them: the neighbour table at the collection, else its definition, else its
+/// bound DHCP leases.
 pub async fn vms(app: &App) -> Result<Vec<VmView>> {
     let facts = app.state.latest_facts().await?;
-    Ok(facts
+    let defs = app.state.vms().await?;
+    let leases = app.state.leases().await?;
+    let mut views: Vec<VmView> = facts
         .into_iter()
         .flat_map(|(host, at, f)| {
             f.vms.into_iter().map(move |vm| VmView {
                 host: host.clone(),
                 collected_ms: at,
+                managed: false,
                 vm,
             })
         })
-        .collect())
+        .collect();
+    for v in &mut views {
+        let has_mac = |m: &str| v.vm.macs.iter().any(|x| x.eq_ignore_ascii_case(m));
+        let def = defs
+            .iter()
+            .find(|d| d.name == v.vm.name || has_mac(&d.def.mac));
+        v.managed = def.is_some();
+        if v.vm.ips.is_empty() {
+            v.vm.ips = match def.and_then(|d| d.def.ip) {
+                Some(ip) => vec![ip.to_string()],
+                None => leases
+                    .iter()
+                    .filter(|l| l.state == "bound" && has_mac(&l.mac))
+                    .map(|l| l.ip.clone())
+                    .collect(),
+            };
+        }
+    }
+    Ok(views)
 }
 
 fn unknown_host(name: &str, known: &[String]) -> Error {

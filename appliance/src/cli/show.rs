@@ -187,15 +187,22 @@ pub fn collected(cs: &Vec<Collected>) -> String {
 }
 
 pub fn vms(vs: &Vec<VmView>) -> String {
-    let mut o = String::from("VM         HOST       STATE     VCPUS  MEM MiB  BW Mbit/s  MAC                IP               PORT\n");
+    let mut o = String::from("VM         HOST       STATE     MANAGED  VCPUS  MEM MiB  DISK MiB (USED)   BW Mbit/s  MAC                IP               PORT\n");
     for v in vs {
+        let disk = if v.vm.disks.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{} ({})", v.vm.disk_mib, v.vm.disk_allocated_mib)
+        };
         o.push_str(&format!(
-            "{:<10} {:<10} {:<9} {:<6} {:<8} {:<10} {:<18} {:<16} {}\n",
+            "{:<10} {:<10} {:<9} {:<8} {:<6} {:<8} {:<17} {:<10} {:<18} {:<16} {}\n",
             v.vm.name,
             v.host,
             v.vm.state,
+            if v.managed { "yes" } else { "no" },
             v.vm.vcpus,
             v.vm.mem_mib,
+            disk,
             v.vm.bw_mbps,
             v.vm.macs.join(","),
             if v.vm.ips.is_empty() {

@@ -160,6 +160,41 @@ pub fn usage_script(disks: &[&Disk]) -> String {
     s
 }
 
+/// A script printing `VIRTUAL ALLOCATED PATH` for each of `paths` that is there, its format
+/// told by its first bytes (a qcow2's magic; anything else is taken as raw): for images whose
+/// format the caller does not know (the inventory's, found on a command line).
+pub fn probe_script(paths: &[String]) -> String {
+    let mut s = String::from("export LC_ALL=C; ");
+    for p in paths {
+        let q = quote(p);
+        s += &format!(
+            "if set -- $(stat -L -c '%s %b %B' -- {q} 2>/dev/null) && [ $# = 3 ]; then \
+             v=$1; [ \"$(od -An -tx1 -N4 -- {q} | tr -d ' \\n')\" = 514649fb ] && \
+             v=$(od -An -j24 -N8 -tu8 --endian=big -- {q} | tr -d ' '); \
+             echo \"$v $(( $2 * $3 )) \"{q}; fi; "
+        );
+    }
+    s
+}
+
+/// `probe_script`'s output: (path, sizes) for each image that was there.
+pub fn parse_probe(out: &str) -> Vec<(String, DiskUsage)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.splitn(3, ' ');
+            let v = w.next()?.parse().ok()?;
+            let a = w.next()?.parse().ok()?;
+            Some((
+                w.next()?.to_string(),
+                DiskUsage {
+                    virtual_bytes: v,
+                    allocated_bytes: a,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// `usage_script`'s output, for `disks`.
 pub fn parse_usage(disks: &[&Disk], out: &str) -> Result<Vec<Option<DiskUsage>>, String> {
     let lines: Vec<&str> = out.lines().collect();
@@ -401,6 +436,34 @@ mod tests {
         let (ok, _, _) = sh(&remove_script(&[&raw, &b]));
         assert!(ok);
         assert!(!std::path::Path::new(&raw.path).exists());
+    }
+
+    #[test]
+    fn the_inventory_probe_tells_a_qcow2_from_a_raw_image_by_its_first_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("q img").display().to_string();
+        let mut h = vec![0u8; 4096];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[24..32].copy_from_slice(&(5u64 << 30).to_be_bytes());
+        std::fs::write(&q, &h).unwrap();
+        let r = dir.path().join("r.img").display().to_string();
+        std::fs::File::create(&r)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let gone = dir.path().join("gone").display().to_string();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(probe_script(&[q.clone(), r.clone(), gone]))
+            .output()
+            .unwrap();
+        let got = parse_probe(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, q);
+        assert_eq!(got[0].1.virtual_bytes, 5 << 30);
+        assert_eq!(got[1].0, r);
+        assert_eq!(got[1].1.virtual_bytes, 64 << 20);
+        assert!(got[1].1.allocated_bytes < 1 << 20);
     }
 
     #[test]

@@ -56,7 +56,12 @@ pub struct VmFacts {
     pub name: String,
     pub vcpus: u32,
     pub mem_mib: u64,
+    /// Its disk images' size, as the guest sees them (a qcow2's virtual size).
     pub disk_mib: u64,
+    /// What its disk images take on the host's storage (less than `disk_mib` when sparse):
+    /// what placement counts as the room its copies need.
+    #[serde(default)]
+    pub disk_allocated_mib: u64,
     pub macs: Vec<String>,
     /// Addresses seen for its MACs (the appliance's neighbour table); empty when unknown.
     pub ips: Vec<String>,

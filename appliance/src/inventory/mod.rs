@@ -213,6 +213,7 @@ impl Inventory {
                 vcpus: q.vcpus,
                 mem_mib: q.mem_mib,
                 disk_mib: 0,
+                disk_allocated_mib: 0,
                 macs: q.macs,
                 ips: Vec::new(),
                 state,
@@ -222,35 +223,26 @@ impl Inventory {
                 qmp: q.qmp,
             });
         }
-        // Disk sizes, in one more round trip, only when some VM has disks.
+        // Disk sizes (what the guest sees, what the host's storage holds), in one more round
+        // trip, only when some VM has disks.
         let paths: Vec<String> = f.vms.iter().flat_map(|v| v.disks.clone()).collect();
         if !paths.is_empty() {
-            let quoted: Vec<String> = paths
-                .iter()
-                .map(|p| format!("'{}'", p.replace('\'', "'\\''")))
-                .collect();
             let out = conn
                 .run_script(
-                    &format!("stat -L -c '%s %n' -- {} 2>/dev/null", quoted.join(" ")),
+                    &crate::hypervisor::disk::probe_script(&paths),
                     COLLECT_TIMEOUT,
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            let sizes: Vec<(u64, &str)> = out
-                .stdout
-                .lines()
-                .filter_map(|l| {
-                    l.split_once(' ')
-                        .and_then(|(n, p)| n.parse().ok().map(|n| (n, p)))
-                })
-                .collect();
+            let sizes = crate::hypervisor::disk::parse_probe(&out.stdout);
             for v in &mut f.vms {
-                let bytes: u64 = v
-                    .disks
-                    .iter()
-                    .filter_map(|d| sizes.iter().find(|(_, p)| p == d).map(|(n, _)| *n))
-                    .sum();
-                v.disk_mib = bytes.div_ceil(1 << 20);
+                let of = |d: &String| sizes.iter().find(|(p, _)| p == d).map(|(_, u)| *u);
+                let all: Vec<_> = v.disks.iter().filter_map(of).collect();
+                let total = |f: fn(&crate::hypervisor::DiskUsage) -> u64| {
+                    all.iter().map(f).sum::<u64>().div_ceil(1 << 20)
+                };
+                v.disk_mib = total(|u| u.virtual_bytes);
+                v.disk_allocated_mib = total(|u| u.allocated_bytes);
             }
         }
         Ok(f)

@@ -71,6 +71,7 @@ pub fn list(text: &str) -> Result<Vec<VmFacts>, String> {
             vcpus,
             mem_mib: mem_kb / 1024,
             disk_mib: 0,
+            disk_allocated_mib: 0,
             macs,
             ips: Vec::new(),
             state: "running".into(),
