@@ -158,56 +158,13 @@ fn a_vm_booted_from_its_local_disk_moves_live_with_every_write_it_acknowledged()
 
     // The writer stops and unmounts; the last number it reported is on the target's disk,
     // with every one before it, in a clean file system.
-    lab.exec(
-        &client.ns,
-        "curl",
-        &[
-            "-sS",
-            "--fail",
-            "--max-time",
-            "5",
-            &format!("http://{ip}/cgi-bin/stop"),
-        ],
-    )
-    .unwrap();
-    wait_for(
-        "the guest to unmount its disk",
-        Duration::from_secs(30),
-        || {
-            lab.exec(
-                &client.ns,
-                "curl",
-                &[
-                    "-sS",
-                    "--fail",
-                    "--max-time",
-                    "2",
-                    &format!("http://{ip}/stopped"),
-                ],
-            )
-            .ok()
-            .filter(|s| s.trim() == "clean")
-        },
-    )
-    .unwrap();
-    let last = seq(&lab, &client.ns, ip).unwrap();
+    let last = stop_writer(&lab, &client.ns, ip);
     app.cli_ok(&["vm", "stop", &vm]).unwrap();
-    let numbers = numbers_on(&lab, &dst);
-    assert_eq!(
-        numbers,
-        (1..=numbers.len() as u64).collect::<Vec<_>>(),
-        "the numbers on the target's disk are not 1, 2, 3, ..."
-    );
-    assert!(
-        numbers.len() as u64 >= last,
-        "the guest reported {last} as written, the target's disk holds {}",
-        numbers.len()
-    );
+    assert_every_number(&lab, &dst, last);
     // Sparse: the copy takes about what the source's data takes, not its 1 GiB.
     let (s, d) = (allocated(&src), allocated(&dst));
     eprintln!(
-        "{} numbers on the target's disk (the last reported {last}, {before} before the move); allocated: source {s} bytes, target {d} bytes",
-        numbers.len()
+        "the last number reported {last} ({before} before the move); allocated: source {s} bytes, target {d} bytes"
     );
     assert!(
         d as f64 <= 1.2 * s as f64,
@@ -307,47 +264,51 @@ fn a_crash_at_any_disk_step_leaves_the_vm_in_one_place_with_every_write() {
         );
         last = now;
     }
-    lab.exec(
-        &client.ns,
-        "curl",
-        &[
-            "-sS",
-            "--fail",
-            "--max-time",
-            "5",
-            &format!("http://{ip}/cgi-bin/stop"),
-        ],
-    )
-    .unwrap();
-    wait_for(
-        "the guest to unmount its disk",
-        Duration::from_secs(30),
-        || {
-            lab.exec(
-                &client.ns,
-                "curl",
-                &[
-                    "-sS",
-                    "--fail",
-                    "--max-time",
-                    "2",
-                    &format!("http://{ip}/stopped"),
-                ],
-            )
-            .ok()
-            .filter(|s| s.trim() == "clean")
-        },
-    )
-    .unwrap();
-    let last = seq(&lab, &client.ns, ip).unwrap();
+    let last = stop_writer(&lab, &client.ns, ip);
     let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
     let here = if v[0]["host"] == "hostA" { &a } else { &c };
     app.cli_ok(&["vm", "stop", &vm]).unwrap();
-    let numbers = numbers_on(&lab, &disk(here));
-    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    assert_every_number(&lab, &disk(here), last);
+}
+
+/// Stops the guest's writer (it unmounts its file system): the last number it reported.
+fn stop_writer(lab: &Lab, ns: &str, ip: Ipv4Addr) -> u64 {
+    let get = |path: &str| {
+        lab.exec(
+            ns,
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "--max-time",
+                "5",
+                &format!("http://{ip}/{path}"),
+            ],
+        )
+    };
+    get("cgi-bin/stop").unwrap();
+    wait_for(
+        "the guest to unmount its disk",
+        Duration::from_secs(30),
+        || get("stopped").ok().filter(|s| s.trim() == "clean"),
+    )
+    .unwrap();
+    seq(lab, ns, ip).unwrap()
+}
+
+/// The numbers on `disk` are 1, 2, 3, ... and at least up to `last`, the last reported.
+fn assert_every_number(lab: &Lab, disk: &Path, last: u64) {
+    let numbers = numbers_on(lab, disk);
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "the numbers on {} are not 1, 2, 3, ...",
+        disk.display()
+    );
     assert!(
         numbers.len() as u64 >= last,
-        "reported {last}, on disk {}",
+        "the guest reported {last} as written, {} holds {}",
+        disk.display(),
         numbers.len()
     );
 }
@@ -500,45 +461,7 @@ fn no_room_and_a_cut_mirror_leave_the_vm_on_its_source_with_its_disk() {
         .unwrap();
     lab.exec(&a.ns, "tc", &["qdisc", "del", "dev", "up0", "root"])
         .unwrap();
-    lab.exec(
-        &client.ns,
-        "curl",
-        &[
-            "-sS",
-            "--fail",
-            "--max-time",
-            "5",
-            &format!("http://{ip}/cgi-bin/stop"),
-        ],
-    )
-    .unwrap();
-    wait_for(
-        "the guest to unmount its disk",
-        Duration::from_secs(30),
-        || {
-            lab.exec(
-                &client.ns,
-                "curl",
-                &[
-                    "-sS",
-                    "--fail",
-                    "--max-time",
-                    "2",
-                    &format!("http://{ip}/stopped"),
-                ],
-            )
-            .ok()
-            .filter(|s| s.trim() == "clean")
-        },
-    )
-    .unwrap();
-    let last = seq(&lab, &client.ns, ip).unwrap();
+    let last = stop_writer(&lab, &client.ns, ip);
     app.cli_ok(&["vm", "stop", &vm]).unwrap();
-    let numbers = numbers_on(&lab, &disk(&a));
-    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
-    assert!(
-        numbers.len() as u64 >= last,
-        "reported {last}, on disk {}",
-        numbers.len()
-    );
+    assert_every_number(&lab, &disk(&a), last);
 }

@@ -700,7 +700,9 @@ impl Hypervisor for Qemu {
                 .exec(vm, "blockdev-del", json!({"node-name": nbd_node(i)}))
                 .await
             {
-                Err(e) if !e.to_string().contains("not found") => return Err(e),
+                // "Failed to find node with node-name=...": there was none (never added, or
+                // removed by an earlier end).
+                Err(e) if !e.to_string().contains("find node") => return Err(e),
                 _ => {}
             }
         }

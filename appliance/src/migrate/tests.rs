@@ -258,6 +258,34 @@ impl Bench {
         }
     }
 
+    /// Runs a move until its injected crash, then recovery as a restarted appliance runs it
+    /// (a moment later, the journal as the killed daemon left it, the hosts as they are): the
+    /// migration as recovery settled it.
+    async fn crash_and_recover(&self, mode: Mode, tag: &str) -> MigrationRow {
+        let req = self.request(mode);
+        tokio::select! {
+            r = self.engine.migrate(&self.cfg, &req) => panic!("{tag}: the move did not stop at its crash: {r:?}"),
+            _ = self.crashed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(20)) => panic!("{tag}: no crash within 20 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let restarted = Engine {
+            journal: Arc::new(self.engine.state.clone()),
+            ..self.engine.clone()
+        };
+        restarted.recover(&self.cfg).await;
+        let m = self
+            .engine
+            .state
+            .migrations(1, false)
+            .await
+            .unwrap()
+            .remove(0);
+        let m = self.engine.state.migration(m.id).await.unwrap().unwrap();
+        assert_ne!(m.state, "running", "{tag}: {m:#?}");
+        m
+    }
+
     fn steps(m: &MigrationRow) -> Vec<String> {
         m.steps.iter().map(|s| s.step.clone()).collect()
     }
@@ -595,23 +623,7 @@ async fn recovery_after_a_crash_at_any_step_leaves_the_vm_in_one_place() {
         for when in [When::Before, When::After] {
             let tag = format!("crash-{}-{step:?}-{when:?}", mode.as_str());
             let b = Bench::with_journal(&tag, Some((step.name().into_owned(), when))).await;
-            let req = b.request(mode);
-            tokio::select! {
-                r = b.engine.migrate(&b.cfg, &req) => panic!("{tag}: the move did not stop at its crash: {r:?}"),
-                _ = b.crashed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(20)) => panic!("{tag}: no crash within 20 s"),
-            }
-            // Restarted (a moment later, as a restart takes): the journal as the killed daemon
-            // left it, the hosts as they are.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let restarted = Engine {
-                journal: Arc::new(b.engine.state.clone()),
-                ..b.engine.clone()
-            };
-            restarted.recover(&b.cfg).await;
-            let m = b.engine.state.migrations(1, false).await.unwrap().remove(0);
-            let m = b.engine.state.migration(m.id).await.unwrap().unwrap();
-            assert_ne!(m.state, "running", "{tag}: {m:#?}");
+            let m = b.crash_and_recover(mode, &tag).await;
             let on = if b.c.state("vm1") == RunState::Running {
                 &b.c
             } else {
@@ -969,21 +981,7 @@ async fn recovery_after_a_crash_at_any_disk_step_leaves_one_vm_on_a_whole_disk()
         for when in [When::Before, When::After] {
             let tag = format!("disk-crash-{step:?}-{when:?}");
             let b = Bench::with_disk(&tag, Some((step.name().into_owned(), when))).await;
-            let req = b.request(Mode::Live);
-            tokio::select! {
-                r = b.engine.migrate(&b.cfg, &req) => panic!("{tag}: the move did not stop at its crash: {r:?}"),
-                _ = b.crashed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(20)) => panic!("{tag}: no crash within 20 s"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let restarted = Engine {
-                journal: Arc::new(b.engine.state.clone()),
-                ..b.engine.clone()
-            };
-            restarted.recover(&b.cfg).await;
-            let m = b.engine.state.migrations(1, false).await.unwrap().remove(0);
-            let m = b.engine.state.migration(m.id).await.unwrap().unwrap();
-            assert_ne!(m.state, "running", "{tag}: {m:#?}");
+            let m = b.crash_and_recover(Mode::Live, &tag).await;
             let on = if b.c.state("vm1") == RunState::Running {
                 &b.c
             } else {
