@@ -462,6 +462,21 @@ fn no_room_and_a_cut_mirror_leave_the_vm_on_its_source_with_its_disk() {
     lab.exec(&a.ns, "tc", &["qdisc", "del", "dev", "up0", "root"])
         .unwrap();
     let last = stop_writer(&lab, &client.ns, ip);
-    app.cli_ok(&["vm", "stop", &vm]).unwrap();
+    // Released: the appliance forgets it, it runs on where it is, unmanaged.
+    app.cli_ok(&["vm", "release", &vm]).unwrap();
+    app.cli_ok(&["hosts", "collect"]).unwrap();
+    let vms = json(&app.cli_ok(&["vms", "--json"]).unwrap());
+    let v = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vm.as_str())
+        .unwrap_or_else(|| panic!("{vm} not found after its release: {vms:#}"));
+    assert_eq!(
+        (v["managed"].clone(), v["host"].clone()),
+        (json("false"), json("\"hostA\"")),
+        "{v:#}"
+    );
+    assert!(common::runs_on(&a, &vm), "the release stopped it");
     assert_every_number(&lab, &disk(&a), last);
 }

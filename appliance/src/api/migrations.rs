@@ -55,6 +55,14 @@ pub async fn stop(
     Ok(Json(app::vms::stop(&app, &name).await?))
 }
 
+/// Forgets a VM without touching it; returns what the appliance knew of it.
+pub async fn release(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<VmRow>, ApiError> {
+    Ok(Json(app::vms::release(&app, &name).await?))
+}
+
 /// Runs one move to its end (done, failed or rolled back) and returns it with its journal.
 pub async fn migrate(
     State(app): State<Arc<App>>,

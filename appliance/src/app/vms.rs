@@ -50,6 +50,37 @@ pub async fn remove(app: &App, name: &str) -> Result<()> {
     }
 }
 
+/// Forgets a VM without touching it: wherever it runs it goes on running, unmanaged (`vms`
+/// shows it so), its disks and port as they are. Not while it moves.
+pub async fn release(app: &App, name: &str) -> Result<VmRow> {
+    let row = app
+        .state
+        .vm(name.to_string())
+        .await?
+        .ok_or_else(|| Refused::UnknownVm(name.to_string()))?;
+    if row.state == "migrating" {
+        return Err(Error::conflict(
+            "migrating",
+            format!("{name} is moving; release it once the move has ended"),
+        ));
+    }
+    app.state.remove_vm(name.to_string()).await?;
+    let on = row.host.clone().unwrap_or_else(|| "no host".into());
+    app.state
+        .record(
+            NewEvent::info(
+                "vm.release",
+                format!("released ({}, on {on}); left as it is", row.state),
+            )
+            .about(name),
+        )
+        .await?;
+    if let Some(dns) = &app.dns {
+        dns.refresh(&app.config()).await;
+    }
+    Ok(row)
+}
+
 pub async fn start(app: &App, name: &str, host: &str) -> Result<VmRow> {
     let (cfg, engine) = (app.config(), app.engine());
     let (n, h) = (name.to_string(), host.to_string());

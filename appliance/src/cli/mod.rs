@@ -295,6 +295,8 @@ enum VmCmd {
     Stop { name: String },
     /// Forget a stopped VM's definition.
     Rm { name: String },
+    /// Forget a VM without touching it: it runs on where it is, unmanaged (`vms` lists it).
+    Release { name: String },
     /// The managed VMs and where each runs.
     List,
 }
@@ -760,6 +762,16 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                     let v: serde_json::Value =
                         client.post(&format!("/v1/vm-defs/{name}/stop"), None).await?;
                     print_as(&serde_json::json!([v]), *json, show::vm_defs)?;
+                }
+                VmCmd::Release { name } => {
+                    let v: serde_json::Value = client
+                        .post(&format!("/v1/vm-defs/{name}/release"), None)
+                        .await?;
+                    println!(
+                        "released {name}: it runs on as it is ({} on {}), no longer managed",
+                        v["state"].as_str().unwrap_or("?"),
+                        v["host"].as_str().unwrap_or("no host")
+                    );
                 }
                 VmCmd::Rm { name } => {
                     let _: serde_json::Value = client.delete(&format!("/v1/vm-defs/{name}")).await?;
