@@ -14,7 +14,7 @@ use netmigrate_lab::{require_lab, Appliance, Lab, Prober};
 
 mod common;
 
-use common::{json, placed, wait_http, BOOT};
+use common::{crash_and_settle, json, migrated, placed, step_names, wait_http, BOOT};
 
 /// A VM that boots from a qcow2 of 1 GiB on hostA's own storage (with `fill_mib` MiB of data
 /// beside its own) and keeps appending fsynced sequence numbers to a file on it; returns its
@@ -46,6 +46,18 @@ fn disk_vm(app: &Appliance, a: &netmigrate_lab::Host, n: u8, fill_mib: u32) -> (
     ])
     .unwrap();
     (name, ip)
+}
+
+/// `vm` as `vms` shows it after a collection of every host.
+fn vm_seen(app: &Appliance, vm: &str) -> serde_json::Value {
+    app.cli_ok(&["hosts", "collect"]).unwrap();
+    let vms = json(&app.cli_ok(&["vms", "--json"]).unwrap());
+    vms.as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vm)
+        .cloned()
+        .unwrap_or_else(|| panic!("{vm} not in vms: {vms:#}"))
 }
 
 /// The last sequence number the guest reported as on its disk.
@@ -83,14 +95,7 @@ fn a_vm_booted_from_its_local_disk_moves_live_with_every_write_it_acknowledged()
     app.cli_ok(&["vm", "start", &vm, "--on", "hostA"]).unwrap();
     wait_http(&lab, &client.ns, ip);
     // `vms` shows it managed, with its address and its disk: 1 GiB, about 20 MiB of it used.
-    app.cli_ok(&["hosts", "collect"]).unwrap();
-    let vms = json(&app.cli_ok(&["vms", "--json"]).unwrap());
-    let v = vms
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == vm.as_str())
-        .unwrap_or_else(|| panic!("{vm} not in vms: {vms:#}"));
+    let v = &vm_seen(&app, &vm);
     assert_eq!(v["managed"], true, "{v:#}");
     assert_eq!(v["ips"][0], ip.to_string(), "{v:#}");
     assert_eq!(v["disk_mib"], 1024, "{v:#}");
@@ -116,21 +121,10 @@ fn a_vm_booted_from_its_local_disk_moves_live_with_every_write_it_acknowledged()
         .cli(&["migrate", &vm, "--to", "hostC", "--live", "--json"])
         .unwrap();
     let report = probe.finish();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = &json(&text)["migrations"][0];
+    let m = &migrated(&out);
     assert_eq!(m["state"], "done", "{m:#}");
     assert_eq!(m["mode"], "live", "{m:#}");
-    let steps: Vec<&str> = m["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let steps = step_names(m);
     for want in [
         "target disks",
         "export disks",
@@ -210,24 +204,7 @@ fn a_crash_at_any_disk_step_leaves_the_vm_in_one_place_with_every_write() {
         let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
         let from = v[0]["host"].as_str().unwrap().to_string();
         let to = if from == "hostA" { "hostC" } else { "hostA" };
-        lab.restart_with(&mut app, &[("NETMIGRATE_CRASH_AT", point)])
-            .unwrap();
-        let o = app
-            .cli(&["migrate", &vm, "--to", to, "--live", "--no-probe"])
-            .unwrap();
-        assert!(!o.status.success(), "{point}: the move did not crash");
-        lab.wait_exit(&app, Duration::from_secs(30)).unwrap();
-        lab.restart_with(&mut app, &[]).unwrap();
-        let m = wait_for(
-            &format!("{point}: the interrupted move to be settled"),
-            Duration::from_secs(90),
-            || {
-                let l = json(&app.cli_ok(&["migrations", "--json"]).ok()?);
-                let m = l[0].clone();
-                (m["state"] != "running").then_some(m)
-            },
-        )
-        .unwrap();
+        let m = crash_and_settle(&lab, &mut app, &vm, to, "--live", point);
         let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
         let host = v[0]["host"].as_str().unwrap().to_string();
         let (here, there) = if host == "hostA" { (&a, &c) } else { (&c, &a) };
@@ -464,14 +441,7 @@ fn no_room_and_a_cut_mirror_leave_the_vm_on_its_source_with_its_disk() {
     let last = stop_writer(&lab, &client.ns, ip);
     // Released: the appliance forgets it, it runs on where it is, unmanaged.
     app.cli_ok(&["vm", "release", &vm]).unwrap();
-    app.cli_ok(&["hosts", "collect"]).unwrap();
-    let vms = json(&app.cli_ok(&["vms", "--json"]).unwrap());
-    let v = vms
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == vm.as_str())
-        .unwrap_or_else(|| panic!("{vm} not found after its release: {vms:#}"));
+    let v = &vm_seen(&app, &vm);
     assert_eq!(
         (v["managed"].clone(), v["host"].clone()),
         (json("false"), json("\"hostA\"")),

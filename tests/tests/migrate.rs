@@ -11,7 +11,10 @@ use netmigrate_lab::{require_lab, Lab};
 
 mod common;
 
-use common::{define, json, one_vm_on_a, placed, ports, runs_on, wait_http, OneVm, BOOT};
+use common::{
+    crash_and_settle, define, json, migrated, one_vm_on_a, placed, ports, runs_on, step_names,
+    wait_http, OneVm, BOOT,
+};
 
 #[test]
 fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
@@ -76,24 +79,13 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
         .cli(&["migrate", &vm, "--to", "hostC", "--cold", "--json"])
         .unwrap();
     let report = probe.finish();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = &json(&text)["migrations"][0];
+    let m = &migrated(&out);
     assert_eq!(m["state"], "done", "{m:#}");
     assert_eq!(m["mode"], "cold");
     for s in m["steps"].as_array().unwrap() {
         assert_eq!(s["state"], "done", "{m:#}");
     }
-    let steps: Vec<&str> = m["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let steps = step_names(m);
     std::thread::sleep(Duration::from_millis(300));
     lab.stop(sniffer);
     let at = |name: &str| {
@@ -189,13 +181,7 @@ fn a_vm_moves_cold_through_the_store_and_back_live_and_keeps_answering() {
     let out = app
         .cli(&["migrate", &vm, "--to", "hostA", "--json"])
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = &json(&text)["migrations"][0];
+    let m = &migrated(&out);
     assert_eq!(m["state"], "done", "{m:#}");
     assert_eq!(m["mode"], "live");
     eprintln!("live: built-in probe {} ms", m["break_ms"]);
@@ -347,26 +333,7 @@ fn a_crash_at_any_journal_step_leaves_the_vm_running_in_exactly_one_place() {
         let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
         let from = v[0]["host"].as_str().unwrap().to_string();
         let to = if from == "hostA" { "hostC" } else { "hostA" };
-        lab.restart_with(&mut app, &[("NETMIGRATE_CRASH_AT", point)])
-            .unwrap();
-        let o = app
-            .cli(&["migrate", &vm, "--to", to, mode, "--no-probe"])
-            .unwrap();
-        assert!(!o.status.success(), "{point}: the move did not crash");
-        lab.wait_exit(&app, Duration::from_secs(30)).unwrap();
-        lab.restart_with(&mut app, &[]).unwrap();
-
-        // The restarted appliance settles the move by itself.
-        let m = netmigrate_lab::sys::wait_for(
-            &format!("{point}: the interrupted move to be settled"),
-            Duration::from_secs(90),
-            || {
-                let l = json(&app.cli_ok(&["migrations", "--json"]).ok()?);
-                let m = l[0].clone();
-                (m["state"] != "running").then_some(m)
-            },
-        )
-        .unwrap();
+        let m = crash_and_settle(&lab, &mut app, &vm, to, mode, point);
         if std::env::var_os("NETMIGRATE_TEST_VERBOSE").is_some() {
             let id = m["id"].to_string();
             eprintln!("{}", app.cli_ok(&["migrations", &id]).unwrap());
@@ -600,20 +567,9 @@ fn a_vm_moved_with_a_new_mac_keeps_its_dhcp_address() {
             "--json",
         ])
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = &json(&text)["migrations"][0];
+    let m = &migrated(&out);
     assert_eq!(m["state"], "done", "{m:#}");
-    let steps: Vec<&str> = m["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let steps = step_names(m);
     for want in ["new mac", "after move: dhcp", "after move: dns"] {
         assert!(steps.contains(&want), "{want} missing from {steps:?}");
     }
@@ -725,13 +681,7 @@ fn a_target_cut_off_mid_move_leaves_the_vm_running_on_the_source() {
     let out = app
         .cli(&["migrate", &vm, "--to", "hostC", "--cold", "--json"])
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = &json(&text)["migrations"][0];
+    let m = &migrated(&out);
     assert_eq!(m["state"], "done", "{m:#}");
     let (one_place, ports_right) = placed(&c, &a, &vm);
     assert!(one_place, "not in one place");

@@ -422,6 +422,14 @@ impl Hypervisor for Fake {
         Ok(())
     }
 
+    /// Not used: the fake's disks are in memory, its disk calls its own.
+    fn host_disks(&self) -> super::disk::HostDisks<'_> {
+        super::disk::HostDisks {
+            link: &*self.link,
+            host: &self.host.name,
+        }
+    }
+
     async fn disk_usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError> {
         self.host.fault("disk_usage", vm).await?;
         let disks = self.host.disks.lock().unwrap();

@@ -320,17 +320,28 @@ pub trait Hypervisor: Send + Sync {
     async fn announce(&self, vm: &VmDef) -> Result<(), DriverError>;
     /// Ends `vm` here (its process or domain); nothing is left of it on this host.
     async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError>;
+    /// The host's own tools for its local disks, over its link: what the disk calls below use
+    /// unless a driver has its own way.
+    fn host_disks(&self) -> disk::HostDisks<'_>;
     /// The sizes of `vm`'s local disks here, in order (None for one that is not here).
-    async fn disk_usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError>;
+    async fn disk_usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError> {
+        self.host_disks().usage(vm).await
+    }
     /// Fails, saying why, where `vm`'s local disks could not be made here like `like`: one is
     /// here already (nothing is ever overwritten), or there is no room for their data.
-    async fn check_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError>;
+    async fn check_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
+        self.host_disks().check(vm, like).await
+    }
     /// Makes empty copies of `vm`'s local disks here, of `like`'s sizes and their formats, as
     /// `check_disks` allows; nothing is left made on failure.
-    async fn make_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError>;
+    async fn make_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
+        self.host_disks().make(vm, like).await
+    }
     /// Removes `vm`'s local disks here. Only for copies this host should not keep: the
     /// engine's partial target copies, or a source's once the VM runs on its target.
-    async fn remove_disks(&self, vm: &VmDef) -> Result<(), DriverError>;
+    async fn remove_disks(&self, vm: &VmDef) -> Result<(), DriverError> {
+        self.host_disks().remove(vm).await
+    }
     /// Whether a live move from this host carries `vm`'s local disks (a mirror onto the
     /// target's export while the VM runs); where not, a live request with local disks takes
     /// the cold path.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{Disk, DiskBus, DiskUsage, DriverError, Hypervisor, LiveResult, RunState, VmDef};
+use super::{Disk, DiskBus, DriverError, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::inventory::link::Link;
 use crate::inventory::qmp::Qmp;
@@ -38,14 +38,6 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// Its local-disk calls, over its link.
-    fn disks(&self) -> super::disk::HostDisks<'_> {
-        super::disk::HostDisks {
-            link: &*self.conn,
-            host: &self.host.name,
-        }
-    }
-
     pub fn new(host: HostConfig, conn: Arc<dyn Link>) -> Qemu {
         Qemu {
             host,
@@ -729,20 +721,11 @@ impl Hypervisor for Qemu {
         }
     }
 
-    async fn disk_usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError> {
-        self.disks().usage(vm).await
-    }
-
-    async fn check_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
-        self.disks().check(vm, like).await
-    }
-
-    async fn make_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
-        self.disks().make(vm, like).await
-    }
-
-    async fn remove_disks(&self, vm: &VmDef) -> Result<(), DriverError> {
-        self.disks().remove(vm).await
+    fn host_disks(&self) -> super::disk::HostDisks<'_> {
+        super::disk::HostDisks {
+            link: &*self.conn,
+            host: &self.host.name,
+        }
     }
 
     async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{
-    last_words, DiskUsage, DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef,
-};
+use super::{last_words, DriverError, GuestType, Hypervisor, LiveResult, RunState, VmDef};
 use crate::config::HostConfig;
 use crate::inventory::link::Link;
 use crate::shell::quote;
@@ -134,14 +132,6 @@ impl Caps {
 }
 
 impl Xen {
-    /// Its local-disk calls, over its link.
-    fn disks(&self) -> super::disk::HostDisks<'_> {
-        super::disk::HostDisks {
-            link: &*self.conn,
-            host: &self.host.name,
-        }
-    }
-
     pub fn new(host: HostConfig, conn: Arc<dyn Link>) -> Xen {
         Xen {
             host,
@@ -620,20 +610,11 @@ impl Hypervisor for Xen {
         self.quick(vm, &script).await.map(drop)
     }
 
-    async fn disk_usage(&self, vm: &VmDef) -> Result<Vec<Option<DiskUsage>>, DriverError> {
-        self.disks().usage(vm).await
-    }
-
-    async fn check_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
-        self.disks().check(vm, like).await
-    }
-
-    async fn make_disks(&self, vm: &VmDef, like: &[DiskUsage]) -> Result<(), DriverError> {
-        self.disks().make(vm, like).await
-    }
-
-    async fn remove_disks(&self, vm: &VmDef) -> Result<(), DriverError> {
-        self.disks().remove(vm).await
+    fn host_disks(&self) -> super::disk::HostDisks<'_> {
+        super::disk::HostDisks {
+            link: &*self.conn,
+            host: &self.host.name,
+        }
     }
 
     async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {

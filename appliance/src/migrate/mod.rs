@@ -355,12 +355,13 @@ impl Engine {
     }
 
     /// For a VM with local disks: whether this move can carry them (live, with a driver that
-    /// mirrors them), each disk's size on the source, and room for the copies on the target with
-    /// nothing there to overwrite. Their sizes, for the target's copies; none without local
-    /// disks.
+    /// mirrors them, and no `live_refusal`), each disk's size on the source, and room for the
+    /// copies on the target with nothing there to overwrite. Their sizes, for the target's
+    /// copies; none without local disks.
     async fn check_disks(
         &self,
         req: &Request,
+        live_refusal: Option<&str>,
         src: &Side,
         dst: &Side,
         def: &VmDef,
@@ -385,7 +386,7 @@ impl Engine {
                 src.cfg.name
             )));
         }
-        if let Some(why) = src.driver.live_refusal(def, &*dst.driver).await {
+        if let Some(why) = live_refusal {
             return Err(refuse(format!(
                 "it cannot live-migrate ({why}), and {NO_COLD}"
             )));
@@ -571,7 +572,14 @@ impl Engine {
             ..req.clone()
         };
         self.check_room(dst_cfg, &def).await?;
-        let disks = self.check_disks(req, &src, &dst, &def).await?;
+        // Why a live request must take the cold path, if it must.
+        let refusal = match req.mode {
+            Mode::Live => src.driver.live_refusal(&def, &*dst.driver).await,
+            Mode::Cold => None,
+        };
+        let disks = self
+            .check_disks(req, refusal.as_deref(), &src, &dst, &def)
+            .await?;
 
         let id = self
             .state
@@ -632,10 +640,6 @@ impl Engine {
             dst: &dst,
             journal: &journal,
             disks: &disks,
-        };
-        let refusal = match req.mode {
-            Mode::Live => src.driver.live_refusal(&def, &*dst.driver).await,
-            Mode::Cold => None,
         };
         // Boxed: the moves' futures are large; on the heap they do not weigh on the stack.
         let outcome = match (req.mode, refusal) {

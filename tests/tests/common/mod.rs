@@ -93,3 +93,55 @@ pub fn runs_on(h: &Host, vm: &str) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The first migration of a `migrate --json` run that must have succeeded.
+pub fn migrated(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&text)["migrations"][0].clone()
+}
+
+/// The names of a migration's journal steps, in order.
+pub fn step_names(m: &serde_json::Value) -> Vec<&str> {
+    m["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect()
+}
+
+/// A crash-matrix round: the appliance restarted to kill itself at `point`, `vm` moved to
+/// `to` with `mode` until it does, the appliance restarted clean; the move as it settled it.
+pub fn crash_and_settle(
+    lab: &Lab,
+    app: &mut Appliance,
+    vm: &str,
+    to: &str,
+    mode: &str,
+    point: &str,
+) -> serde_json::Value {
+    lab.restart_with(app, &[("NETMIGRATE_CRASH_AT", point)])
+        .unwrap();
+    let o = app
+        .cli(&["migrate", vm, "--to", to, mode, "--no-probe"])
+        .unwrap();
+    assert!(!o.status.success(), "{point}: the move did not crash");
+    lab.wait_exit(app, Duration::from_secs(30)).unwrap();
+    lab.restart_with(app, &[]).unwrap();
+    // The restarted appliance settles the move by itself.
+    netmigrate_lab::sys::wait_for(
+        &format!("{point}: the interrupted move to be settled"),
+        Duration::from_secs(90),
+        || {
+            let l = json(&app.cli_ok(&["migrations", "--json"]).ok()?);
+            let m = l[0].clone();
+            (m["state"] != "running").then_some(m)
+        },
+    )
+    .unwrap()
+}
