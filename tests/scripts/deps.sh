@@ -15,10 +15,13 @@ PKGS=(
   qemu-utils grub-pc-bin grub-common xorriso mtools e2fsprogs
 )
 
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+missing_pkgs() {
+  missing=()
+  for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+missing_pkgs
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
@@ -36,6 +39,15 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # An install can remove what was there: Debian's qemu-system-x86 takes away a backported
+  # qemu-utils of another version. What went is installed again, at the versions that fit.
+  missing_pkgs
+  if ((${#missing[@]})); then
+    echo "deps: installing again what the first install removed: ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    missing_pkgs
+    ((${#missing[@]} == 0)) || { echo "deps: still missing: ${missing[*]}" >&2; exit 1; }
+  fi
 fi
 
 # Guest kernel for the lab's QEMU guests: Debian's current 6.1 image, unpacked into the cache.
