@@ -284,6 +284,66 @@ pub fn remove_script(disks: &[&Disk]) -> String {
     format!("rm -f -- {}", words.join(" "))
 }
 
+/// The first line of a cold move's disk stream: its version and how many disks follow.
+const STREAM_MAGIC: &str = "netmigrate-disks 1";
+
+/// A shell command that writes `disks` to its stdout, each framed by its length, then copies
+/// its stdin (the VM's saved state) after them: the cold path's stream, before compression.
+///
+/// ```text
+/// netmigrate-disks 1 N\n   then, for each disk:   LENGTH\n  and LENGTH bytes of its file
+/// ```
+///
+/// followed by the state to the end. Each disk is sent whole as its file holds it (a qcow2
+/// as its file, a raw disk with its holes read as zeros, which the stream's compression
+/// squeezes out); its length is read when it is sent, the VM being paused then.
+pub fn send_script(disks: &[&Disk]) -> String {
+    let mut s = format!("{{ printf '%s\\n' '{STREAM_MAGIC} {}'", disks.len());
+    for d in disks {
+        let p = quote(&d.path);
+        s += &format!(
+            " && n=$(stat -L -c %s -- {p}) && printf '%s\\n' \"$n\" && \
+             dd {i} bs=64K count=\"$n\" iflag=count_bytes status=none",
+            i = quote(&format!("if={}", d.path))
+        );
+    }
+    s += " && cat; }";
+    s
+}
+
+/// A shell command that reads `send_script`'s stream on its stdin: each disk written into its
+/// copy here (made before by `create_script`, emptied first, written sparse: a 64 KiB block of
+/// zeros is a hole), then the state copied to its stdout. Once every disk is written, `done`
+/// gets the line `disks-ok`. A stream that is not one, or a disk that cannot be written,
+/// ends it before the state: whoever reads the state sees it cut short.
+pub fn receive_script(disks: &[&Disk], done: &str) -> String {
+    let mut s = format!(
+        "{{ read m v n || exit 7; [ \"$m $v $n\" = '{STREAM_MAGIC} {}' ] || \
+         {{ echo 'not a netmigrate disk stream, or not for these disks' >&2; exit 7; }}; ",
+        disks.len()
+    );
+    for d in disks {
+        let p = quote(&d.path);
+        s += &format!(
+            "read n || exit 7; case $n in ''|*[!0-9]*) echo {bad} >&2; exit 7;; esac; \
+             : > {p} && dd {o} bs=64K count=\"$n\" iflag=fullblock,count_bytes \
+             conv=sparse,notrunc status=none && truncate -s \"$n\" -- {p} || exit 8; ",
+            bad = quote(&format!("{}: bad length in the disk stream", d.path)),
+            o = quote(&format!("of={}", d.path))
+        );
+    }
+    s += &format!("echo disks-ok >> {}; exec cat; }}", quote(done));
+    s
+}
+
+/// The tools a host needs to send or receive a cold move's disks (beside `sh`): fails naming
+/// those it lacks.
+pub fn tools_script() -> String {
+    "m=; for t in zstd dd stat truncate; do command -v $t >/dev/null 2>&1 || m=\"$m $t\"; done; \
+     [ -z \"$m\" ] || { echo \"a cold move with local disks needs:$m\" >&2; exit 6; }"
+        .into()
+}
+
 /// The calls every driver makes for a VM's local disks on its host, over its link.
 pub struct HostDisks<'a> {
     pub link: &'a dyn Link,
@@ -436,6 +496,87 @@ mod tests {
         let (ok, _, _) = sh(&remove_script(&[&raw, &b]));
         assert!(ok);
         assert!(!std::path::Path::new(&raw.path).exists());
+    }
+
+    /// A raw disk with holes and a qcow2-like file go through the stream with a state after
+    /// them, compressed and back, as a cold move sends them: every byte equal, the state
+    /// intact, the copy of the raw disk sparse, and a stream cut short refused.
+    #[test]
+    fn disks_and_state_go_through_one_stream_and_come_out_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        std::fs::create_dir_all(dir.path().join("dst")).unwrap();
+        let src = [
+            disk(&p("src/a b.img"), DiskFormat::Raw),
+            disk(&p("src/c.qcow2"), DiskFormat::Qcow2),
+        ];
+        let dst = [
+            disk(&p("dst/a b.img"), DiskFormat::Raw),
+            disk(&p("dst/c.qcow2"), DiskFormat::Qcow2),
+        ];
+        // 64 MiB, with 1 MiB of data at 8 MiB and a few bytes at the very end.
+        let f = std::fs::File::create(&src[0].path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + 3) as u8).collect();
+        f.write_all_at(&data, 8 << 20).unwrap();
+        f.write_all_at(b"tail", (64 << 20) - 4).unwrap();
+        drop(f);
+        let q: Vec<u8> = (0..300_001).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src[1].path, &q).unwrap();
+        // The copies as `create_script` leaves them: there, with old bytes to be replaced.
+        std::fs::write(&dst[0].path, b"old").unwrap();
+        std::fs::write(&dst[1].path, vec![9u8; 500_000]).unwrap();
+        let state: Vec<u8> = (0..100_000).map(|i| (i % 13) as u8).collect();
+        std::fs::write(p("state"), &state).unwrap();
+        let done = p("done");
+        let s: Vec<&Disk> = src.iter().collect();
+        let d: Vec<&Disk> = dst.iter().collect();
+        let run = |script: String| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .output()
+                .unwrap()
+        };
+        let o = run(format!(
+            "{} < {st} | zstd -1 -q -c > {w} && zstd -dcq < {w} | {} > {out}",
+            send_script(&s),
+            receive_script(&d, &done),
+            st = quote(&p("state")),
+            w = quote(&p("wire")),
+            out = quote(&p("out")),
+        ));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(std::fs::read(p("out")).unwrap(), state);
+        assert_eq!(std::fs::read_to_string(&done).unwrap(), "disks-ok\n");
+        assert_eq!(
+            std::fs::read(&dst[0].path).unwrap(),
+            std::fs::read(&src[0].path).unwrap()
+        );
+        assert_eq!(std::fs::read(&dst[1].path).unwrap(), q);
+        // Zeros neither crossed the wire nor were written.
+        let wire = std::fs::metadata(p("wire")).unwrap().len();
+        assert!(wire < 3 << 20, "{wire} bytes on the wire");
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(&dst[0].path).unwrap().blocks() * 512;
+        assert!(allocated <= 2 << 20, "{allocated} bytes allocated");
+        // A stream cut in the middle of a disk ends before the state, failing.
+        std::fs::remove_file(&done).unwrap();
+        let o = run(format!(
+            "zstd -dcq < {w} | head -c 5000000 | {} > {out}",
+            receive_script(&d, &done),
+            w = quote(&p("wire")),
+            out = quote(&p("out")),
+        ));
+        assert!(!o.status.success());
+        assert!(std::fs::read(p("out")).unwrap().is_empty());
+        assert!(!std::path::Path::new(&done).exists());
+        // Another stream is refused at its first line.
+        let o = run(format!("printf 'hello\\n' | {}", receive_script(&d, &done)));
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("not a netmigrate disk stream"));
     }
 
     #[test]

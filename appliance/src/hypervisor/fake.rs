@@ -61,6 +61,8 @@ pub struct FakeHost {
     /// Disk images by path, and the room for more.
     pub disks: Mutex<HashMap<String, FakeDisk>>,
     pub disk_room: Mutex<u64>,
+    /// Whether a cold move carries local disks from here (as QEMU's driver does).
+    pub cold_disks: Mutex<bool>,
     cancel: tokio::sync::Notify,
 }
 
@@ -89,6 +91,7 @@ pub fn host(name: &str, address: IpAddr) -> Arc<FakeHost> {
                 }),
                 disks: Default::default(),
                 disk_room: Mutex::new(1 << 40),
+                cold_disks: Mutex::new(true),
                 cancel: tokio::sync::Notify::new(),
             })
         })
@@ -163,6 +166,28 @@ impl FakeHost {
 
     pub fn disk(&self, path: &str) -> Option<FakeDisk> {
         self.disks.lock().unwrap().get(path).cloned()
+    }
+
+    /// Where disk `path`'s bytes are put in a real file for a cold move's stream, which the
+    /// shared scripts send and receive (outside any run_dir: the tests check those are left
+    /// empty).
+    fn disk_file(&self, path: &str) -> String {
+        let dir = std::env::temp_dir()
+            .join(format!("netmigrate-fake-disks-{}", std::process::id()))
+            .join(&self.name);
+        let _ = std::fs::create_dir_all(&dir);
+        dir.join(path.replace('/', "_")).display().to_string()
+    }
+
+    /// `vm`'s local disks as the files `disk_file` names.
+    fn disk_files(&self, vm: &VmDef) -> Vec<super::Disk> {
+        vm.local_disks()
+            .into_iter()
+            .map(|d| super::Disk {
+                path: self.disk_file(&d.path),
+                ..d.clone()
+            })
+            .collect()
     }
 
     pub fn inject(&self, op: &'static str, f: Fault) {
@@ -364,6 +389,16 @@ impl Hypervisor for Fake {
             v.memory = out.stdout.into_bytes();
             v.state = RunState::Paused;
         })?;
+        // What a cold move's stream wrote into the copies' files is now on the copies.
+        let mut disks = self.host.disks.lock().unwrap();
+        for d in vm.local_disks() {
+            let file = self.host.disk_file(&d.path);
+            if let (Some(copy), Ok(data)) = (disks.get_mut(&d.path), std::fs::read(&file)) {
+                copy.data = data;
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        drop(disks);
         if self.nic_made_by_load() {
             self.host.switch.device_came(&vm.port());
         }
@@ -496,6 +531,35 @@ impl Hypervisor for Fake {
 
     fn mirrors_disks(&self) -> bool {
         true
+    }
+
+    fn carries_disks_cold(&self) -> bool {
+        *self.host.cold_disks.lock().unwrap()
+    }
+
+    /// The shared script over files holding the in-memory disks' bytes.
+    async fn send_disks(&self, vm: &VmDef) -> Result<String, DriverError> {
+        self.host.fault("send_disks", vm).await?;
+        let disks = self.host.disks.lock().unwrap().clone();
+        let files = self.host.disk_files(vm);
+        for (d, f) in vm.local_disks().iter().zip(&files) {
+            let data = disks
+                .get(&d.path)
+                .map(|x| x.data.clone())
+                .unwrap_or_default();
+            std::fs::write(&f.path, data).map_err(|e| self.host.err(vm, e.to_string()))?;
+        }
+        Ok(super::disk::send_script(&files.iter().collect::<Vec<_>>()))
+    }
+
+    /// The shared script into files that the load puts on the copies.
+    async fn receive_disks(&self, vm: &VmDef, done: &str) -> Result<String, DriverError> {
+        self.host.fault("receive_disks", vm).await?;
+        let files = self.host.disk_files(vm);
+        Ok(super::disk::receive_script(
+            &files.iter().collect::<Vec<_>>(),
+            done,
+        ))
     }
 
     async fn export_disks(&self, vm: &VmDef, _port: u16) -> Result<(), DriverError> {

@@ -374,6 +374,23 @@ pub trait Hypervisor: Send + Sync {
     async fn end_export(&self, _vm: &VmDef) -> Result<(), DriverError> {
         Ok(())
     }
+    /// Whether a cold move from this host carries `vm`'s local disks in its stream, ahead of
+    /// the saved state: the VM is paused before its save starts, so its disks hold still while
+    /// they are read (a driver whose guest only stops inside its save cannot).
+    fn carries_disks_cold(&self) -> bool {
+        false
+    }
+    /// Source: a shell command that writes `vm`'s local disks to its stdout, framed, then
+    /// copies its stdin (the saved state) after them (`disk::send_script`).
+    async fn send_disks(&self, vm: &VmDef) -> Result<String, DriverError> {
+        Ok(disk::send_script(&vm.local_disks()))
+    }
+    /// Target: a shell command that writes the disks of `send_disks`'s stream on its stdin into
+    /// their copies here (made by `make_disks`), appends `disks-ok` to `done`, then copies the
+    /// state to its stdout (`disk::receive_script`).
+    async fn receive_disks(&self, vm: &VmDef, done: &str) -> Result<String, DriverError> {
+        Ok(disk::receive_script(&vm.local_disks(), done))
+    }
     /// The error of a disk call this driver does not have.
     fn no_mirror(&self, vm: &VmDef) -> DriverError {
         DriverError::Vm {

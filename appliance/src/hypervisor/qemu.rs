@@ -604,6 +604,11 @@ impl Hypervisor for Qemu {
         true
     }
 
+    /// The VM is stopped (QMP `stop`, which drains and flushes its disks) before the save.
+    fn carries_disks_cold(&self) -> bool {
+        true
+    }
+
     async fn export_disks(&self, vm: &VmDef, port: u16) -> Result<(), DriverError> {
         self.exec(
             vm,

@@ -101,12 +101,14 @@ impl<'m> Saving<'m> {
     }
 }
 
-/// The target's files of one transfer: the fifo its hasher reads, and the checksum it writes
-/// (through a `.tmp` beside it).
+/// The target's files of one transfer: the fifo its hasher reads, the checksum it writes
+/// (through a `.tmp` beside it), and, when local disks come with the state, what their
+/// receiver and the decompressor say once done (`disks-ok`, `zstd-ok`).
 pub(crate) struct TransferFiles {
     pub fifo: String,
     pub sum: String,
     pub sum_tmp: String,
+    pub disks: String,
 }
 
 impl TransferFiles {
@@ -116,12 +118,20 @@ impl TransferFiles {
             fifo: format!("{dst_run}/{vm}.{id}.in.fifo"),
             sum_tmp: format!("{sum}.tmp"),
             sum,
+            disks: format!("{dst_run}/{vm}.{id}.in.disks"),
         }
     }
 
-    pub fn all(&self) -> [&str; 3] {
-        [&self.fifo, &self.sum, &self.sum_tmp]
+    pub fn all(&self) -> [&str; 4] {
+        [&self.fifo, &self.sum, &self.sum_tmp, &self.disks]
     }
+}
+
+/// How long a save may take: five minutes, and as long again as the local disks' data takes
+/// at 20 MB/s (they cross in the same stream).
+fn save_timeout(disks: &[crate::hypervisor::DiskUsage]) -> Duration {
+    let data: u64 = disks.iter().map(|d| d.allocated_bytes).sum();
+    SAVE_TIMEOUT + Duration::from_secs(data / 20_000_000)
 }
 
 impl Move<'_> {
@@ -214,10 +224,12 @@ impl Move<'_> {
         r
     }
 
-    /// The saved state is about the size of the VM's memory: a store that cannot take it with its
+    /// The saved state is about the size of the VM's memory, and its local disks' data comes
+    /// with it (compressed, at most what they hold): a store that cannot take them with its
     /// reserve left is found out before the VM is paused, not by a refused upload halfway.
     fn store_has_room(&self) -> Result<()> {
-        let need = u64::from(self.def.mem_mib) << 20;
+        let disks: u64 = self.disks.iter().map(|d| d.allocated_bytes).sum();
+        let need = (u64::from(self.def.mem_mib) << 20) + disks;
         let (free, reserve) = self
             .engine
             .store
@@ -227,11 +239,12 @@ impl Move<'_> {
             return Ok(());
         }
         Err(Error::Store(format!(
-            "the image store has {} MiB free: {}'s state (up to {} MiB) would leave less than \
-             its reserve of {} MiB (ftp.reserve)",
+            "the image store has {} MiB free: {}'s state (up to {} MiB) and disks ({} MiB of \
+             data) would leave less than its reserve of {} MiB (ftp.reserve)",
             free >> 20,
             self.def.name,
             self.def.mem_mib,
+            disks >> 20,
             reserve >> 20
         )))
     }
@@ -261,16 +274,22 @@ impl Move<'_> {
         if let Err(e) = self.journal.step(Step::PauseSource, paused).await {
             return self.back(e, Saving::none(), &files).await;
         }
-        let sink = format!(
+        let upload = format!(
             "curl -sS --fail --ftp-pasv --netrc-file {} -T - {src_url}/{vm}/mig{id}.img",
             quote(&c.up_netrc)
         );
+        let timeout = save_timeout(self.disks);
         let mut save = Saving::start(Box::pin(self.journal.step(Step::SaveToStore, async {
-            Ok(self
-                .src
-                .driver
-                .save_to(self.def, &sink, SAVE_TIMEOUT)
-                .await?)
+            // Local disks go ahead of the state, in the same upload, compressed (their
+            // zeros do not cross the wire); the VM is paused, so they hold still.
+            let sink = match self.disks.is_empty() {
+                true => upload,
+                false => format!(
+                    "{} | zstd -1 -q -c | {upload}",
+                    self.src.driver.send_disks(self.def).await?
+                ),
+            };
+            Ok(self.src.driver.save_to(self.def, &sink, timeout).await?)
         })));
         // The target starts loading as soon as the upload exists in the store; the network is
         // re-pointed meanwhile (not before the save: it is off the break's critical path).
@@ -320,7 +339,7 @@ impl Move<'_> {
                         ))
                     })??,
             };
-            self.verify(&image, &stored, &files.sum).await?;
+            self.verify(&image, &stored, &files).await?;
             Ok(at)
         });
         let upload_done_at = match verified.await {
@@ -381,23 +400,37 @@ impl Move<'_> {
         // The driver runs this with /bin/sh: the stream goes to the hypervisor and, through a
         // fifo, to a hasher, so the target's own checksum of what it loaded can be compared.
         // openssl uses the CPU's SHA instructions (coreutils' sha256sum is 5x slower here).
-        let source = format!(
-            "rm -f {f} {s}; mkfifo {f}; \
+        let mut source = format!(
+            "rm -f {f} {s} {d}; mkfifo {f}; \
              (if command -v openssl >/dev/null; then openssl dgst -sha256 -r; else sha256sum; fi \
                < {f} > {t} && mv {t} {s}) & \
              curl -sS --fail --ftp-pasv --netrc-file {n} {dst_url}/{vm}/{g}.img | tee -p {f}",
             f = quote(&files.fifo),
             s = quote(&files.sum),
             t = quote(&files.sum_tmp),
+            d = quote(&files.disks),
             n = quote(&c.down_netrc),
             vm = image.vm,
             g = image.generation,
         );
         let restore = self.journal.step(Step::LoadOnTarget, async {
+            if !self.disks.is_empty() {
+                // The disks are written into their copies (which the waiting hypervisor has
+                // not activated yet) before the state reaches it; zstd's own checksum of
+                // what it unpacked is told beside the receiver's word.
+                source += &format!(
+                    " | {{ zstd -dcq && echo zstd-ok >> {d}; }} | {}",
+                    self.dst
+                        .driver
+                        .receive_disks(self.def, &files.disks)
+                        .await?,
+                    d = quote(&files.disks),
+                );
+            }
             Ok(self
                 .dst
                 .driver
-                .restore_from(self.def, &source, SAVE_TIMEOUT)
+                .restore_from(self.def, &source, save_timeout(self.disks))
                 .await?)
         });
         tokio::pin!(restore);
@@ -490,13 +523,32 @@ impl Move<'_> {
     }
 
     /// The store's checksum of the upload against the one the target computed over what it
-    /// loaded.
-    async fn verify(&self, image: &ImageId, stored: &str, sum_file: &str) -> Result<()> {
+    /// loaded; with local disks, also that every disk was written and the stream unpacked
+    /// whole (zstd checks its own checksum of what it unpacked).
+    async fn verify(&self, image: &ImageId, stored: &str, files: &TransferFiles) -> Result<()> {
+        if !self.disks.is_empty() {
+            let said = self
+                .dst
+                .quick(&format!(
+                    "i=0; while [ \"$(grep -c -e disks-ok -e zstd-ok {d} 2>/dev/null)\" != 2 ] \
+                       && [ $i -lt 500 ]; do sleep 0.005; i=$((i+1)); done; cat {d} 2>/dev/null; true",
+                    d = quote(&files.disks)
+                ))
+                .await?;
+            for (word, what) in [
+                ("disks-ok", "the target did not write every disk"),
+                ("zstd-ok", "the stream did not unpack whole on the target"),
+            ] {
+                if !said.lines().any(|l| l == word) {
+                    return Err(Error::Refused(format!("{image}: {what}")));
+                }
+            }
+        }
         let got = self
             .dst
             .quick(&format!(
                 "i=0; while [ ! -s {s} ] && [ $i -lt 500 ]; do sleep 0.005; i=$((i+1)); done; cat {s}",
-                s = quote(sum_file)
+                s = quote(&files.sum)
             ))
             .await?;
         let got = got.split_whitespace().next().unwrap_or("");

@@ -354,10 +354,11 @@ impl Engine {
         }
     }
 
-    /// For a VM with local disks: whether this move can carry them (live, with a driver that
-    /// mirrors them, and no `live_refusal`), each disk's size on the source, and room for the
-    /// copies on the target with nothing there to overwrite. Their sizes, for the target's
-    /// copies; none without local disks.
+    /// For a VM with local disks: whether this move can carry them (live: a driver that
+    /// mirrors them and no `live_refusal`, which `Engine::live_refusal` folds in; cold: a
+    /// driver that carries them in the stream, and the tools for it on both hosts), each
+    /// disk's size on the source, and room for the copies on the target with nothing there to
+    /// overwrite. Their sizes, for the target's copies; none without local disks.
     async fn check_disks(
         &self,
         req: &Request,
@@ -374,22 +375,36 @@ impl Engine {
             vm: def.name.clone(),
             why,
         };
-        const NO_COLD: &str = "the cold path does not carry local disks yet";
-        if req.mode == Mode::Cold {
-            return Err(refuse(format!(
-                "{NO_COLD}; move it live (QEMU hosts mirror them)"
-            )));
-        }
-        if !src.driver.mirrors_disks() {
-            return Err(refuse(format!(
-                "{}'s hypervisor cannot carry them live, and {NO_COLD}",
+        let cold = src.driver.carries_disks_cold() && dst.driver.carries_disks_cold();
+        let no_cold = || {
+            format!(
+                "{}'s hypervisor cannot carry them on the cold path yet",
                 src.cfg.name
-            )));
+            )
+        };
+        match (req.mode, live_refusal) {
+            (Mode::Cold, _) if !cold => {
+                return Err(refuse(match src.driver.mirrors_disks() {
+                    true => format!("{}; move it live", no_cold()),
+                    false => no_cold(),
+                }))
+            }
+            (Mode::Live, Some(why)) if !cold => {
+                return Err(refuse(format!(
+                    "it cannot live-migrate ({why}), and {}",
+                    no_cold()
+                )))
+            }
+            _ => {}
         }
-        if let Some(why) = live_refusal {
-            return Err(refuse(format!(
-                "it cannot live-migrate ({why}), and {NO_COLD}"
-            )));
+        // A move that goes, or may fall back, cold sends and receives the disks with the
+        // hosts' own tools.
+        if cold {
+            for side in [src, dst] {
+                side.sh(&hypervisor::disk::tools_script())
+                    .await
+                    .map_err(|e| refuse(e.to_string()))?;
+            }
         }
         let usage = src
             .driver
@@ -405,6 +420,20 @@ impl Engine {
             .await
             .map_err(|e| refuse(e.to_string()))?;
         Ok(like)
+    }
+
+    /// Why a live move of `def` from `src` must take the cold path: the driver's own reason,
+    /// else local disks its driver cannot mirror.
+    async fn live_refusal(&self, src: &Side, dst: &Side, def: &VmDef) -> Option<String> {
+        if let Some(why) = src.driver.live_refusal(def, &*dst.driver).await {
+            return Some(why);
+        }
+        (!def.local_disks().is_empty() && !src.driver.mirrors_disks()).then(|| {
+            format!(
+                "{}'s hypervisor cannot mirror local disks while the VM runs",
+                src.cfg.name
+            )
+        })
     }
 
     /// Starts a defined VM on `host`: the hypervisor first, then its switch port (a tap carries
@@ -574,7 +603,7 @@ impl Engine {
         self.check_room(dst_cfg, &def).await?;
         // Why a live request must take the cold path, if it must.
         let refusal = match req.mode {
-            Mode::Live => src.driver.live_refusal(&def, &*dst.driver).await,
+            Mode::Live => self.live_refusal(&src, &dst, &def).await,
             Mode::Cold => None,
         };
         let disks = self
@@ -651,8 +680,10 @@ impl Engine {
             }
             (Mode::Live, None) => match Box::pin(mv.live()).await {
                 Ok(o) => Ok(o),
-                // Local disks do not take the cold path (yet): the move ends where it began.
-                Err(Failure::NotConverged(why)) if !disks.is_empty() => {
+                // Local disks that the cold path cannot carry: the move ends where it began.
+                Err(Failure::NotConverged(why))
+                    if !disks.is_empty() && !src.driver.carries_disks_cold() =>
+                {
                     Err(Failure::RolledBack(why))
                 }
                 Err(Failure::NotConverged(why)) => {

@@ -139,8 +139,10 @@ impl Bench {
         std::fs::write(&key, "not used by fake hosts\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        // Each test its own passive range, so parallel tests do not take each other's ports.
-        let pasv = 30000 + (std::process::id() % 200) as u16 * 100 + (n % 20) * 5;
+        // Each bench its own passive range, so parallel tests do not take each other's ports
+        // (a test's earlier benches keep theirs until it ends): 200 benches per process before
+        // one comes back, below the kernel's ephemeral ports.
+        let pasv = 10000 + (std::process::id() % 20) as u16 * 1000 + (n % 200) * 5;
         let (a_name, c_name) = (format!("{tag}-{n}-A"), format!("{tag}-{n}-C"));
         let host = |name: &str, last: u8| {
             format!(
@@ -855,12 +857,65 @@ async fn source_disks_remove_takes_the_source_copy_once_the_vm_runs_on_its_targe
     assert!(b.a.disk(DISK).is_some(), "{m:#?}");
 }
 
-/// What cannot carry the disks is refused before anything starts, saying why: a cold move
-/// (not yet), a target without room, a target with a file at the disk's path (never
-/// overwritten), a source without the disk.
+/// A cold move carries the disk in its stream, ahead of the state: the copy made before the
+/// target waits, written while the VM is paused, checked before it resumes there; the
+/// source's kept.
+#[tokio::test]
+async fn a_cold_move_with_a_local_disk_carries_it_in_the_stream_and_keeps_the_source() {
+    let b = Bench::with_disk("disk-cold", None).await;
+    let m = b.migrate(Mode::Cold).await;
+    assert_eq!(m.state, "done", "{m:#?}");
+    b.assert_only_on(&b.c, &m).await;
+    b.assert_disks(&m);
+    assert_eq!(b.c.memory("vm1").unwrap(), original(), "{m:#?}");
+    let got = Bench::steps(&m);
+    let at = |s: Step| {
+        got.iter()
+            .position(|g| *g == s.name())
+            .unwrap_or_else(|| panic!("{s} missing: {got:?}"))
+    };
+    assert!(at(Step::TargetDisks) < at(Step::PrepareTarget));
+    assert!(at(Step::PauseSource) < at(Step::SaveToStore));
+    assert!(at(Step::VerifyChecksum) < at(Step::ResumeOnTarget));
+    assert!(!got.contains(&Step::MirrorDisks.name().into_owned()));
+    assert!(!got.contains(&Step::SourceDisks.name().into_owned()));
+    // The disk went through the image store with the state: one image holds both.
+    let image = m.detail["image"].as_str().unwrap().to_string();
+    let listed = b.engine.store.list().unwrap();
+    let p = listed.iter().find(|p| p.id.to_string() == image).unwrap();
+    assert!(p.size > 0);
+}
+
+/// A live move whose pre-copy does not converge takes the cold path, disks and all: the
+/// mirror's copy is removed first, and the cold path makes its own.
+#[tokio::test]
+async fn a_live_move_with_a_disk_that_does_not_converge_goes_cold_with_it() {
+    let b = Bench::with_disk("disk-fallback", None).await;
+    b.a.inject("live_migrate", Fault::NotConverged);
+    let m = b.migrate(Mode::Live).await;
+    assert_eq!(m.state, "done", "{m:#?}");
+    assert!(m.detail["fallback"].as_str().is_some(), "{:#}", m.detail);
+    b.assert_only_on(&b.c, &m).await;
+    b.assert_disks(&m);
+    let got = Bench::steps(&m);
+    let undone = got
+        .iter()
+        .position(|g| *g == Step::UndoTargetDisks.name())
+        .unwrap();
+    let saved = got
+        .iter()
+        .position(|g| *g == Step::SaveToStore.name())
+        .unwrap();
+    assert!(undone < saved, "{got:?}");
+}
+
+/// What cannot carry the disks is refused before anything starts, saying why: a driver that
+/// carries them neither cold nor live, a target without room, a target with a file at the
+/// disk's path (never overwritten), a source without the disk.
 #[tokio::test]
 async fn a_move_that_cannot_carry_the_disks_is_refused_up_front() {
-    let b = Bench::with_disk("disk-cold", None).await;
+    let b = Bench::with_disk("disk-no-cold", None).await;
+    *b.a.cold_disks.lock().unwrap() = false;
     let e = b
         .engine
         .migrate(&b.cfg, &b.request(Mode::Cold))
@@ -868,7 +923,7 @@ async fn a_move_that_cannot_carry_the_disks_is_refused_up_front() {
         .unwrap_err();
     assert!(
         e.to_string()
-            .contains("cold path does not carry local disks"),
+            .contains("cannot carry them on the cold path yet; move it live"),
         "{e}"
     );
 
@@ -919,8 +974,8 @@ async fn a_move_that_cannot_carry_the_disks_is_refused_up_front() {
 }
 
 /// Each disk call failed in turn: before the VM runs on the target the move is rolled back
-/// (the target's copy removed, the source's untouched), never sent cold; a pre-copy that does
-/// not converge too. After, the VM stays on the target, its copy whole, the failure said.
+/// (the target's copy removed, the source's untouched), never sent cold. After, the VM stays
+/// on the target, its copy whole, the failure said.
 #[tokio::test]
 async fn a_failure_at_every_disk_step_leaves_one_vm_on_a_whole_disk() {
     let back = [
@@ -930,7 +985,6 @@ async fn a_failure_at_every_disk_step_leaves_one_vm_on_a_whole_disk() {
         ("C", "listen_incoming", Fault::Fail),
         ("A", "mirror_disks", Fault::Fail),
         ("A", "live_migrate", Fault::Fail),
-        ("A", "live_migrate", Fault::NotConverged),
     ];
     let forward = [("A", "end_mirror"), ("C", "end_export")];
     for (h, op, fault) in back {
@@ -982,6 +1036,67 @@ async fn recovery_after_a_crash_at_any_disk_step_leaves_one_vm_on_a_whole_disk()
             let tag = format!("disk-crash-{step:?}-{when:?}");
             let b = Bench::with_disk(&tag, Some((step.name().into_owned(), when))).await;
             let m = b.crash_and_recover(Mode::Live, &tag).await;
+            let on = if b.c.state("vm1") == RunState::Running {
+                &b.c
+            } else {
+                &b.a
+            };
+            b.assert_only_on(on, &m).await;
+            b.assert_disks(&m);
+            seen.insert((m.state.clone(), on.name == b.c.name));
+        }
+    }
+    assert!(seen.contains(&("done".into(), true)), "{seen:?}");
+    assert!(seen.contains(&("rolled-back".into(), false)), "{seen:?}");
+}
+
+/// Each call of a cold move with a disk failed in turn: the move is rolled back, the VM runs
+/// on its source on its own disk, the target's copy and transfer files are gone.
+#[tokio::test]
+async fn a_failure_at_every_step_of_a_cold_move_with_a_disk_leaves_one_vm_on_a_whole_disk() {
+    for (h, op) in [
+        ("C", "make_disks"),
+        ("C", "prepare_incoming"),
+        ("A", "pause"),
+        ("A", "send_disks"),
+        ("A", "save_to"),
+        ("C", "receive_disks"),
+        ("C", "restore_from"),
+        ("C", "resume"),
+    ] {
+        let b = Bench::with_disk(&format!("disk-cold-fail-{op}"), None).await;
+        b.fail(h, op);
+        let m = b.migrate(Mode::Cold).await;
+        assert_eq!(m.state, "rolled-back", "{op}: {m:#?}");
+        assert!(
+            m.reason.as_deref().unwrap_or("").contains("injected"),
+            "{op}: {m:#?}"
+        );
+        b.assert_only_on(&b.a, &m).await;
+        b.assert_disks(&m);
+    }
+}
+
+/// The crash matrix over a cold move with a disk: recovery leaves the VM in one place on a
+/// whole disk and removes the target's copy when the VM goes back.
+#[tokio::test]
+async fn recovery_after_a_crash_in_a_cold_move_with_a_disk_leaves_one_vm_on_a_whole_disk() {
+    let steps = [
+        Step::TargetDisks,
+        Step::PrepareTarget,
+        Step::PauseSource,
+        Step::SaveToStore,
+        Step::LoadOnTarget,
+        Step::VerifyChecksum,
+        Step::ResumeOnTarget,
+        Step::StopSource,
+    ];
+    let mut seen = HashSet::new();
+    for step in steps {
+        for when in [When::Before, When::After] {
+            let tag = format!("disk-cold-crash-{step:?}-{when:?}");
+            let b = Bench::with_disk(&tag, Some((step.name().into_owned(), when))).await;
+            let m = b.crash_and_recover(Mode::Cold, &tag).await;
             let on = if b.c.state("vm1") == RunState::Running {
                 &b.c
             } else {
