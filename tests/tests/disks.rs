@@ -237,11 +237,12 @@ fn a_vm_booted_from_its_local_disk_moves_live_and_cold_with_every_write_it_ackno
     );
 }
 
-/// The crash matrix over the disk steps: the appliance kills itself at each, and restarted,
-/// settles the move. Each time the VM runs on one host and goes on writing; if it went back,
-/// the target's copy is gone; if it went forward, the source's copy is kept (recovery never
-/// removes a disk the VM ran from) and is removed here, as the operator would, for the next
-/// move. At the end, every number the guest reported is on the disk it runs from.
+/// The crash matrix over the disk steps of live and cold moves: the appliance kills itself at
+/// each, and restarted, settles the move. Each time the VM runs on one host and goes on
+/// writing; if it went back, the target's copy is gone; if it went forward, the source's copy
+/// is kept (recovery never removes a disk the VM ran from) and is removed here, as the
+/// operator would, for the next move. At the end, every number the guest reported is on the
+/// disk it runs from.
 #[test]
 fn a_crash_at_any_disk_step_leaves_the_vm_in_one_place_with_every_write() {
     use netmigrate::migrate::{Step, When};
@@ -262,20 +263,29 @@ fn a_crash_at_any_disk_step_leaves_the_vm_in_one_place_with_every_write() {
     let disk = |h: &netmigrate_lab::Host| h.dir.join("disks").join(&file);
 
     let points = [
-        Step::TargetDisks.crash_at(When::After),
-        Step::ExportDisks.crash_at(When::After),
-        Step::MirrorDisks.crash_at(When::Before),
-        Step::MirrorDisks.crash_at(When::After),
-        Step::LivePreCopy.crash_at(When::After),
-        Step::EndMirror.crash_at(When::Before),
-        Step::EndExport.crash_at(When::Before),
+        ("--live", Step::TargetDisks.crash_at(When::After)),
+        ("--live", Step::ExportDisks.crash_at(When::After)),
+        ("--live", Step::MirrorDisks.crash_at(When::Before)),
+        ("--live", Step::MirrorDisks.crash_at(When::After)),
+        ("--live", Step::LivePreCopy.crash_at(When::After)),
+        ("--live", Step::EndMirror.crash_at(When::Before)),
+        ("--live", Step::EndExport.crash_at(When::Before)),
+        // Cold: the disk in the stream ahead of the state.
+        ("--cold", Step::TargetDisks.crash_at(When::After)),
+        ("--cold", Step::SaveToStore.crash_at(When::Before)),
+        ("--cold", Step::LoadOnTarget.crash_at(When::After)),
+        ("--cold", Step::VerifyChecksum.crash_at(When::After)),
+        ("--cold", Step::ResumeOnTarget.crash_at(When::Before)),
+        ("--cold", Step::ResumeOnTarget.crash_at(When::After)),
     ];
     let mut last = 0;
-    for point in &points {
+    for (mode, point) in &points {
+        let point = &format!("{mode} {point}");
         let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
         let from = v[0]["host"].as_str().unwrap().to_string();
         let to = if from == "hostA" { "hostC" } else { "hostA" };
-        let m = crash_and_settle(&lab, &mut app, &vm, to, "--live", point);
+        let at = point.split_once(' ').unwrap().1;
+        let m = crash_and_settle(&lab, &mut app, &vm, to, mode, at);
         let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
         let host = v[0]["host"].as_str().unwrap().to_string();
         let (here, there) = if host == "hostA" { (&a, &c) } else { (&c, &a) };
