@@ -85,3 +85,31 @@ impl Lab {
         })
     }
 }
+
+impl Lab {
+    /// Runs `cmd` on `host` over SSH from namespace `from`, as its operator would (root, with
+    /// the lab's key): in the host's own mount namespace, where its local disks are. Its
+    /// stdout; a failure says what the command printed on stderr.
+    pub fn ssh(&self, from: &str, host: &Host, cmd: &str) -> Result<String> {
+        let known = self.dir.join(format!("known_hosts_{}", host.name));
+        if !known.exists() {
+            std::fs::write(&known, format!("{} {}\n", host.ip, host.host_key.public))?;
+        }
+        let key = self.client_key()?;
+        let out = crate::sys::run(netns::exec(from, "ssh").args([
+            "-i",
+            &key.private.display().to_string(),
+            "-o",
+            &format!("UserKnownHostsFile={}", known.display()),
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            &format!("root@{}", host.ip),
+            cmd,
+        ]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

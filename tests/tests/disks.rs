@@ -531,3 +531,145 @@ fn no_room_and_a_cut_mirror_leave_the_vm_on_its_source_with_its_disk() {
     assert!(common::runs_on(&a, &vm), "the release stopped it");
     assert_every_number(&lab, &disk(&a), last);
 }
+
+/// A QEMU guest its operator started by hand on hostA, with a command line of their own (its
+/// disk a `-drive` on hostA's local storage, its own tap put on the switch by hand, QMP where
+/// they chose): `vms` shows it unmanaged; `vm adopt` makes it managed as it runs (no restart:
+/// it keeps writing); it then moves live to hostC with its disk, the target's QEMU started
+/// from its own command line. A QEMU without a QMP socket, and a name already managed, are
+/// refused, saying why.
+#[test]
+fn a_qemu_guest_started_by_hand_is_adopted_and_moved_live_with_its_disk() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let c = lab.host("C").unwrap();
+    let client = lab.client().unwrap();
+    let app = lab.appliance(&[&a, &c]).unwrap();
+    let (vm, ip, mac) = ("hand8", Ipv4Addr::new(10, 213, 0, 28), "52:54:00:d5:00:28");
+    boot_disk(
+        &a.dir.join("disks").join(format!("{vm}.qcow2")),
+        &format!("nm_ip={ip}/24 nm_name={vm} nm_disk={DATA_PARTITION}"),
+        64,
+        0,
+        1024,
+    )
+    .unwrap();
+    // The operator's own way: their tap, their QEMU, their QMP socket, their switch port.
+    let d = LOCAL_DISKS;
+    lab.ssh(
+        &client.ns,
+        &a,
+        &format!(
+            "ip tuntap add tap-{vm} mode tap && ip link set tap-{vm} up && \
+             qemu-system-x86_64 -name {vm} -machine accel=tcg -m 128 -nodefaults -vga none \
+             -drive file={d}/{vm}.qcow2,if=virtio,format=qcow2 \
+             -netdev tap,id=net0,ifname=tap-{vm},script=no,downscript=no \
+             -device virtio-net-pci,netdev=net0,mac={mac} \
+             -serial file:{d}/{vm}.console -qmp unix:{d}/{vm}.qmp,server=on,wait=off -display none \
+             -daemonize && \
+             qemu-system-x86_64 -name noqmp -machine accel=tcg -m 64 -nodefaults -display none -S -daemonize"
+        ),
+    )
+    .unwrap();
+    a.ovs
+        .add_port(netmigrate_lab::host::BRIDGE, &format!("tap-{vm}"), None)
+        .unwrap();
+    wait_http(&lab, &client.ns, ip);
+    wait_for("the hand-started guest to write", BOOT, || {
+        seq(&lab, &client.ns, ip).filter(|n| *n >= 10)
+    })
+    .unwrap();
+    let v = &vm_seen(&app, vm);
+    assert_eq!(v["managed"], false, "{v:#}");
+    assert_eq!(v["host"], "hostA", "{v:#}");
+
+    // Refused: no QMP to drive it by.
+    let out = app.cli(&["vm", "adopt", "noqmp", "--on", "hostA"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && said.contains("no QMP socket"),
+        "{said}"
+    );
+
+    let before = seq(&lab, &client.ns, ip).unwrap();
+    // Its static address: the appliance never routed for it, so the operator says it.
+    let adopted = json(
+        &app.cli_ok(&[
+            "vm",
+            "adopt",
+            vm,
+            "--on",
+            "hostA",
+            "--ip",
+            &ip.to_string(),
+            "--json",
+        ])
+        .unwrap(),
+    );
+    eprintln!("adopted: {adopted:#}");
+    let def = &adopted[0];
+    assert_eq!(def["host"], "hostA", "{def:#}");
+    assert_eq!(def["state"], "running", "{def:#}");
+    assert_eq!(def["def"]["ip"], ip.to_string(), "{def:#}");
+    assert_eq!(def["def"]["mac"], mac, "{def:#}");
+    assert_eq!(
+        def["def"]["adopted"]["port"],
+        format!("tap-{vm}"),
+        "{def:#}"
+    );
+    assert_eq!(
+        def["def"]["disks"][0]["path"],
+        format!("{d}/{vm}.qcow2"),
+        "{def:#}"
+    );
+    assert_eq!(def["def"]["disks"][0]["format"], "qcow2", "{def:#}");
+    // Untouched: it writes on.
+    wait_for("the adopted guest to write on", BOOT, || {
+        seq(&lab, &client.ns, ip).filter(|n| *n > before + 10)
+    })
+    .unwrap();
+    assert_eq!(vm_seen(&app, vm)["managed"], true);
+    let out = app.cli(&["vm", "adopt", vm, "--on", "hostA"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && said.contains("managed already"),
+        "{said}"
+    );
+
+    // Moved live, with its disk, like any VM.
+    let probe = Prober::start(
+        &client.ns,
+        SocketAddr::new(ip.into(), 80),
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let out = app
+        .cli(&["migrate", vm, "--to", "hostC", "--live", "--json"])
+        .unwrap();
+    let report = probe.finish();
+    let m = &migrated(&out);
+    assert_eq!(m["state"], "done", "{m:#}");
+    assert!(step_names(m).contains(&"mirror disks"), "{m:#}");
+    eprintln!(
+        "the adopted guest moved live: break {:?} (probe), QEMU downtime {} ms",
+        report.break_time, m["detail"]["downtime_ms"]
+    );
+    assert!(common::runs_on(&c, vm), "not on hostC");
+    assert!(!common::runs_on(&a, vm), "still on hostA");
+    assert!(
+        common::ports(&c).contains(&format!("tap-{vm}")),
+        "its port on hostC: {:?}",
+        common::ports(&c)
+    );
+    assert!(!common::ports(&a).contains(&format!("tap-{vm}")));
+    let before = seq(&lab, &client.ns, ip).unwrap();
+    wait_for("the adopted guest to write on its target", BOOT, || {
+        seq(&lab, &client.ns, ip).filter(|n| *n > before + 10)
+    })
+    .unwrap();
+    let last = stop_writer(&lab, &client.ns, ip);
+    app.cli_ok(&["vm", "stop", vm]).unwrap();
+    assert_every_number(&lab, &c.dir.join("disks").join(format!("{vm}.qcow2")), last);
+}

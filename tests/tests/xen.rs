@@ -670,3 +670,150 @@ fn xen_a_crash_at_a_journal_step_leaves_the_guest_running_in_exactly_one_place()
     }
     eprintln!("xen crash matrix: {tried} injection points, {held} held");
 }
+
+/// The numbers the disk guest reported, read over HTTP (None while it does not answer).
+fn seq(lab: &Lab, ns: &str, ip: Ipv4Addr) -> Option<u64> {
+    lab.exec(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "3",
+            &format!("http://{ip}/seq"),
+        ],
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+}
+
+/// A PVH guest writing fsynced sequence numbers to a raw ext4 disk on its dom0's own storage:
+/// Xen cannot mirror it while the guest runs, so a live request takes the cold path and says
+/// why; the disk goes through the image store ahead of the saved state (read once `xl save`
+/// is over and the guest has stopped), and on the target every number the guest reported is
+/// on its copy, in a clean file system, the source's copy kept.
+#[test]
+#[ignore = "nested Xen, several minutes: make test-xen"]
+fn xen_guest_with_a_local_disk_moves_cold_with_every_write_and_a_live_request_says_why() {
+    use netmigrate_lab::lab::SUBNET_PREFIX;
+    require_lab!();
+    let (lab, hosts, client, app) = xen_lab(&["A", "B"]);
+    let (a, b) = (&hosts[0], &hosts[1]);
+    let ns = &app.node.ns;
+    let disk = "/var/lib/nm-disks/dweb.img";
+    lab.xen_ssh(
+        ns,
+        a,
+        &format!("mkdir -p /var/lib/nm-disks && truncate -s 256M {disk} && mkfs.ext4 -q -F {disk}"),
+    )
+    .unwrap();
+    let ip = Ipv4Addr::new(10, 213, 0, 58);
+    app.cli_ok(&[
+        "vm",
+        "define",
+        "dweb",
+        "--mem",
+        "128",
+        "--mac",
+        "00:16:3e:d5:00:3a",
+        "--ip",
+        &ip.to_string(),
+        "--kernel",
+        GUEST_KERNEL,
+        "--initrd",
+        GUEST_INITRD,
+        "--append",
+        &format!("console=hvc0 quiet nm_ip={ip}/{SUBNET_PREFIX} nm_name=dweb nm_disk=/dev/xvda"),
+        "--type",
+        "pvh",
+        "--disk",
+        &format!("{disk},format=raw"),
+    ])
+    .unwrap();
+    app.cli_ok(&["vm", "start", "dweb", "--on", "xenA"])
+        .unwrap();
+    wait_http(&lab, &client.ns, ip);
+    netmigrate_lab::sys::wait_for("the guest to write to its disk", BOOT, || {
+        seq(&lab, &client.ns, ip).filter(|n| *n >= 5)
+    })
+    .unwrap();
+    let before = seq(&lab, &client.ns, ip).unwrap();
+
+    let (m, report) = probed_migrate(&app, &client, ip, "dweb", "xenB", "--live", &[]);
+    assert_eq!(m["state"], "done", "{m:#}");
+    let why = m["detail"]["cold_because"].as_str().unwrap_or_default();
+    assert!(why.contains("cannot mirror local disks"), "{m:#}");
+    let s = steps(&m);
+    for want in ["target disks", "save to image store", "verify checksum"] {
+        assert!(s.iter().any(|x| x == want), "{want} not in {s:?}");
+    }
+    only_on(&lab, ns, "dweb", b, a);
+    eprintln!(
+        "xen cold with a 256 MiB disk: built-in probe {} ms, client prober {} ms, phases {}",
+        m["break_ms"],
+        report.break_time.as_millis(),
+        m["detail"]["phases_ms"]
+    );
+    // It writes on, on its copy, from where it was.
+    netmigrate_lab::sys::wait_for("the guest to write on its target", BOOT, || {
+        seq(&lab, &client.ns, ip).filter(|n| *n > before + 5)
+    })
+    .unwrap();
+    let kept = lab.xen_ssh(ns, a, &format!("ls {disk}")).unwrap();
+    assert!(kept.contains(disk), "the source's disk is gone");
+
+    // The writer stops and unmounts; every number up to the last reported is on the copy.
+    lab.exec(
+        &client.ns,
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            &format!("http://{ip}/cgi-bin/stop"),
+        ],
+    )
+    .unwrap();
+    netmigrate_lab::sys::wait_for("the guest to unmount its disk", BOOT, || {
+        lab.exec(
+            &client.ns,
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "--max-time",
+                "3",
+                &format!("http://{ip}/stopped"),
+            ],
+        )
+        .ok()
+        .filter(|s| s.trim() == "clean")
+    })
+    .unwrap();
+    let last = seq(&lab, &client.ns, ip).unwrap();
+    app.cli_ok(&["vm", "stop", "dweb"]).unwrap();
+    let fsck = lab
+        .xen_ssh(
+            ns,
+            b,
+            &format!("e2fsck -fn {disk} >/dev/null 2>&1 && echo clean"),
+        )
+        .unwrap();
+    assert_eq!(fsck.trim(), "clean", "the copy's file system");
+    let numbers: Vec<u64> = lab
+        .xen_ssh(ns, b, &format!("debugfs -R 'cat /seq' {disk} 2>/dev/null"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    assert!(
+        numbers.len() as u64 >= last,
+        "the guest reported {last}, its copy holds {}",
+        numbers.len()
+    );
+    let du = lab.xen_ssh(ns, b, &format!("du -k {disk}")).unwrap();
+    eprintln!("last number {last} ({before} before the move); the copy takes {du}");
+}

@@ -56,28 +56,46 @@ modpaths() { for m in "$@"; do modprobe -d "$KROOT" -S "$KVER" --show-depends "$
 cd "$DIR/keys"
 for k in ctl host inter; do [ -f ${k}_ed25519 ] || ssh-keygen -q -t ed25519 -N '' -C "netmigrate-xenlab-$k" -f ${k}_ed25519; done
 
-# ---- the guest: busybox, xen-netfront, httpd ------------------------------------------
+# ---- the guest: busybox, xen-netfront, xen-blkfront and ext4, httpd --------------------
 if [ ! -s "$DIR/domu-initrd.img" ]; then
   log "guest initramfs"
   R=$DIR/domu-root; rm -rf "$R"; mkdir -p "$R"/{bin,proc,sys,dev,www,lib/modules,tmp}
   cp /bin/busybox "$R/bin/busybox"
   for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
-  for p in $(modpaths xen-netfront); do cp "$p" "$R/lib/modules/"; done
+  # Loaded in this order, each after what it needs (crc32c is ext4's soft dependency).
+  for p in $(modpaths xen-netfront xen-blkfront crc32c_generic ext4); do
+    cp "$p" "$R/lib/modules/"; basename "$p" >> "$R/lib/modules/order"; done
   cat > "$R/init" <<'EOS'
 #!/bin/busybox sh
 # guest: address from nm_ip= on the kernel command line, httpd on :80 saying who it is
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in /lib/modules/*.ko; do insmod $m 2>/dev/null; done
-IP=; GW=; NAME=web
+for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
+IP=; GW=; NAME=web; DISK=
 for w in $(cat /proc/cmdline); do case "$w" in
-  nm_ip=*) IP=${w#nm_ip=};; nm_gw=*) GW=${w#nm_gw=};; nm_name=*) NAME=${w#nm_name=};; esac; done
+  nm_ip=*) IP=${w#nm_ip=};; nm_gw=*) GW=${w#nm_gw=};; nm_name=*) NAME=${w#nm_name=};;
+  nm_disk=*) DISK=${w#nm_disk=};; esac; done
 hostname $NAME; ip link set lo up
 i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
 ip link set eth0 up
 [ -n "$IP" ] && ip addr add $IP dev eth0
 [ -n "$GW" ] && ip route add default via $GW
 echo "hello from $NAME" > /www/index.html
+# A disk to write to (nm_disk=DEV, ext4), as the QEMU lab guest has it: a sequence number
+# appended to /data/seq every 200 ms, each fsynced before /seq reports it; /cgi-bin/stop ends
+# the writer and unmounts (then /stopped says "clean").
+if [ -n "$DISK" ]; then
+  i=0; while [ ! -b "$DISK" ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
+  mkdir -p /data /www/cgi-bin
+  printf '#!/bin/sh\ntouch /tmp/stop\nprintf "Content-Type: text/plain\\r\\n\\r\\nstopping\\n"\n' > /www/cgi-bin/stop
+  chmod +x /www/cgi-bin/stop
+  if mount -t ext4 "$DISK" /data; then
+    ( n=$(tail -n 1 /data/seq 2>/dev/null); n=${n:-0}
+      while [ ! -e /tmp/stop ]; do n=$((n+1)); echo $n >> /data/seq
+        sync /data/seq && echo $n > /www/seq.part && mv /www/seq.part /www/seq; usleep 200000; done
+      umount /data && echo clean > /www/stopped ) &
+  else echo "NM-GUEST: cannot mount $DISK" > /dev/console; fi
+fi
 httpd -p 80 -h /www
 [ -n "$IP" ] && arping -U -c 2 -I eth0 ${IP%/*} >/dev/null 2>&1 &
 echo "NM-GUEST: READY ip=$IP" > /dev/console

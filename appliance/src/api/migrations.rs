@@ -55,6 +55,28 @@ pub async fn stop(
     Ok(Json(app::vms::stop(&app, &name).await?))
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AdoptRequest {
+    pub host: String,
+    /// Its disks on shared storage (the others move with it).
+    #[serde(default)]
+    pub shared: Vec<String>,
+    /// Its address, where neither the neighbour table nor a lease knows it.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+}
+
+/// Makes a VM someone else started managed, as it runs.
+pub async fn adopt(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    Body(req): Body<AdoptRequest>,
+) -> Result<Json<VmRow>, ApiError> {
+    Ok(Json(
+        app::vms::adopt(&app, &name, &req.host, req.shared, req.ip).await?,
+    ))
+}
+
 /// Forgets a VM without touching it; returns what the appliance knew of it.
 pub async fn release(
     State(app): State<Arc<App>>,

@@ -171,6 +171,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/vm-defs/{name}/start", post(migrations::start))
         .route("/v1/vm-defs/{name}/stop", post(migrations::stop))
         .route("/v1/vm-defs/{name}/release", post(migrations::release))
+        .route("/v1/vm-defs/{name}/adopt", post(migrations::adopt))
         .route(
             "/v1/migrations",
             get(migrations::list).post(migrations::migrate),

@@ -81,6 +81,53 @@ pub async fn release(app: &App, name: &str) -> Result<VmRow> {
     Ok(row)
 }
 
+/// Makes `name`, a VM running on `host` that the appliance did not start, managed without
+/// touching it: its definition read from the host (refused, saying why, where it cannot be
+/// driven), its address `ip` if given, else from the neighbour table or its lease. `shared`:
+/// paths of its disks on shared storage (the others move with it).
+pub async fn adopt(
+    app: &App,
+    name: &str,
+    host: &str,
+    shared: Vec<String>,
+    ip: Option<std::net::Ipv4Addr>,
+) -> Result<VmRow> {
+    if let Some(r) = app.state.vm(name.to_string()).await? {
+        return Err(Error::conflict(
+            "name_taken",
+            format!(
+                "a VM named {name} is managed already ({} on {})",
+                r.state,
+                r.host.unwrap_or_else(|| "no host".into())
+            ),
+        ));
+    }
+    let (cfg, engine) = (app.config(), app.engine());
+    let (n, h) = (name.to_string(), host.to_string());
+    let mut def =
+        detached(async move { Ok(engine.adopt_vm(&cfg, &n, &h, &shared).await?) }).await?;
+    def.ip = ip;
+    if def.ip.is_none() {
+        super::hosts::collect(app, vec![host.to_string()]).await?;
+        def.ip = super::hosts::vms(app)
+            .await?
+            .into_iter()
+            .find(|v| v.host == host && v.vm.name == name)
+            .and_then(|v| v.vm.ips.iter().find_map(|ip| ip.parse().ok()));
+    }
+    app.state.define_vm(def).await?;
+    app.state
+        .place_vm(name.to_string(), Some(host.to_string()), "running")
+        .await?;
+    app.state
+        .record(NewEvent::info("vm.adopt", format!("adopted as it runs on {host}")).about(name))
+        .await?;
+    if let Some(dns) = &app.dns {
+        dns.refresh(&app.config()).await;
+    }
+    Ok(app.state.vm(name.to_string()).await?.expect("just adopted"))
+}
+
 pub async fn start(app: &App, name: &str, host: &str) -> Result<VmRow> {
     let (cfg, engine) = (app.config(), app.engine());
     let (n, h) = (name.to_string(), host.to_string());

@@ -297,6 +297,21 @@ enum VmCmd {
     Rm { name: String },
     /// Forget a VM without touching it: it runs on where it is, unmanaged (`vms` lists it).
     Release { name: String },
+    /// Make a VM that runs on a host but was not started by the appliance (`vms` lists it
+    /// unmanaged) managed, without touching it; then it moves like any VM.
+    Adopt {
+        name: String,
+        #[arg(long = "on", required = true)]
+        host: String,
+        /// One of its disks that is on shared storage (the same file on every host): it stays
+        /// where it is when the VM moves. The others are carried.
+        #[arg(long = "shared")]
+        shared: Vec<String>,
+        /// Its address, where the appliance's neighbour table and leases do not know it (a
+        /// static address the appliance never routed for).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+    },
     /// The managed VMs and where each runs.
     List,
 }
@@ -746,6 +761,7 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                         append: append.clone(),
                         disks: disks.clone(),
                         guest_type: *guest_type,
+                        adopted: None,
                     };
                     let body = serde_json::to_value(&def).expect("json");
                     let v: serde_json::Value = client.post("/v1/vm-defs", Some(body)).await?;
@@ -772,6 +788,18 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                         v["state"].as_str().unwrap_or("?"),
                         v["host"].as_str().unwrap_or("no host")
                     );
+                }
+                VmCmd::Adopt {
+                    name,
+                    host,
+                    shared,
+                    ip,
+                } => {
+                    let body = serde_json::json!({ "host": host, "shared": shared, "ip": ip });
+                    let v: serde_json::Value = client
+                        .post(&format!("/v1/vm-defs/{name}/adopt"), Some(body))
+                        .await?;
+                    print_as(&serde_json::json!([v]), *json, show::vm_defs)?;
                 }
                 VmCmd::Rm { name } => {
                     let _: serde_json::Value = client.delete(&format!("/v1/vm-defs/{name}")).await?;

@@ -298,6 +298,24 @@ const STREAM_MAGIC: &str = "netmigrate-disks 1";
 /// as its file, a raw disk with its holes read as zeros, which the stream's compression
 /// squeezes out); its length is read when it is sent, the VM being paused then.
 pub fn send_script(disks: &[&Disk]) -> String {
+    send_then(disks, "cat")
+}
+
+/// `send_script` for a driver whose guest stops only inside its save (a Xen guest suspends
+/// itself when `xl save` asks): the state is read whole into `tmp` first, since only once the
+/// save is over do the disks hold still; then the disks, then the state from `tmp`, which is
+/// removed however this ends.
+pub fn send_after_save_script(disks: &[&Disk], tmp: &str) -> String {
+    format!(
+        "( t={}; trap 'rm -f -- \"$t\"' EXIT; trap 'exit 143' TERM INT HUP; umask 077; \
+         cat > \"$t\" && {} )",
+        quote(tmp),
+        send_then(disks, "cat -- \"$t\"")
+    )
+}
+
+/// The disks framed, then `state` (a command writing the state to stdout).
+fn send_then(disks: &[&Disk], state: &str) -> String {
     let mut s = format!("{{ printf '%s\\n' '{STREAM_MAGIC} {}'", disks.len());
     for d in disks {
         let p = quote(&d.path);
@@ -307,7 +325,7 @@ pub fn send_script(disks: &[&Disk]) -> String {
             i = quote(&format!("if={}", d.path))
         );
     }
-    s += " && cat; }";
+    s += &format!(" && {state}; }}");
     s
 }
 
@@ -562,6 +580,18 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let allocated = std::fs::metadata(&dst[0].path).unwrap().blocks() * 512;
         assert!(allocated <= 2 << 20, "{allocated} bytes allocated");
+        // The same through the variant that reads the state whole first: the same stream,
+        // and its buffer gone after.
+        let tmp = p("state.buffer");
+        let o = run(format!(
+            "{} < {st} | zstd -1 -q -c > {w2} && cmp {w} {w2}",
+            send_after_save_script(&s, &tmp),
+            st = quote(&p("state")),
+            w = quote(&p("wire")),
+            w2 = quote(&p("wire2")),
+        ));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!std::path::Path::new(&tmp).exists());
         // A stream cut in the middle of a disk ends before the state, failing.
         std::fs::remove_file(&done).unwrap();
         let o = run(format!(

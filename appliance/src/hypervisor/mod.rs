@@ -52,6 +52,26 @@ pub struct VmDef {
     /// Xen only: the kind of guest (PVH when not given). QEMU ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_type: Option<GuestType>,
+    /// A VM someone else started, made managed as it ran (`vm adopt`): what its driver keeps
+    /// of how it was found instead of making its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
+}
+
+/// How an adopted VM was found: its own port name, kept on every host, and (QEMU) its own
+/// command line, which a target starts it with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adopted {
+    /// Its tap and switch port, under the name its operator gave it.
+    pub port: String,
+    /// QEMU: its command line as it was started (argv\[0\] first). A target starts it so,
+    /// with the driver's own QMP socket, pid file and daemonizing in place of its operator's,
+    /// its tap scripts off (the switch plugs the port) and its console to a file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qemu_args: Vec<String>,
+    /// Where it was found.
+    pub host: String,
 }
 
 /// How a Xen guest runs: paravirtualized, PVH (paravirtualized in a hardware container), or
@@ -152,8 +172,12 @@ pub(crate) fn last_words(stderr: &str, status: Option<u32>) -> String {
 }
 
 impl VmDef {
-    /// Its switch port / tap name on a host (at most 15 bytes, as Linux wants).
+    /// Its switch port / tap name on a host (at most 15 bytes, as Linux wants): `nm-NAME`, or
+    /// an adopted VM's own.
     pub fn port(&self) -> String {
+        if let Some(a) = &self.adopted {
+            return a.port.clone();
+        }
         let mut p = format!("nm-{}", self.name);
         p.truncate(15);
         p
@@ -194,7 +218,11 @@ impl VmDef {
             }
         }
         Disk::check_all(&self.disks)?;
-        if self.kernel.is_none() && self.disks.is_empty() {
+        let own_args = self
+            .adopted
+            .as_ref()
+            .is_some_and(|a| !a.qemu_args.is_empty());
+        if self.kernel.is_none() && self.disks.is_empty() && !own_args {
             return Err("nothing to boot: give a kernel (and initrd) or a disk".into());
         }
         Ok(())
@@ -390,6 +418,16 @@ pub trait Hypervisor: Send + Sync {
     /// state to its stdout (`disk::receive_script`).
     async fn receive_disks(&self, vm: &VmDef, done: &str) -> Result<String, DriverError> {
         Ok(disk::receive_script(&vm.local_disks(), done))
+    }
+    /// Reads `name`, a VM running here that the appliance did not start, and returns its
+    /// definition (`adopted` set), having made it reachable the way the driver reaches its
+    /// own; refused, saying why, where it cannot be driven so (`shared`: paths of its disks
+    /// that are on shared storage). It keeps running, untouched.
+    async fn adopt(&self, name: &str, _shared: &[String]) -> Result<VmDef, DriverError> {
+        Err(DriverError::Host {
+            host: self.host().to_string(),
+            reason: format!("{name}: this host's driver cannot adopt VMs yet"),
+        })
     }
     /// The error of a disk call this driver does not have.
     fn no_mirror(&self, vm: &VmDef) -> DriverError {

@@ -59,8 +59,19 @@ impl Qemu {
     }
 
     /// The QEMU command line; identical on every host for one VM (a migration needs the same
-    /// devices on both sides).
+    /// devices on both sides). An adopted VM's is its own, made to run under this driver.
     pub fn command(&self, vm: &VmDef, incoming: bool) -> Vec<String> {
+        if let Some(args) = vm.adopted.as_ref().map(|a| &a.qemu_args) {
+            if !args.is_empty() {
+                return adopted_command(
+                    args,
+                    &self.path(vm, "qmp"),
+                    &self.path(vm, "pid"),
+                    &self.path(vm, "serial.log"),
+                    incoming,
+                );
+            }
+        }
         let mut a: Vec<String> = vec![
             "qemu-system-x86_64".into(),
             "-name".into(),
@@ -192,10 +203,20 @@ impl Qemu {
             .collect();
         let port = vm.port();
         let pid = self.path(vm, "pid");
+        // A leftover tap of ours goes; one under an adopted VM's own name may be another's.
+        let clear = match vm.adopted {
+            None => format!("ip link del {port} 2>/dev/null || true;"),
+            Some(_) => format!(
+                "if ip link show {port} >/dev/null 2>&1; then echo {msg} >&2; exit 3; fi;",
+                msg = quote(&format!(
+                    "a link named {port} is here already: the adopted VM's port name is taken"
+                ))
+            ),
+        };
         let script = format!(
             "set -e; umask 077; mkdir -p {run}; \
              if [ -f {pid} ] && kill -0 \"$(cat {pid})\" 2>/dev/null; then echo 'a QEMU for this VM already runs here' >&2; exit 3; fi; \
-             ip link del {port} 2>/dev/null || true; \
+             {clear} \
              ip tuntap add {port} mode tap; ip link set {port} up; \
              rm -f {qmp}; {cmd} </dev/null >/dev/null 2>{log} || {{ ip link del {port}; cat {log} >&2; exit 4; }}",
             run = quote(&self.host.run_dir),
@@ -321,10 +342,117 @@ impl Qemu {
         }
     }
 
+    /// The block node of each of `vm`'s local disks, by index, as its QEMU names it: found by
+    /// the image's path in `query-block` (`diskN` for the VMs this driver starts; whatever
+    /// QEMU named an adopted VM's `-drive`).
+    async fn disk_nodes(&self, vm: &VmDef) -> Result<Vec<(usize, String)>, DriverError> {
+        let block = self.exec(vm, "query-block", json!({})).await?;
+        let found = |path: &str| {
+            block.as_array().and_then(|a| {
+                a.iter().find_map(|b| {
+                    let i = &b["inserted"];
+                    (i["file"] == path || i["image"]["filename"] == path)
+                        .then(|| i["node-name"].as_str().map(str::to_string))
+                        .flatten()
+                })
+            })
+        };
+        local_nodes(vm)
+            .into_iter()
+            .map(|i| {
+                found(&vm.disks[i].path)
+                    .map(|n| (i, n))
+                    .ok_or_else(|| self.err(vm, format!("QEMU has no disk {}", vm.disks[i].path)))
+            })
+            .collect()
+    }
+
     async fn status(&self, vm: &VmDef) -> Result<String, DriverError> {
         let s = self.exec(vm, "query-status", json!({})).await?;
         Ok(s["status"].as_str().unwrap_or("unknown").to_string())
     }
+}
+
+/// An adopted VM's own command line (`args`, argv\[0\] first), made to run under this driver:
+/// its QMP socket, pid file, daemonizing, waiting (`-S`, `-incoming`, `-loadvm`), human
+/// monitors and display its operator's no more; the driver's QMP socket and pid file, a
+/// console on stdio sent to `serial` instead; its taps' scripts off (the switch plugs the
+/// port). The guest's devices are left as they were: a migration needs the same on both sides.
+fn adopted_command(
+    args: &[String],
+    qmp: &str,
+    pid: &str,
+    serial: &str,
+    incoming: bool,
+) -> Vec<String> {
+    let mut a: Vec<String> = args.iter().take(1).cloned().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let (w, v) = (&args[i], args.get(i + 1).map(String::as_str));
+        let opt = w.strip_prefix("--").or(w.strip_prefix('-'));
+        match (opt, v) {
+            (
+                Some("qmp" | "qmp-pretty" | "pidfile" | "incoming" | "monitor" | "loadvm"),
+                Some(_),
+            )
+            | (Some("display"), Some(_)) => i += 2,
+            (Some("daemonize" | "S" | "nographic"), _) => i += 1,
+            (Some("serial"), Some(v)) if v.contains("stdio") => {
+                a.extend(["-serial".into(), format!("file:{serial}")]);
+                i += 2;
+            }
+            (Some("netdev" | "net"), Some(v)) if v.starts_with("tap") => {
+                let mut parts: Vec<&str> = v
+                    .split(',')
+                    .filter(|p| !p.starts_with("script=") && !p.starts_with("downscript="))
+                    .collect();
+                parts.extend(["script=no", "downscript=no"]);
+                a.extend([w.clone(), parts.join(",")]);
+                i += 2;
+            }
+            _ => {
+                a.push(w.clone());
+                i += 1;
+            }
+        }
+    }
+    a.extend([
+        "-display".into(),
+        "none".into(),
+        "-qmp".into(),
+        format!("unix:{qmp},server=on,wait=off"),
+        "-daemonize".into(),
+        "-pidfile".into(),
+        pid.into(),
+    ]);
+    if incoming {
+        a.extend(["-incoming".into(), "defer".into()]);
+    }
+    a
+}
+
+/// Why an operator's QEMU command line cannot be driven by this driver, if it cannot.
+fn adoption_refusal(argv: &[String]) -> Option<String> {
+    for (i, w) in argv.iter().enumerate() {
+        let v = argv.get(i + 1).map(String::as_str).unwrap_or("");
+        let opt = w.trim_start_matches('-');
+        if !w.starts_with('-') {
+            continue;
+        }
+        if opt == "device" {
+            let driver = v.split(',').next().unwrap_or("");
+            let driver = driver.strip_prefix("driver=").unwrap_or(driver);
+            if driver.starts_with("vfio") || driver == "pci-assign" || driver == "usb-host" {
+                return Some(format!(
+                    "it has a passthrough device ({driver}): its hardware is on this host only"
+                ));
+            }
+        }
+        if opt == "chardev" && v.starts_with("stdio") {
+            return Some("its console is a terminal (-chardev stdio), which a daemonized QEMU on another host cannot have".into());
+        }
+    }
+    None
 }
 
 /// The indexes of `vm`'s local disks (their nodes are `diskN`).
@@ -585,15 +713,21 @@ impl Hypervisor for Qemu {
     async fn destroy(&self, vm: &VmDef) -> Result<(), DriverError> {
         self.qmps.lock().await.remove(&vm.name);
         let pid = quote(&self.path(vm, "pid"));
+        // Its tap goes with it; an adopted VM's (its own name, perhaps another's here) only if
+        // its QEMU was here to end.
+        let port = quote(&vm.port());
+        let del_tap = match vm.adopted {
+            None => format!("ip link del {port} 2>/dev/null"),
+            Some(_) => format!("[ -n \"$ended\" ] && ip link del {port} 2>/dev/null"),
+        };
         let script = format!(
-            "p=$(cat {pid} 2>/dev/null); \
-             if [ -n \"$p\" ] && kill \"$p\" 2>/dev/null; then \
+            "p=$(cat {pid} 2>/dev/null); ended=; \
+             if [ -n \"$p\" ] && kill \"$p\" 2>/dev/null; then ended=1; \
                i=0; while [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
                [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && kill -9 \"$p\"; \
              fi; \
-             rm -f {pid} {qmp}; ip link del {port} 2>/dev/null; true",
+             rm -f {pid} {qmp}; {del_tap}; true",
             qmp = quote(&self.path(vm, "qmp")),
-            port = quote(&vm.port()),
         );
         self.sh(vm, &script, Duration::from_secs(20))
             .await
@@ -602,6 +736,146 @@ impl Hypervisor for Qemu {
 
     fn mirrors_disks(&self) -> bool {
         true
+    }
+
+    async fn adopt(&self, name: &str, shared: &[String]) -> Result<VmDef, DriverError> {
+        let refuse = |reason: String| DriverError::Host {
+            host: self.host.name.clone(),
+            reason: format!("{name}: {reason}"),
+        };
+        let out = super::exec_checked(
+            &*self.conn,
+            crate::inventory::facts::QEMU_PROCESSES,
+            Duration::from_secs(20),
+            |e| refuse(format!("listing the QEMUs here: {e}")),
+        )
+        .await?;
+        let mut found: Vec<(u32, Vec<String>, crate::inventory::facts::QemuCmdline)> = out
+            .lines()
+            .filter_map(|l| {
+                let q = crate::inventory::facts::qemu_cmdline(l)?;
+                let (pid, argv) = crate::inventory::facts::qemu_argv(l)?;
+                (q.name == name).then_some((pid, argv, q))
+            })
+            .collect();
+        let (pid, argv, q) = match found.len() {
+            0 => return Err(refuse(format!("no QEMU named {name} runs here"))),
+            1 => found.remove(0),
+            n => return Err(refuse(format!("{n} QEMUs are named {name} here"))),
+        };
+        if let Some(why) = adoption_refusal(&argv) {
+            return Err(refuse(why));
+        }
+        let Some(their_qmp) = q.qmp.clone() else {
+            return Err(refuse(
+                "it has no QMP socket the appliance can reach: start it with \
+                 -qmp unix:PATH,server=on,wait=off"
+                    .into(),
+            ));
+        };
+        let (port, mac) = match (&q.taps[..], q.macs.first()) {
+            ([tap], Some(mac)) if tap.len() <= 15 => (tap.clone(), mac.clone()),
+            ([_], Some(_)) => return Err(refuse("its tap's name is too long".into())),
+            (taps, _) => {
+                return Err(refuse(format!(
+                    "it needs one tap NIC with a MAC to be moved (it has {} taps, {} MACs)",
+                    taps.len(),
+                    q.macs.len()
+                )))
+            }
+        };
+        // Its QMP answers (QEMU serves one client: its operator's tool must not hold it).
+        let stream = self
+            .conn
+            .unix_stream(&their_qmp)
+            .await
+            .map_err(|e| refuse(format!("its QMP socket {their_qmp}: {e}")))?;
+        let mut qmp = tokio::time::timeout(Duration::from_secs(10), Qmp::handshake(stream))
+            .await
+            .map_err(|_| {
+                refuse(format!(
+                    "its QMP socket {their_qmp} does not answer (another client holds it?)"
+                ))
+            })?
+            .map_err(|e| refuse(format!("its QMP socket {their_qmp}: {e}")))?;
+        let block = qmp
+            .execute("query-block", json!({}))
+            .await
+            .map_err(|e| refuse(format!("query-block: {e}")))?;
+        let mut disks = Vec::new();
+        for b in block.as_array().into_iter().flatten() {
+            let i = &b["inserted"];
+            let Some(path) = i["image"]["filename"].as_str().or(i["file"].as_str()) else {
+                continue; // an empty drive (a CD-ROM without a medium)
+            };
+            let read_only = i["ro"] == true;
+            let format = match i["image"]["format"].as_str().or(i["drv"].as_str()) {
+                Some("qcow2") => super::DiskFormat::Qcow2,
+                Some("raw") => super::DiskFormat::Raw,
+                other if read_only || shared.iter().any(|s| s == path) => {
+                    // Not carried: its format matters only to its own QEMU.
+                    let _ = other;
+                    super::DiskFormat::Raw
+                }
+                other => {
+                    return Err(refuse(format!(
+                        "its disk {path} is {}: only raw and qcow2 disks move",
+                        other.unwrap_or("of an unknown format")
+                    )))
+                }
+            };
+            let is_shared = read_only || shared.iter().any(|s| s == path);
+            if !is_shared && i["image"]["backing-filename"].is_string() {
+                return Err(refuse(format!(
+                    "its disk {path} has a backing file, which would have to be on the target too: \
+                     mark it --shared if it is on shared storage"
+                )));
+            }
+            disks.push(super::Disk {
+                path: path.to_string(),
+                format,
+                bus: super::DiskBus::Virtio,
+                shared: is_shared,
+            });
+        }
+        drop(qmp);
+        let def = VmDef {
+            name: name.to_string(),
+            mem_mib: u32::try_from(q.mem_mib).unwrap_or(u32::MAX),
+            vcpus: q.vcpus,
+            mac,
+            ip: None,
+            vlan: None,
+            rate_kbps: None,
+            kernel: None,
+            initrd: None,
+            append: None,
+            disks,
+            guest_type: None,
+            adopted: Some(super::Adopted {
+                port,
+                qemu_args: argv,
+                host: self.host.name.clone(),
+            }),
+        };
+        def.check().map_err(refuse)?;
+        // Reached from now on as this driver reaches its own: its pid in the pid file, its QMP
+        // socket under the driver's name for it.
+        let (our_pid, our_qmp) = (self.path(&def, "pid"), self.path(&def, "qmp"));
+        self.sh(
+            &def,
+            &format!(
+                "umask 077; mkdir -p {run} && echo {pid} > {our_pid} && \
+                 {{ [ {qmp} -ef {our_qmp} ] || ln -sfn {qmp} {our_qmp}; }}",
+                run = quote(&self.host.run_dir),
+                our_pid = quote(&our_pid),
+                qmp = quote(&their_qmp),
+                our_qmp = quote(&our_qmp),
+            ),
+            Duration::from_secs(20),
+        )
+        .await?;
+        Ok(def)
     }
 
     /// The VM is stopped (QMP `stop`, which drains and flushes its disks) before the save.
@@ -617,11 +891,11 @@ impl Hypervisor for Qemu {
                             "data": {"host": self.host.address.to_string(), "port": port.to_string()}}}),
         )
         .await?;
-        for i in local_nodes(vm) {
+        for (i, node) in self.disk_nodes(vm).await? {
             self.exec(
                 vm,
                 "block-export-add",
-                json!({"type": "nbd", "id": export_id(i), "node-name": Disk::node(i),
+                json!({"type": "nbd", "id": export_id(i), "node-name": node,
                        "name": Disk::node(i), "writable": true}),
             )
             .await?;
@@ -637,7 +911,7 @@ impl Hypervisor for Qemu {
         timeout: Duration,
     ) -> Result<(), DriverError> {
         let started = async {
-            for i in local_nodes(vm) {
+            for (i, node) in self.disk_nodes(vm).await? {
                 self.exec(
                     vm,
                     "blockdev-add",
@@ -652,7 +926,7 @@ impl Hypervisor for Qemu {
                 self.exec(
                     vm,
                     "blockdev-mirror",
-                    json!({"job-id": mirror_job(i), "device": Disk::node(i), "target": nbd_node(i),
+                    json!({"job-id": mirror_job(i), "device": node, "target": nbd_node(i),
                            "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": false}),
                 )
                 .await?;
@@ -734,6 +1008,12 @@ impl Hypervisor for Qemu {
     }
 
     async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {
+        if vm.adopted.is_some() {
+            return Err(self.err(
+                vm,
+                "an adopted VM's NIC is its operator's: it keeps its MAC (no --new-mac)",
+            ));
+        }
         let path = format!("/machine/peripheral/{NIC}");
         let current = self
             .exec(vm, "qom-get", json!({"path": path, "property": "mac"}))
@@ -788,6 +1068,47 @@ impl Hypervisor for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_string).collect()
+    }
+
+    /// An operator's command line keeps its devices; what ties it to its terminal, its
+    /// operator's sockets and its tap scripts goes, and the driver's own come in.
+    #[test]
+    fn an_adopted_command_line_keeps_its_devices_and_takes_the_drivers_controls() {
+        let theirs = words(
+            "/usr/bin/qemu-system-x86_64 -name web -m 256 -nographic -serial mon:stdio \
+             -drive file=/v/web.qcow2,if=virtio,format=qcow2 \
+             -netdev tap,id=net0,ifname=tap-web,script=/etc/qemu-ifup,downscript=/etc/qemu-ifdown \
+             -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56 \
+             -qmp unix:/tmp/web.qmp,server=on,wait=off -monitor unix:/tmp/web.mon,server,nowait \
+             -pidfile /tmp/web.pid -daemonize -S",
+        );
+        let got = adopted_command(
+            &theirs,
+            "/run/nm/web.qmp",
+            "/run/nm/web.pid",
+            "/run/nm/web.log",
+            true,
+        );
+        let want = words(
+            "/usr/bin/qemu-system-x86_64 -name web -m 256 -serial file:/run/nm/web.log \
+             -drive file=/v/web.qcow2,if=virtio,format=qcow2 \
+             -netdev tap,id=net0,ifname=tap-web,script=no,downscript=no \
+             -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56 \
+             -display none -qmp unix:/run/nm/web.qmp,server=on,wait=off -daemonize \
+             -pidfile /run/nm/web.pid -incoming defer",
+        );
+        assert_eq!(got, want);
+        assert_eq!(adoption_refusal(&theirs), None);
+        let passthrough = words("qemu-system-x86_64 -device vfio-pci,host=01:00.0");
+        assert!(adoption_refusal(&passthrough)
+            .unwrap()
+            .contains("passthrough"));
+        let tty = words("qemu-system-x86_64 -chardev stdio,id=c0");
+        assert!(adoption_refusal(&tty).unwrap().contains("terminal"));
+    }
 
     /// Each disk is a `-blockdev` node named `diskN` (what a move mirrors and exports) behind
     /// its bus's device; a VM without a kernel boots from the first.

@@ -395,7 +395,8 @@ impl Hypervisor for Xen {
     async fn start(&self, vm: &VmDef) -> Result<(), DriverError> {
         let script = format!(
             "{}if xl domid {n} >/dev/null 2>&1; then echo 'a domain of this name already runs here' >&2; exit 3; fi; \
-             xl create {cfg} </dev/null 2>&1 >/dev/null | tail -n 5 >&2; xl domid {n} >/dev/null",
+             out=$(xl create {cfg} </dev/null 2>&1 >/dev/null); \
+             xl domid {n} >/dev/null 2>&1 || {{ echo \"xl create: $(printf '%s\\n' \"$out\" | tail -n 4 | tr '\\n' ' ')\" >&2; exit 4; }}",
             self.write_config(vm),
             n = quote(&vm.name),
             cfg = quote(&self.path(vm, "xl.cfg")),
@@ -442,8 +443,9 @@ impl Hypervisor for Xen {
     async fn save_to(&self, vm: &VmDef, sink: &str, timeout: Duration) -> Result<(), DriverError> {
         // The guest suspends itself when asked: it must run when the save starts (unpaused in
         // case something paused it). `-p` leaves it paused here, not destroyed, so a failed move can resume
-        // it. The sink's PID is kept for abort_outgoing: a save whose output is gone fails and
-        // resumes the guest by itself, which killing xl would not.
+        // it. The sink's PID is kept for abort_outgoing, which ends it and all it started (a
+        // sink may be a pipeline): a save whose output is gone fails and resumes the guest by
+        // itself, which killing xl would not.
         let script = format!(
             "set -o pipefail; xl unpause {n} 2>/dev/null; \
              xl save -p {n} /proc/self/fd/1 2>{log} | zstd -1 -q -T0 | sh -c {run_sink}; \
@@ -452,7 +454,7 @@ impl Hypervisor for Xen {
             log = quote(&self.path(vm, "save.log")),
             pid = quote(&self.path(vm, "sink.pid")),
             run_sink = quote(&format!(
-                "echo $$ > {}; exec {sink}",
+                "echo $$ > {}; {sink}",
                 quote(&self.path(vm, "sink.pid"))
             )),
         );
@@ -573,7 +575,8 @@ impl Hypervisor for Xen {
         self.sh(
             vm,
             &format!(
-                "p=$(cat {pid} 2>/dev/null); [ -n \"$p\" ] && kill \"$p\" 2>/dev/null; \
+                "tree() {{ for c in $(pgrep -P \"$1\"); do tree \"$c\"; done; kill \"$1\" 2>/dev/null; }}; \
+                 p=$(cat {pid} 2>/dev/null); [ -n \"$p\" ] && tree \"$p\"; \
                  pkill -f {mig} 2>/dev/null; true",
                 pid = quote(&self.path(vm, "sink.pid")),
                 mig = quote("ssh .*xl .*migrate-receive"),
@@ -608,6 +611,19 @@ impl Hypervisor for Xen {
             n = quote(&vm.name),
         );
         self.quick(vm, &script).await.map(drop)
+    }
+
+    /// Carried, though the guest stops only inside `xl save`: its sink takes the whole state
+    /// first (once the save is over the disks hold still), then sends the disks ahead of it.
+    fn carries_disks_cold(&self) -> bool {
+        true
+    }
+
+    async fn send_disks(&self, vm: &VmDef) -> Result<String, DriverError> {
+        Ok(super::disk::send_after_save_script(
+            &vm.local_disks(),
+            &self.path(vm, "state.part"),
+        ))
     }
 
     fn host_disks(&self) -> super::disk::HostDisks<'_> {
@@ -692,6 +708,7 @@ mod tests {
             append: Some("console=hvc0 a=\"b\"".into()),
             disks: vec![],
             guest_type: Some(GuestType::Pv),
+            adopted: None,
         };
         let host = HostConfig {
             name: "h".into(),

@@ -79,6 +79,18 @@ pub struct VmFacts {
     pub qmp: Option<String>,
 }
 
+/// Prints each QEMU process of the host, one a line: its PID, then its arguments, each
+/// followed by \x1f. Only QEMUs in this host's network namespace (lab hosts share one /proc).
+pub const QEMU_PROCESSES: &str = r#"for p in $(pgrep -f '^[^ ]*qemu-system-' 2>/dev/null); do [ /proc/$p/ns/net -ef /proc/self/ns/net ] || continue; printf '%s\037' "$p"; tr '\0' '\037' < /proc/$p/cmdline 2>/dev/null; echo; done"#;
+
+/// One line of `QEMU_PROCESSES`: the PID and the arguments as given (empty ones kept).
+pub fn qemu_argv(line: &str) -> Option<(u32, Vec<String>)> {
+    let mut words = line.strip_suffix('\x1f').unwrap_or(line).split('\x1f');
+    let pid = words.next()?.parse().ok()?;
+    let argv: Vec<String> = words.map(str::to_string).collect();
+    (!argv.is_empty()).then_some((pid, argv))
+}
+
 /// Seconds between the two /proc/net/dev samples.
 pub const RATE_SAMPLE_S: f64 = 0.3;
 
@@ -110,11 +122,9 @@ echo @@ovs; command -v ovs-vsctl >/dev/null && ovs-vsctl {db} --timeout=5 --form
     );
     match h.hypervisor {
         HypervisorKind::Qemu => {
-            // Only QEMUs in this host's network namespace (lab hosts share one /proc).
-            s.push_str(
-                r#"echo @@qemu; for p in $(pgrep -f '^[^ ]*qemu-system-' 2>/dev/null); do [ /proc/$p/ns/net -ef /proc/self/ns/net ] || continue; printf '%s\037' "$p"; tr '\0' '\037' < /proc/$p/cmdline 2>/dev/null; echo; done
-"#,
-            );
+            s.push_str("echo @@qemu; ");
+            s.push_str(QEMU_PROCESSES);
+            s.push('\n');
         }
         #[cfg(test)]
         HypervisorKind::Fake => {}

@@ -489,6 +489,44 @@ impl Engine {
         Ok(())
     }
 
+    /// Reads `name`, running on `host` but not started by the appliance, through its host's
+    /// driver (which refuses what it cannot drive, saying why) and returns its definition:
+    /// its port's VLAN tag and rate limit as its switch has them. It keeps running, untouched;
+    /// the caller keeps the definition.
+    pub async fn adopt_vm(
+        &self,
+        cfg: &Config,
+        name: &str,
+        host: &str,
+        shared: &[String],
+    ) -> Result<VmDef, Refused> {
+        let h = cfg
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .ok_or_else(|| Refused::UnknownHost(host.into()))?;
+        let side = self.side(h).await?;
+        let mut def = side
+            .driver
+            .adopt(name, shared)
+            .await
+            .map_err(|e| Refused::Driver(e.to_string()))?;
+        match side.switch.port(&def.port()).await {
+            Ok(Some(p)) => {
+                def.vlan = p.vlan;
+                def.rate_kbps = p.rate_kbps;
+                Ok(def)
+            }
+            Ok(None) => Err(Refused::Driver(format!(
+                "{name}: its port {} is not on {host}'s switch ({}): a VM the appliance moves \
+                 is on it",
+                def.port(),
+                h.bridge
+            ))),
+            Err(e) => Err(Refused::Driver(format!("{host}: its switch: {e}"))),
+        }
+    }
+
     /// Stops a VM wherever it runs, and removes its port.
     pub async fn stop_vm(&self, cfg: &Config, name: &str) -> Result<(), Refused> {
         let row = self

@@ -198,6 +198,7 @@ impl Bench {
             append: None,
             disks: vec![],
             guest_type: None,
+            adopted: None,
         };
         state.define_vm(def.clone()).await.unwrap();
         state
