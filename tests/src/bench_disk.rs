@@ -2,9 +2,9 @@
 //! moved live by the appliance (disk mirror over NBD, then the memory), next to the same move
 //! driven by hand over QMP (`blockdev-mirror` onto the target's NBD export, then `migrate`, as
 //! ../shared/lab/qemu/DISK-MIRROR.md does it) and to the appliance's live move of a guest
-//! without a disk, between the same hosts in the same run. Reported: total time, the break the
+//! without a disk, between the same hosts in the same run; then each moved back cold (the disk
+//! in the same image as the state, through the store). Reported: total time, the break the
 //! client sees, and the bytes the source sent on its link against the data in use.
-//! The cold path does not carry local disks yet: no cold figures.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -78,17 +78,27 @@ pub fn run_all(runs: usize) -> Result<String> {
     let data_bytes = allocated(&a.dir.join("disks").join(&image))?;
 
     let mut rows = Vec::new();
+    let mut colds = Vec::new();
     for i in 0..runs {
-        let (from, to) = if i % 2 == 0 { (&a, &c) } else { (&c, &a) };
-        let disk = appliance_move(&lab, &app, &client, disk_vm, disk_ip, from, to)?;
-        let ram = appliance_move(&lab, &app, &client, &ram_vm, ram_ip, from, to)?;
+        let (from, to) = (&a, &c);
+        let disk = appliance_move(&lab, &app, &client, disk_vm, disk_ip, from, to, "--live")?;
+        let ram = appliance_move(&lab, &app, &client, &ram_vm, ram_ip, from, to, "--live")?;
         let hand = hand_move(&lab, &client, &a, &c)?;
+        // Back cold: the source's copy went with the live move (source_disks = "remove").
+        let disk_cold = appliance_move(&lab, &app, &client, disk_vm, disk_ip, to, from, "--cold")?;
+        let ram_cold = appliance_move(&lab, &app, &client, &ram_vm, ram_ip, to, from, "--cold")?;
         eprintln!(
-            "run {}: netmigrate {disk:?}, RAM only {ram:?}, by hand {hand:?}",
+            "run {}: netmigrate {disk:?}, RAM only {ram:?}, by hand {hand:?}; cold: {disk_cold:?}, RAM only {ram_cold:?}",
             i + 1
         );
         rows.push((disk, ram, hand));
+        colds.push((disk_cold, ram_cold));
     }
+    let cold_median = |f: &dyn Fn(&(Figures, Figures)) -> u64| {
+        let mut v: Vec<u64> = colds.iter().map(f).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
 
     let median = |f: &dyn Fn(&(Figures, Figures, Figures)) -> u64| {
         let mut v: Vec<u64> = rows.iter().map(f).collect();
@@ -138,6 +148,34 @@ pub fn run_all(runs: usize) -> Result<String> {
         nb as f64 / rb.max(1) as f64,
         nw as f64 / (data_bytes + rw).max(1) as f64,
     );
+    let (ct, cb, cw) = (
+        cold_median(&|r| r.0.total_ms),
+        cold_median(&|r| r.0.break_ms),
+        cold_median(&|r| r.0.wire_bytes),
+    );
+    let (rct, rcb, rcw) = (
+        cold_median(&|r| r.1.total_ms),
+        cold_median(&|r| r.1.break_ms),
+        cold_median(&|r| r.1.wire_bytes),
+    );
+    t += "cold, back the other way   total ms   break ms   MiB sent
+";
+    t += &format!(
+        "netmigrate (disk + state) {ct:>8}   {cb:>8}   {:>8.1}
+",
+        mib(cw)
+    );
+    t += &format!(
+        "netmigrate (state only)   {rct:>8}   {rcb:>8}   {:>8.1}
+",
+        mib(rcw)
+    );
+    t += &format!(
+        "cold: break with the disk vs without: {:.2}x; bytes sent vs data in use (disk allocated \
+         + the state-only move's bytes): {:.2}x (zstd on the wire: below 1 where data compresses)\n",
+        cb as f64 / rcb.max(1) as f64,
+        cw as f64 / (data_bytes + rcw).max(1) as f64,
+    );
     Ok(t)
 }
 
@@ -178,8 +216,9 @@ fn prober(client: &Node, ip: Ipv4Addr) -> Result<Prober> {
     )
 }
 
-/// One live move by the appliance: the migration's own span, the client's break, the source's
-/// bytes sent.
+/// One move by the appliance (`mode`: `--live` or `--cold`): the migration's own span, the
+/// client's break, the source's bytes sent.
+#[allow(clippy::too_many_arguments)]
 fn appliance_move(
     lab: &Lab,
     app: &crate::Appliance,
@@ -188,11 +227,12 @@ fn appliance_move(
     ip: Ipv4Addr,
     from: &Host,
     to: &Host,
+    mode: &str,
 ) -> Result<Figures> {
     let p = prober(client, ip)?;
     std::thread::sleep(Duration::from_millis(300));
     let sent = tx_bytes(lab, from)?;
-    let out = app.cli_ok(&["migrate", vm, "--to", &to.config_name(), "--live", "--json"])?;
+    let out = app.cli_ok(&["migrate", vm, "--to", &to.config_name(), mode, "--json"])?;
     let wire_bytes = tx_bytes(lab, from)? - sent;
     std::thread::sleep(Duration::from_millis(300));
     let r = p.finish();
@@ -217,13 +257,14 @@ fn appliance_move(
         eprintln!("{vm}: {}", steps.join(", "));
     }
     let started = m["started_ms"].as_i64().unwrap_or(0);
+    // Until it runs on its target: live, its own start there; cold, its resume.
     let runs = m["steps"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|s| s["step"] == "target runs")
+        .find(|s| s["step"] == "target runs" || s["step"] == "resume on target")
         .and_then(|s| s["finished_ms"].as_i64())
-        .context("no `target runs` step")?;
+        .context("no `target runs` or `resume on target` step")?;
     Ok(Figures {
         total_ms: (runs - started) as u64,
         span_ms: (m["finished_ms"].as_i64().unwrap_or(0) - started) as u64,

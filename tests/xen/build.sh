@@ -188,6 +188,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 t() { echo "NM-DOM0: $* uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console; }
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm /run; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /dev/shm
+# What udev makes on a real dom0: Xen's block hotplug script locks through /dev/stdin.
+ln -sfn /proc/self/fd /dev/fd; for i in 0:stdin 1:stdout 2:stderr; do ln -sfn /proc/self/fd/${i%%:*} /dev/${i#*:}; done
 mkdir -p /run/sshd /run/xen /var/run/xen-hotplug /var/log/xen /var/lib/xen/save /var/run/openvswitch /etc/openvswitch
 mount -t tmpfs -o size=600M,mode=0755 tmpfs /var/lib/xen/save
 for m in xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-netback xen-blkback openvswitch tun loop virtio_pci virtio_net e1000 sch_htb; do modprobe $m 2>/dev/null; done
