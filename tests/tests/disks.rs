@@ -658,12 +658,16 @@ fn a_qemu_guest_started_by_hand_is_adopted_and_moved_live_with_its_disk() {
     );
     assert!(common::runs_on(&c, vm), "not on hostC");
     assert!(!common::runs_on(&a, vm), "still on hostA");
+    // Its port on hostC is the driver's own; its operator's on hostA is gone.
     assert!(
-        common::ports(&c).contains(&format!("tap-{vm}")),
+        common::ports(&c).contains(&format!("nm-{vm}")),
         "its port on hostC: {:?}",
         common::ports(&c)
     );
     assert!(!common::ports(&a).contains(&format!("tap-{vm}")));
+    let v = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
+    assert_eq!(v[0]["def"]["adopted"]["port"], format!("nm-{vm}"), "{v:#}");
+    assert_eq!(v[0]["def"]["adopted"]["host"], "hostC", "{v:#}");
     let before = seq(&lab, &client.ns, ip).unwrap();
     wait_for("the adopted guest to write on its target", BOOT, || {
         seq(&lab, &client.ns, ip).filter(|n| *n > before + 10)

@@ -134,7 +134,7 @@ impl FakeHost {
             },
         );
         self.switch.ports.lock().unwrap().insert(
-            def.port(),
+            def.port_on(&self.name),
             (
                 crate::network::PortSpec {
                     vlan: def.vlan,
@@ -400,7 +400,7 @@ impl Hypervisor for Fake {
         }
         drop(disks);
         if self.nic_made_by_load() {
-            self.host.switch.device_came(&vm.port());
+            self.host.switch.device_came(&vm.port_on(&self.host.name));
         }
         Ok(())
     }
@@ -427,7 +427,7 @@ impl Hypervisor for Fake {
             })?
             .map_err(|e| self.host.err(vm, e))?;
         if *there.nic_by_load.lock().unwrap() {
-            there.switch.device_came(&vm.port());
+            there.switch.device_came(&vm.port_on(&there.name));
         }
         self.host.with(vm, |v| v.state = RunState::Migrated)?;
         Ok(LiveResult {

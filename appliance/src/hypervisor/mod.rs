@@ -58,19 +58,20 @@ pub struct VmDef {
     pub adopted: Option<Adopted>,
 }
 
-/// How an adopted VM was found: its own port name, kept on every host, and (QEMU) its own
-/// command line, which a target starts it with.
+/// How an adopted VM was found: its port's name on the host it runs on (its operator's, until
+/// it first moves), and (QEMU) its own command line, which a target starts it with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Adopted {
-    /// Its tap and switch port, under the name its operator gave it.
+    /// Its tap and switch port on `host`, under the name its operator gave it; once moved,
+    /// `nm-NAME`, as on every other host.
     pub port: String,
     /// QEMU: its command line as it was started (argv\[0\] first). A target starts it so,
     /// with the driver's own QMP socket, pid file and daemonizing in place of its operator's,
     /// its tap scripts off (the switch plugs the port) and its console to a file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qemu_args: Vec<String>,
-    /// Where it was found.
+    /// Where it was found, then where it runs since its last move.
     pub host: String,
 }
 
@@ -172,15 +173,37 @@ pub(crate) fn last_words(stderr: &str, status: Option<u32>) -> String {
 }
 
 impl VmDef {
-    /// Its switch port / tap name on a host (at most 15 bytes, as Linux wants): `nm-NAME`, or
-    /// an adopted VM's own.
+    /// Its switch port / tap name (at most 15 bytes, as Linux wants) where the driver names it:
+    /// `nm-NAME`.
     pub fn port(&self) -> String {
-        if let Some(a) = &self.adopted {
-            return a.port.clone();
-        }
         let mut p = format!("nm-{}", self.name);
         p.truncate(15);
         p
+    }
+
+    /// Its switch port / tap name on `host`: an adopted VM's own name on the host it was found
+    /// on (until it moves), `port()` everywhere else.
+    pub fn port_on(&self, host: &str) -> String {
+        match &self.adopted {
+            Some(a) if a.host == host => a.port.clone(),
+            _ => self.port(),
+        }
+    }
+
+    /// Whether its port on `host` has a name its operator chose (perhaps another's there).
+    pub fn foreign_port_on(&self, host: &str) -> bool {
+        self.port_on(host) != self.port()
+    }
+
+    /// The definition once it runs on `host` after a move: an adopted VM's port is the
+    /// driver's own name there.
+    pub fn moved_to(&self, host: &str) -> VmDef {
+        let mut d = self.clone();
+        if let Some(a) = d.adopted.as_mut() {
+            a.port = self.port();
+            a.host = host.to_string();
+        }
+        d
     }
 
     /// Checks what a driver would otherwise trip over later.
@@ -309,7 +332,7 @@ pub trait Hypervisor: Send + Sync {
     }
     /// Where `vm` stands on this host.
     async fn state(&self, vm: &VmDef) -> Result<RunState, DriverError>;
-    /// Starts `vm` here, running. Its NIC is the port `vm.port()`, which the caller puts on the
+    /// Starts `vm` here, running. Its NIC is the port `vm.port_on(host)`, which the caller puts on the
     /// switch (after this returns: the port carries frames once the hypervisor holds it).
     async fn start(&self, vm: &VmDef) -> Result<(), DriverError>;
     /// Readies this host to receive `vm` (paused, vCPUs stopped, nothing loaded yet): for QEMU a

@@ -65,6 +65,7 @@ impl Qemu {
             if !args.is_empty() {
                 return adopted_command(
                     args,
+                    &vm.port_on(&self.host.name),
                     &self.path(vm, "qmp"),
                     &self.path(vm, "pid"),
                     &self.path(vm, "serial.log"),
@@ -105,7 +106,10 @@ impl Qemu {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.path(vm, "qmp")),
             "-netdev".into(),
-            format!("tap,id=n0,ifname={},script=no,downscript=no", vm.port()),
+            format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                vm.port_on(&self.host.name)
+            ),
             "-device".into(),
             // A fixed id and slot: a NIC replaced by hot-plug (a new MAC) comes back where the
             // next host's QEMU, started from the definition, expects it.
@@ -201,12 +205,12 @@ impl Qemu {
             .iter()
             .map(|a| quote(a))
             .collect();
-        let port = vm.port();
+        let port = vm.port_on(&self.host.name);
         let pid = self.path(vm, "pid");
         // A leftover tap of ours goes; one under an adopted VM's own name may be another's.
-        let clear = match vm.adopted {
-            None => format!("ip link del {port} 2>/dev/null || true;"),
-            Some(_) => format!(
+        let clear = match vm.foreign_port_on(&self.host.name) {
+            false => format!("ip link del {port} 2>/dev/null || true;"),
+            true => format!(
                 "if ip link show {port} >/dev/null 2>&1; then echo {msg} >&2; exit 3; fi;",
                 msg = quote(&format!(
                     "a link named {port} is here already: the adopted VM's port name is taken"
@@ -376,10 +380,12 @@ impl Qemu {
 /// An adopted VM's own command line (`args`, argv\[0\] first), made to run under this driver:
 /// its QMP socket, pid file, daemonizing, waiting (`-S`, `-incoming`, `-loadvm`), human
 /// monitors and display its operator's no more; the driver's QMP socket and pid file, a
-/// console on stdio sent to `serial` instead; its taps' scripts off (the switch plugs the
-/// port). The guest's devices are left as they were: a migration needs the same on both sides.
+/// console on stdio sent to `serial` instead; its tap named `port` (its name on this host),
+/// its scripts off (the switch plugs the port). The guest's devices are left as they were: a
+/// migration needs the same on both sides.
 fn adopted_command(
     args: &[String],
+    port: &str,
     qmp: &str,
     pid: &str,
     serial: &str,
@@ -402,11 +408,15 @@ fn adopted_command(
                 i += 2;
             }
             (Some("netdev" | "net"), Some(v)) if v.starts_with("tap") => {
-                let mut parts: Vec<&str> = v
+                let mut parts: Vec<String> = v
                     .split(',')
                     .filter(|p| !p.starts_with("script=") && !p.starts_with("downscript="))
+                    .map(|p| match p.starts_with("ifname=") {
+                        true => format!("ifname={port}"),
+                        false => p.to_string(),
+                    })
                     .collect();
-                parts.extend(["script=no", "downscript=no"]);
+                parts.extend(["script=no".into(), "downscript=no".into()]);
                 a.extend([w.clone(), parts.join(",")]);
                 i += 2;
             }
@@ -715,10 +725,10 @@ impl Hypervisor for Qemu {
         let pid = quote(&self.path(vm, "pid"));
         // Its tap goes with it; an adopted VM's (its own name, perhaps another's here) only if
         // its QEMU was here to end.
-        let port = quote(&vm.port());
-        let del_tap = match vm.adopted {
-            None => format!("ip link del {port} 2>/dev/null"),
-            Some(_) => format!("[ -n \"$ended\" ] && ip link del {port} 2>/dev/null"),
+        let port = quote(&vm.port_on(&self.host.name));
+        let del_tap = match vm.foreign_port_on(&self.host.name) {
+            false => format!("ip link del {port} 2>/dev/null"),
+            true => format!("[ -n \"$ended\" ] && ip link del {port} 2>/dev/null"),
         };
         let script = format!(
             "p=$(cat {pid} 2>/dev/null); ended=; \
@@ -1087,6 +1097,7 @@ mod tests {
         );
         let got = adopted_command(
             &theirs,
+            "nm-web",
             "/run/nm/web.qmp",
             "/run/nm/web.pid",
             "/run/nm/web.log",
@@ -1095,7 +1106,7 @@ mod tests {
         let want = words(
             "/usr/bin/qemu-system-x86_64 -name web -m 256 -serial file:/run/nm/web.log \
              -drive file=/v/web.qcow2,if=virtio,format=qcow2 \
-             -netdev tap,id=net0,ifname=tap-web,script=no,downscript=no \
+             -netdev tap,id=net0,ifname=nm-web,script=no,downscript=no \
              -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56 \
              -display none -qmp unix:/run/nm/web.qmp,server=on,wait=off -daemonize \
              -pidfile /run/nm/web.pid -incoming defer",

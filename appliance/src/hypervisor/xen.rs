@@ -271,6 +271,105 @@ fn vif_script_path(host: &HostConfig) -> String {
     format!("{}/vif-netmigrate", host.run_dir)
 }
 
+/// The definition of domain `d` (one element of `xl list -l`), running on `host` but made by
+/// someone else (`xl create` from their own config file), or why it cannot be driven: its
+/// kernel, ramdisk and command line, memory, vCPUs, type, its one vif (its name as Xen gave
+/// it) and its disks (`shared`: paths on shared storage, which stay; read-only ones stay too).
+pub fn adopted_def(host: &str, d: &serde_json::Value, shared: &[String]) -> Result<VmDef, String> {
+    let domid = d["domid"].as_u64().unwrap_or(0);
+    let cfg = &d["config"];
+    let name = cfg["c_info"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let guest_type = match cfg["c_info"]["type"].as_str() {
+        Some("pv") => GuestType::Pv,
+        Some("pvh") => GuestType::Pvh,
+        Some("hvm") => GuestType::Hvm,
+        other => return Err(format!("its type {other:?} is none of pv, pvh, hvm")),
+    };
+    let b = &cfg["b_info"];
+    let pv = &b["type.pv"];
+    let text = |k: &str| {
+        b[k].as_str()
+            .or(pv[k].as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    for (k, what) in [
+        ("pcidevs", "a PCI passthrough device"),
+        ("usbdevs", "a USB device of this host"),
+    ] {
+        if cfg[k].as_array().is_some_and(|a| !a.is_empty()) {
+            return Err(format!("it has {what}: its hardware is on this host only"));
+        }
+    }
+    let nics = cfg["nics"].as_array().cloned().unwrap_or_default();
+    let [nic] = &nics[..] else {
+        return Err(format!(
+            "it needs one vif to be moved (it has {})",
+            nics.len()
+        ));
+    };
+    let mac = nic["mac"]
+        .as_str()
+        .ok_or("its vif has no MAC")?
+        .to_ascii_lowercase();
+    let port = match nic["ifname"].as_str() {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => format!("vif{domid}.{}", nic["devid"].as_u64().unwrap_or(0)),
+    };
+    let mut disks = Vec::new();
+    for disk in cfg["disks"].as_array().into_iter().flatten() {
+        let Some(path) = disk["pdev_path"].as_str().filter(|p| !p.is_empty()) else {
+            continue; // an empty CD-ROM drive
+        };
+        let stays =
+            shared.iter().any(|s| s == path) || disk["readwrite"] == 0 || disk["is_cdrom"] == 1;
+        let format = match disk["format"].as_str() {
+            Some("raw") | None => super::DiskFormat::Raw,
+            Some("qcow2") => super::DiskFormat::Qcow2,
+            Some(_) if stays => super::DiskFormat::Raw,
+            Some(f) => {
+                return Err(format!(
+                    "its disk {path} is {f}: only raw and qcow2 disks move"
+                ))
+            }
+        };
+        if !stays && path.starts_with("/dev/") {
+            return Err(format!(
+                "its disk {path} is a device, which a move cannot copy: mark it --shared if \
+                 every host has it"
+            ));
+        }
+        disks.push(super::Disk {
+            path: path.to_string(),
+            format,
+            bus: super::DiskBus::Virtio,
+            shared: stays,
+        });
+    }
+    Ok(VmDef {
+        name,
+        mem_mib: (b["max_memkb"].as_u64().unwrap_or(0) / 1024) as u32,
+        vcpus: b["max_vcpus"].as_u64().unwrap_or(1) as u32,
+        mac,
+        ip: None,
+        vlan: None,
+        rate_kbps: None,
+        kernel: text("kernel"),
+        initrd: text("ramdisk"),
+        append: text("cmdline"),
+        disks,
+        guest_type: Some(guest_type),
+        adopted: Some(super::Adopted {
+            port,
+            qemu_args: Vec::new(),
+            host: host.to_string(),
+        }),
+    })
+}
+
 /// The domain's xl config, the same on every host (paths are the hosts' own).
 pub fn domain_config(host: &HostConfig, vm: &VmDef) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
@@ -323,7 +422,7 @@ pub fn domain_config(host: &HostConfig, vm: &VmDef) -> String {
         q(&format!(
             "mac={},vifname={},script={}",
             vm.mac,
-            vm.port(),
+            vm.port_on(&host.name),
             vif_script_path(host)
         ))
     );
@@ -597,7 +696,7 @@ impl Hypervisor for Xen {
         let script = format!(
             "o=$(ovs-vsctl --timeout=5 get Interface {p} ofport) && [ \"$o\" -gt 0 ] && \
              for i in 1 2 3; do ovs-ofctl packet-out {br} \"in_port=$o packet={frame} actions=NORMAL\" || exit 1; sleep 0.05; done",
-            p = quote(&vm.port()),
+            p = quote(&vm.port_on(&self.host.name)),
             br = quote(&self.host.bridge),
         );
         self.quick(vm, &script).await.map(drop)
@@ -633,6 +732,29 @@ impl Hypervisor for Xen {
         }
     }
 
+    async fn adopt(&self, name: &str, shared: &[String]) -> Result<VmDef, DriverError> {
+        let refuse = |reason: String| DriverError::Host {
+            host: self.host.name.clone(),
+            reason: format!("{name}: {reason}"),
+        };
+        let out = super::exec_checked(
+            &*self.conn,
+            &format!("xl list -l {}", quote(name)),
+            Duration::from_secs(60),
+            |e| refuse(format!("xl list -l: {e}")),
+        )
+        .await?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| refuse(format!("xl list -l is not JSON: {e}")))?;
+        let d = v
+            .as_array()
+            .and_then(|a| a.first())
+            .ok_or_else(|| refuse(format!("no domain named {name} runs here")))?;
+        let def = adopted_def(&self.host.name, d, shared).map_err(refuse)?;
+        def.check().map_err(refuse)?;
+        Ok(def)
+    }
+
     async fn replace_nic(&self, vm: &VmDef, mac: &str) -> Result<(), DriverError> {
         // The vif goes and one with the new MAC comes, under the same name (the port stays).
         // The new one can take the name only once the old device is gone (the detach returns
@@ -656,7 +778,7 @@ impl Hypervisor for Xen {
             self.write_config(&new),
             n = quote(&vm.name),
             mac = mac.to_ascii_lowercase(),
-            port = vm.port(),
+            port = vm.port_on(&self.host.name),
             vif = self.vif_script(),
         );
         self.sh(vm, &script, Duration::from_secs(60))
@@ -668,6 +790,53 @@ impl Hypervisor for Xen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A domain made by `xl create` from an operator's own file, as `xl list -l` shows it:
+    /// read into a definition whose vif keeps Xen's name here (and `nm-NAME` elsewhere);
+    /// what cannot move is refused, saying why.
+    #[test]
+    fn an_xl_created_domain_is_read_from_xl_list() {
+        let d: serde_json::Value = serde_json::from_str(
+            r#"{"domid": 7, "config": {
+                "c_info": {"type": "pvh", "name": "web"},
+                "b_info": {"max_vcpus": 2, "max_memkb": 262144, "kernel": "/boot/k",
+                           "ramdisk": "/boot/i", "cmdline": "console=hvc0"},
+                "disks": [{"pdev_path": "/srv/web.img", "vdev": "xvda", "format": "raw", "readwrite": 1},
+                          {"pdev_path": "/srv/iso.img", "vdev": "xvdb", "format": "raw", "readwrite": 0}],
+                "nics": [{"devid": 0, "mac": "00:16:3E:00:00:07", "bridge": "br0"}]}}"#,
+        )
+        .unwrap();
+        let def = adopted_def("xenA", &d, &[]).unwrap();
+        assert_eq!((def.name.as_str(), def.mem_mib, def.vcpus), ("web", 256, 2));
+        assert_eq!(def.guest_type, Some(GuestType::Pvh));
+        assert_eq!(def.kernel.as_deref(), Some("/boot/k"));
+        assert_eq!(def.append.as_deref(), Some("console=hvc0"));
+        assert_eq!(def.mac, "00:16:3e:00:00:07");
+        assert_eq!(def.port_on("xenA"), "vif7.0");
+        assert_eq!(def.port_on("xenB"), "nm-web");
+        assert_eq!(def.moved_to("xenB").port_on("xenA"), "nm-web");
+        assert!(
+            !def.disks[0].shared && def.disks[1].shared,
+            "{:?}",
+            def.disks
+        );
+        assert!(def.check().is_ok());
+        let mut pci = d.clone();
+        pci["config"]["pcidevs"] = serde_json::json!([{"bdf": "01:00.0"}]);
+        assert!(adopted_def("xenA", &pci, &[]).unwrap_err().contains("PCI"));
+        let mut dev = d.clone();
+        dev["config"]["disks"][0]["pdev_path"] = "/dev/vg/web".into();
+        assert!(adopted_def("xenA", &dev, &[])
+            .unwrap_err()
+            .contains("device"));
+        assert!(adopted_def("xenA", &dev, &["/dev/vg/web".into()]).is_ok());
+        let mut two = d.clone();
+        two["config"]["nics"] =
+            serde_json::json!([{"mac": "00:16:3e:00:00:01"}, {"mac": "00:16:3e:00:00:02"}]);
+        assert!(adopted_def("xenA", &two, &[])
+            .unwrap_err()
+            .contains("one vif"));
+    }
 
     #[test]
     fn a_death_is_told_from_a_refusal() {

@@ -251,12 +251,13 @@ impl Side {
 
     /// Puts `vm`'s port on the switch; its device must be there and open.
     pub async fn add_port(&self, vm: &VmDef, spec: &PortSpec) -> Result<i64> {
-        let n = self.switch.put_port(&vm.port(), spec, false).await?;
-        n.ok_or_else(|| self.host_err(format!("port {} has no ofport", vm.port())))
+        let port = vm.port_on(&self.cfg.name);
+        let n = self.switch.put_port(&port, spec, false).await?;
+        n.ok_or_else(|| self.host_err(format!("port {port} has no ofport")))
     }
 
     pub async fn del_port(&self, vm: &VmDef) -> Result<()> {
-        Ok(self.switch.del_port(&vm.port()).await?)
+        Ok(self.switch.del_port(&vm.port_on(&self.cfg.name)).await?)
     }
 }
 
@@ -511,16 +512,16 @@ impl Engine {
             .adopt(name, shared)
             .await
             .map_err(|e| Refused::Driver(e.to_string()))?;
-        match side.switch.port(&def.port()).await {
+        let port = def.port_on(host);
+        match side.switch.port(&port).await {
             Ok(Some(p)) => {
                 def.vlan = p.vlan;
                 def.rate_kbps = p.rate_kbps;
                 Ok(def)
             }
             Ok(None) => Err(Refused::Driver(format!(
-                "{name}: its port {} is not on {host}'s switch ({}): a VM the appliance moves \
-                 is on it",
-                def.port(),
+                "{name}: its port {port} is not on {host}'s switch ({}): a VM the appliance \
+                 moves is on it",
                 h.bridge
             ))),
             Err(e) => Err(Refused::Driver(format!("{host}: its switch: {e}"))),
@@ -550,6 +551,7 @@ impl Engine {
         side.del_port(&row.def)
             .await
             .map_err(|e| Refused::Driver(e.to_string()))?;
+        self.own_port(name, &host).await?;
         self.state
             .place_vm(name.into(), Some(host), "stopped")
             .await?;
@@ -756,6 +758,9 @@ impl Engine {
         self.state
             .end_migration(id, state, reason.clone(), host.clone(), "running")
             .await?;
+        if host == dst.cfg.name {
+            self.own_port(&req.vm, &host).await?;
+        }
         let ev = match &reason {
             None => NewEvent::info("migration.done", format!("now on {host} (migration {id})")),
             Some(r) => NewEvent::warn(
@@ -796,6 +801,18 @@ impl Engine {
                 .about(vm),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Once `vm` runs on `host` after a move, or no longer runs where it was found: an adopted
+    /// VM's port is the driver's own name from now on (the definition as stored, a new MAC
+    /// included).
+    pub(crate) async fn own_port(&self, vm: &str, host: &str) -> Result<(), Refused> {
+        if let Some(row) = self.state.vm(vm.to_string()).await? {
+            if row.def.adopted.is_some() {
+                self.state.define_vm(row.def.moved_to(host)).await?;
+            }
+        }
         Ok(())
     }
 
@@ -941,10 +958,19 @@ pub(crate) struct Move<'a> {
 }
 
 impl Move<'_> {
+    /// The VM's port on the source, and on the target (an adopted VM's may differ).
+    fn src_port(&self) -> String {
+        self.def.port_on(&self.src.cfg.name)
+    }
+
+    fn dst_port(&self) -> String {
+        self.def.port_on(&self.dst.cfg.name)
+    }
+
     /// The port the VM needs on the target: the source port's tag and rate limit (the live
     /// truth), else its definition's.
     pub async fn port_spec(&self) -> PortSpec {
-        match self.src.switch.port(&self.def.port()).await {
+        match self.src.switch.port(&self.src_port()).await {
             Ok(Some(p)) => p,
             _ => port_of(self.def),
         }
@@ -1014,7 +1040,7 @@ impl Move<'_> {
                 Ok(self
                     .dst
                     .switch
-                    .put_port(&self.def.port(), &spec, later)
+                    .put_port(&self.dst_port(), &spec, later)
                     .await?)
             })
             .await;
@@ -1034,7 +1060,7 @@ impl Move<'_> {
         }
         self.dst
             .switch
-            .announcer(&self.def.port())
+            .announcer(&self.dst_port())
             .await
             .map_err(|e| tracing::warn!(vm = %self.def.name, "the network is re-pointed only once the VM runs on the target: {e}"))
             .ok()
@@ -1067,7 +1093,7 @@ impl Move<'_> {
                 match self
                     .dst
                     .switch
-                    .port_up(&self.def.port(), PORT_UP_WITHIN)
+                    .port_up(&self.dst_port(), PORT_UP_WITHIN)
                     .await
                 {
                     Ok(n) => Ok(n),

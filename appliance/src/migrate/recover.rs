@@ -197,6 +197,11 @@ impl Engine {
         self.state
             .end_migration(id, state, Some(reason.clone()), host.clone(), "running")
             .await?;
+        if host == dst.cfg.name {
+            self.own_port(&def.name, &host)
+                .await
+                .map_err(|e| Error::Refused(e.to_string()))?;
+        }
         let _ = self
             .state
             .record(
@@ -254,7 +259,7 @@ async fn settle_forward(
     // is up before the VM runs, it costs one round trip.
     if dst
         .switch
-        .port_up(&def.port(), Duration::ZERO)
+        .port_up(&def.port_on(&dst.cfg.name), Duration::ZERO)
         .await
         .is_err()
     {

@@ -430,6 +430,35 @@ async fn a_live_move_ends_on_the_target_with_the_network_told() {
     assert!(!got.contains(&Step::SaveToStore.name().into_owned()));
 }
 
+/// An adopted VM's port has its operator's name where it was found; on its target it is the
+/// driver's own, and the definition says so once it runs there, cold or live.
+#[tokio::test]
+async fn an_adopted_vm_takes_the_drivers_port_name_on_its_target() {
+    for mode in [Mode::Live, Mode::Cold] {
+        let mut b = Bench::new(&format!("adopted-{mode:?}")).await;
+        b.a.vms.lock().unwrap().clear();
+        b.a.switch.ports.lock().unwrap().clear();
+        b.def.adopted = Some(crate::hypervisor::Adopted {
+            port: "tap-ops".into(),
+            qemu_args: vec![],
+            host: b.a.name.clone(),
+        });
+        b.engine.state.define_vm(b.def.clone()).await.unwrap();
+        b.a.run(&b.def, original());
+        assert!(b.a.switch.has("tap-ops"));
+        let m = b.migrate(mode).await;
+        assert_eq!(m.state, "done", "{m:#?}");
+        assert!(b.c.switch.has("nm-vm1"), "{m:#?}");
+        assert!(!b.a.switch.has("tap-ops"), "{m:#?}");
+        let row = b.engine.state.vm("vm1".into()).await.unwrap().unwrap();
+        let a = row.def.adopted.unwrap();
+        assert_eq!(
+            (a.port.as_str(), a.host.as_str()),
+            ("nm-vm1", b.c.name.as_str())
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_live_move_that_does_not_converge_takes_the_cold_path_and_says_why() {
     let b = Bench::new("fallback").await;
