@@ -872,7 +872,7 @@ fn xen_domain_made_by_xl_create_is_adopted_and_moved() {
     let cfg = format!(
         "name = \"ops\"\ntype = \"pvh\"\nmemory = 128\nvcpus = 1\nkernel = \"{GUEST_KERNEL}\"\n\
          ramdisk = \"{GUEST_INITRD}\"\nextra = \"console=hvc0 quiet nm_ip={ip}/24 nm_name=ops\"\n\
-         vif = [ \"mac=00:16:3e:d5:00:3b,bridge=br0,script=vif-openvswitch\" ]\n"
+         vif = [ \"mac=00:16:3e:d5:00:3b,bridge=br0,script=vif-openvswitch\" ]\ntsc_mode = \"native\"\n"
     );
     lab.xen_ssh(
         ns,

@@ -533,8 +533,11 @@ impl Hypervisor for Fake {
         true
     }
 
-    fn carries_disks_cold(&self) -> bool {
-        *self.host.cold_disks.lock().unwrap()
+    fn cold_disks_refusal(&self, _vm: &VmDef) -> Option<String> {
+        match *self.host.cold_disks.lock().unwrap() {
+            true => None,
+            false => Some("its hypervisor's driver cannot carry them on the cold path yet".into()),
+        }
     }
 
     /// The shared script over files holding the in-memory disks' bytes.

@@ -425,11 +425,11 @@ pub trait Hypervisor: Send + Sync {
     async fn end_export(&self, _vm: &VmDef) -> Result<(), DriverError> {
         Ok(())
     }
-    /// Whether a cold move from this host carries `vm`'s local disks in its stream, ahead of
-    /// the saved state: the VM is paused before its save starts, so its disks hold still while
-    /// they are read (a driver whose guest only stops inside its save cannot).
-    fn carries_disks_cold(&self) -> bool {
-        false
+    /// Why a cold move from this host cannot carry `vm`'s local disks in its stream, ahead of
+    /// its saved state, if it cannot; None where it can (its disks must hold still once its
+    /// save is over, every write it acknowledged in their files).
+    fn cold_disks_refusal(&self, _vm: &VmDef) -> Option<String> {
+        Some("its hypervisor's driver cannot carry them on the cold path yet".into())
     }
     /// Source: a shell command that writes `vm`'s local disks to its stdout, framed, then
     /// copies its stdin (the saved state) after them (`disk::send_script`).

@@ -889,8 +889,8 @@ impl Hypervisor for Qemu {
     }
 
     /// The VM is stopped (QMP `stop`, which drains and flushes its disks) before the save.
-    fn carries_disks_cold(&self) -> bool {
-        true
+    fn cold_disks_refusal(&self, _vm: &VmDef) -> Option<String> {
+        None
     }
 
     async fn export_disks(&self, vm: &VmDef, port: u16) -> Result<(), DriverError> {

@@ -712,10 +712,21 @@ impl Hypervisor for Xen {
         self.quick(vm, &script).await.map(drop)
     }
 
-    /// Carried, though the guest stops only inside `xl save`: its sink takes the whole state
-    /// first (once the save is over the disks hold still), then sends the disks ahead of it.
-    fn carries_disks_cold(&self) -> bool {
-        true
+    /// Raw disks are carried, though the guest stops only inside `xl save`: its sink takes the
+    /// whole state first (once the save is over the disks hold still), then sends the disks
+    /// ahead of it. A qcow2 is served by qdisk, a QEMU in dom0 that keeps the image's metadata
+    /// in its memory, which nothing flushes at `xl save`: its file may not hold every write.
+    fn cold_disks_refusal(&self, vm: &VmDef) -> Option<String> {
+        vm.local_disks()
+            .iter()
+            .find(|d| d.format == super::DiskFormat::Qcow2)
+            .map(|d| {
+                format!(
+                    "{} is qcow2, which Xen's qdisk may not have flushed to its file at `xl save`: \
+                     only raw local disks move on Xen",
+                    d.path
+                )
+            })
     }
 
     async fn send_disks(&self, vm: &VmDef) -> Result<String, DriverError> {

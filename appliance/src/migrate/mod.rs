@@ -376,25 +376,21 @@ impl Engine {
             vm: def.name.clone(),
             why,
         };
-        let cold = src.driver.carries_disks_cold() && dst.driver.carries_disks_cold();
-        let no_cold = || {
-            format!(
-                "{}'s hypervisor cannot carry them on the cold path yet",
-                src.cfg.name
-            )
-        };
-        match (req.mode, live_refusal) {
-            (Mode::Cold, _) if !cold => {
+        let no_cold = src
+            .driver
+            .cold_disks_refusal(def)
+            .or_else(|| dst.driver.cold_disks_refusal(def))
+            .map(|why| format!("{}: {why}", src.cfg.name));
+        let cold = no_cold.is_none();
+        match (req.mode, live_refusal, no_cold) {
+            (Mode::Cold, _, Some(no)) => {
                 return Err(refuse(match src.driver.mirrors_disks() {
-                    true => format!("{}; move it live", no_cold()),
-                    false => no_cold(),
+                    true => format!("{no}; move it live"),
+                    false => no,
                 }))
             }
-            (Mode::Live, Some(why)) if !cold => {
-                return Err(refuse(format!(
-                    "it cannot live-migrate ({why}), and {}",
-                    no_cold()
-                )))
+            (Mode::Live, Some(why), Some(no)) => {
+                return Err(refuse(format!("it cannot live-migrate ({why}), and {no}")))
             }
             _ => {}
         }
@@ -722,7 +718,7 @@ impl Engine {
                 Ok(o) => Ok(o),
                 // Local disks that the cold path cannot carry: the move ends where it began.
                 Err(Failure::NotConverged(why))
-                    if !disks.is_empty() && !src.driver.carries_disks_cold() =>
+                    if !disks.is_empty() && src.driver.cold_disks_refusal(&def).is_some() =>
                 {
                     Err(Failure::RolledBack(why))
                 }
