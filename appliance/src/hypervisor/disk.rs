@@ -123,6 +123,11 @@ impl Disk {
         Ok(())
     }
 
+    /// Its file's name, without the directory.
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit_once('/').map_or(&self.path, |(_, f)| f)
+    }
+
     /// The directory its file is in.
     pub fn dir(&self) -> &str {
         match self.path.rsplit_once('/') {
@@ -285,44 +290,66 @@ pub fn remove_script(disks: &[&Disk]) -> String {
 }
 
 /// The first line of a cold move's disk stream: its version and how many disks follow.
-const STREAM_MAGIC: &str = "netmigrate-disks 1";
+const STREAM_MAGIC: &str = "netmigrate-disks 3";
 
-/// A shell command that writes `disks` to its stdout, each framed by its length, then copies
-/// its stdin (the VM's saved state) after them: the cold path's stream, before compression.
+/// The chunks a disk's archive is cut into on the wire (each spooled once in the run
+/// directory to learn its length).
+const CHUNK: &str = "16M";
+
+/// A shell command that writes `disks` to its stdout, framed, then copies its stdin (the VM's
+/// saved state) after them: the cold path's stream, before compression.
 ///
 /// ```text
-/// netmigrate-disks 1 N\n   then, for each disk:   LENGTH\n  and LENGTH bytes of its file
+/// netmigrate-disks 3 N\n   then, for each disk:   tar SIZE\n
+///                            chunks: LENGTH\n and LENGTH bytes, ..., then 0\n
 /// ```
 ///
-/// followed by the state to the end. Each disk is sent whole as its file holds it (a qcow2
-/// as its file, a raw disk with its holes read as zeros, which the stream's compression
-/// squeezes out); its length is read when it is sent, the VM being paused then.
-pub fn send_script(disks: &[&Disk]) -> String {
-    send_then(disks, "cat")
+/// followed by the state to the end. Each disk is a GNU tar archive (sparse) of its one file,
+/// of SIZE bytes: its holes are found with SEEK_HOLE and neither read nor sent, so a 1 TiB
+/// disk holding 2 GiB costs what 2 GiB cost. The archive is made once, streamed in chunks
+/// (`split --filter`, each chunk spooled in `tmp_dir` for its length): the holes a file
+/// system reports can change from one look to the next (ext4's unwritten extents follow the
+/// page cache), so an archive made twice need not be the same length. The VM is paused while
+/// they are read.
+pub fn send_script(disks: &[&Disk], tmp_dir: &str) -> String {
+    send_then(disks, tmp_dir, "cat")
 }
 
 /// `send_script` for a driver whose guest stops only inside its save (a Xen guest suspends
 /// itself when `xl save` asks): the state is read whole into `tmp` first, since only once the
 /// save is over do the disks hold still; then the disks, then the state from `tmp`, which is
 /// removed however this ends.
-pub fn send_after_save_script(disks: &[&Disk], tmp: &str) -> String {
+pub fn send_after_save_script(disks: &[&Disk], tmp_dir: &str, tmp: &str) -> String {
     format!(
         "( t={}; trap 'rm -f -- \"$t\"' EXIT; trap 'exit 143' TERM INT HUP; umask 077; \
          cat > \"$t\" && {} )",
         quote(tmp),
-        send_then(disks, "cat -- \"$t\"")
+        send_then(disks, tmp_dir, "cat -- \"$t\"")
     )
 }
 
 /// The disks framed, then `state` (a command writing the state to stdout).
-fn send_then(disks: &[&Disk], state: &str) -> String {
-    let mut s = format!("{{ printf '%s\\n' '{STREAM_MAGIC} {}'", disks.len());
+fn send_then(disks: &[&Disk], tmp_dir: &str, state: &str) -> String {
+    // Each chunk, in the filter's own shell: spooled, its length, its bytes.
+    let chunk = format!(
+        "c={}/.nm-chunk.$$; cat > \"$c\" && printf '%s\\n' \"$(stat -c %s -- \"$c\")\" && \
+         cat -- \"$c\"; r=$?; rm -f -- \"$c\"; exit $r",
+        quote(tmp_dir)
+    );
+    let mut s = format!(
+        "{{ mkdir -p -- {} && printf '%s\\n' '{STREAM_MAGIC} {}'",
+        quote(tmp_dir),
+        disks.len()
+    );
     for d in disks {
-        let p = quote(&d.path);
         s += &format!(
-            " && n=$(stat -L -c %s -- {p}) && printf '%s\\n' \"$n\" && \
-             dd {i} bs=64K count=\"$n\" iflag=count_bytes status=none",
-            i = quote(&format!("if={}", d.path))
+            " && printf 'tar %s\\n' \"$(stat -L -c %s -- {p})\" && \
+             tar -chS --format=gnu -f - -C {dir} -- {name} | split -b {CHUNK} --filter={f} && \
+             printf '0\\n'",
+            p = quote(&d.path),
+            dir = quote(d.dir()),
+            name = quote(d.file_name()),
+            f = quote(&chunk),
         );
     }
     s += &format!(" && {state}; }}");
@@ -330,10 +357,11 @@ fn send_then(disks: &[&Disk], state: &str) -> String {
 }
 
 /// A shell command that reads `send_script`'s stream on its stdin: each disk written into its
-/// copy here (made before by `create_script`, emptied first, written sparse: a 64 KiB block of
-/// zeros is a hole), then the state copied to its stdout. Once every disk is written, `done`
-/// gets the line `disks-ok`. A stream that is not one, or a disk that cannot be written,
-/// ends it before the state: whoever reads the state sees it cut short.
+/// copy here (made before by `create_script`; written in place, the same file, which a waiting
+/// hypervisor may hold open; its holes stay holes), checked for its size, then the state copied
+/// to its stdout. Once every disk is written, `done` gets the line `disks-ok`. A stream that
+/// is not one, or a disk that cannot be written, ends it before the state: whoever reads the
+/// state sees it cut short.
 pub fn receive_script(disks: &[&Disk], done: &str) -> String {
     let mut s = format!(
         "{{ read m v n || exit 7; [ \"$m $v $n\" = '{STREAM_MAGIC} {}' ] || \
@@ -342,12 +370,18 @@ pub fn receive_script(disks: &[&Disk], done: &str) -> String {
     );
     for d in disks {
         let p = quote(&d.path);
+        // The chunks, up to the 0 after the last, into tar; --overwrite: into the file that
+        // is there (opened and truncated, not replaced).
         s += &format!(
-            "read n || exit 7; case $n in ''|*[!0-9]*) echo {bad} >&2; exit 7;; esac; \
-             : > {p} && dd {o} bs=64K count=\"$n\" iflag=fullblock,count_bytes \
-             conv=sparse,notrunc status=none && truncate -s \"$n\" -- {p} || exit 8; ",
-            bad = quote(&format!("{}: bad length in the disk stream", d.path)),
-            o = quote(&format!("of={}", d.path))
+            "read t s || exit 7; case $t:$s in tar:*[!0-9]*|tar:) echo {bad} >&2; exit 7;; tar:*) ;; \
+             *) echo {bad} >&2; exit 7;; esac; \
+             while read n && [ \"$n\" != 0 ]; do case $n in ''|*[!0-9]*) exit 7;; esac; \
+               head -c \"$n\" || exit 7; done | tar -xS --overwrite -f - -C {dir} -- {name} && \
+             [ \"$(stat -c %s -- {p})\" = \"$s\" ] || {{ echo {short} >&2; exit 8; }}; ",
+            bad = quote(&format!("{}: bad frame in the disk stream", d.path)),
+            short = quote(&format!("{}: not written whole", d.path)),
+            dir = quote(d.dir()),
+            name = quote(d.file_name()),
         );
     }
     s += &format!("echo disks-ok >> {}; exec cat; }}", quote(done));
@@ -357,7 +391,9 @@ pub fn receive_script(disks: &[&Disk], done: &str) -> String {
 /// The tools a host needs to send or receive a cold move's disks (beside `sh`): fails naming
 /// those it lacks.
 pub fn tools_script() -> String {
-    "m=; for t in zstd dd stat truncate; do command -v $t >/dev/null 2>&1 || m=\"$m $t\"; done; \
+    "m=; for t in zstd stat head; do command -v $t >/dev/null 2>&1 || m=\"$m $t\"; done; \
+     tar --version 2>/dev/null | grep -q 'GNU tar' || m=\"$m GNU-tar\"; \
+     split --help 2>/dev/null | grep -q -- --filter || m=\"$m GNU-split\"; \
      [ -z \"$m\" ] || { echo \"a cold move with local disks needs:$m\" >&2; exit 6; }"
         .into()
 }
@@ -365,6 +401,8 @@ pub fn tools_script() -> String {
 /// The calls every driver makes for a VM's local disks on its host, over its link.
 pub struct HostDisks<'a> {
     pub link: &'a dyn Link,
+    /// The host's run directory (scratch space of a move).
+    pub run_dir: &'a str,
     pub host: &'a str,
 }
 
@@ -533,11 +571,12 @@ mod tests {
             disk(&p("dst/a b.img"), DiskFormat::Raw),
             disk(&p("dst/c.qcow2"), DiskFormat::Qcow2),
         ];
-        // 64 MiB, with 1 MiB of data at 8 MiB and a few bytes at the very end.
+        // 64 MiB, with 18 MiB of data at 8 MiB (more than one chunk on the wire) and a few
+        // bytes at the very end.
         let f = std::fs::File::create(&src[0].path).unwrap();
         f.set_len(64 << 20).unwrap();
         use std::os::unix::fs::FileExt;
-        let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + 3) as u8).collect();
+        let data: Vec<u8> = (0..18 << 20).map(|i| (i * 7 + 3) as u8).collect();
         f.write_all_at(&data, 8 << 20).unwrap();
         f.write_all_at(b"tail", (64 << 20) - 4).unwrap();
         drop(f);
@@ -546,6 +585,13 @@ mod tests {
         // The copies as `create_script` leaves them: there, with old bytes to be replaced.
         std::fs::write(&dst[0].path, b"old").unwrap();
         std::fs::write(&dst[1].path, vec![9u8; 500_000]).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let inodes = |ds: &[Disk]| -> Vec<u64> {
+            ds.iter()
+                .map(|d| std::fs::metadata(&d.path).unwrap().ino())
+                .collect()
+        };
+        let before = inodes(&dst);
         let state: Vec<u8> = (0..100_000).map(|i| (i % 13) as u8).collect();
         std::fs::write(p("state"), &state).unwrap();
         let done = p("done");
@@ -560,7 +606,7 @@ mod tests {
         };
         let o = run(format!(
             "{} < {st} | zstd -1 -q -c > {w} && zstd -dcq < {w} | {} > {out}",
-            send_script(&s),
+            send_script(&s, &p("spool")),
             receive_script(&d, &done),
             st = quote(&p("state")),
             w = quote(&p("wire")),
@@ -574,18 +620,23 @@ mod tests {
             std::fs::read(&src[0].path).unwrap()
         );
         assert_eq!(std::fs::read(&dst[1].path).unwrap(), q);
-        // Zeros neither crossed the wire nor were written.
+        // Written in place: a hypervisor holding the copies open sees what was written.
+        assert_eq!(inodes(&dst), before);
+        // Holes neither crossed the wire nor were written.
         let wire = std::fs::metadata(p("wire")).unwrap().len();
         assert!(wire < 3 << 20, "{wire} bytes on the wire");
-        use std::os::unix::fs::MetadataExt;
         let allocated = std::fs::metadata(&dst[0].path).unwrap().blocks() * 512;
-        assert!(allocated <= 2 << 20, "{allocated} bytes allocated");
+        assert!(allocated <= 20 << 20, "{allocated} bytes allocated");
+        assert!(!std::path::Path::new(&p("spool"))
+            .read_dir()
+            .unwrap()
+            .any(|_| true));
         // The same through the variant that reads the state whole first: the same stream,
         // and its buffer gone after.
         let tmp = p("state.buffer");
         let o = run(format!(
             "{} < {st} | zstd -1 -q -c > {w2} && cmp {w} {w2}",
-            send_after_save_script(&s, &tmp),
+            send_after_save_script(&s, &p("spool"), &tmp),
             st = quote(&p("state")),
             w = quote(&p("wire")),
             w2 = quote(&p("wire2")),
@@ -595,7 +646,7 @@ mod tests {
         // A stream cut in the middle of a disk ends before the state, failing.
         std::fs::remove_file(&done).unwrap();
         let o = run(format!(
-            "zstd -dcq < {w} | head -c 5000000 | {} > {out}",
+            "zstd -dcq < {w} | head -c 6000000 | {} > {out}",
             receive_script(&d, &done),
             w = quote(&p("wire")),
             out = quote(&p("out")),

@@ -63,6 +63,9 @@ pub struct FakeHost {
     pub disk_room: Mutex<u64>,
     /// Whether a cold move carries local disks from here (as QEMU's driver does).
     pub cold_disks: Mutex<bool>,
+    /// Where its disks' bytes go in real files for a cold move's stream (outside any
+    /// run_dir: the tests check those are left empty).
+    scratch: String,
     cancel: tokio::sync::Notify,
 }
 
@@ -92,6 +95,11 @@ pub fn host(name: &str, address: IpAddr) -> Arc<FakeHost> {
                 disks: Default::default(),
                 disk_room: Mutex::new(1 << 40),
                 cold_disks: Mutex::new(true),
+                scratch: std::env::temp_dir()
+                    .join(format!("netmigrate-fake-disks-{}", std::process::id()))
+                    .join(name)
+                    .display()
+                    .to_string(),
                 cancel: tokio::sync::Notify::new(),
             })
         })
@@ -172,11 +180,8 @@ impl FakeHost {
     /// shared scripts send and receive (outside any run_dir: the tests check those are left
     /// empty).
     fn disk_file(&self, path: &str) -> String {
-        let dir = std::env::temp_dir()
-            .join(format!("netmigrate-fake-disks-{}", std::process::id()))
-            .join(&self.name);
-        let _ = std::fs::create_dir_all(&dir);
-        dir.join(path.replace('/', "_")).display().to_string()
+        let _ = std::fs::create_dir_all(&self.scratch);
+        format!("{}/{}", self.scratch, path.replace('/', "_"))
     }
 
     /// `vm`'s local disks as the files `disk_file` names.
@@ -461,6 +466,7 @@ impl Hypervisor for Fake {
     fn host_disks(&self) -> super::disk::HostDisks<'_> {
         super::disk::HostDisks {
             link: &*self.link,
+            run_dir: &self.host.scratch,
             host: &self.host.name,
         }
     }
@@ -552,7 +558,10 @@ impl Hypervisor for Fake {
                 .unwrap_or_default();
             std::fs::write(&f.path, data).map_err(|e| self.host.err(vm, e.to_string()))?;
         }
-        Ok(super::disk::send_script(&files.iter().collect::<Vec<_>>()))
+        Ok(super::disk::send_script(
+            &files.iter().collect::<Vec<_>>(),
+            &self.host.scratch,
+        ))
     }
 
     /// The shared script into files that the load puts on the copies.

@@ -434,7 +434,10 @@ pub trait Hypervisor: Send + Sync {
     /// Source: a shell command that writes `vm`'s local disks to its stdout, framed, then
     /// copies its stdin (the saved state) after them (`disk::send_script`).
     async fn send_disks(&self, vm: &VmDef) -> Result<String, DriverError> {
-        Ok(disk::send_script(&vm.local_disks()))
+        Ok(disk::send_script(
+            &vm.local_disks(),
+            self.host_disks().run_dir,
+        ))
     }
     /// Target: a shell command that writes the disks of `send_disks`'s stream on its stdin into
     /// their copies here (made by `make_disks`), appends `disks-ok` to `done`, then copies the

@@ -1013,6 +1013,7 @@ impl Hypervisor for Qemu {
     fn host_disks(&self) -> super::disk::HostDisks<'_> {
         super::disk::HostDisks {
             link: &*self.conn,
+            run_dir: &self.host.run_dir,
             host: &self.host.name,
         }
     }

@@ -732,6 +732,7 @@ impl Hypervisor for Xen {
     async fn send_disks(&self, vm: &VmDef) -> Result<String, DriverError> {
         Ok(super::disk::send_after_save_script(
             &vm.local_disks(),
+            &self.host.run_dir,
             &self.path(vm, "state.part"),
         ))
     }
@@ -739,6 +740,7 @@ impl Hypervisor for Xen {
     fn host_disks(&self) -> super::disk::HostDisks<'_> {
         super::disk::HostDisks {
             link: &*self.conn,
+            run_dir: &self.host.run_dir,
             host: &self.host.name,
         }
     }

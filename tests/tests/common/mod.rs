@@ -131,7 +131,13 @@ pub fn crash_and_settle(
         .cli(&["migrate", vm, "--to", to, mode, "--no-probe"])
         .unwrap();
     assert!(!o.status.success(), "{point}: the move did not crash");
-    lab.wait_exit(app, Duration::from_secs(30)).unwrap();
+    if let Err(e) = lab.wait_exit(app, Duration::from_secs(30)) {
+        panic!(
+            "{point}: {e}; the move ended without the crash: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     lab.restart_with(app, &[]).unwrap();
     // The restarted appliance settles the move by itself.
     netmigrate_lab::sys::wait_for(
