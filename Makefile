@@ -3,7 +3,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp bench-disk installer
+.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp bench-disk bench-disk-xen installer
 
 all: build
 
@@ -73,6 +73,11 @@ bench-ftp: deps
 bench-disk: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-disk --runs 3
+
+## bench-disk-xen: cold moves with a local disk on nested Xen vs xl save + tar|zstd|ssh + xl restore (root)
+bench-disk-xen: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-disk-xen --runs 1
 
 ## bench-dhcp: perfdhcp (full DORA) against netmigrate, Kea (memfile, persist) and dnsmasq (root)
 bench-dhcp: deps

@@ -25,15 +25,15 @@ const FILL_MIB: u32 = 256;
 const VIRTUAL_MIB: u32 = 1024;
 
 #[derive(Debug, Default, Clone, Copy)]
-struct Figures {
+pub(crate) struct Figures {
     /// Netmigrate: from the migration's start to the VM running on its target with its disk
     /// whole (the `target runs` step done); by hand: from the target's copy being made to the
     /// export's stop.
-    total_ms: u64,
+    pub(crate) total_ms: u64,
     /// Netmigrate: the migration's whole span, the source cleared and the hooks run too.
-    span_ms: u64,
-    break_ms: u64,
-    wire_bytes: u64,
+    pub(crate) span_ms: u64,
+    pub(crate) break_ms: u64,
+    pub(crate) wire_bytes: u64,
 }
 
 pub fn run_all(runs: usize) -> Result<String> {
@@ -81,12 +81,17 @@ pub fn run_all(runs: usize) -> Result<String> {
     let mut colds = Vec::new();
     for i in 0..runs {
         let (from, to) = (&a, &c);
-        let disk = appliance_move(&lab, &app, &client, disk_vm, disk_ip, from, to, "--live")?;
-        let ram = appliance_move(&lab, &app, &client, &ram_vm, ram_ip, from, to, "--live")?;
+        let moved = |vm: (&str, Ipv4Addr), from: &Host, to: &Host, mode: &str| {
+            appliance_move(&app, &client, vm, &to.config_name(), mode, PROBE, &|| {
+                tx_bytes(&lab, &from.ns)
+            })
+        };
+        let disk = moved((disk_vm, disk_ip), from, to, "--live")?;
+        let ram = moved((&ram_vm, ram_ip), from, to, "--live")?;
         let hand = hand_move(&lab, &client, &a, &c)?;
         // Back cold: the source's copy went with the live move (source_disks = "remove").
-        let disk_cold = appliance_move(&lab, &app, &client, disk_vm, disk_ip, to, from, "--cold")?;
-        let ram_cold = appliance_move(&lab, &app, &client, &ram_vm, ram_ip, to, from, "--cold")?;
+        let disk_cold = moved((disk_vm, disk_ip), to, from, "--cold")?;
+        let ram_cold = moved((&ram_vm, ram_ip), to, from, "--cold")?;
         eprintln!(
             "run {}: netmigrate {disk:?}, RAM only {ram:?}, by hand {hand:?}; cold: {disk_cold:?}, RAM only {ram_cold:?}",
             i + 1
@@ -199,42 +204,40 @@ fn allocated(p: &Path) -> Result<u64> {
         * 512)
 }
 
-/// Bytes `h` has sent on its uplink.
-fn tx_bytes(lab: &Lab, h: &Host) -> Result<u64> {
+/// Bytes the host in namespace `ns` has sent on its uplink.
+pub(crate) fn tx_bytes(lab: &Lab, ns: &str) -> Result<u64> {
     Ok(lab
-        .exec(&h.ns, "cat", &["/sys/class/net/up0/statistics/tx_bytes"])?
+        .exec(ns, "cat", &["/sys/class/net/up0/statistics/tx_bytes"])?
         .trim()
         .parse()?)
 }
 
+/// The prober's cadence on QEMU hosts: a try every 10 ms, each given 100 ms.
+const PROBE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(100));
+
 fn prober(client: &Node, ip: Ipv4Addr) -> Result<Prober> {
-    Prober::start(
-        &client.ns,
-        SocketAddr::new(ip.into(), 80),
-        Duration::from_millis(10),
-        Duration::from_millis(100),
-    )
+    Prober::start(&client.ns, SocketAddr::new(ip.into(), 80), PROBE.0, PROBE.1)
 }
 
-/// One move by the appliance (`mode`: `--live` or `--cold`): the migration's own span, the
-/// client's break, the source's bytes sent.
-#[allow(clippy::too_many_arguments)]
-fn appliance_move(
-    lab: &Lab,
+/// One move by the appliance (`mode`: `--live` or `--cold`) to host `to` under a prober
+/// (`probe`: its interval and timeout): the migration's own span, the client's break, the
+/// bytes the source sent (`sent`: its counter).
+pub(crate) fn appliance_move(
     app: &crate::Appliance,
     client: &Node,
-    vm: &str,
-    ip: Ipv4Addr,
-    from: &Host,
-    to: &Host,
+    (vm, ip): (&str, Ipv4Addr),
+    to: &str,
     mode: &str,
+    probe: (Duration, Duration),
+    sent: &dyn Fn() -> Result<u64>,
 ) -> Result<Figures> {
-    let p = prober(client, ip)?;
-    std::thread::sleep(Duration::from_millis(300));
-    let sent = tx_bytes(lab, from)?;
-    let out = app.cli_ok(&["migrate", vm, "--to", &to.config_name(), mode, "--json"])?;
-    let wire_bytes = tx_bytes(lab, from)? - sent;
-    std::thread::sleep(Duration::from_millis(300));
+    let p = Prober::start(&client.ns, SocketAddr::new(ip.into(), 80), probe.0, probe.1)?;
+    let probing_since = std::time::SystemTime::now();
+    std::thread::sleep((probe.0 * 3).max(Duration::from_millis(300)));
+    let before = sent()?;
+    let out = app.cli_ok(&["migrate", vm, "--to", to, mode, "--json"])?;
+    let wire_bytes = sent()? - before;
+    std::thread::sleep((probe.0 * 3).max(Duration::from_millis(300)));
     let r = p.finish();
     let v: Value = serde_json::from_str(&out)?;
     let m = &v["migrations"][0];
@@ -247,14 +250,30 @@ fn appliance_move(
             .into_iter()
             .flatten()
             .map(|s| {
+                let at =
+                    |k: &str| s[k].as_i64().unwrap_or(0) - m["started_ms"].as_i64().unwrap_or(0);
                 format!(
-                    "{} {} ms",
+                    "{} {}..{} ms",
                     s["step"].as_str().unwrap_or("?"),
-                    s["finished_ms"].as_i64().unwrap_or(0) - s["started_ms"].as_i64().unwrap_or(0)
+                    at("started_ms"),
+                    at("finished_ms")
                 )
             })
             .collect();
-        eprintln!("{vm}: {}", steps.join(", "));
+        // Where the client's break fell, on the migration's clock.
+        let since_start = |at: Duration| {
+            (probing_since + at)
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+                - m["started_ms"].as_i64().unwrap_or(0)
+        };
+        eprintln!(
+            "{vm}: {} (the hypervisor's own downtime: {} ms; the client's break from {} ms to {} ms)",
+            steps.join(", "),
+            m["detail"]["downtime_ms"],
+            since_start(r.break_at),
+            since_start(r.break_at + r.break_time),
+        );
     }
     let started = m["started_ms"].as_i64().unwrap_or(0);
     // Until it runs on its target: live, its own start there; cold, its resume.
@@ -300,7 +319,7 @@ fn hand_move(lab: &Lab, client: &Node, from: &Host, to: &Host) -> Result<Figures
         lab.wait_http(&client.ns, &src, Duration::from_secs(120))?;
         let p = prober(client, spec.ip)?;
         std::thread::sleep(Duration::from_millis(300));
-        let sent = tx_bytes(lab, from)?;
+        let sent = tx_bytes(lab, &from.ns)?;
         let t0 = Instant::now();
         let _ = std::fs::remove_file(&dst_img);
         run(std::process::Command::new("qemu-img")
@@ -376,7 +395,7 @@ fn hand_move(lab: &Lab, client: &Node, from: &Host, to: &Host) -> Result<Figures
         )?;
         tq.execute("nbd-server-stop", json!({}))?;
         let total_ms = t0.elapsed().as_millis() as u64;
-        let wire_bytes = tx_bytes(lab, from)? - sent;
+        let wire_bytes = tx_bytes(lab, &from.ns)? - sent;
         let _ = sq.execute("quit", json!({}));
         from.ovs.vsctl(&["del-port", BRIDGE, &src.tap])?;
         wait_for(

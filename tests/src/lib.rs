@@ -15,6 +15,7 @@ pub mod appliance;
 pub mod appliance_image;
 pub mod bench_dhcp;
 pub mod bench_disk;
+pub mod bench_disk_xen;
 pub mod bench_dns;
 pub mod cleanup;
 pub mod dashboard;

@@ -691,7 +691,6 @@ fn disk_guest(
     client: &netmigrate_lab::lab::Node,
     a: &XenHost,
 ) -> Ipv4Addr {
-    use netmigrate_lab::lab::SUBNET_PREFIX;
     let disk = DISK;
     lab.xen_ssh(
         &app.node.ns,
@@ -700,28 +699,7 @@ fn disk_guest(
     )
     .unwrap();
     let ip = Ipv4Addr::new(10, 213, 0, 58);
-    app.cli_ok(&[
-        "vm",
-        "define",
-        "dweb",
-        "--mem",
-        "128",
-        "--mac",
-        "00:16:3e:d5:00:3a",
-        "--ip",
-        &ip.to_string(),
-        "--kernel",
-        GUEST_KERNEL,
-        "--initrd",
-        GUEST_INITRD,
-        "--append",
-        &format!("console=hvc0 quiet nm_ip={ip}/{SUBNET_PREFIX} nm_name=dweb nm_disk=/dev/xvda"),
-        "--type",
-        "pvh",
-        "--disk",
-        &format!("{disk},format=raw"),
-    ])
-    .unwrap();
+    netmigrate_lab::xen::define_disk_guest(app, "dweb", ip, disk).unwrap();
     app.cli_ok(&["vm", "start", "dweb", "--on", "xenA"])
         .unwrap();
     wait_http(lab, &client.ns, ip);

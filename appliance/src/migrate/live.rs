@@ -105,16 +105,6 @@ impl Move<'_> {
                                    "bytes": result.bytes}),
             )
             .await;
-        // The VM's state is across and its disks were in sync to the last write: the mirror
-        // ends (the source is done with), and the target stops serving its disks. Neither
-        // failing keeps the VM from running on the target; both are reported.
-        let mut ended = Vec::new();
-        if disks {
-            let mirror = async { Ok(self.src.driver.end_mirror(self.def).await?) };
-            ended.extend(self.journal.try_step(Step::EndMirror, mirror).await);
-            let export = async { Ok(self.dst.driver.end_export(self.def).await?) };
-            ended.extend(self.journal.try_step(Step::EndExport, export).await);
-        }
         // The target starts by itself once the state is in, its port already taken by the
         // switch; check both, and start it if it did not.
         let port = self.port_after_load(&spec).await;
@@ -163,20 +153,18 @@ impl Move<'_> {
             self.rollback().await;
             return Err(Failure::RolledBack(e));
         }
-        match self.finish_on_target().await {
-            Ok(()) if ended.is_empty() => Ok(()),
-            Ok(()) => Err(Failure::Forward {
-                on: self.dst.cfg.name.clone(),
-                problems: ended,
-            }),
-            Err(Failure::Forward { on, mut problems }) => {
-                ended.append(&mut problems);
-                Err(Failure::Forward {
-                    on,
-                    problems: ended,
-                })
-            }
-            Err(e) => Err(e),
+        // The network first: the break ends when the switches know. Then, the VM's disks
+        // having been in sync to the last write and the source paused since, the mirror
+        // ends (nothing is left for it to copy) and the target stops serving its disks, off
+        // the break. Neither failing keeps the VM from running on the target; both are
+        // reported, and the source's disks are kept.
+        let mut problems = self.arrive().await;
+        if disks {
+            let mirror = async { Ok(self.src.driver.end_mirror(self.def).await?) };
+            problems.extend(self.journal.try_step(Step::EndMirror, mirror).await);
+            let export = async { Ok(self.dst.driver.end_export(self.def).await?) };
+            problems.extend(self.journal.try_step(Step::EndExport, export).await);
         }
+        self.clear_source(problems).await
     }
 }

@@ -1129,13 +1129,6 @@ impl Move<'_> {
             .await;
     }
 
-    /// After the VM runs on the target: tell the network, then clear the source. Failures here
-    /// leave the VM running on the target and are reported.
-    pub async fn finish_on_target(&self) -> Result<(), Failure> {
-        let told = self.arrive().await;
-        self.clear_source(told).await
-    }
-
     /// Once the VM runs on the target: its new MAC if one was asked for, the network told and
     /// the hooks run (with the MAC it now has). Returns what went wrong, for `clear_source` to
     /// report.

@@ -830,11 +830,13 @@ async fn a_live_move_with_a_local_disk_mirrors_it_before_the_memory_and_keeps_th
             .unwrap_or_else(|| panic!("{s} missing: {got:?}"))
     };
     // Made before the hypervisor opens it, served before the source mirrors, in sync before
-    // the memory goes; the mirror ends once the memory is across.
+    // the memory goes; the mirror ends once the VM runs on the target and the network knows
+    // (off the break).
     assert!(at(Step::TargetDisks) < at(Step::PrepareTarget));
     assert!(at(Step::ExportDisks) < at(Step::MirrorDisks));
     assert!(at(Step::MirrorDisks) < at(Step::LivePreCopy));
-    assert!(at(Step::LivePreCopy) < at(Step::EndMirror));
+    assert!(at(Step::LivePreCopy) < at(Step::TargetRuns));
+    assert!(at(Step::Announce) < at(Step::EndMirror));
     assert!(at(Step::EndExport) < at(Step::StopSource));
     assert!(
         !got.contains(&Step::SourceDisks.name().into_owned()),
