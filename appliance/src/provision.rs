@@ -6,13 +6,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use netmigrate_provisioning::http::Callback;
+use netmigrate_provisioning::http::{Callback, Commissioned, Report};
 use netmigrate_provisioning::{ipxe, token, Enrolled, Enrolment, Refused, Stage};
 use netmigrate_services::dhcp::BootClient;
 use netmigrate_services::tftp;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, HostConfig, Mac};
+use crate::config::{Config, HostConfig, Mac, ProvisioningConfig};
 use crate::daemon::App;
 use crate::state::machines::{Acceptance, EnrolledHost, MachineRow};
 use crate::state::{NewEvent, StateError};
@@ -275,14 +275,6 @@ impl AppEnrolment {
                 }
             }
         };
-        let m = if m.stage == Stage::Discovered.as_str() {
-            match p.rules.accepts(&mac.0, m.vendor_class.as_deref()) {
-                Some(why) => accept(app, &text, why).await.map_err(|e| e.to_string())?,
-                None => return Ok(ipxe::wait(base, &text)),
-            }
-        } else {
-            m
-        };
         for f in [&p.kernel, &p.initrd] {
             if netmigrate_services::files::resolve(&self.root, f).is_err() {
                 let e = format!(
@@ -296,9 +288,45 @@ impl AppEnrolment {
                 return Ok(ipxe::skip(&e));
             }
         }
-        let ssh_key = public_key(&p.host.ssh_key)?;
-        let (t, hash) = token::new().map_err(|e| format!("a token: {e}"))?;
+        let mut installer = ipxe::Installer {
+            kernel: p.kernel.clone(),
+            initrd: p.initrd.clone(),
+            cmdline: p.cmdline.clone(),
+            ssh_key: String::new(),
+        };
         let expires = crate::state::now_ms() + p.token_ttl.as_millis() as i64;
+        // Its hardware known first, before it is accepted or anything is written to it.
+        let unsettled = [Stage::Discovered, Stage::Commissioning, Stage::Accepted]
+            .iter()
+            .any(|s| m.stage == s.as_str());
+        if p.commission && m.hardware.is_none() && unsettled {
+            let (t, hash) = token::new().map_err(|e| format!("a token: {e}"))?;
+            app.state
+                .machine_commissioning(text.clone(), hash, expires)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = app
+                .state
+                .record(
+                    NewEvent::info(
+                        "provision.commissioning",
+                        format!("{text} sent the installer to report its hardware"),
+                    )
+                    .about(&m.network),
+                )
+                .await;
+            return Ok(ipxe::commission(base, &text, &t, &installer));
+        }
+        let m = if m.stage == Stage::Discovered.as_str() {
+            match verdict(p, &m) {
+                Verdict::Accept(why) => accept(app, &text, why).await.map_err(|e| e.to_string())?,
+                Verdict::Wait(why) => return Ok(ipxe::wait(base, &text, why.as_deref())),
+            }
+        } else {
+            m
+        };
+        installer.ssh_key = public_key(&p.host.ssh_key)?;
+        let (t, hash) = token::new().map_err(|e| format!("a token: {e}"))?;
         app.state
             .machine_booting(text.clone(), hash, expires)
             .await
@@ -314,13 +342,42 @@ impl AppEnrolment {
                 .about(&name),
             )
             .await;
-        let i = ipxe::Installer {
-            kernel: p.kernel.clone(),
-            initrd: p.initrd.clone(),
-            cmdline: p.cmdline.clone(),
-            ssh_key,
-        };
-        Ok(ipxe::install(base, &name, &t, &i))
+        Ok(ipxe::install(base, &name, &t, &installer))
+    }
+}
+
+/// What becomes of a discovered machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A rule accepts it (why).
+    Accept(String),
+    /// It waits for the operator: no rule takes it (None), or one does but the machine
+    /// falls short of its requirements (where).
+    Wait(Option<String>),
+}
+
+/// The rules' verdict on a discovered machine, from its MAC, vendor class and hardware.
+pub fn verdict(p: &ProvisioningConfig, m: &MachineRow) -> Verdict {
+    let Ok(mac) = m.mac.parse::<Mac>() else {
+        return Verdict::Wait(None);
+    };
+    let Some(why) = p.rules.accepts(&mac.0, m.vendor_class.as_deref()) else {
+        return Verdict::Wait(None);
+    };
+    if p.rules.require.is_empty() {
+        return Verdict::Accept(why);
+    }
+    let Some(hw) = &m.hardware else {
+        return Verdict::Wait(Some(
+            "its hardware is not known yet, and the rules require some".into(),
+        ));
+    };
+    let short = p.rules.require.short_of(hw);
+    if short.is_empty() {
+        Verdict::Accept(format!("{why}, {}", hw.summary()))
+    } else {
+        let rule = why.strip_prefix("auto-accepted: ").unwrap_or(&why);
+        Verdict::Wait(Some(format!("{rule} matches, but {}", short.join("; "))))
     }
 }
 
@@ -353,6 +410,57 @@ impl Enrolment for AppEnrolment {
                 ipxe::skip(&e)
             }
         }
+    }
+
+    async fn commission(&self, report: Report, from: Ipv4Addr) -> Result<Commissioned, Refused> {
+        let app = &self.app;
+        let cfg = app.config();
+        let p = cfg
+            .provisioning
+            .as_ref()
+            .ok_or_else(|| Refused::Bad("provisioning is off".into()))?;
+        let m = match app
+            .state
+            .machine_commissioned(token::hash(report.token.trim()), report.hardware)
+            .await
+        {
+            Ok(m) => m,
+            Err(StateError::Conflict(e)) => {
+                let _ = app
+                    .state
+                    .record(NewEvent::warn(
+                        "provision.refused",
+                        format!("commissioning report from {from}: {e}"),
+                    ))
+                    .await;
+                return Err(Refused::Token(e));
+            }
+            Err(e) => return Err(Refused::Internal(e.to_string())),
+        };
+        let hw = m.hardware.as_ref().map(|h| h.summary()).unwrap_or_default();
+        let (says, short) = if m.stage == Stage::Discovered.as_str() {
+            match verdict(p, &m) {
+                Verdict::Accept(why) => (format!("to be accepted ({why})"), false),
+                Verdict::Wait(Some(why)) => (format!("waits: {why}"), true),
+                Verdict::Wait(None) => (
+                    format!("waits for the operator (netmigrate hosts accept {})", m.mac),
+                    false,
+                ),
+            }
+        } else {
+            (
+                format!("accepted as {}", m.name.as_deref().unwrap_or("?")),
+                false,
+            )
+        };
+        let message = format!("{} commissioned from {from}: {hw}; {says}", m.mac);
+        let event = if short {
+            NewEvent::warn("provision.commissioned", message)
+        } else {
+            NewEvent::info("provision.commissioned", message)
+        };
+        let _ = app.state.record(event.about(&m.network)).await;
+        Ok(Commissioned { says })
     }
 
     async fn enrol(&self, call: Callback, from: Ipv4Addr) -> Result<Enrolled, Refused> {
@@ -414,5 +522,91 @@ impl Enrolment for AppEnrolment {
             }
         });
         Ok(Enrolled { name, address })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// `[provisioning]` with `extra` keys, read as the daemon reads it.
+    fn provisioning(dir: &std::path::Path, extra: &str) -> ProvisioningConfig {
+        let key = dir.join("id_ed25519");
+        std::fs::write(&key, "only its mode is checked\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let src = format!(
+            "state_dir = \"state\"\n[[network]]\nname = \"lab\"\ninterface = \"eth1\"\n\
+             address = \"10.0.0.1/24\"\ndhcp_range = [\"10.0.0.100\", \"10.0.0.199\"]\n\
+             [provisioning]\nnetwork = \"lab\"\npool = [\"10.0.0.50\", \"10.0.0.59\"]\n\
+             auto_accept_mac = [\"52:54:00:aa\"]\n{extra}\n\
+             [provisioning.host]\nssh_key = \"id_ed25519\"\nhypervisor = \"qemu\"\nbridge = \"br0\"\n"
+        );
+        Config::parse(&dir.join("netmigrate.toml"), &src)
+            .unwrap()
+            .provisioning
+            .unwrap()
+    }
+
+    fn machine(mac: &str, memory_mib: Option<u64>) -> MachineRow {
+        MachineRow {
+            mac: mac.into(),
+            network: "lab".into(),
+            stage: "discovered".into(),
+            vendor_class: None,
+            arch: None,
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            name: None,
+            ip: None,
+            accepted_why: None,
+            host_key: None,
+            ready_ms: None,
+            hardware: memory_mib.map(|m| {
+                serde_json::from_value(serde_json::json!({
+                    "arch": "x86_64", "firmware": "uefi", "cpus": 4, "cpu_model": "EPYC",
+                    "virt": "svm", "memory_mib": m,
+                    "disks": [{"name": "sda", "bytes": 100u64 << 30, "model": "SSD",
+                               "serial": "S1", "rotational": false}],
+                    "nics": []
+                }))
+                .unwrap()
+            }),
+            commissioned_ms: None,
+            waits: None,
+        }
+    }
+
+    #[test]
+    fn rules_accept_what_has_their_requirements_and_say_why_the_rest_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = provisioning(dir.path(), "");
+        let m = machine("52:54:00:aa:00:01", None);
+        assert_eq!(
+            verdict(&plain, &m),
+            Verdict::Accept("auto-accepted: MAC prefix 52:54:00:aa".into())
+        );
+        assert_eq!(
+            verdict(&plain, &machine("52:54:00:bb:00:01", Some(1 << 20))),
+            Verdict::Wait(None),
+            "no rule takes it"
+        );
+
+        let strict = provisioning(dir.path(), "min_memory = \"4G\"\nmin_disk = \"50G\"");
+        assert!(matches!(
+            verdict(&strict, &machine("52:54:00:aa:00:01", Some(8192))),
+            Verdict::Accept(why) if why.contains("4 CPUs (svm), 8192 MiB, disks sda 100.0 GiB, uefi")
+        ));
+        assert_eq!(
+            verdict(&strict, &machine("52:54:00:aa:00:01", Some(2048))),
+            Verdict::Wait(Some(
+                "MAC prefix 52:54:00:aa matches, but memory 2048 MiB is below min_memory (4096 MiB)"
+                    .into()
+            ))
+        );
+        assert!(matches!(
+            verdict(&strict, &machine("52:54:00:aa:00:01", None)),
+            Verdict::Wait(Some(why)) if why.contains("not known yet")
+        ));
     }
 }

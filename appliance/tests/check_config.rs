@@ -735,4 +735,23 @@ fn provisioning_is_checked() {
     );
     let (text, line) = with(&format!("{PROVISIONING}[boot]\nhttp_port = 0\n"));
     assert_one(&c, &text, line(3), "boot.http_port", &["needs it"]);
+    // Requirements of the rules need commissioning, and sizes that read.
+    let required = |extra: &str| {
+        with(&PROVISIONING.replace(
+            "[provisioning.host]",
+            &format!("min_memory = \"2G\"\nrequire_virt = true\n{extra}[provisioning.host]"),
+        ))
+    };
+    let (code, _, err) = c.check(&required("min_disk = \"20GiB\"\n").0);
+    assert_eq!(code, 0, "{err}");
+    let (text, line) = required("commission = false\n");
+    assert_one(
+        &c,
+        &text,
+        line(9),
+        "provisioning.commission",
+        &["is false", "min_memory"],
+    );
+    let (text, line) = required("min_disk = \"lots\"\n");
+    assert_one(&c, &text, line(9), "provisioning.min_disk", &["not a size"]);
 }

@@ -3,7 +3,9 @@
 # OpenSSH's sshd (this machine's, with the libraries it needs). Booted by iPXE from the
 # appliance, it takes an address by DHCP, lets the appliance's key in as root, generates its
 # SSH host key and calls the appliance back with its one-time token and that key. It leaves
-# nothing behind: it runs from memory.
+# nothing behind: it runs from memory. Booted with nm_mode=commission, it reports the
+# machine's hardware instead (CPUs, memory, disks, NICs, firmware, from /proc and /sys) and
+# boots again.
 #
 # usage: build.sh OUT_DIR KERNEL MODULES_DIR
 #   KERNEL       a Debian vmlinuz
@@ -27,7 +29,8 @@ for b in /usr/sbin/sshd /usr/bin/ssh-keygen; do
   done
 done
 for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_modern_dev virtio/virtio_pci_legacy_dev \
-         virtio/virtio_pci ../net/core/failover net/net_failover net/virtio_net net/ethernet/intel/e1000/e1000; do
+         virtio/virtio_pci ../net/core/failover net/net_failover net/virtio_net net/ethernet/intel/e1000/e1000 \
+         block/virtio_blk; do
   f="$MODS/kernel/drivers/$m.ko"; [ -f "$f" ] && cp "$f" "$R/lib/modules/"
 done
 cat > "$R/etc/passwd" <<P
@@ -59,19 +62,33 @@ cat > "$R/init" <<'I'
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net e1000; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net e1000 virtio_blk; do
   insmod /lib/modules/$m.ko 2>/dev/null; done
 say() { echo "NM-INSTALLER: $*" > /dev/console; }
-NAME=host; TOKEN=; CB=; KEY=
+NAME=host; TOKEN=; CB=; KEY=; MODE=install
 for w in $(cat /proc/cmdline); do case "$w" in
   nm_name=*) NAME=${w#nm_name=};; nm_token=*) TOKEN=${w#nm_token=};;
-  nm_callback=*) CB=${w#nm_callback=};; nm_key=*) KEY=${w#nm_key=};; esac; done
+  nm_callback=*) CB=${w#nm_callback=};; nm_key=*) KEY=${w#nm_key=};; nm_mode=*) MODE=${w#nm_mode=};; esac; done
 hostname "$NAME"
 ip link set lo up
 i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
 ip link set eth0 up
 udhcpc -i eth0 -b -t 60 -T 1 -p /run/udhcpc.pid -s /usr/share/udhcpc/default.script -x hostname:"$NAME"
 i=0; until ip -4 -o addr show eth0 | grep -q inet || [ $i -ge 600 ]; do usleep 100000; i=$((i+1)); done
+if [ "$MODE" = commission ]; then
+  . /etc/nm/hardware.sh
+  hardware > /tmp/hardware.json
+  say "hardware $(cat /tmp/hardware.json)"
+  # A refusal (4xx) is final; a network error is tried again. Either way it boots again:
+  # the appliance decides what comes next when it asks for its script.
+  n=0; while [ $n -lt 30 ]; do
+    if wget -q -O /tmp/commissioned --header 'Content-Type: application/json' \
+         --post-data "{\"token\":\"$TOKEN\",\"hardware\":$(cat /tmp/hardware.json)}" "$CB" 2>/tmp/wget.err; then
+      say "COMMISSIONED $(cat /tmp/commissioned)"; break; fi
+    grep -q ' 40[0-9]' /tmp/wget.err && { say "REFUSED $(cat /tmp/wget.err)"; break; }
+    n=$((n+1)); sleep 2; done
+  sync; sleep 1; reboot -f
+fi
 echo "$KEY" | tr ',' ' ' > /root/.ssh/authorized_keys; chmod 700 /root/.ssh; chmod 600 /root/.ssh/authorized_keys
 ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 /usr/sbin/sshd -E /var/log/sshd.log
@@ -89,6 +106,8 @@ n=0; while [ $n -lt 30 ]; do
   n=$((n+1)); sleep 2; done
 exec setsid cttyhack sh
 I
+mkdir -p "$R/etc/nm"
+cp "$(dirname "$0")/hardware.sh" "$R/etc/nm/hardware.sh"
 chmod +x "$R/init" "$R/usr/share/udhcpc/default.script"
 mkdir -p "$OUT"
 cp "$KERNEL" "$OUT/vmlinuz.part" && mv "$OUT/vmlinuz.part" "$OUT/vmlinuz"

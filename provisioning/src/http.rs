@@ -25,6 +25,23 @@ pub trait Enrolment: Send + Sync + 'static {
     async fn script(&self, mac: Option<&str>, from: Ipv4Addr, base: &str) -> String;
     /// The installer calls back with its token and SSH host key.
     async fn enrol(&self, call: Callback, from: Ipv4Addr) -> Result<Enrolled, Refused>;
+    /// The installer, sent to commission, reports the machine's hardware with its token.
+    async fn commission(&self, report: Report, from: Ipv4Addr) -> Result<Commissioned, Refused>;
+}
+
+/// A commissioning installer's report.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub token: String,
+    pub hardware: crate::Hardware,
+}
+
+/// What the appliance made of a report: the installer says it and boots again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Commissioned {
+    /// "accepted as hv1 (...)", or why the machine waits.
+    pub says: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -66,6 +83,12 @@ pub fn router(root: PathBuf, base: String, enrolment: Option<Arc<dyn Enrolment>>
         .route("/boot/{*path}", get(file))
         .route("/ipxe", get(script))
         .route("/enrol", post(enrol))
+        .route(
+            "/commission",
+            post(commission).layer(axum::extract::DefaultBodyLimit::max(
+                crate::hardware::MAX_REPORT,
+            )),
+        )
         .with_state(Boot {
             root,
             base,
@@ -147,6 +170,41 @@ async fn script(
     ([(header::CONTENT_TYPE, "text/plain")], text).into_response()
 }
 
+async fn commission(
+    State(b): State<Boot>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    report: Result<Json<Report>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(e) = &b.enrolment else {
+        return (StatusCode::NOT_FOUND, "no enrolment here\n").into_response();
+    };
+    let SocketAddr::V4(peer) = peer else {
+        return (StatusCode::BAD_REQUEST, "IPv4 only\n").into_response();
+    };
+    let Json(report) = match report {
+        Ok(r) => r,
+        Err(r) => return (StatusCode::BAD_REQUEST, format!("{}\n", r.body_text())).into_response(),
+    };
+    if let Err(why) = report.hardware.check() {
+        return (StatusCode::BAD_REQUEST, format!("hardware: {why}\n")).into_response();
+    }
+    match e.commission(report, *peer.ip()).await {
+        Ok(done) => Json(done).into_response(),
+        Err(r) => refused(peer, r),
+    }
+}
+
+/// A refusal as its status and reason.
+fn refused(peer: std::net::SocketAddrV4, r: Refused) -> Response {
+    let status = match r {
+        Refused::Token(_) => StatusCode::FORBIDDEN,
+        Refused::Bad(_) => StatusCode::BAD_REQUEST,
+        Refused::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::warn!(from = %peer, "provisioning call refused: {r}");
+    (status, format!("{r}\n")).into_response()
+}
+
 async fn enrol(
     State(b): State<Boot>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -164,15 +222,7 @@ async fn enrol(
     };
     match e.enrol(call, *peer.ip()).await {
         Ok(done) => Json(done).into_response(),
-        Err(r) => {
-            let status = match r {
-                Refused::Token(_) => StatusCode::FORBIDDEN,
-                Refused::Bad(_) => StatusCode::BAD_REQUEST,
-                Refused::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            tracing::warn!(from = %peer, "enrolment refused: {r}");
-            (status, format!("{r}\n")).into_response()
-        }
+        Err(r) => refused(peer, r),
     }
 }
 
@@ -200,6 +250,15 @@ mod tests {
             } else {
                 Err(Refused::Token("unknown token".into()))
             }
+        }
+        async fn commission(
+            &self,
+            report: Report,
+            _from: Ipv4Addr,
+        ) -> Result<Commissioned, Refused> {
+            Ok(Commissioned {
+                says: format!("{} MiB", report.hardware.memory_mib),
+            })
         }
     }
 
@@ -273,5 +332,31 @@ mod tests {
         let (s, body) = call(&r, post(r#"{"token":"good"}"#)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(body.contains("host_key"), "{body}");
+
+        let report = |body: String| {
+            Request::post("/commission")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let hw = |mem: u64| {
+            format!(
+                r#"{{"token":"t","hardware":{{"arch":"x86_64","firmware":"uefi","cpus":2,"cpu_model":"m","virt":"vmx","memory_mib":{mem},"disks":[],"nics":[]}}}}"#
+            )
+        };
+        assert_eq!(
+            call(&r, report(hw(2048))).await,
+            (StatusCode::OK, r#"{"says":"2048 MiB"}"#.into())
+        );
+        let (s, body) = call(&r, report(hw(0))).await;
+        assert_eq!(
+            (s, body.as_str()),
+            (StatusCode::BAD_REQUEST, "hardware: memory_mib is 0\n")
+        );
+        let (s, body) = call(&r, report(format!("{}{}", hw(1), " ".repeat(300 * 1024)))).await;
+        assert!(
+            s.is_client_error() && body.contains("length limit"),
+            "a report is bounded: {s} {body}"
+        );
     }
 }

@@ -16,12 +16,13 @@ pub struct Installer {
 /// Seconds a machine waiting for acceptance waits before it asks again.
 pub const WAIT_S: u32 = 10;
 
-/// For a machine nobody accepted yet: say so on its console and ask again later, so that
-/// accepting it needs no power cycle.
-pub fn wait(base: &str, mac: &str) -> String {
+/// For a machine nobody accepted yet: say so (and `why`, when a rule's requirements keep it
+/// waiting) on its console and ask again later, so that accepting it needs no power cycle.
+pub fn wait(base: &str, mac: &str, why: Option<&str>) -> String {
+    let why = why.map_or(String::new(), |w| format!("echo netmigrate: {w}\n"));
     format!(
         "#!ipxe\necho netmigrate: {mac} is discovered and waits to be accepted (netmigrate hosts accept {mac})\n\
-         sleep {WAIT_S}\nchain --replace --autofree {base}/ipxe?mac={mac}\n"
+         {why}sleep {WAIT_S}\nchain --replace --autofree {base}/ipxe?mac={mac}\n"
     )
 }
 
@@ -39,6 +40,21 @@ pub fn install(base: &str, name: &str, token: &str, i: &Installer) -> String {
     format!(
         "#!ipxe\necho netmigrate: installing {name}\n\
          kernel {base}/boot/{kernel} initrd={initrd_name} {cmdline} nm_name={name} nm_token={token} nm_callback={base}/enrol nm_key={key}\n\
+         initrd {base}/boot/{initrd}\nboot\n",
+        kernel = i.kernel,
+        initrd = i.initrd,
+        cmdline = i.cmdline,
+    )
+    .replace("  ", " ")
+}
+
+/// For a machine to commission: the installer, told to report the machine's hardware with
+/// its one-time token and boot again.
+pub fn commission(base: &str, mac: &str, token: &str, i: &Installer) -> String {
+    let initrd_name = i.initrd.rsplit('/').next().unwrap_or(&i.initrd);
+    format!(
+        "#!ipxe\necho netmigrate: commissioning {mac}\n\
+         kernel {base}/boot/{kernel} initrd={initrd_name} {cmdline} nm_mode=commission nm_token={token} nm_callback={base}/commission\n\
          initrd {base}/boot/{initrd}\nboot\n",
         kernel = i.kernel,
         initrd = i.initrd,
@@ -77,7 +93,21 @@ mod tests {
              kernel http://10.0.0.1:8067/boot/installer/vmlinuz initrd=initrd.img console=ttyS0 nm_name=hv1 nm_token=tok nm_callback=http://10.0.0.1:8067/enrol nm_key=ssh-ed25519,AAAAC3Nza\n\
              initrd http://10.0.0.1:8067/boot/installer/initrd.img\nboot\n"
         );
-        assert!(wait("http://a", "52:54:00:00:00:01")
+        assert!(wait("http://a", "52:54:00:00:00:01", None)
             .contains("chain --replace --autofree http://a/ipxe?mac=52:54:00:00:00:01"));
+        assert!(wait(
+            "http://a",
+            "m",
+            Some("memory 481 MiB is below min_memory (1024 MiB)")
+        )
+        .contains("echo netmigrate: memory 481 MiB is below"));
+        let c = commission("http://10.0.0.1:8067", "52:54:00:00:00:01", "tok", &i);
+        assert!(
+            c.contains(
+                "nm_mode=commission nm_token=tok nm_callback=http://10.0.0.1:8067/commission\n"
+            ),
+            "{c}"
+        );
+        assert!(!c.contains("nm_key"), "{c}");
     }
 }

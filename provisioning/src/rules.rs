@@ -45,6 +45,8 @@ pub struct Rules {
     pub mac_prefixes: Vec<MacPrefix>,
     /// Vendor classes (DHCP option 60) starting with one of these ("PXEClient:Arch:00007").
     pub vendor_classes: Vec<String>,
+    /// What a machine accepted by these rules must have (from its commissioning).
+    pub require: crate::Requirements,
 }
 
 impl Rules {
@@ -116,6 +118,7 @@ mod tests {
         let r = Rules {
             mac_prefixes: vec!["52:54:00:ab".parse().unwrap()],
             vendor_classes: vec!["PXEClient:Arch:00007".into()],
+            ..Rules::default()
         };
         assert_eq!(
             r.accepts(&MAC, None).as_deref(),

@@ -14,6 +14,7 @@ use crate::lab::{cache_dir, Lab, Node};
 use crate::netns;
 
 const BUILD: &str = include_str!("../../provisioning/installer/build.sh");
+const HARDWARE: &str = include_str!("../../provisioning/installer/hardware.sh");
 /// QEMU's iPXE ROM for the e1000, from Debian's ipxe-qemu (QEMU's own data directory lacks
 /// the ROMs here, and Debian's virtio ROMs are built for the modern device ID only).
 pub const ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
@@ -28,7 +29,7 @@ pub fn installer() -> Result<PathBuf> {
             .len()
             .hash(&mut h);
     }
-    (BUILD, &kver).hash(&mut h);
+    (BUILD, HARDWARE, &kver).hash(&mut h);
     let out = cache_dir().join(format!("installer-{:016x}", h.finish()));
     // One build at a time: a test binary's tests run as threads, and two building into the
     // same directory took each other's files (a fresh machine, both tests missing the cache).
@@ -72,6 +73,18 @@ impl Lab {
     /// Boots a diskless machine with `mac` from the network: its namespace's `eth0` on the lab
     /// switch, bridged to QEMU's tap.
     pub fn pxe_machine(&self, role: &str, mac: &str, mem_mib: u32) -> Result<Machine> {
+        self.pxe_machine_with_disk(role, mac, mem_mib, None)
+    }
+
+    /// [`Lab::pxe_machine`] with an empty local disk of `disk_gib` GiB (a virtio disk whose
+    /// serial is `NM-ROLE`), as a bare machine has before it is deployed.
+    pub fn pxe_machine_with_disk(
+        &self,
+        role: &str,
+        mac: &str,
+        mem_mib: u32,
+        disk_gib: Option<u32>,
+    ) -> Result<Machine> {
         let node = self.bare_node(role)?;
         netns::bridge(&node.ns, "br0")?;
         netns::ip(&node.ns, &["link", "set", "eth0", "master", "br0"])?;
@@ -90,6 +103,21 @@ impl Lab {
                 "-device",
                 &format!("e1000,netdev=n0,mac={mac},romfile={ROM}"),
             ]);
+        if let Some(gib) = disk_gib {
+            let disk = dir.join("disk.qcow2");
+            crate::sys::run(
+                Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&disk)
+                    .arg(format!("{gib}G")),
+            )?;
+            cmd.args([
+                "-drive",
+                &format!("file={},if=none,id=d0,format=qcow2", disk.display()),
+                "-device",
+                &format!("virtio-blk-pci,drive=d0,serial=NM-{role}"),
+            ]);
+        }
         let pid = self.track(role, &mut cmd)?;
         Ok(Machine {
             node,

@@ -9,6 +9,8 @@ use netmigrate_lab::{require_lab, Lab};
 
 const AUTO_MAC: &str = "52:54:00:aa:00:01";
 const MANUAL_MAC: &str = "52:54:00:bb:00:02";
+/// Taken by the rule's MAC prefix, but with less memory than the rule requires.
+const SMALL_MAC: &str = "52:54:00:aa:00:03";
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()
@@ -23,14 +25,16 @@ fn sha(b: &[u8]) -> String {
 }
 
 /// The lab's appliance config with boot serving and provisioning: machines with QEMU's MAC
-/// prefix 52:54:00:aa are accepted at once, others wait for the operator.
+/// prefix 52:54:00:aa and at least 384 MiB of memory are accepted once commissioned, others
+/// wait for the operator.
 fn config(lab: &Lab) -> String {
     let state_dir = lab.appliance_state_dir().unwrap();
     let key = lab.client_key().unwrap();
     format!(
         "{}\n[dhcp.pxe]\nipxe_script = \"tftp://10.213.0.1/netmigrate.ipxe\"\n\n\
          [provisioning]\nnetwork = \"lab\"\npool = [\"10.213.0.60\", \"10.213.0.69\"]\n\
-         hostname = \"hv{{n}}\"\nauto_accept_mac = [\"52:54:00:aa\"]\ncmdline = \"console=ttyS0\"\n\n\
+         hostname = \"hv{{n}}\"\nauto_accept_mac = [\"52:54:00:aa\"]\nmin_memory = \"384M\"\n\
+         cmdline = \"console=ttyS0\"\n\n\
          [provisioning.host]\nssh_key = \"{}\"\nhypervisor = \"qemu\"\nbridge = \"br0\"\n",
         netmigrate_lab::appliance::network_config(&state_dir),
         key.private.display()
@@ -189,8 +193,13 @@ fn machines_boot_enrol_and_become_hosts() {
     install_installer(&lab);
     let app = lab.appliance_with(&config(&lab)).unwrap();
     let cl = lab.client().unwrap();
-    let m1 = lab.pxe_machine("m1", AUTO_MAC, 512).unwrap();
+    let m1 = lab
+        .pxe_machine_with_disk("m1", AUTO_MAC, 512, Some(4))
+        .unwrap();
     let m2 = lab.pxe_machine("m2", MANUAL_MAC, 512).unwrap();
+    let m3 = lab
+        .pxe_machine_with_disk("m3", SMALL_MAC, 256, Some(2))
+        .unwrap();
     let host = |name: &str| {
         let v = json(&app.cli_ok(&["hosts", "--json"]).ok()?);
         v.as_array()?.iter().find(|h| h["name"] == name).cloned()
@@ -206,6 +215,61 @@ fn machines_boot_enrol_and_become_hosts() {
         )
         .unwrap()
     };
+
+    // The small machine is commissioned: its installer reports its hardware, and it waits
+    // below the rule's minimum, with the reason, no name and no address.
+    let small = wait_for(
+        &format!(
+            "the small machine to be commissioned (serial log {})",
+            m3.serial_log.display()
+        ),
+        Duration::from_secs(300),
+        || {
+            let v = json(&app.cli_ok(&["hosts", "--discovered", "--json"]).ok()?);
+            v.as_array()?
+                .iter()
+                .find(|m| m["mac"] == SMALL_MAC && m["stage"] == "discovered")
+                .filter(|m| !m["hardware"].is_null())
+                .cloned()
+        },
+    )
+    .unwrap();
+    let hw = &small["hardware"];
+    let mem = hw["memory_mib"].as_u64().unwrap();
+    assert!((150..256).contains(&mem), "{small:#}");
+    assert_eq!(
+        (&hw["firmware"], &hw["arch"], &hw["cpus"]),
+        (&"bios".into(), &"x86_64".into(), &1.into()),
+        "{small:#}"
+    );
+    assert_eq!(hw["disks"][0]["name"], "vda", "{small:#}");
+    assert_eq!(hw["disks"][0]["bytes"], 2u64 << 30, "{small:#}");
+    assert_eq!(hw["disks"][0]["serial"], "NM-m3", "{small:#}");
+    assert_eq!(
+        (&hw["nics"][0]["mac"], &hw["nics"][0]["driver"]),
+        (&SMALL_MAC.into(), &"e1000".into()),
+        "{small:#}"
+    );
+    let waits = small["waits"].as_str().unwrap_or_default();
+    assert!(
+        waits.contains(&format!("memory {mem} MiB is below min_memory (384 MiB)")),
+        "{small:#}"
+    );
+    let listing = app.cli_ok(&["hosts", "--discovered"]).unwrap();
+    assert!(
+        listing.contains("hardware: 1 CPU")
+            && listing.contains("waits: MAC prefix 52:54:00:aa matches, but memory"),
+        "{listing}"
+    );
+    assert!(m3.serial().contains("NM-INSTALLER: COMMISSIONED"));
+    // It keeps asking and keeps waiting: the iPXE script says why on its console.
+    wait_for(
+        "the small machine to be told why",
+        Duration::from_secs(120),
+        || m3.serial().contains("below min_memory").then_some(()),
+    )
+    .unwrap();
+    lab.stop(m3.pid);
 
     // The manual machine is discovered and waits, with no reservation.
     let discovered = wait_for(
@@ -241,6 +305,16 @@ fn machines_boot_enrol_and_become_hosts() {
     assert!(h1["host_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
     let serial = m1.serial();
     assert!(serial.contains("NM-INSTALLER: ENROLLED"), "{serial}");
+    // It was commissioned first, in a boot of its own, with its disk in the report.
+    assert!(
+        serial.contains("NM-INSTALLER: COMMISSIONED") && serial.contains(r#""serial":"NM-m1""#),
+        "{serial}"
+    );
+    let events = app.cli_ok(&["events", "--limit", "500"]).unwrap();
+    assert!(
+        events.contains(&format!("{AUTO_MAC} commissioned from")),
+        "{events}"
+    );
     // Its name follows it in DNS.
     let a = lab
         .exec(

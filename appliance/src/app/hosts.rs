@@ -214,9 +214,22 @@ pub async fn trust(app: &App, host: &str, replace: bool) -> Result<TrustReply> {
     })
 }
 
-/// Machines that network-booted, from discovered to ready.
+/// Machines that network-booted, from discovered to ready; a discovered one says why it
+/// waits.
 pub async fn machines(app: &App) -> Result<Vec<MachineRow>> {
-    Ok(app.state.machines().await?)
+    let mut ms = app.state.machines().await?;
+    let cfg = app.config();
+    if let Some(p) = &cfg.provisioning {
+        for m in ms.iter_mut().filter(|m| m.stage == "discovered") {
+            m.waits = Some(match crate::provision::verdict(p, m) {
+                crate::provision::Verdict::Wait(Some(why)) => why,
+                crate::provision::Verdict::Wait(None) => "for the operator".into(),
+                // It is accepted the next time it asks for its boot script.
+                crate::provision::Verdict::Accept(why) => format!("to boot again: {why}"),
+            });
+        }
+    }
+    Ok(ms)
 }
 
 /// The operator accepts the discovered machine with `mac`.

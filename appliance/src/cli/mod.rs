@@ -624,7 +624,10 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                 None if *discovered => {
                     let v: Vec<crate::state::machines::MachineRow> =
                         client.get("/v1/machines").await?;
-                    let v: Vec<_> = v.into_iter().filter(|m| m.stage == "discovered").collect();
+                    let v: Vec<_> = v
+                        .into_iter()
+                        .filter(|m| m.stage == "discovered" || m.stage == "commissioning")
+                        .collect();
                     let v = serde_json::to_value(v).expect("json");
                     print_as(&v, *json, show::machines)?;
                 }

@@ -599,23 +599,31 @@ pub fn migration(m: &crate::state::MigrationRow) -> String {
     o
 }
 
-/// Machines that network-booted, for `hosts --discovered`.
+/// Machines that network-booted, for `hosts --discovered`: each one's hardware once it is
+/// commissioned, and why it waits.
 pub fn machines(ms: &Vec<crate::state::machines::MachineRow>) -> String {
     if ms.is_empty() {
         return "no machine waits to be accepted\n".into();
     }
     let mut o = String::from(
-        "MAC                ARCH  VENDOR CLASS                     FIRST SEEN  LAST SEEN\n",
+        "MAC                STAGE          ARCH  VENDOR CLASS                     FIRST SEEN  LAST SEEN\n",
     );
     for m in ms {
         o.push_str(&format!(
-            "{:<18} {:<5} {:<32} {:<11} {}\n",
+            "{:<18} {:<14} {:<5} {:<32} {:<11} {}\n",
             m.mac,
+            m.stage,
             m.arch.map_or("-".into(), |a| a.to_string()),
             m.vendor_class.as_deref().unwrap_or("-"),
             ago(m.first_seen_ms),
             ago(m.last_seen_ms)
         ));
+        if let Some(h) = &m.hardware {
+            o.push_str(&format!("    hardware: {}\n", h.summary()));
+        }
+        if let Some(w) = &m.waits {
+            o.push_str(&format!("    waits: {w}\n"));
+        }
     }
     o.push_str("accept one with `netmigrate hosts accept MAC`\n");
     o

@@ -1082,6 +1082,22 @@ impl Cx<'_> {
                 rules.vendor_classes.push(it.value);
             }
         }
+        rules.require.min_memory_mib = t
+            .parse(&mut self.p, "min_memory", values::parse_size)
+            .map(|(b, _)| b >> 20);
+        rules.require.min_disk_bytes = t
+            .parse(&mut self.p, "min_disk", values::parse_size)
+            .map(|(b, _)| b);
+        rules.require.require_virt = t
+            .boolean(&mut self.p, "require_virt")
+            .is_some_and(|b| b.value);
+        let commission = match t.boolean(&mut self.p, "commission") {
+            Some(c) if !c.value && !rules.require.is_empty() => {
+                self.p.at(&c.span, "provisioning.commission", "is false, but min_memory, min_disk or require_virt need each machine's hardware, which commissioning reports; set it true or drop the requirements");
+                false
+            }
+            c => c.is_none_or(|c| c.value),
+        };
         let boot_path = |s: &str| {
             if s.is_empty() || s.starts_with('/') || s.split('/').any(|c| c == "..") {
                 Err(format!("`{s}` is not a path under the boot directory; write it like \"installer/vmlinuz\""))
@@ -1125,6 +1141,10 @@ impl Cx<'_> {
                 "hostname",
                 "auto_accept_mac",
                 "auto_accept_vendor",
+                "min_memory",
+                "min_disk",
+                "require_virt",
+                "commission",
                 "kernel",
                 "initrd",
                 "cmdline",
@@ -1139,6 +1159,7 @@ impl Cx<'_> {
                 pool: pool?,
                 hostname,
                 rules,
+                commission,
                 kernel,
                 initrd,
                 cmdline,

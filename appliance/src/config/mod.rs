@@ -58,6 +58,9 @@ pub struct ProvisioningConfig {
     /// Host name template: `{n}` a number, `{mac}` the MAC's hex.
     pub hostname: String,
     pub rules: netmigrate_provisioning::Rules,
+    /// Machines boot the installer once to report their hardware before they are accepted
+    /// (MAAS's commissioning); the rules' requirements need it.
+    pub commission: bool,
     /// The installer's kernel and initramfs, under the boot directory.
     pub kernel: String,
     pub initrd: String,

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use netmigrate_provisioning::{rules, Stage};
+use netmigrate_provisioning::{rules, Hardware, Stage};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
@@ -29,10 +29,17 @@ pub struct MachineRow {
     pub accepted_why: Option<String>,
     pub host_key: Option<String>,
     pub ready_ms: Option<i64>,
+    /// Its installer's report, once commissioned.
+    pub hardware: Option<Hardware>,
+    pub commissioned_ms: Option<i64>,
+    /// Why a discovered machine waits, as the rules see it now (not stored: the listing
+    /// fills it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits: Option<String>,
 }
 
 const COLUMNS: &str = "mac, network, stage, vendor_class, arch, first_seen_ms, last_seen_ms, \
-                       name, ip, accepted_why, host_key, ready_ms";
+                       name, ip, accepted_why, host_key, ready_ms, hardware, commissioned_ms";
 
 impl MachineRow {
     fn from_row(r: &Row) -> rusqlite::Result<MachineRow> {
@@ -49,6 +56,13 @@ impl MachineRow {
             accepted_why: r.get(9)?,
             host_key: r.get(10)?,
             ready_ms: r.get(11)?,
+            // Written by this code from a checked report; one that no longer reads (an
+            // older shape) is as good as none: the machine is commissioned again.
+            hardware: r
+                .get::<_, Option<String>>(12)?
+                .and_then(|j| serde_json::from_str(&j).ok()),
+            commissioned_ms: r.get(13)?,
+            waits: None,
         })
     }
 }
@@ -145,7 +159,9 @@ impl State {
                     "no machine with MAC {mac} has network-booted here; `netmigrate hosts --discovered` lists those that did"
                 )));
             };
-            if m.stage != Stage::Discovered.as_str() {
+            // One commissioning may be accepted too: it keeps its stage's token, and the
+            // report it sends finds it accepted.
+            if m.stage != Stage::Discovered.as_str() && m.stage != Stage::Commissioning.as_str() {
                 return Ok(m);
             }
             let strings = |sql: &str| -> rusqlite::Result<HashSet<String>> {
@@ -184,6 +200,50 @@ impl State {
         .await
     }
 
+    /// A machine was sent the installer to commission it, with a one-time token (an older
+    /// one stops working). A discovered machine is commissioning from now on; an accepted
+    /// one (by the operator, before its hardware was known) stays accepted.
+    pub async fn machine_commissioning(
+        &self,
+        mac: String,
+        token_hash: String,
+        expires_ms: i64,
+    ) -> Result<(), StateError> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE machines SET token_hash = ?2, token_expires_ms = ?3, stage_ms = ?4,
+                   stage = CASE stage WHEN 'discovered' THEN 'commissioning' ELSE stage END
+                 WHERE mac = ?1 AND stage IN ('discovered', 'commissioning', 'accepted')",
+                params![mac, token_hash, expires_ms, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A commissioning installer reported its machine's hardware with its token: kept, the
+    /// token used up, and the machine back to discovered (accepted, if it was meanwhile).
+    /// Unknown, used or expired tokens are refused, as at enrolment.
+    pub async fn machine_commissioned(
+        &self,
+        token_hash: String,
+        hardware: Hardware,
+    ) -> Result<MachineRow, StateError> {
+        let report = serde_json::to_string(&hardware).expect("a report serializes");
+        self.write(move |tx| {
+            let mac = token_holder(tx, &token_hash, "commissioning")?;
+            tx.execute(
+                "UPDATE machines SET hardware = ?2, commissioned_ms = ?3, token_hash = NULL,
+                   token_expires_ms = NULL, stage_ms = ?3,
+                   stage = CASE stage WHEN 'commissioning' THEN 'discovered' ELSE stage END
+                 WHERE mac = ?1",
+                params![mac, report, now_ms()],
+            )?;
+            Ok(get(tx, &mac)?.expect("just written"))
+        })
+        .await
+    }
+
     /// An accepted (or ready, booting again) machine was sent the installer with a new
     /// one-time token; an older token stops working.
     pub async fn machine_booting(
@@ -212,28 +272,8 @@ impl State {
         host: EnrolledHost,
     ) -> Result<MachineRow, StateError> {
         self.write(move |tx| {
-            let m = tx
-                .query_row(
-                    "SELECT mac, token_expires_ms FROM machines WHERE token_hash = ?1",
-                    [&token_hash],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)),
-                )
-                .optional()?;
-            let Some((mac, expires)) = m else {
-                return Err(StateError::Conflict(
-                    "unknown or already used enrolment token".into(),
-                ));
-            };
+            let mac = token_holder(tx, &token_hash, "enrolment")?;
             let now = now_ms();
-            if expires.is_some_and(|e| e < now) {
-                tx.execute(
-                    "UPDATE machines SET token_hash = NULL WHERE mac = ?1",
-                    [&mac],
-                )?;
-                return Err(StateError::Conflict(format!(
-                    "the enrolment token of {mac} has expired; boot the machine again for a new one"
-                )));
-            }
             tx.execute(
                 "UPDATE machines SET stage = 'ready', token_hash = NULL, token_expires_ms = NULL,
                    host_key = ?2, ready_ms = ?3 WHERE mac = ?1",
@@ -255,6 +295,54 @@ impl State {
         })
         .await
     }
+}
+
+/// The machine holding the one-time token `token_hash` (a `what` token: "enrolment",
+/// "commissioning"), if the token is good: unknown, used or expired ones are refused (an
+/// expired one is forgotten).
+fn token_holder(tx: &Connection, token_hash: &str, what: &str) -> Result<String, StateError> {
+    let m = tx
+        .query_row(
+            "SELECT mac, token_expires_ms, stage FROM machines WHERE token_hash = ?1",
+            [token_hash],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((mac, expires, stage)) = m else {
+        return Err(StateError::Conflict(format!(
+            "unknown or already used {what} token"
+        )));
+    };
+    // A commissioning token is not an enrolment's, nor the other way round: the first is
+    // held in stage commissioning (or accepted, when the operator accepted the machine as it
+    // commissioned), the second in booting.
+    let commissioning = matches!(stage.as_str(), "commissioning" | "accepted");
+    if commissioning != (what == "commissioning") {
+        let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        return Err(StateError::Conflict(format!(
+            "that token is not {article} {what} token"
+        )));
+    }
+    if expires.is_some_and(|e| e < now_ms()) {
+        tx.execute(
+            "UPDATE machines SET token_hash = NULL WHERE mac = ?1",
+            [&mac],
+        )?;
+        return Err(StateError::Conflict(format!(
+            "the {what} token of {mac} has expired; boot the machine again for a new one"
+        )));
+    }
+    Ok(mac)
 }
 
 #[cfg(test)]
@@ -371,5 +459,74 @@ mod tests {
             .await
             .unwrap_err();
         assert!(late.to_string().contains("expired"), "{late}");
+    }
+
+    fn hardware(memory_mib: u64) -> Hardware {
+        serde_json::from_value(serde_json::json!({
+            "arch": "x86_64", "firmware": "bios", "cpus": 2, "cpu_model": "QEMU", "virt": "vmx",
+            "memory_mib": memory_mib, "disks": [], "nics": []
+        }))
+        .unwrap()
+    }
+
+    /// Commissioning: the machine holds a commissioning token, its report is kept and the
+    /// token used up; it is discovered again, or stays accepted if the operator accepted it
+    /// meanwhile. Commissioning and enrolment tokens are not each other's.
+    #[tokio::test]
+    async fn a_machine_is_commissioned_once_per_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(&dir.path().join("s.db")).unwrap();
+        let mac = "52:54:00:00:00:0c".to_string();
+        s.machine_seen("lab".into(), mac.clone(), None, None)
+            .await
+            .unwrap();
+        s.machine_commissioning(mac.clone(), "c1".into(), i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.machine(mac.clone()).await.unwrap().unwrap().stage,
+            "commissioning"
+        );
+        let e = s
+            .enrol_machine("c1".into(), "ssh-ed25519 AAAA".into(), host())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not an enrolment token"), "{e}");
+        let m = s
+            .machine_commissioned("c1".into(), hardware(2048))
+            .await
+            .unwrap();
+        assert_eq!(m.stage, "discovered");
+        assert_eq!(m.hardware, Some(hardware(2048)));
+        assert!(m.commissioned_ms.is_some());
+        let replay = s
+            .machine_commissioned("c1".into(), hardware(1))
+            .await
+            .unwrap_err();
+        assert!(replay.to_string().contains("already used"), "{replay}");
+
+        // Commissioned again, and accepted by the operator while it reports.
+        s.machine_commissioning(mac.clone(), "c2".into(), i64::MAX)
+            .await
+            .unwrap();
+        let m = s.accept_machine(mac.clone(), acceptance()).await.unwrap();
+        assert_eq!(m.stage, "accepted");
+        let m = s
+            .machine_commissioned("c2".into(), hardware(4096))
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.stage.as_str(), m.hardware.unwrap().memory_mib),
+            ("accepted", 4096)
+        );
+        // A booting machine's enrolment token is no commissioning token.
+        s.machine_booting(mac.clone(), "e1".into(), i64::MAX)
+            .await
+            .unwrap();
+        let e = s
+            .machine_commissioned("e1".into(), hardware(1))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not a commissioning token"), "{e}");
     }
 }

@@ -235,6 +235,45 @@ mod tests {
         }
     }
 
+    /// Migration 11 makes the machines table again: a machine of a version-10 database
+    /// comes through with all it had.
+    #[tokio::test]
+    async fn machines_come_through_their_table_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut c = Connection::open(&path).unwrap();
+        for (i, sql) in schema::MIGRATIONS[..10].iter().enumerate() {
+            c.execute_batch(sql).unwrap();
+            c.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        c.execute(
+            "INSERT INTO machines (mac, network, stage, vendor_class, arch, first_seen_ms,
+               last_seen_ms, name, ip, accepted_why, host_key, ready_ms)
+             VALUES ('52:54:00:00:00:01', 'lab', 'ready', 'PXEClient', 0, 1, 2, 'hv1',
+               '10.0.0.50', 'operator', 'ssh-ed25519 AAAA', 3)",
+            [],
+        )
+        .unwrap();
+        drop(c);
+        let s = State::open(&path).unwrap();
+        let m = s
+            .machine("52:54:00:00:00:01".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                m.stage.as_str(),
+                m.name.as_deref(),
+                m.host_key.as_deref(),
+                m.ready_ms
+            ),
+            ("ready", Some("hv1"), Some("ssh-ed25519 AAAA"), Some(3))
+        );
+        assert!(m.hardware.is_none());
+    }
+
     #[tokio::test]
     async fn write_rolls_back_on_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -185,6 +185,41 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     ALTER TABLE hosts ADD COLUMN enrolled INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 11: machines are commissioned (their installer reports the hardware) and, beyond
+    // booting an installer, deployed onto a disk: the stages of that life, the report, the
+    // profile a machine is deployed with and why a deployment failed. A CHECK cannot be
+    // altered: the table is made again.
+    r#"
+    CREATE TABLE machines_11 (
+        mac            TEXT PRIMARY KEY,
+        network        TEXT NOT NULL,
+        stage          TEXT NOT NULL
+            CHECK (stage IN ('discovered', 'commissioning', 'accepted', 'booting', 'deploying',
+                             'rebooting', 'ready', 'failed')),
+        vendor_class   TEXT,
+        arch           INTEGER,
+        first_seen_ms  INTEGER NOT NULL,
+        last_seen_ms   INTEGER NOT NULL,
+        name           TEXT UNIQUE,
+        ip             TEXT UNIQUE,
+        accepted_why   TEXT,
+        token_hash     TEXT,
+        token_expires_ms INTEGER,
+        host_key       TEXT,
+        ready_ms       INTEGER,
+        hardware       TEXT,                   -- the commissioning report (JSON)
+        commissioned_ms INTEGER,
+        profile        TEXT,                   -- [[provisioning.profile]] it is deployed with
+        stage_ms       INTEGER,                -- when it entered its stage
+        failed_why     TEXT
+    ) STRICT;
+    INSERT INTO machines_11 (mac, network, stage, vendor_class, arch, first_seen_ms, last_seen_ms,
+        name, ip, accepted_why, token_hash, token_expires_ms, host_key, ready_ms)
+      SELECT mac, network, stage, vendor_class, arch, first_seen_ms, last_seen_ms,
+        name, ip, accepted_why, token_hash, token_expires_ms, host_key, ready_ms FROM machines;
+    DROP TABLE machines;
+    ALTER TABLE machines_11 RENAME TO machines;
+    "#,
 ];
 
 /// Collections kept per host (older ones are deleted as new ones arrive).
