@@ -257,9 +257,31 @@ fn boot_for(
     Some(boot)
 }
 
+/// Another DHCP server heard on a served network.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RogueServer {
+    /// Its server identifier.
+    pub server: String,
+    pub interface: String,
+    /// The served networks on that interface.
+    pub networks: Vec<String>,
+    /// Where its last answer came from (itself, or a relay).
+    pub from: String,
+    /// The address it last offered or acknowledged.
+    pub offered: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub answers: u64,
+}
+
+/// A server not heard for this long is reported again when it comes back.
+const ROGUE_QUIET_MS: i64 = 3_600_000;
+
 /// The running DHCP server: its counters, and the way to hand each interface new pools.
 pub struct Dhcp {
     pub stats: Arc<Stats>,
+    /// Other DHCP servers heard, by server identifier.
+    pub rogues: Arc<std::sync::Mutex<std::collections::BTreeMap<std::net::Ipv4Addr, RogueServer>>>,
     state: State,
     /// By interface: the servers listening, and where their commands go.
     listening: HashMap<String, (watch::Sender<Vec<Pool>>, mpsc::Sender<Command>)>,
@@ -385,13 +407,114 @@ pub async fn start(
             }
         }
     }
+    // Other servers on the interfaces served directly (relayed networks have their own
+    // segments, which only the relay hears).
+    let rogues = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let ours: std::collections::HashSet<std::net::Ipv4Addr> =
+        cfg.networks.iter().map(|n| n.address.addr()).collect();
+    let (seen_tx, seen_rx) = mpsc::channel(64);
+    let mut watched = HashMap::new();
+    for n in cfg
+        .networks
+        .iter()
+        .filter(|n| n.via.is_none() && n.dhcp_range.is_some())
+    {
+        watched
+            .entry(n.interface.clone())
+            .or_insert_with(Vec::new)
+            .push(n.name.clone());
+    }
+    for iface in watched.keys() {
+        match dhcp::rogue::watch(
+            iface.clone(),
+            ours.clone(),
+            cfg.dhcp.rogue_probe,
+            stats.clone(),
+            seen_tx.clone(),
+        ) {
+            Ok(t) => tasks.push(t),
+            Err(e) => {
+                state
+                    .record(NewEvent::warn("dhcp.rogue_watch", e).about(iface))
+                    .await?;
+            }
+        }
+    }
+    tasks.push(tokio::spawn(follow_rogues(
+        state.clone(),
+        rogues.clone(),
+        watched,
+        seen_rx,
+    )));
     Ok((
         Arc::new(Dhcp {
             stats,
+            rogues,
             state: state.clone(),
             listening,
             boots: std::sync::Mutex::new(Some(boots_rx)),
         }),
         tasks,
     ))
+}
+
+/// Keeps what the watchers hear of other DHCP servers; each new one (or one back after an
+/// hour of silence) is an event.
+async fn follow_rogues(
+    state: State,
+    rogues: Arc<std::sync::Mutex<std::collections::BTreeMap<std::net::Ipv4Addr, RogueServer>>>,
+    networks: HashMap<String, Vec<String>>,
+    mut seen: mpsc::Receiver<dhcp::rogue::Seen>,
+) {
+    while let Some(s) = seen.recv().await {
+        let now = crate::state::now_ms();
+        let names = networks.get(&s.interface).cloned().unwrap_or_default();
+        let news = {
+            let mut map = rogues.lock().expect("rogues");
+            let r = map.entry(s.server).or_insert_with(|| RogueServer {
+                server: s.server.to_string(),
+                interface: s.interface.clone(),
+                networks: names.clone(),
+                from: String::new(),
+                offered: String::new(),
+                first_seen_ms: now,
+                last_seen_ms: 0,
+                answers: 0,
+            });
+            let news = now - r.last_seen_ms > ROGUE_QUIET_MS;
+            r.interface = s.interface.clone();
+            r.networks = names.clone();
+            r.from = s.from.to_string();
+            r.offered = s.offered.to_string();
+            r.last_seen_ms = now;
+            r.answers += 1;
+            news
+        };
+        if news {
+            let via = if s.from == s.server {
+                String::new()
+            } else {
+                format!(" through {}", s.from)
+            };
+            let e = NewEvent::warn(
+                "dhcp.rogue",
+                format!(
+                    "another DHCP server, {}{via}, answers on {} ({}): it {} {}{}",
+                    s.server,
+                    names.join(", "),
+                    s.interface,
+                    s.verb(),
+                    s.offered,
+                    if s.to_probe {
+                        " to netmigrate's probe"
+                    } else {
+                        " to a client"
+                    }
+                ),
+            )
+            .about(names.first().map_or(s.interface.as_str(), String::as_str));
+            tracing::warn!("{}", e.message);
+            let _ = state.record(e).await;
+        }
+    }
 }

@@ -628,6 +628,23 @@ fn a_conflict_wait_out_of_bounds_is_refused() {
     );
 }
 
+#[test]
+fn a_rogue_probe_that_would_flood_is_refused() {
+    let c = Case::new();
+    let (text, line) = with("[dhcp]\nrogue_probe = \"2s\"\n");
+    assert_one(
+        &c,
+        &text,
+        line(2),
+        "dhcp.rogue_probe",
+        &["at least \"10s\""],
+    );
+    for ok in ["0s", "5m"] {
+        let (code, _, err) = c.check(&with(&format!("[dhcp]\nrogue_probe = \"{ok}\"\n")).0);
+        assert_eq!(code, 0, "{ok}: {err}");
+    }
+}
+
 /// GOOD with `extra` appended; the line of its `n`th line (1-based).
 fn with(extra: &str) -> (String, impl Fn(usize) -> usize) {
     let base = GOOD.lines().count();

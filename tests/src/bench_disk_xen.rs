@@ -129,7 +129,7 @@ pub fn run_all(runs: usize) -> Result<String> {
         let mut v: Vec<u64> = v.iter().map(f).collect();
         v.sort_unstable();
         let n = v.len();
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             (v[n / 2 - 1] + v[n / 2]) / 2
         } else {
             v[n / 2]

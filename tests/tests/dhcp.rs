@@ -645,3 +645,83 @@ fn acknowledged_leases_survive_a_sigkill_under_perfdhcp_load() {
     assert!(r.lost.is_empty(), "acknowledged leases lost: {:?}", r.lost);
     assert!(r.given_twice.is_empty(), "given twice: {:?}", r.given_twice);
 }
+
+/// A second DHCP server (dnsmasq, on a machine of its own on the lab network) started after
+/// the appliance's first probe: its answer to a later probe is noticed and reported within
+/// two minutes (event, `status`, metric), and the appliance's own server never answered the
+/// probe.
+#[test]
+fn another_dhcp_server_on_the_network_is_reported() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let state_dir = lab.appliance_state_dir().unwrap();
+    // The default probe: every minute.
+    let app = lab
+        .appliance_with(&netmigrate_lab::appliance::network_config(&state_dir))
+        .unwrap();
+    let quiet = app.cli_ok(&["status"]).unwrap();
+    assert!(!quiet.contains("OTHER DHCP SERVERS"), "{quiet}");
+    // After the first probe (5 s after the start): the next one, a minute on, must find it.
+    std::thread::sleep(Duration::from_secs(8));
+    let rogue_ip = "10.213.0.77";
+    let node = lab.node("rogue", rogue_ip.parse().unwrap()).unwrap();
+    let dir = lab.subdir("rogue").unwrap();
+    let mut c = netmigrate_lab::netns::exec(&node.ns, "dnsmasq");
+    c.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--interface=eth0",
+        "--bind-interfaces",
+        "--dhcp-range=10.213.0.230,10.213.0.239,255.255.255.0,1h",
+        "--no-ping",
+    ])
+    .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+    .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+    let started = std::time::Instant::now();
+    lab.track("rogue-dnsmasq", &mut c).unwrap();
+    let seen = wait_for(
+        "the other DHCP server to be reported",
+        Duration::from_secs(120),
+        || {
+            let ev = app.cli_ok(&["events", "--limit", "100"]).ok()?;
+            ev.lines()
+                .find(|l| l.contains("dhcp.rogue") && l.contains(rogue_ip))
+                .map(str::to_string)
+        },
+    )
+    .unwrap();
+    eprintln!("reported after {:?}: {seen}", started.elapsed());
+    assert!(
+        seen.contains("answers on lab") && seen.contains("to netmigrate's probe"),
+        "{seen}"
+    );
+    assert!(
+        seen.split_whitespace()
+            .any(|w| w.starts_with("10.213.0.23")),
+        "no address from dnsmasq's range: {seen}"
+    );
+    let status = json(&app.cli_ok(&["status", "--json"]).unwrap());
+    let r = &status["dhcp_rogues"][0];
+    assert_eq!(
+        (&r["server"], &r["networks"][0]),
+        (&rogue_ip.into(), &"lab".into()),
+        "{status:#}"
+    );
+    assert!(app
+        .cli_ok(&["status"])
+        .unwrap()
+        .contains("OTHER DHCP SERVERS"));
+    let metrics = app.metrics().unwrap();
+    assert!(
+        metrics.contains("netmigrate_dhcp_rogue_servers 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"netmigrate_dhcp_total{kind="foreign_answers"}"#),
+        "{metrics}"
+    );
+    // The appliance's own server left its probe alone: no lease, no offer held for it.
+    let leases = app.cli_ok(&["leases", "--json"]).unwrap();
+    assert!(!leases.contains("02:6e:6d:72:6f:67"), "{leases}");
+}

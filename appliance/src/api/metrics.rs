@@ -79,6 +79,21 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     for (kind, v) in app.dhcp.stats.snapshot() {
         t.sample("netmigrate_dhcp_total", &[("kind", kind)], v as f64);
     }
+    t.family(
+        "netmigrate_dhcp_rogue_servers",
+        "gauge",
+        "Other DHCP servers heard on the served networks in the last hour.",
+    );
+    let hour_ago = crate::state::now_ms() - 3_600_000;
+    let rogues = app
+        .dhcp
+        .rogues
+        .lock()
+        .expect("rogues")
+        .values()
+        .filter(|r| r.last_seen_ms > hour_ago)
+        .count();
+    t.sample("netmigrate_dhcp_rogue_servers", &[], rogues as f64);
     if let Some(tftp) = app.tftp.get() {
         t.family(
             "netmigrate_tftp_total",

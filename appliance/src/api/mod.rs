@@ -108,6 +108,9 @@ pub struct Status {
     pub reservations: usize,
     pub events: i64,
     pub last_reload: Option<ReloadOutcome>,
+    /// Other DHCP servers heard on the served networks.
+    #[serde(default)]
+    pub dhcp_rogues: Vec<crate::dhcp::RogueServer>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -250,6 +253,14 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
         reservations: cfg.reservations.len(),
         events,
         last_reload: app.last_reload(),
+        dhcp_rogues: app
+            .dhcp
+            .rogues
+            .lock()
+            .expect("rogues")
+            .values()
+            .cloned()
+            .collect(),
     }))
 }
 

@@ -75,6 +75,24 @@ pub fn status(s: &Status) -> String {
         ));
     }
     o.push_str(&format!("reservations: {}\n", s.reservations));
+    if !s.dhcp_rogues.is_empty() {
+        o.push_str(
+            "\nOTHER DHCP SERVERS on the served networks (clients may take their addresses):\n\
+             SERVER           NETWORKS        INTERFACE   LAST OFFER       ANSWERS  FIRST SEEN  LAST SEEN\n",
+        );
+        for r in &s.dhcp_rogues {
+            o.push_str(&format!(
+                "{:<16} {:<15} {:<11} {:<16} {:>7}  {:<11} {}\n",
+                r.server,
+                r.networks.join(","),
+                r.interface,
+                r.offered,
+                r.answers,
+                ago(r.first_seen_ms),
+                ago(r.last_seen_ms)
+            ));
+        }
+    }
     o.push_str(
         "\nHOST       ADDRESS          HYPERVISOR  SSH USER             BRIDGE    HOST KEY\n",
     );

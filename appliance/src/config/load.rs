@@ -803,12 +803,29 @@ impl Cx<'_> {
         }) {
             dc.conflict_wait = d;
         }
+        if let Some((d, _)) = t.parse(&mut self.p, "rogue_probe", |s| {
+            let d = values::parse_duration(s)?;
+            if !d.is_zero() && d < Duration::from_secs(10) {
+                return Err(format!(
+                    "`{s}` would flood the network with probes; use \"1m\" or so, at least \"10s\", or \"0s\" to only listen"
+                ));
+            }
+            Ok(d)
+        }) {
+            dc.rogue_probe = (!d.is_zero()).then_some(d);
+        }
         if let Some(pt) = t.table(&mut self.p, "pxe") {
             dc.pxe = Some(self.pxe(pt));
         }
         t.finish(
             &mut self.p,
-            &["script", "conflict_check", "conflict_wait", "pxe"],
+            &[
+                "script",
+                "conflict_check",
+                "conflict_wait",
+                "rogue_probe",
+                "pxe",
+            ],
         );
         dc
     }

@@ -84,6 +84,10 @@ pub struct DhcpConfig {
     /// How long to wait for an answer to that ping.
     #[serde(serialize_with = "ser_duration")]
     pub conflict_wait: Duration,
+    /// How often a DISCOVER looks for other DHCP servers on the served networks (their
+    /// answers are listened for all the time); `None`: only listen.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub rogue_probe: Option<Duration>,
     pub pxe: Option<PxeConfig>,
 }
 
@@ -93,6 +97,7 @@ impl Default for DhcpConfig {
             script: None,
             conflict_check: true,
             conflict_wait: Duration::from_millis(500),
+            rogue_probe: Some(Duration::from_secs(60)),
             pxe: None,
         }
     }
@@ -361,6 +366,13 @@ impl HostConfig {
             v.push(self.save_dir.as_str());
         }
         v
+    }
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
     }
 }
 

@@ -241,7 +241,7 @@ mod tests {
     async fn machines_come_through_their_table_made_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let mut c = Connection::open(&path).unwrap();
+        let c = Connection::open(&path).unwrap();
         for (i, sql) in schema::MIGRATIONS[..10].iter().enumerate() {
             c.execute_batch(sql).unwrap();
             c.pragma_update(None, "user_version", (i + 1) as i64)

@@ -61,6 +61,11 @@ pub fn answer(pool: &Pool, leases: &Leases, req: &Message, now_ms: i64, stats: &
     }
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&req.chaddr()[..6]);
+    // The appliance's own probe for other servers is no client.
+    if mac == super::rogue::PROBE_MAC {
+        Stats::add(&stats.ignored);
+        return Answer::none();
+    }
     let client_id = match req.opts().get(OptionCode::ClientIdentifier) {
         Some(DhcpOption::ClientIdentifier(id)) => Some(id.as_slice()),
         _ => None,

@@ -7,6 +7,7 @@
 mod answer;
 mod lease;
 mod probe;
+pub mod rogue;
 mod socket;
 
 use std::net::Ipv4Addr;
@@ -187,6 +188,8 @@ pub struct Stats {
     pub conflicts: AtomicU64,
     /// ACKs not sent because the lease could not be made durable.
     pub commit_failures: AtomicU64,
+    /// OFFERs and ACKs of other DHCP servers heard on the served networks.
+    pub foreign_answers: AtomicU64,
 }
 
 impl Stats {
@@ -211,6 +214,7 @@ impl Stats {
             ("unknown_relay", g(&self.unknown_relay)),
             ("conflicts", g(&self.conflicts)),
             ("commit_failures", g(&self.commit_failures)),
+            ("foreign_answers", g(&self.foreign_answers)),
         ]
     }
 }

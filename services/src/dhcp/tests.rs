@@ -179,6 +179,18 @@ fn renew_extends_and_a_wrong_address_is_refused() {
     .is_none());
 }
 
+/// The appliance's own probe for other servers gets nothing from its own server, and holds
+/// no address.
+#[test]
+fn the_rogue_probe_is_not_answered() {
+    let (p, mut l) = (pool(), Leases::default());
+    let probe = super::rogue::probe(9);
+    assert!(step(&p, &mut l, &probe, NOW).is_none());
+    // The first client still gets the first address: the probe held none.
+    let offer = step(&p, &mut l, &msg(MessageType::Discover, mac(1)), NOW).unwrap();
+    assert_eq!(offer.yiaddr(), p.range.0);
+}
+
 #[test]
 fn a_request_for_another_server_drops_our_offer() {
     let (p, mut l) = (pool(), Leases::default());
