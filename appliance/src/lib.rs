@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod network;
 pub mod placement;
 pub mod planner;
+pub mod power;
 pub mod provision;
 pub mod reservations;
 pub mod router;

@@ -573,6 +573,7 @@ mod tests {
                 .unwrap()
             }),
             commissioned_ms: None,
+            bmc: None,
             waits: None,
         }
     }

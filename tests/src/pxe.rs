@@ -85,6 +85,88 @@ impl Lab {
         mem_mib: u32,
         disk_gib: Option<u32>,
     ) -> Result<Machine> {
+        let (node, args, serial_log) = self.machine_parts(role, mac, mem_mib, disk_gib)?;
+        let mut cmd = netns::exec(&node.ns, "qemu-system-x86_64");
+        cmd.args(&args);
+        let pid = self.track(role, &mut cmd)?;
+        Ok(Machine {
+            node,
+            mac: mac.to_string(),
+            pid,
+            serial_log,
+        })
+    }
+
+    /// A network-booting machine behind a real BMC: OpenIPMI's `ipmi_sim` (IPMI 2.0 over
+    /// LAN at `bmc_ip`, UDP 623, user admin, password in the returned file) runs in the
+    /// machine's namespace and starts its QEMU when powered on, as ../shared/lab/ipmi does it
+    /// (QEMU's `ipmi-bmc-extern` connects back, so the BMC knows the power state). Off at
+    /// first.
+    pub fn bmc_machine(
+        &self,
+        role: &str,
+        mac: &str,
+        mem_mib: u32,
+        bmc_ip: std::net::Ipv4Addr,
+    ) -> Result<BmcMachine> {
+        let (node, args, serial_log) = self.machine_parts(role, mac, mem_mib, None)?;
+        // The BMC's address: on the machine's bridge, so the lab network reaches it.
+        netns::add_addr(&node.ns, "br0", bmc_ip, crate::lab::SUBNET_PREFIX)?;
+        let dir = self.subdir(&format!("{role}-bmc"))?;
+        let pidfile = dir.join("qemu.pid");
+        let password_file = dir.join("password");
+        std::fs::write(&password_file, "secret\n")?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600))?;
+        let startcmd = format!(
+            "qemu-system-x86_64 {} -pidfile {} -chardev socket,id=ipmi0,host=127.0.0.1,port=9624,reconnect=10 \
+             -device ipmi-bmc-extern,id=bmc0,chardev=ipmi0 -device isa-ipmi-kcs,bmc=bmc0",
+            args.join(" "),
+            pidfile.display()
+        );
+        let lan = format!(
+            "name \"{role}\"\nset_working_mc 0x20\n  startlan 1\n    addr {bmc_ip} 623\n    priv_limit admin\n\
+             \x20   allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n\
+             \x20   allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n\
+             \x20   guid a123456789abcdefa123456789abcdef\n  endlan\n  serial 15 127.0.0.1 9624 codec VM\n\
+             \x20 startcmd \"{startcmd}\"\n  startnow false\n\
+             \x20 user 2 true  \"admin\"   \"secret\" admin 10 none md2 md5 straight\n"
+        );
+        let emu =
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n\
+                   sel_enable 0x20 1000 0x0a\nmc_enable 0x20\n";
+        std::fs::write(dir.join("lan.conf"), lan)?;
+        std::fs::write(dir.join("lab.emu"), emu)?;
+        std::fs::create_dir_all(dir.join("state"))?;
+        let mut cmd = netns::exec(&node.ns, "ipmi_sim");
+        cmd.arg("-c")
+            .arg(dir.join("lan.conf"))
+            .arg("-f")
+            .arg(dir.join("lab.emu"))
+            .arg("-n")
+            .arg("-s")
+            .arg(dir.join("state"));
+        let bmc_pid = self.track(&format!("{role}-bmc"), &mut cmd)?;
+        Ok(BmcMachine {
+            node,
+            mac: mac.to_string(),
+            bmc_pid,
+            bmc_ip,
+            password_file,
+            pidfile,
+            serial_log,
+        })
+    }
+
+    /// A network-booting machine's namespace (its `eth0` on the lab switch, bridged to a tap)
+    /// and its QEMU command line's arguments; with `disk_gib`, an empty virtio disk.
+    fn machine_parts(
+        &self,
+        role: &str,
+        mac: &str,
+        mem_mib: u32,
+        disk_gib: Option<u32>,
+    ) -> Result<(Node, Vec<String>, PathBuf)> {
         let node = self.bare_node(role)?;
         netns::bridge(&node.ns, "br0")?;
         netns::ip(&node.ns, &["link", "set", "eth0", "master", "br0"])?;
@@ -93,16 +175,33 @@ impl Lab {
         netns::ip(&node.ns, &["link", "set", "tap0", "up"])?;
         let dir = self.subdir(role)?;
         let serial_log = dir.join("serial.log");
-        let mut cmd = netns::exec(&node.ns, "qemu-system-x86_64");
-        cmd.args(["-name", role, "-accel", "tcg", "-m", &mem_mib.to_string()])
-            .args(["-smp", "1", "-nodefaults", "-no-user-config"])
-            .args(["-vga", "none", "-display", "none", "-boot", "n"])
-            .args(["-serial", &format!("file:{}", serial_log.display())])
-            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-            .args([
-                "-device",
-                &format!("e1000,netdev=n0,mac={mac},romfile={ROM}"),
-            ]);
+        let mut args: Vec<String> = [
+            "-name",
+            role,
+            "-accel",
+            "tcg",
+            "-m",
+            &mem_mib.to_string(),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-vga",
+            "none",
+            "-display",
+            "none",
+            "-boot",
+            "n",
+            "-serial",
+            &format!("file:{}", serial_log.display()),
+            "-netdev",
+            "tap,id=n0,ifname=tap0,script=no,downscript=no",
+            "-device",
+            &format!("e1000,netdev=n0,mac={mac},romfile={ROM}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         if let Some(gib) = disk_gib {
             let disk = dir.join("disk.qcow2");
             crate::sys::run(
@@ -111,19 +210,54 @@ impl Lab {
                     .arg(&disk)
                     .arg(format!("{gib}G")),
             )?;
-            cmd.args([
-                "-drive",
-                &format!("file={},if=none,id=d0,format=qcow2", disk.display()),
-                "-device",
-                &format!("virtio-blk-pci,drive=d0,serial=NM-{role}"),
+            args.extend([
+                "-drive".to_string(),
+                format!("file={},if=none,id=d0,format=qcow2", disk.display()),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=d0,serial=NM-{role}"),
             ]);
         }
-        let pid = self.track(role, &mut cmd)?;
-        Ok(Machine {
-            node,
-            mac: mac.to_string(),
-            pid,
-            serial_log,
-        })
+        Ok((node, args, serial_log))
+    }
+}
+
+/// A machine behind its BMC: the BMC starts and stops its QEMU.
+pub struct BmcMachine {
+    pub node: Node,
+    pub mac: String,
+    /// ipmi_sim's.
+    pub bmc_pid: u32,
+    pub bmc_ip: std::net::Ipv4Addr,
+    /// The BMC password's file (user admin).
+    pub password_file: PathBuf,
+    /// Where the machine's QEMU writes its PID while powered on.
+    pub pidfile: PathBuf,
+    pub serial_log: PathBuf,
+}
+
+impl BmcMachine {
+    pub fn serial(&self) -> String {
+        std::fs::read_to_string(&self.serial_log).unwrap_or_default()
+    }
+
+    /// The machine's QEMU while it runs.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(&self.pidfile)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()
+            .then_some(pid)
+    }
+}
+
+impl Drop for BmcMachine {
+    /// The QEMU the BMC started is ours too: stopped with it, whatever the test did.
+    fn drop(&mut self) {
+        if let Some(pid) = self.qemu_pid() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
     }
 }

@@ -271,20 +271,22 @@ fn machines_boot_enrol_and_become_hosts() {
     .unwrap();
     lab.stop(m3.pid);
 
-    // The manual machine is discovered and waits, with no reservation.
+    // The manual machine is discovered, commissioned, and waits for the operator, with no
+    // reservation.
     let discovered = wait_for(
-        "the second machine to be discovered",
-        Duration::from_secs(120),
+        "the second machine to be discovered and commissioned",
+        Duration::from_secs(300),
         || {
             let v = json(&app.cli_ok(&["hosts", "--discovered", "--json"]).ok()?);
             v.as_array()?
                 .iter()
-                .find(|m| m["mac"] == MANUAL_MAC)
+                .find(|m| m["mac"] == MANUAL_MAC && m["stage"] == "discovered")
+                .filter(|m| !m["hardware"].is_null())
                 .cloned()
         },
     )
     .unwrap();
-    assert_eq!(discovered["stage"], "discovered");
+    assert_eq!(discovered["waits"], "for the operator", "{discovered}");
     assert!(
         discovered["vendor_class"]
             .as_str()
@@ -382,5 +384,145 @@ fn machines_boot_enrol_and_become_hosts() {
     assert!(
         c.as_array().unwrap().iter().all(|r| r["error"].is_null()),
         "{c}"
+    );
+}
+
+/// A machine behind a real BMC (OpenIPMI's ipmi_sim, IPMI 2.0 over LAN): the operator adds it
+/// by MAC with its BMC before it ever booted; `hosts power` reads it off, powers it on (it
+/// network-boots and is commissioned), cycles it (it boots again) and powers it off (its
+/// QEMU is gone); a wrong password is refused with ipmitool's reason and changes nothing.
+#[test]
+fn a_machine_is_powered_through_its_bmc() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    install_installer(&lab);
+    let app = lab.appliance_with(&config(&lab)).unwrap();
+    let mac = "52:54:00:cc:00:05";
+    let bmc_ip = "10.213.0.95";
+    let m = lab
+        .bmc_machine("m5", mac, 512, bmc_ip.parse().unwrap())
+        .unwrap();
+    let pw = m.password_file.display().to_string();
+    let said = app
+        .cli_ok(&[
+            "hosts",
+            "bmc",
+            mac,
+            "--ipmi",
+            bmc_ip,
+            "--user",
+            "admin",
+            "--password-file",
+            &pw,
+        ])
+        .unwrap();
+    assert!(
+        said.contains(&format!("BMC IPMI admin@{bmc_ip}:623")),
+        "{said}"
+    );
+    let power = |action: &str| {
+        json(
+            &app.cli_ok(&["hosts", "power", mac, action, "--json"])
+                .unwrap(),
+        )["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // ipmi_sim answers once it is up.
+    let first = wait_for("the BMC to answer", Duration::from_secs(30), || {
+        app.cli_ok(&["hosts", "power", mac, "status", "--json"])
+            .ok()
+    })
+    .unwrap();
+    assert_eq!(json(&first)["state"], "off", "{first}");
+    assert!(m.qemu_pid().is_none());
+
+    assert_eq!(power("on"), "on");
+    let booted = wait_for(
+        "the powered machine to be commissioned",
+        Duration::from_secs(300),
+        || {
+            let v = json(&app.cli_ok(&["hosts", "--discovered", "--json"]).ok()?);
+            v.as_array()?
+                .iter()
+                .find(|x| x["mac"] == mac && !x["hardware"].is_null())
+                .cloned()
+        },
+    )
+    .unwrap();
+    assert_eq!(booted["hardware"]["nics"][0]["mac"], mac, "{booted:#}");
+    let first_qemu = m.qemu_pid().expect("its QEMU runs");
+
+    // A cycle: a new QEMU, booting again (the BMC starts a fresh one).
+    assert_eq!(power("cycle"), "on");
+    let again = wait_for(
+        "the cycled machine to run again",
+        Duration::from_secs(60),
+        || m.qemu_pid().filter(|p| *p != first_qemu),
+    )
+    .unwrap();
+    assert_ne!(again, first_qemu);
+
+    // A wrong password: refused with the BMC's reason; the machine runs on.
+    let bad = lab.subdir("bad-bmc").unwrap().join("password");
+    std::fs::write(&bad, "wrong\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    app.cli_ok(&[
+        "hosts",
+        "bmc",
+        mac,
+        "--ipmi",
+        bmc_ip,
+        "--user",
+        "admin",
+        "--password-file",
+        &bad.display().to_string(),
+    ])
+    .unwrap();
+    let err = app.cli(&["hosts", "power", mac, "off"]).unwrap();
+    assert!(!err.status.success());
+    let text = String::from_utf8_lossy(&err.stderr);
+    assert!(text.contains(&format!("IPMI admin@{bmc_ip}:623")), "{text}");
+    assert_eq!(m.qemu_pid(), Some(again), "a refused off changed nothing");
+    // A password file anyone can read is refused before the BMC is asked.
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = app
+        .cli(&[
+            "hosts",
+            "bmc",
+            mac,
+            "--ipmi",
+            bmc_ip,
+            "--user",
+            "admin",
+            "--password-file",
+            &bad.display().to_string(),
+        ])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&err.stderr).contains("readable by everyone"));
+
+    app.cli_ok(&[
+        "hosts",
+        "bmc",
+        mac,
+        "--ipmi",
+        bmc_ip,
+        "--user",
+        "admin",
+        "--password-file",
+        &pw,
+    ])
+    .unwrap();
+    assert_eq!(power("off"), "off");
+    wait_for("its QEMU to end", Duration::from_secs(30), || {
+        m.qemu_pid().is_none().then_some(())
+    })
+    .unwrap();
+    let events = app.cli_ok(&["events", "--limit", "200"]).unwrap();
+    assert!(
+        events.contains("provision.enlisted") && events.contains("power on by IPMI admin@"),
+        "{events}"
     );
 }

@@ -63,3 +63,32 @@ pub async fn accept(
 ) -> Result<Json<crate::state::machines::MachineRow>, ApiError> {
     Ok(Json(app::hosts::accept(&app, &mac).await?))
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PowerRequest {
+    pub action: crate::power::Action,
+}
+
+/// Powers a machine on, off or through a cycle by its BMC, or asks its state.
+pub async fn power(
+    State(app): State<Arc<App>>,
+    Path(target): Path<String>,
+    Body(req): Body<PowerRequest>,
+) -> Result<Json<app::hosts::PowerReply>, ApiError> {
+    Ok(Json(app::hosts::power(&app, &target, req.action).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BmcRequest {
+    /// None: the machine has no BMC any more.
+    pub bmc: Option<crate::power::Bmc>,
+}
+
+/// Gives a machine its BMC.
+pub async fn set_bmc(
+    State(app): State<Arc<App>>,
+    Path(target): Path<String>,
+    Body(req): Body<BmcRequest>,
+) -> Result<Json<crate::state::machines::MachineRow>, ApiError> {
+    Ok(Json(app::hosts::set_bmc(&app, &target, req.bmc).await?))
+}

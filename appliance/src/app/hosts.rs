@@ -239,3 +239,119 @@ pub async fn accept(app: &App, mac: &str) -> Result<MachineRow> {
         .map_err(|e: String| Error::invalid("bad_mac", e))?;
     Ok(crate::provision::accept(app, &mac.to_string(), "accepted by the operator".into()).await?)
 }
+
+/// The machine `target` (a MAC, or the name it was given), or why not.
+async fn machine_named(app: &App, target: &str) -> Result<MachineRow> {
+    app.state
+        .machine_named(target.to_string())
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(
+                "no_machine",
+                format!(
+                    "no network-booted machine is `{target}`; name one by its MAC or the name it was given (`netmigrate hosts` lists them)"
+                ),
+            )
+        })
+}
+
+/// The operator gives machine `target` its BMC (or, with None, takes it away).
+pub async fn set_bmc(
+    app: &App,
+    target: &str,
+    bmc: Option<crate::power::Bmc>,
+) -> Result<MachineRow> {
+    if let Some(b) = &bmc {
+        b.check().map_err(|e| Error::invalid("bad_bmc", e))?;
+    }
+    let m = match (
+        machine_named(app, target).await,
+        target.parse::<crate::config::Mac>(),
+    ) {
+        (Ok(m), _) => m,
+        // A machine the operator knows before it ever booted (MAAS's "add machine"): it is
+        // discovered now, on the provisioning network, so that its BMC can boot it.
+        (Err(Error::NotFound { .. }), Ok(mac)) if bmc.is_some() => {
+            let cfg = app.config();
+            let Some(p) = &cfg.provisioning else {
+                return Err(Error::conflict(
+                    "no_provisioning",
+                    "provisioning is not configured; add a [provisioning] section",
+                ));
+            };
+            let (m, _) = app
+                .state
+                .machine_seen(p.network.clone(), mac.to_string(), None, None)
+                .await?;
+            app.state
+                .record(
+                    NewEvent::info(
+                        "provision.enlisted",
+                        format!("{mac} added by the operator with its BMC, before it booted"),
+                    )
+                    .about(&p.network),
+                )
+                .await?;
+            m
+        }
+        (Err(e), _) => return Err(e),
+    };
+    let what = bmc.as_ref().map_or("no BMC any more".to_string(), |b| {
+        format!("BMC {}", b.describe())
+    });
+    let row = app.state.set_machine_bmc(m.mac.clone(), bmc).await?;
+    app.state
+        .record(NewEvent::info("power.bmc", format!("{}: {what}", m.mac)).about(label(&m)))
+        .await?;
+    Ok(row)
+}
+
+/// A power action's outcome.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PowerReply {
+    pub mac: String,
+    pub name: Option<String>,
+    pub action: crate::power::Action,
+    pub state: crate::power::PowerState,
+}
+
+/// Powers machine `target` on, off or through a cycle by its BMC, or asks its state.
+pub async fn power(app: &App, target: &str, action: crate::power::Action) -> Result<PowerReply> {
+    let m = machine_named(app, target).await?;
+    let Some(bmc) = &m.bmc else {
+        return Err(Error::conflict(
+            "no_bmc",
+            format!(
+                "{} has no BMC; give it one with `netmigrate hosts bmc {} --ipmi ADDRESS --user USER --password-file FILE`",
+                label(&m),
+                m.mac
+            ),
+        ));
+    };
+    let done = crate::power::act(bmc, action).await;
+    if action != crate::power::Action::Status {
+        let e = match &done {
+            Ok(s) => NewEvent::info(
+                "power.action",
+                format!("{}: power {action} by {}, now {s}", m.mac, bmc.describe()),
+            ),
+            Err(e) => NewEvent::error("power.action", format!("{}: power {action}: {e}", m.mac)),
+        };
+        app.state.record(e.about(label(&m))).await?;
+    }
+    let state = done.map_err(|e| Error::Unprocessable {
+        code: "power_failed",
+        message: e.to_string(),
+    })?;
+    Ok(PowerReply {
+        mac: m.mac.clone(),
+        name: m.name.clone(),
+        action,
+        state,
+    })
+}
+
+/// How a machine is named in events: its name once it has one.
+fn label(m: &MachineRow) -> &str {
+    m.name.as_deref().unwrap_or(&m.mac)
+}

@@ -449,6 +449,29 @@ enum HostsCmd {
         /// Its MAC, as `hosts --discovered` shows it.
         mac: String,
     },
+    /// Power a network-booted machine on, off or through a cycle by its BMC, or ask it.
+    Power {
+        /// The machine: its MAC or the name it was given.
+        machine: String,
+        /// on, off, cycle or status.
+        action: crate::power::Action,
+    },
+    /// Give a network-booted machine its BMC (IPMI over LAN), or take it away.
+    Bmc {
+        /// The machine: its MAC or the name it was given.
+        machine: String,
+        /// The BMC's address, with its UDP port if not 623 (ADDRESS[:PORT]).
+        #[arg(long, required_unless_present = "clear")]
+        ipmi: Option<String>,
+        #[arg(long, requires = "ipmi")]
+        user: Option<String>,
+        /// A file holding the BMC's password, readable by the appliance only.
+        #[arg(long, requires = "ipmi")]
+        password_file: Option<std::path::PathBuf>,
+        /// The machine has no BMC any more.
+        #[arg(long, conflicts_with = "ipmi")]
+        clear: bool,
+    },
     /// Pin the SSH host key HOST shows now (check it first: this is trust on first use).
     Trust {
         host: String,
@@ -638,6 +661,77 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                         let m: Vec<crate::state::machines::MachineRow> =
                             client.get("/v1/machines").await?;
                         print!("{}", show::enrolling(&m));
+                    }
+                }
+                Some(HostsCmd::Power { machine, action }) => {
+                    let r: crate::app::hosts::PowerReply = client
+                        .post(
+                            &format!("/v1/machines/{machine}/power"),
+                            Some(serde_json::json!({ "action": action })),
+                        )
+                        .await?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    } else {
+                        println!(
+                            "{} ({}): power is {}",
+                            r.name.as_deref().unwrap_or(&r.mac),
+                            r.mac,
+                            r.state
+                        );
+                    }
+                }
+                Some(HostsCmd::Bmc {
+                    machine,
+                    ipmi,
+                    user,
+                    password_file,
+                    clear: _,
+                }) => {
+                    let bmc = match ipmi {
+                        None => None,
+                        Some(a) => {
+                            let (address, port) = match a.rsplit_once(':') {
+                                Some((h, p)) if !h.contains(':') => (
+                                    h.to_string(),
+                                    p.parse::<u16>().map_err(|_| {
+                                        Error::Invalid(format!("--ipmi {a}: `{p}` is not a port"))
+                                    })?,
+                                ),
+                                _ => (a.clone(), 623),
+                            };
+                            let password_file = password_file.as_ref().ok_or_else(|| {
+                                Error::Invalid("--ipmi needs --password-file".into())
+                            })?;
+                            // The daemon reads the file: its path as the daemon sees it.
+                            let password_file = std::path::absolute(password_file)
+                                .unwrap_or_else(|_| password_file.clone());
+                            Some(crate::power::Bmc::Ipmi {
+                                address,
+                                port,
+                                user: user.clone().ok_or_else(|| {
+                                    Error::Invalid("--ipmi needs --user".into())
+                                })?,
+                                password_file,
+                            })
+                        }
+                    };
+                    let m: crate::state::machines::MachineRow = client
+                        .post(
+                            &format!("/v1/machines/{machine}/bmc"),
+                            Some(serde_json::json!({ "bmc": bmc })),
+                        )
+                        .await?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+                    } else {
+                        println!(
+                            "{}: {}",
+                            m.mac,
+                            m.bmc
+                                .as_ref()
+                                .map_or("no BMC".into(), |b| format!("BMC {}", b.describe()))
+                        );
                     }
                 }
                 Some(HostsCmd::Accept { mac }) => {

@@ -32,6 +32,8 @@ pub struct MachineRow {
     /// Its installer's report, once commissioned.
     pub hardware: Option<Hardware>,
     pub commissioned_ms: Option<i64>,
+    /// Its BMC, when the operator gave one.
+    pub bmc: Option<crate::power::Bmc>,
     /// Why a discovered machine waits, as the rules see it now (not stored: the listing
     /// fills it in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,7 +41,7 @@ pub struct MachineRow {
 }
 
 const COLUMNS: &str = "mac, network, stage, vendor_class, arch, first_seen_ms, last_seen_ms, \
-                       name, ip, accepted_why, host_key, ready_ms, hardware, commissioned_ms";
+                       name, ip, accepted_why, host_key, ready_ms, hardware, commissioned_ms, bmc";
 
 impl MachineRow {
     fn from_row(r: &Row) -> rusqlite::Result<MachineRow> {
@@ -62,6 +64,9 @@ impl MachineRow {
                 .get::<_, Option<String>>(12)?
                 .and_then(|j| serde_json::from_str(&j).ok()),
             commissioned_ms: r.get(13)?,
+            bmc: r
+                .get::<_, Option<String>>(14)?
+                .and_then(|j| serde_json::from_str(&j).ok()),
             waits: None,
         })
     }
@@ -110,6 +115,39 @@ impl State {
 
     pub async fn machine(&self, mac: String) -> Result<Option<MachineRow>, StateError> {
         self.read(move |c| Ok(get(c, &mac)?)).await
+    }
+
+    /// The machine `target` names: its MAC, or the name it was given.
+    pub async fn machine_named(&self, target: String) -> Result<Option<MachineRow>, StateError> {
+        self.read(move |c| {
+            if let Ok(mac) = target.parse::<Mac>() {
+                return Ok(get(c, &mac.to_string())?);
+            }
+            Ok(c.query_row(
+                &format!("SELECT {COLUMNS} FROM machines WHERE name = ?1"),
+                [&target],
+                MachineRow::from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Keeps (or, with None, forgets) machine `mac`'s BMC.
+    pub async fn set_machine_bmc(
+        &self,
+        mac: String,
+        bmc: Option<crate::power::Bmc>,
+    ) -> Result<MachineRow, StateError> {
+        let json = bmc.map(|b| serde_json::to_string(&b).expect("a BMC serializes"));
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE machines SET bmc = ?2 WHERE mac = ?1",
+                params![mac, json],
+            )?;
+            get(tx, &mac)?.ok_or_else(|| StateError::NotFound(format!("no machine {mac}")))
+        })
+        .await
     }
 
     /// Records that `mac` network-booted; returns its row and whether it was new. Beyond

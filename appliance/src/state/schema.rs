@@ -187,7 +187,7 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
     // 11: machines are commissioned (their installer reports the hardware) and, beyond
     // booting an installer, deployed onto a disk: the stages of that life, the report, the
-    // profile a machine is deployed with and why a deployment failed. A CHECK cannot be
+    // profile a machine is deployed with, why a deployment failed, its BMC. A CHECK cannot be
     // altered: the table is made again.
     r#"
     CREATE TABLE machines_11 (
@@ -211,7 +211,8 @@ pub const MIGRATIONS: &[&str] = &[
         commissioned_ms INTEGER,
         profile        TEXT,                   -- [[provisioning.profile]] it is deployed with
         stage_ms       INTEGER,                -- when it entered its stage
-        failed_why     TEXT
+        failed_why     TEXT,
+        bmc            TEXT                    -- its BMC for power control (JSON)
     ) STRICT;
     INSERT INTO machines_11 (mac, network, stage, vendor_class, arch, first_seen_ms, last_seen_ms,
         name, ip, accepted_why, token_hash, token_expires_ms, host_key, ready_ms)
