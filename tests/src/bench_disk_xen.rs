@@ -244,5 +244,6 @@ fn hand_move(lab: &Lab, ns: &str, client: &Node, from: &XenHost, to: &XenHost) -
         span_ms: total_ms,
         break_ms: report.break_time.as_millis() as u64,
         wire_bytes,
+        ..Figures::default()
     })
 }
