@@ -193,6 +193,7 @@ pub fn pools(cfg: &Config, extra: &[ReservationRow]) -> HashMap<String, Vec<Pool
         bios: p.bios.clone(),
         uefi: p.uefi.clone(),
         uefi_arm64: p.uefi_arm64.clone(),
+        uefi_http: None,
         ipxe_script: p.ipxe_script.clone(),
     });
     let mut by_iface: HashMap<String, Vec<Pool>> = HashMap::new();
@@ -244,7 +245,18 @@ fn boot_for(
     server: std::net::Ipv4Addr,
     pxe: Option<Boot>,
 ) -> Option<Boot> {
-    let (Some(p), Some(b)) = (&cfg.provisioning, &cfg.boot) else {
+    let Some(b) = cfg.boot.as_ref().filter(|b| b.http_port != 0) else {
+        return pxe;
+    };
+    // UEFI HTTP boot: the file's URL on this network's boot HTTP server.
+    let mut pxe = pxe;
+    if let (Some(boot), Some(file)) = (
+        pxe.as_mut(),
+        cfg.dhcp.pxe.as_ref().and_then(|p| p.uefi_http.as_ref()),
+    ) {
+        boot.uefi_http = Some(format!("http://{server}:{}/boot/{file}", b.http_port));
+    }
+    let Some(p) = &cfg.provisioning else {
         return pxe;
     };
     if p.network != n.name {

@@ -629,6 +629,29 @@ fn a_conflict_wait_out_of_bounds_is_refused() {
 }
 
 #[test]
+fn uefi_http_boot_needs_a_path_and_the_boot_http_server() {
+    let c = Case::new();
+    let (text, line) = with("[dhcp.pxe]\nbios = \"undionly.kpxe\"\nuefi_http = \"../ipxe.efi\"\n");
+    assert_one(
+        &c,
+        &text,
+        line(3),
+        "dhcp.pxe.uefi_http",
+        &["not a path under the boot directory"],
+    );
+    let (text, line) = with("[dhcp.pxe]\nuefi_http = \"ipxe.efi\"\n[boot]\nhttp_port = 0\n");
+    assert_one(
+        &c,
+        &text,
+        line(1),
+        "dhcp.pxe.uefi_http",
+        &["boot.http_port is 0"],
+    );
+    let (code, _, err) = c.check(&with("[dhcp.pxe]\nuefi_http = \"ipxe.efi\"\n").0);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn a_rogue_probe_that_would_flood_is_refused() {
     let c = Case::new();
     let (text, line) = with("[dhcp]\nrogue_probe = \"2s\"\n");

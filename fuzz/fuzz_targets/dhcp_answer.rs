@@ -37,6 +37,7 @@ fn pools() -> [Pool; 2] {
             bios: Some("undionly.kpxe".into()),
             uefi: Some("ipxe.efi".into()),
             uefi_arm64: Some("ipxe-arm64.efi".into()),
+            uefi_http: Some("http://10.0.0.1:8067/boot/ipxe.efi".into()),
             ipxe_script: Some("http://10.0.0.1/boot.ipxe".into()),
         }),
     };

@@ -85,7 +85,8 @@ impl Lab {
         mem_mib: u32,
         disk_gib: Option<u32>,
     ) -> Result<Machine> {
-        let (node, args, serial_log) = self.machine_parts(role, mac, mem_mib, disk_gib)?;
+        let (node, args, serial_log) =
+            self.machine_parts(role, mac, mem_mib, disk_gib, Firmware::Bios)?;
         let mut cmd = netns::exec(&node.ns, "qemu-system-x86_64");
         cmd.args(&args);
         let pid = self.track(role, &mut cmd)?;
@@ -109,7 +110,8 @@ impl Lab {
         mem_mib: u32,
         bmc_ip: std::net::Ipv4Addr,
     ) -> Result<BmcMachine> {
-        let (node, args, serial_log) = self.machine_parts(role, mac, mem_mib, None)?;
+        let (node, args, serial_log) =
+            self.machine_parts(role, mac, mem_mib, None, Firmware::Bios)?;
         // The BMC's address: on the machine's bridge, so the lab network reaches it.
         netns::add_addr(&node.ns, "br0", bmc_ip, crate::lab::SUBNET_PREFIX)?;
         let dir = self.subdir(&format!("{role}-bmc"))?;
@@ -158,6 +160,23 @@ impl Lab {
         })
     }
 
+    /// A diskless machine with UEFI firmware (Debian's OVMF, its own copy of the variables)
+    /// booting from the network by the firmware's own stack (no iPXE ROM in its NIC): UEFI
+    /// PXE, then UEFI HTTP boot, as ../shared/lab/uefi does it.
+    pub fn uefi_machine(&self, role: &str, mac: &str, mem_mib: u32) -> Result<Machine> {
+        let (node, args, serial_log) =
+            self.machine_parts(role, mac, mem_mib, None, Firmware::Uefi)?;
+        let mut cmd = netns::exec(&node.ns, "qemu-system-x86_64");
+        cmd.args(&args);
+        let pid = self.track(role, &mut cmd)?;
+        Ok(Machine {
+            node,
+            mac: mac.to_string(),
+            pid,
+            serial_log,
+        })
+    }
+
     /// A network-booting machine's namespace (its `eth0` on the lab switch, bridged to a tap)
     /// and its QEMU command line's arguments; with `disk_gib`, an empty virtio disk.
     fn machine_parts(
@@ -166,6 +185,7 @@ impl Lab {
         mac: &str,
         mem_mib: u32,
         disk_gib: Option<u32>,
+        firmware: Firmware,
     ) -> Result<(Node, Vec<String>, PathBuf)> {
         let node = self.bare_node(role)?;
         netns::bridge(&node.ns, "br0")?;
@@ -196,12 +216,30 @@ impl Lab {
             &format!("file:{}", serial_log.display()),
             "-netdev",
             "tap,id=n0,ifname=tap0,script=no,downscript=no",
-            "-device",
-            &format!("e1000,netdev=n0,mac={mac},romfile={ROM}"),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        match firmware {
+            Firmware::Bios => args.extend([
+                "-device".into(),
+                format!("e1000,netdev=n0,mac={mac},romfile={ROM}"),
+            ]),
+            Firmware::Uefi => {
+                let vars = dir.join("OVMF_VARS.fd");
+                std::fs::copy(OVMF_VARS, &vars)
+                    .with_context(|| format!("{OVMF_VARS} (make deps)"))?;
+                args.extend([
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                    "-device".into(),
+                    // No ROM: the firmware's own network stack boots.
+                    format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+                ]);
+            }
+        }
         if let Some(gib) = disk_gib {
             let disk = dir.join("disk.qcow2");
             crate::sys::run(
@@ -219,6 +257,20 @@ impl Lab {
         }
         Ok((node, args, serial_log))
     }
+}
+
+/// Debian's OVMF (package ovmf): UEFI for the lab's machines.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Debian's iPXE for x86-64 UEFI (package ipxe), served to UEFI HTTP boot.
+pub const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Firmware {
+    /// SeaBIOS with iPXE's ROM in the e1000.
+    Bios,
+    /// OVMF, with the firmware's own network boot.
+    Uefi,
 }
 
 /// A machine behind its BMC: the BMC starts and stops its QEMU.

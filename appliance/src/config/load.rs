@@ -121,6 +121,15 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         None => None,
     };
     root.finish(&mut cx.p, TOP_KEYS);
+    if let Some(p) = dhcp.pxe.as_ref().filter(|p| p.uefi_http.is_some()) {
+        if boot.as_ref().is_some_and(|b| b.http_port == 0) {
+            cx.p.at(
+                &p.span,
+                "dhcp.pxe.uefi_http",
+                "needs the boot HTTP server, but boot.http_port is 0 (off)",
+            );
+        }
+    }
     if let Some(pr) = &provisioning {
         cx.check_provisioning(pr, &networks, boot.as_ref());
     }
@@ -851,6 +860,18 @@ impl Cx<'_> {
             .map(|(f, _)| f)
         };
         let (bios, uefi, uefi_arm64) = (file("bios"), file("uefi"), file("uefi_arm64"));
+        // Fetched from the boot HTTP server: a path under the boot directory.
+        let uefi_http = t
+            .parse(&mut self.p, "uefi_http", |s| {
+                if s.is_empty() || s.starts_with('/') || s.split('/').any(|c| c == "..") || s.contains(char::is_whitespace) {
+                    Err(format!(
+                        "`{s}` is not a path under the boot directory; write it like \"ipxe.efi\" (UEFI HTTP boot fetches it from the boot HTTP server)"
+                    ))
+                } else {
+                    Ok(s.to_string())
+                }
+            })
+            .map(|(f, _)| f);
         let ipxe_script = t
             .parse(&mut self.p, "ipxe_script", |s| {
                 if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("tftp://") {
@@ -862,23 +883,38 @@ impl Cx<'_> {
                 }
             })
             .map(|(u, _)| u);
-        if bios.is_none() && uefi.is_none() && uefi_arm64.is_none() && ipxe_script.is_none() {
+        if bios.is_none()
+            && uefi.is_none()
+            && uefi_arm64.is_none()
+            && uefi_http.is_none()
+            && ipxe_script.is_none()
+        {
             self.p.at(
                 &t.span,
                 "dhcp.pxe",
-                "names no boot file; give at least one of bios, uefi, uefi_arm64, ipxe_script",
+                "names no boot file; give at least one of bios, uefi, uefi_arm64, uefi_http, ipxe_script",
             );
         }
+        let span = t.span.clone();
         t.finish(
             &mut self.p,
-            &["next_server", "bios", "uefi", "uefi_arm64", "ipxe_script"],
+            &[
+                "next_server",
+                "bios",
+                "uefi",
+                "uefi_arm64",
+                "uefi_http",
+                "ipxe_script",
+            ],
         );
         PxeConfig {
             next_server,
             bios,
             uefi,
             uefi_arm64,
+            uefi_http,
             ipxe_script,
+            span,
         }
     }
 

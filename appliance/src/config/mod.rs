@@ -114,8 +114,14 @@ pub struct PxeConfig {
     pub uefi: Option<String>,
     /// ARM64 UEFI (architecture 11).
     pub uefi_arm64: Option<String>,
+    /// UEFI HTTP boot (vendor class `HTTPClient`, architecture 16): a file under the boot
+    /// directory, offered as its URL on the boot HTTP server.
+    pub uefi_http: Option<String>,
     /// Where a client that is already iPXE (user class "iPXE") chains to.
     pub ipxe_script: Option<String>,
+    /// Where `[dhcp.pxe]` is in the config file.
+    #[serde(skip)]
+    pub span: std::ops::Range<usize>,
 }
 
 /// How batches of moves run.

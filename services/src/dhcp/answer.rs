@@ -342,17 +342,37 @@ fn fqdn_answer(pool: &Pool, asked: &fqdn::ClientFQDN) -> fqdn::ClientFQDN {
     f
 }
 
-/// Whether a client is network-booting, and how: (PXE firmware, already iPXE, architecture).
-fn boot_client(req: &Message) -> Option<(bool, bool, Option<u16>)> {
-    let pxe = matches!(req.opts().get(OptionCode::ClassIdentifier),
-        Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"));
+/// How a client network-boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Firmware {
+    /// PXE firmware (vendor class `PXEClient`): a file by TFTP.
+    Pxe,
+    /// UEFI HTTP boot (vendor class `HTTPClient`): a URL.
+    Http,
+    /// Neither says so (iPXE, or an architecture alone).
+    Other,
+}
+
+/// Whether a client is network-booting, and how: (its firmware, already iPXE, architecture).
+fn boot_client(req: &Message) -> Option<(Firmware, bool, Option<u16>)> {
+    let class = match req.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(c)) => c.as_slice(),
+        _ => &[],
+    };
+    let firmware = if class.starts_with(b"PXEClient") {
+        Firmware::Pxe
+    } else if class.starts_with(b"HTTPClient") {
+        Firmware::Http
+    } else {
+        Firmware::Other
+    };
     let ipxe = matches!(req.opts().get(OptionCode::UserClass),
         Some(DhcpOption::UserClass(u)) if u.windows(4).any(|w| w == b"iPXE"));
     let arch = match req.opts().get(OptionCode::ClientSystemArchitecture) {
         Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
         _ => None,
     };
-    (pxe || ipxe || arch.is_some()).then_some((pxe, ipxe, arch))
+    (firmware != Firmware::Other || ipxe || arch.is_some()).then_some((firmware, ipxe, arch))
 }
 
 /// The client as discovery records it, if it network-boots.
@@ -372,7 +392,8 @@ pub fn booting(req: &Message) -> Option<super::BootClient> {
 }
 
 /// The boot file for a booting client: iPXE chains to the script; firmware gets the file
-/// for its architecture (RFC 4578: 0 BIOS, 7 and 9 x86-64 UEFI, 11 ARM64 UEFI).
+/// for its architecture (RFC 4578 and IANA's registry: 0 BIOS, 7 and 9 x86-64 UEFI, 11 ARM64
+/// UEFI, 16 x86-64 UEFI HTTP boot), UEFI HTTP boot a URL.
 pub fn boot_file(boot: &Boot, ipxe: bool, arch: Option<u16>) -> Option<&str> {
     if ipxe {
         if let Some(s) = &boot.ipxe_script {
@@ -383,15 +404,29 @@ pub fn boot_file(boot: &Boot, ipxe: bool, arch: Option<u16>) -> Option<&str> {
         0 => boot.bios.as_deref(),
         7 | 9 => boot.uefi.as_deref(),
         11 => boot.uefi_arm64.as_deref(),
+        16 => boot.uefi_http.as_deref(),
         _ => None,
     }
 }
 
 /// Next server, file (header and options 66/67) for a booting client; nothing for others.
+/// UEFI HTTP boot gets its URL and its vendor class echoed, as the UEFI spec asks.
 fn pxe(m: &mut Message, server: Ipv4Addr, boot: &Boot, req: &Message) {
-    let Some((pxe, ipxe, arch)) = boot_client(req) else {
+    let Some((firmware, ipxe, arch)) = boot_client(req) else {
         return;
     };
+    if firmware == Firmware::Http && !ipxe {
+        let Some(url) = boot.uefi_http.as_deref() else {
+            return;
+        };
+        if url.len() < 128 {
+            m.set_fname_str(url);
+        }
+        let o = m.opts_mut();
+        o.insert(DhcpOption::BootfileName(url.as_bytes().to_vec()));
+        o.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+        return;
+    }
     let Some(file) = boot_file(boot, ipxe, arch) else {
         return;
     };
@@ -403,7 +438,7 @@ fn pxe(m: &mut Message, server: Ipv4Addr, boot: &Boot, req: &Message) {
     let o = m.opts_mut();
     o.insert(DhcpOption::TFTPServerName(next.to_string().into_bytes()));
     o.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
-    if pxe {
+    if firmware == Firmware::Pxe {
         // PXE firmware ignores an offer that does not say it is for PXE clients.
         o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
     }

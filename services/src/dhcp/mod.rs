@@ -67,6 +67,8 @@ pub struct Boot {
     pub uefi: Option<String>,
     /// For ARM64 UEFI (architecture 11).
     pub uefi_arm64: Option<String>,
+    /// For UEFI HTTP boot (vendor class `HTTPClient`, x86-64 architecture 16): a URL.
+    pub uefi_http: Option<String>,
     /// For a client that is already iPXE: a URL to chain to (an HTTP boot script).
     pub ipxe_script: Option<String>,
 }

@@ -32,6 +32,7 @@ fn pool() -> Pool {
             bios: Some("undionly.kpxe".into()),
             uefi: Some("ipxe.efi".into()),
             uefi_arm64: None,
+            uefi_http: Some("http://10.0.0.1:8067/boot/ipxe.efi".into()),
             ipxe_script: Some("http://10.0.0.1:8080/boot.ipxe".into()),
         }),
     }
@@ -475,6 +476,41 @@ fn a_booting_client_gets_the_file_for_its_firmware() {
         None,
         "not booting"
     );
+}
+
+/// UEFI HTTP boot (OVMF's DISCOVER: vendor class HTTPClient, architecture 16): the offer
+/// carries the URL as its boot file and echoes the vendor class, with no TFTP server; PXE
+/// firmware on the same machine still gets its TFTP file.
+#[test]
+fn uefi_http_boot_gets_a_url_and_its_vendor_class_back() {
+    let p = pool();
+    let mut d = msg(MessageType::Discover, mac(9));
+    d.opts_mut().insert(DhcpOption::ClassIdentifier(
+        b"HTTPClient:Arch:00016:UNDI:003000".to_vec(),
+    ));
+    d.opts_mut()
+        .insert(DhcpOption::ClientSystemArchitecture(16.into()));
+    let offer = step(&p, &mut Leases::default(), &d, NOW).unwrap();
+    assert_eq!(
+        offer.opts().get(OptionCode::BootfileName),
+        Some(&DhcpOption::BootfileName(
+            b"http://10.0.0.1:8067/boot/ipxe.efi".to_vec()
+        ))
+    );
+    assert_eq!(
+        offer.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+    assert!(offer.opts().get(OptionCode::TFTPServerName).is_none());
+    // The discovery sees an HTTP-booting client too.
+    let b = super::answer::booting(&d).unwrap();
+    assert_eq!(b.arch, Some(16));
+    // Without a URL configured, nothing to boot: no file, no class.
+    let mut q = pool();
+    q.boot.as_mut().unwrap().uefi_http = None;
+    let offer = step(&q, &mut Leases::default(), &d, NOW).unwrap();
+    assert!(offer.opts().get(OptionCode::BootfileName).is_none());
+    assert!(offer.opts().get(OptionCode::ClassIdentifier).is_none());
 }
 
 #[test]
