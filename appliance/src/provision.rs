@@ -381,6 +381,26 @@ pub fn verdict(p: &ProvisioningConfig, m: &MachineRow) -> Verdict {
     }
 }
 
+/// A token call's outcome as the installer is told it: a refused token (unknown, used,
+/// expired, of the other kind) is an event and a 403, `what` saying which call it was.
+async fn refused_call(
+    app: &App,
+    r: Result<MachineRow, StateError>,
+    what: &str,
+) -> Result<MachineRow, Refused> {
+    match r {
+        Ok(m) => Ok(m),
+        Err(StateError::Conflict(e)) => {
+            let _ = app
+                .state
+                .record(NewEvent::warn("provision.refused", format!("{what}: {e}")))
+                .await;
+            Err(Refused::Token(e))
+        }
+        Err(e) => Err(Refused::Internal(e.to_string())),
+    }
+}
+
 /// The public half of the private key at `path`, as authorized_keys wants it.
 fn public_key(path: &std::path::Path) -> Result<String, String> {
     let k = russh::keys::load_secret_key(path, None)
@@ -419,24 +439,11 @@ impl Enrolment for AppEnrolment {
             .provisioning
             .as_ref()
             .ok_or_else(|| Refused::Bad("provisioning is off".into()))?;
-        let m = match app
+        let m = app
             .state
             .machine_commissioned(token::hash(report.token.trim()), report.hardware)
-            .await
-        {
-            Ok(m) => m,
-            Err(StateError::Conflict(e)) => {
-                let _ = app
-                    .state
-                    .record(NewEvent::warn(
-                        "provision.refused",
-                        format!("commissioning report from {from}: {e}"),
-                    ))
-                    .await;
-                return Err(Refused::Token(e));
-            }
-            Err(e) => return Err(Refused::Internal(e.to_string())),
-        };
+            .await;
+        let m = refused_call(app, m, &format!("commissioning report from {from}")).await?;
         let hw = m.hardware.as_ref().map(|h| h.summary()).unwrap_or_default();
         let (says, short) = if m.stage == Stage::Discovered.as_str() {
             match verdict(p, &m) {
@@ -479,24 +486,11 @@ impl Enrolment for AppEnrolment {
             ssh_port: p.host.ssh_port,
             bridge: p.host.bridge.clone(),
         };
-        let m = match app
+        let m = app
             .state
             .enrol_machine(token::hash(call.token.trim()), key.clone(), host)
-            .await
-        {
-            Ok(m) => m,
-            Err(StateError::Conflict(e)) => {
-                let _ = app
-                    .state
-                    .record(NewEvent::warn(
-                        "provision.refused",
-                        format!("call back from {from}: {e}"),
-                    ))
-                    .await;
-                return Err(Refused::Token(e));
-            }
-            Err(e) => return Err(Refused::Internal(e.to_string())),
-        };
+            .await;
+        let m = refused_call(app, m, &format!("call back from {from}")).await?;
         let name = m.name.clone().unwrap_or_default();
         let address = m.ip.clone().unwrap_or_default();
         let _ = app

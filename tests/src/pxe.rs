@@ -85,17 +85,7 @@ impl Lab {
         mem_mib: u32,
         disk_gib: Option<u32>,
     ) -> Result<Machine> {
-        let (node, args, serial_log) =
-            self.machine_parts(role, mac, mem_mib, disk_gib, Firmware::Bios)?;
-        let mut cmd = netns::exec(&node.ns, "qemu-system-x86_64");
-        cmd.args(&args);
-        let pid = self.track(role, &mut cmd)?;
-        Ok(Machine {
-            node,
-            mac: mac.to_string(),
-            pid,
-            serial_log,
-        })
+        self.start_machine(role, mac, mem_mib, disk_gib, Firmware::Bios)
     }
 
     /// A network-booting machine behind a real BMC: OpenIPMI's `ipmi_sim` (IPMI 2.0 over
@@ -164,8 +154,19 @@ impl Lab {
     /// booting from the network by the firmware's own stack (no iPXE ROM in its NIC): UEFI
     /// PXE, then UEFI HTTP boot, as ../shared/lab/uefi does it.
     pub fn uefi_machine(&self, role: &str, mac: &str, mem_mib: u32) -> Result<Machine> {
+        self.start_machine(role, mac, mem_mib, None, Firmware::Uefi)
+    }
+
+    fn start_machine(
+        &self,
+        role: &str,
+        mac: &str,
+        mem_mib: u32,
+        disk_gib: Option<u32>,
+        firmware: Firmware,
+    ) -> Result<Machine> {
         let (node, args, serial_log) =
-            self.machine_parts(role, mac, mem_mib, None, Firmware::Uefi)?;
+            self.machine_parts(role, mac, mem_mib, disk_gib, firmware)?;
         let mut cmd = netns::exec(&node.ns, "qemu-system-x86_64");
         cmd.args(&args);
         let pid = self.track(role, &mut cmd)?;

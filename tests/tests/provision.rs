@@ -261,7 +261,17 @@ fn machines_boot_enrol_and_become_hosts() {
             && listing.contains("waits: MAC prefix 52:54:00:aa matches, but memory"),
         "{listing}"
     );
-    assert!(m3.serial().contains("NM-INSTALLER: COMMISSIONED"));
+    // The installer says what it was told once the reply is in (after the report is kept).
+    wait_for(
+        "the small machine's installer to say so",
+        Duration::from_secs(30),
+        || {
+            m3.serial()
+                .contains("NM-INSTALLER: COMMISSIONED")
+                .then_some(())
+        },
+    )
+    .unwrap();
     // It keeps asking and keeps waiting: the iPXE script says why on its console.
     wait_for(
         "the small machine to be told why",

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::Encodable;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -87,17 +86,6 @@ pub fn probe(xid: u32) -> Message {
     m
 }
 
-fn socket(interface: &str) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.set_broadcast(true)?;
-    s.bind_device(Some(interface.as_bytes()))?;
-    s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, CLIENT_PORT)).into())?;
-    UdpSocket::from_std(s.into())
-}
-
 /// Watches `interface` for other servers' answers until the task is dropped or aborted,
 /// probing every `probe_every` (`None`: listening only). Each one seen goes to `seen`;
 /// packets that do not decode are counted as malformed.
@@ -108,7 +96,7 @@ pub fn watch(
     stats: std::sync::Arc<Stats>,
     seen: mpsc::Sender<Seen>,
 ) -> Result<JoinHandle<()>, String> {
-    let sock = socket(&interface).map_err(|e| {
+    let sock = super::socket::bound(&interface, CLIENT_PORT).map_err(|e| {
         format!("watching for other DHCP servers on {interface} (UDP port {CLIENT_PORT}): {e}")
     })?;
     Ok(tokio::spawn(async move {

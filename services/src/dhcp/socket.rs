@@ -23,13 +23,18 @@ const BATCH: usize = 64;
 const RECLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn socket(interface: &str) -> std::io::Result<UdpSocket> {
+    bound(interface, SERVER_PORT)
+}
+
+/// A broadcast-capable UDP socket on `port` of `interface` only (SO_BINDTODEVICE).
+pub(super) fn bound(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
     s.bind_device(Some(interface.as_bytes()))?;
     s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, SERVER_PORT)).into())?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
     UdpSocket::from_std(s.into())
 }
 
