@@ -75,18 +75,24 @@ i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$
 ip link set eth0 up
 udhcpc -i eth0 -b -t 60 -T 1 -p /run/udhcpc.pid -s /usr/share/udhcpc/default.script -x hostname:"$NAME"
 i=0; until ip -4 -o addr show eth0 | grep -q inet || [ $i -ge 600 ]; do usleep 100000; i=$((i+1)); done
+# call_back WORD BODY: POSTs the JSON BODY to the appliance and says WORD and its answer. A
+# refusal (4xx: a used, unknown or expired token) is final; a network error is tried again.
+call_back() {
+  n=0; while [ $n -lt 30 ]; do
+    if wget -q -O /tmp/answer --header 'Content-Type: application/json' \
+         --post-data "$2" "$CB" 2>/tmp/wget.err; then
+      say "$1 $(cat /tmp/answer)"; return 0; fi
+    grep -q ' 40[0-9]' /tmp/wget.err && { say "REFUSED $(cat /tmp/wget.err)"; return 1; }
+    n=$((n+1)); sleep 2; done
+  return 1
+}
 if [ "$MODE" = commission ]; then
   . /etc/nm/hardware.sh
   hardware > /tmp/hardware.json
   say "hardware $(cat /tmp/hardware.json)"
-  # A refusal (4xx) is final; a network error is tried again. Either way it boots again:
-  # the appliance decides what comes next when it asks for its script.
-  n=0; while [ $n -lt 30 ]; do
-    if wget -q -O /tmp/commissioned --header 'Content-Type: application/json' \
-         --post-data "{\"token\":\"$TOKEN\",\"hardware\":$(cat /tmp/hardware.json)}" "$CB" 2>/tmp/wget.err; then
-      say "COMMISSIONED $(cat /tmp/commissioned)"; break; fi
-    grep -q ' 40[0-9]' /tmp/wget.err && { say "REFUSED $(cat /tmp/wget.err)"; break; }
-    n=$((n+1)); sleep 2; done
+  # Reported or not, it boots again: the appliance decides what comes next when it asks
+  # for its script.
+  call_back COMMISSIONED "{\"token\":\"$TOKEN\",\"hardware\":$(cat /tmp/hardware.json)}"
   sync; sleep 1; reboot -f
 fi
 echo "$KEY" | tr ',' ' ' > /root/.ssh/authorized_keys; chmod 700 /root/.ssh; chmod 600 /root/.ssh/authorized_keys
@@ -97,13 +103,7 @@ HK=$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)
 if [ -z "$HK" ] || ! pidof sshd >/dev/null; then
   say "FAILED: sshd did not start: $(cat /var/log/sshd.log 2>/dev/null)"; exec setsid cttyhack sh; fi
 say "sshd up as $NAME, calling back $CB"
-# A refusal (403: used or unknown token) is final; a network error is tried again.
-n=0; while [ $n -lt 30 ]; do
-  if wget -q -O /tmp/enrolled --header 'Content-Type: application/json' \
-       --post-data "{\"token\":\"$TOKEN\",\"host_key\":\"$HK\"}" "$CB" 2>/tmp/wget.err; then
-    say "ENROLLED $(cat /tmp/enrolled)"; break; fi
-  grep -q ' 40[0-9]' /tmp/wget.err && { say "REFUSED $(cat /tmp/wget.err)"; break; }
-  n=$((n+1)); sleep 2; done
+call_back ENROLLED "{\"token\":\"$TOKEN\",\"host_key\":\"$HK\"}"
 exec setsid cttyhack sh
 I
 mkdir -p "$R/etc/nm"

@@ -121,17 +121,8 @@ pub fn run_all(runs: usize) -> Result<String> {
         idles.push(idle);
         colds.push((disk_cold, ram_cold));
     }
-    let cold_median = |f: &dyn Fn(&(Figures, Figures)) -> u64| {
-        let mut v: Vec<u64> = colds.iter().map(f).collect();
-        v.sort_unstable();
-        v[v.len() / 2]
-    };
-
-    let median = |f: &dyn Fn(&(Figures, Figures, Figures)) -> u64| {
-        let mut v: Vec<u64> = rows.iter().map(f).collect();
-        v.sort_unstable();
-        v[v.len() / 2]
-    };
+    let cold_median = |f: &dyn Fn(&(Figures, Figures)) -> u64| median_of(&colds, f);
+    let median = |f: &dyn Fn(&(Figures, Figures, Figures)) -> u64| median_of(&rows, f);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let ns = median(&|r| r.0.span_ms);
     let (nt, nb, nw) = (
@@ -159,14 +150,11 @@ pub fn run_all(runs: usize) -> Result<String> {
         "by hand (mirror + migrate){ht:>8}   {hb:>8}   {:>8.1}\n",
         mib(hw)
     );
-    let (it, ib, iw) = {
-        let m = |f: &dyn Fn(&Figures) -> u64| {
-            let mut v: Vec<u64> = idles.iter().map(f).collect();
-            v.sort_unstable();
-            v[v.len() / 2]
-        };
-        (m(&|f| f.total_ms), m(&|f| f.break_ms), m(&|f| f.wire_bytes))
-    };
+    let (it, ib, iw) = (
+        median_of(&idles, |f| f.total_ms),
+        median_of(&idles, |f| f.break_ms),
+        median_of(&idles, |f| f.wire_bytes),
+    );
     t += &format!(
         "netmigrate (disk, idle)   {it:>8}   {ib:>8}   {:>8.1}\n",
         mib(iw)
@@ -192,14 +180,9 @@ pub fn run_all(runs: usize) -> Result<String> {
         nw as f64 / (data_bytes + rw).max(1) as f64,
         hw as f64 / (data_bytes + rw).max(1) as f64,
         median(&|r| r.0.wire_bytes * 1000 / (data_bytes + r.0.ram_bytes).max(1)) as f64 / 1000.0,
-        {
-            let mut v: Vec<u64> = idles
-                .iter()
-                .map(|f| f.wire_bytes * 1000 / (data_bytes + f.ram_bytes).max(1))
-                .collect();
-            v.sort_unstable();
-            v[v.len() / 2] as f64 / 1000.0
-        },
+        median_of(&idles, |f| f.wire_bytes * 1000
+            / (data_bytes + f.ram_bytes).max(1)) as f64
+            / 1000.0,
     );
     let (ct, cb, cw) = (
         cold_median(&|r| r.0.total_ms),
@@ -258,6 +241,18 @@ pub(crate) fn tx_bytes(lab: &Lab, ns: &str) -> Result<u64> {
         .exec(ns, "cat", &["/sys/class/net/up0/statistics/tx_bytes"])?
         .trim()
         .parse()?)
+}
+
+/// The median of `f` over `items`; of an even count, the mean of the middle two.
+pub(crate) fn median_of<T>(items: &[T], f: impl Fn(&T) -> u64) -> u64 {
+    let mut v: Vec<u64> = items.iter().map(f).collect();
+    v.sort_unstable();
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    } else {
+        v[n / 2]
+    }
 }
 
 /// The prober's cadence on QEMU hosts: a try every 10 ms, each given 100 ms.

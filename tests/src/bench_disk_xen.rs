@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_disk::{appliance_move, tx_bytes, Figures};
+use crate::bench_disk::{appliance_move, median_of, tx_bytes, Figures};
 use crate::lab::{Node, SUBNET_PREFIX};
 use crate::paper_xen::{PROBE_EVERY, PROBE_TIMEOUT};
 use crate::sys::wait_for;
@@ -124,23 +124,12 @@ pub fn run_all(runs: usize) -> Result<String> {
         ssh(a, "xl destroy hand")?;
     }
 
-    // The middle value; of an even count, the mean of the middle two.
-    let median = |v: &[Figures], f: &dyn Fn(&Figures) -> u64| {
-        let mut v: Vec<u64> = v.iter().map(f).collect();
-        v.sort_unstable();
-        let n = v.len();
-        if n.is_multiple_of(2) {
-            (v[n / 2 - 1] + v[n / 2]) / 2
-        } else {
-            v[n / 2]
-        }
-    };
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let row = |v: &[Figures]| {
         (
-            median(v, &|f| f.total_ms),
-            median(v, &|f| f.break_ms),
-            median(v, &|f| f.wire_bytes),
+            median_of(v, |f| f.total_ms),
+            median_of(v, |f| f.break_ms),
+            median_of(v, |f| f.wire_bytes),
         )
     };
     let ((nt, nb, nw), (ht, hb, hw)) = (row(&ours), row(&hands));
@@ -190,20 +179,8 @@ fn disk_dir() -> &'static str {
 /// Waits until the guest at `IP` answers and writes to its disk.
 fn writes(lab: &Lab, client: &Node) -> Result<()> {
     wait_for("the disk guest to write", BOOT, || {
-        lab.exec(
-            &client.ns,
-            "curl",
-            &[
-                "-sS",
-                "--fail",
-                "--max-time",
-                "3",
-                &format!("http://{IP}/seq"),
-            ],
-        )
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .filter(|n| *n >= 3)
+        lab.disk_seq(&client.ns, IP, Duration::from_secs(3))
+            .filter(|n| *n >= 3)
     })
     .map(drop)
 }

@@ -289,6 +289,25 @@ impl Lab {
     pub fn curl(&self, ns: &str, url: &str) -> Result<String> {
         self.exec(ns, "curl", &["-sS", "--fail", "--max-time", "3", url])
     }
+
+    /// The last sequence number the lab's disk guest at `ip` reported as on its disk (its
+    /// `nm_disk` writer's `/seq`), asked from `ns` within `within`; None while it does not
+    /// answer.
+    pub fn disk_seq(&self, ns: &str, ip: Ipv4Addr, within: std::time::Duration) -> Option<u64> {
+        self.exec(
+            ns,
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "--max-time",
+                &within.as_secs().to_string(),
+                &format!("http://{ip}/seq"),
+            ],
+        )
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    }
 }
 
 impl Drop for Lab {

@@ -62,19 +62,7 @@ fn vm_seen(app: &Appliance, vm: &str) -> serde_json::Value {
 
 /// The last sequence number the guest reported as on its disk.
 fn seq(lab: &Lab, ns: &str, ip: Ipv4Addr) -> Option<u64> {
-    lab.exec(
-        ns,
-        "curl",
-        &[
-            "-sS",
-            "--fail",
-            "--max-time",
-            "2",
-            &format!("http://{ip}/seq"),
-        ],
-    )
-    .ok()
-    .and_then(|s| s.trim().parse().ok())
+    lab.disk_seq(ns, ip, Duration::from_secs(2))
 }
 
 /// Bytes a file takes on its file system.

@@ -775,19 +775,7 @@ fn stop_and_check(
 
 /// The numbers the disk guest reported, read over HTTP (None while it does not answer).
 fn seq(lab: &Lab, ns: &str, ip: Ipv4Addr) -> Option<u64> {
-    lab.exec(
-        ns,
-        "curl",
-        &[
-            "-sS",
-            "--fail",
-            "--max-time",
-            "3",
-            &format!("http://{ip}/seq"),
-        ],
-    )
-    .ok()
-    .and_then(|s| s.trim().parse().ok())
+    lab.disk_seq(ns, ip, Duration::from_secs(3))
 }
 
 /// A PVH guest writing fsynced sequence numbers to a raw ext4 disk on its dom0's own storage:
