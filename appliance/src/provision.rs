@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use netmigrate_provisioning::http::{Callback, Commissioned, Report};
+use netmigrate_provisioning::http::{Callback, Commissioned, Deployment, Report};
 use netmigrate_provisioning::{ipxe, token, Enrolled, Enrolment, Refused, Stage};
 use netmigrate_services::dhcp::BootClient;
 use netmigrate_services::tftp;
@@ -71,6 +71,16 @@ pub async fn start(app: Arc<App>) -> Result<Vec<JoinHandle<()>>, Error> {
     }
     app.tftp.set(server.stats.clone()).ok();
     let seen = app.dhcp.boots.lock().expect("boots").take();
+    if cfg.provisioning.is_some() {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                sweep_overdue(&app).await;
+            }
+        }));
+    }
     if let (Some(mut rx), Some(_)) = (seen, &cfg.provisioning) {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
@@ -145,8 +155,14 @@ async fn reserved_elsewhere(app: &App, cfg: &Config, mac: &str) -> Result<bool, 
     }))
 }
 
-/// Accepts machine `mac`: a name, a reserved address; DHCP and DNS take them up at once.
-pub async fn accept(app: &App, mac: &str, why: String) -> Result<MachineRow, StateError> {
+/// Accepts machine `mac`: a name, a reserved address, the profile it is deployed with
+/// (`profile`, else `[provisioning] profile`); DHCP and DNS take them up at once.
+pub async fn accept(
+    app: &App,
+    mac: &str,
+    why: String,
+    profile: Option<String>,
+) -> Result<MachineRow, StateError> {
     let cfg = app.config();
     let Some(p) = &cfg.provisioning else {
         return Err(StateError::Conflict(
@@ -160,6 +176,7 @@ pub async fn accept(app: &App, mac: &str, why: String) -> Result<MachineRow, Sta
         pool: p.pool,
         names_taken: cfg.hosts.iter().map(|h| h.name.clone()).collect(),
         ips_taken: cfg.reservations.iter().map(|r| r.ip).collect(),
+        profile: profile.or_else(|| p.profile.clone()),
     };
     let m = app.state.accept_machine(mac.to_string(), a).await?;
     if before.is_some_and(|b| b.stage == Stage::Discovered.as_str()) {
@@ -208,6 +225,12 @@ pub async fn enrolled_hosts(
                 name: r.name,
                 address: r.address.parse().ok()?,
                 host_key: r.host_key,
+                // A profile's hosts run its hypervisor, whatever the template says.
+                hypervisor: match r.hypervisor.as_str() {
+                    "xen" => crate::config::HypervisorKind::Xen,
+                    "qemu" => crate::config::HypervisorKind::Qemu,
+                    _ => p.host.hypervisor,
+                },
                 ..p.host.clone()
             })
         })
@@ -319,16 +342,21 @@ impl AppEnrolment {
         }
         let m = if m.stage == Stage::Discovered.as_str() {
             match verdict(p, &m) {
-                Verdict::Accept(why) => accept(app, &text, why).await.map_err(|e| e.to_string())?,
+                Verdict::Accept(why) => accept(app, &text, why, None)
+                    .await
+                    .map_err(|e| e.to_string())?,
                 Verdict::Wait(why) => return Ok(ipxe::wait(base, &text, why.as_deref())),
             }
         } else {
             m
         };
         installer.ssh_key = public_key(&p.host.ssh_key)?;
+        if let Some(profile) = m.profile.clone() {
+            return self.deploy_script(m, &profile, base, installer).await;
+        }
         let (t, hash) = token::new().map_err(|e| format!("a token: {e}"))?;
         app.state
-            .machine_booting(text.clone(), hash, expires)
+            .machine_sent_installer(text.clone(), Stage::Booting, hash, expires)
             .await
             .map_err(|e| e.to_string())?;
         let name = m.name.clone().unwrap_or_default();
@@ -344,6 +372,201 @@ impl AppEnrolment {
             .await;
         Ok(ipxe::install(base, &name, &t, &installer))
     }
+}
+
+impl AppEnrolment {
+    /// The script of a machine deployed with `profile`, by its stage: the installer told to
+    /// deploy (accepted, or deploying again after a reboot), its own disk (rebooting, ready),
+    /// or a wait saying why its deployment failed.
+    async fn deploy_script(
+        &self,
+        m: MachineRow,
+        profile: &str,
+        base: &str,
+        installer: ipxe::Installer,
+    ) -> Result<String, String> {
+        let app = &self.app;
+        let cfg = app.config();
+        let p = cfg.provisioning.as_ref().ok_or("provisioning is off")?;
+        let name = m.name.clone().unwrap_or_default();
+        match Stage::parse(&m.stage) {
+            Some(Stage::Rebooting | Stage::Ready) => {
+                return Ok(ipxe::skip(&format!("{name} boots from its disk")))
+            }
+            Some(Stage::Failed) => return Ok(failed_script(base, &m)),
+            _ => {}
+        }
+        let d = match self.deployment(p, &m, profile) {
+            Ok(d) => d,
+            Err(why) => {
+                // Nothing can be written: it fails before its installer starts.
+                return match app.state.machine_failed(m.mac.clone(), why.clone()).await {
+                    Ok(Some(f)) => {
+                        failed_event(app, &f).await;
+                        Ok(failed_script(base, &f))
+                    }
+                    _ => Ok(ipxe::skip(&why)),
+                };
+            }
+        };
+        let expires = crate::state::now_ms() + p.token_ttl.as_millis() as i64;
+        let (t, hash) = token::new().map_err(|e| format!("a token: {e}"))?;
+        app.state
+            .machine_sent_installer(m.mac.clone(), Stage::Deploying, hash, expires)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = app
+            .state
+            .record(
+                NewEvent::info(
+                    "provision.deploying",
+                    format!(
+                        "{name} ({}) sent the installer to write profile {profile} ({}, {} bytes, sha256 {}) to {}",
+                        m.mac,
+                        d.image,
+                        d.bytes,
+                        &d.sha256[..16],
+                        if d.disk.is_empty() { "its first disk that holds it" } else { &d.disk }
+                    ),
+                )
+                .about(&name),
+            )
+            .await;
+        Ok(ipxe::deploy(base, &name, &t, &installer, &d))
+    }
+
+    /// What machine `m`'s installer is told to write where: the profile's image with its
+    /// checksum, the disk that holds it, the host's network. Why not, when it cannot be.
+    fn deployment(
+        &self,
+        p: &ProvisioningConfig,
+        m: &MachineRow,
+        profile: &str,
+    ) -> Result<ipxe::Deploy, String> {
+        let cfg = self.app.config();
+        let pr = p.profile(profile).ok_or_else(|| {
+            format!("its profile `{profile}` is no longer in the config ([[provisioning.profile]])")
+        })?;
+        let (bytes, sha256) =
+            image_of(&self.root, &pr.image).map_err(|e| format!("profile {profile}: {e}"))?;
+        // Room for the image, its config area (the disk's last MiB) and a MiB between.
+        let need = bytes + 2 * 1024 * 1024;
+        let disk = match (&pr.disk, &m.hardware) {
+            (_, None) => pr.disk.clone().unwrap_or_default(),
+            (Some(want), Some(hw)) => {
+                let d = hw
+                    .disks
+                    .iter()
+                    .find(|d| &d.name == want || d.serial.as_deref() == Some(want.as_str()))
+                    .ok_or_else(|| format!("it has no disk named {want} (profile {profile}'s disk)"))?;
+                if d.bytes < need {
+                    return Err(format!(
+                        "disk too small: {} has {} bytes, the image and its config area need {need}",
+                        d.name, d.bytes
+                    ));
+                }
+                d.name.clone()
+            }
+            (None, Some(hw)) => hw
+                .disks
+                .iter()
+                .find(|d| d.bytes >= need)
+                .map(|d| d.name.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "disk too small: no disk holds the image and its config area ({need} bytes){}",
+                        hw.disks
+                            .iter()
+                            .map(|d| format!("; {} has {}", d.name, d.bytes))
+                            .collect::<String>()
+                    )
+                })?,
+        };
+        let net = cfg
+            .networks
+            .iter()
+            .find(|n| n.name == m.network)
+            .ok_or_else(|| format!("its network {} is no longer in the config", m.network))?;
+        let ip = m.ip.clone().ok_or("it has no address")?;
+        Ok(ipxe::Deploy {
+            image: pr.image.clone(),
+            bytes,
+            sha256,
+            disk,
+            address: format!("{ip}/{}", net.address.prefix_len()),
+            gateway: net.address.addr().to_string(),
+            dns: net.address.addr().to_string(),
+            domain: net.domain.clone().unwrap_or_default(),
+            bridge: p.host.bridge.clone(),
+        })
+    }
+}
+
+/// A failed machine's script: why, and how to try again, until the operator does.
+fn failed_script(base: &str, m: &MachineRow) -> String {
+    let name = m.name.as_deref().unwrap_or(&m.mac);
+    ipxe::waiting(
+        base,
+        &m.mac,
+        &[
+            format!(
+                "deploying {name} failed: {}",
+                m.failed_why.as_deref().unwrap_or("?")
+            ),
+            format!("netmigrate hosts deploy {name} tries again"),
+        ],
+    )
+}
+
+/// A host image's size and SHA-256, from the `.sha256` file beside it (`make host-image`).
+fn image_of(root: &std::path::Path, image: &str) -> Result<(u64, String), String> {
+    let path = netmigrate_services::files::resolve(root, image).map_err(|_| {
+        format!(
+            "its image {image} is missing in the boot directory {}",
+            root.display()
+        )
+    })?;
+    let bytes = std::fs::metadata(&path)
+        .map_err(|e| format!("its image {}: {e}", path.display()))?
+        .len();
+    let sums = path.with_file_name(format!(
+        "{}.sha256",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let text = std::fs::read_to_string(&sums).map_err(|e| {
+        format!(
+            "its image's checksum {}: {e} (make host-image writes it)",
+            sums.display()
+        )
+    })?;
+    let sha = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{} holds no SHA-256", sums.display()));
+    }
+    Ok((bytes, sha))
+}
+
+/// The event of a machine whose deployment failed.
+async fn failed_event(app: &App, m: &MachineRow) {
+    let name = m.name.clone().unwrap_or_else(|| m.mac.clone());
+    let _ = app
+        .state
+        .record(
+            NewEvent::error(
+                "provision.failed",
+                format!(
+                    "deploying {name} ({}) failed: {}",
+                    m.mac,
+                    m.failed_why.as_deref().unwrap_or("?")
+                ),
+            )
+            .about(&name),
+        )
+        .await;
 }
 
 /// What becomes of a discovered machine.
@@ -480,19 +703,35 @@ impl Enrolment for AppEnrolment {
         let key = call.host_key.trim().to_string();
         crate::config::values::check_public_key(&key)
             .map_err(|e| Refused::Bad(format!("host_key: {e}")))?;
-        let host = EnrolledHost {
-            hypervisor: p.host.hypervisor.as_str().to_string(),
-            ssh_user: p.host.ssh_user.clone(),
-            ssh_port: p.host.ssh_port,
-            bridge: p.host.bridge.clone(),
-        };
         let m = app
             .state
-            .enrol_machine(token::hash(call.token.trim()), key.clone(), host)
+            .enrol_machine(
+                token::hash(call.token.trim()),
+                key.clone(),
+                enrolled_host(p, None),
+            )
             .await;
         let m = refused_call(app, m, &format!("call back from {from}")).await?;
         let name = m.name.clone().unwrap_or_default();
         let address = m.ip.clone().unwrap_or_default();
+        if m.stage == Stage::Rebooting.as_str() {
+            // A deployed system's first boot: ready once it passes its check.
+            let _ = app
+                .state
+                .record(
+                    NewEvent::info(
+                        "provision.called_back",
+                        format!(
+                            "{name} ({}) booted its deployed system and called back from {from}; host key pinned: {key}; checking it",
+                            m.mac
+                        ),
+                    )
+                    .about(&name),
+                )
+                .await;
+            tokio::spawn(check_deployed(app.clone(), m));
+            return Ok(Enrolled { name, address });
+        }
         let _ = app
             .state
             .record(
@@ -506,16 +745,202 @@ impl Enrolment for AppEnrolment {
                 .about(&name),
             )
             .await;
-        app.add_enrolled().await;
-        // Facts at once, in the background: the installer waits for no one.
-        let app2 = app.clone();
-        let n = name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::app::hosts::collect(&app2, vec![n.clone()]).await {
-                tracing::warn!(host = %n, "collecting a new host: {e}");
-            }
-        });
+        became_host(app, name.clone()).await;
         Ok(Enrolled { name, address })
+    }
+
+    async fn deployed(&self, report: Deployment, from: Ipv4Addr) -> Result<String, Refused> {
+        let app = &self.app;
+        let cfg = app.config();
+        let p = cfg
+            .provisioning
+            .as_ref()
+            .ok_or_else(|| Refused::Bad("provisioning is off".into()))?;
+        let hash = token::hash(report.token.trim());
+        if let Some(why) = report.failed {
+            let m = app.state.machine_deploy_failed(hash, why).await;
+            let m = refused_call(app, m, &format!("deployment report from {from}")).await?;
+            failed_event(app, &m).await;
+            return Err(Refused::Bad(format!(
+                "recorded: {}",
+                m.failed_why.unwrap_or_default()
+            )));
+        }
+        let (t, first_boot) =
+            token::new().map_err(|e| Refused::Internal(format!("a token: {e}")))?;
+        let expires = crate::state::now_ms() + p.token_ttl.as_millis() as i64;
+        let m = app.state.machine_written(hash, first_boot, expires).await;
+        let m = refused_call(app, m, &format!("deployment report from {from}")).await?;
+        let name = m.name.clone().unwrap_or_default();
+        let _ = app
+            .state
+            .record(
+                NewEvent::info(
+                    "provision.written",
+                    format!(
+                        "{name} ({}): profile {} written to {} and verified (sha256 {}); rebooting into it",
+                        m.mac,
+                        m.profile.as_deref().unwrap_or("?"),
+                        report.disk.as_deref().unwrap_or("its disk"),
+                        report.sha256.as_deref().unwrap_or("?"),
+                    ),
+                )
+                .about(&name),
+            )
+            .await;
+        Ok(t)
+    }
+}
+
+/// What an enrolled machine becomes in `hosts`: the `[provisioning.host]` template, running
+/// its profile's hypervisor.
+fn enrolled_host(p: &ProvisioningConfig, profile: Option<&crate::config::Profile>) -> EnrolledHost {
+    EnrolledHost {
+        hypervisor: profile
+            .map_or(p.host.hypervisor, |pr| pr.hypervisor)
+            .as_str()
+            .to_string(),
+        ssh_user: p.host.ssh_user.clone(),
+        ssh_port: p.host.ssh_port,
+        bridge: p.host.bridge.clone(),
+    }
+}
+
+/// A machine that became a host: the config's hosts take it in, its facts are collected in
+/// the background.
+async fn became_host(app: &Arc<App>, name: String) {
+    app.add_enrolled().await;
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::app::hosts::collect(&app, vec![name.clone()]).await {
+            tracing::warn!(host = %name, "collecting a new host: {e}");
+        }
+    });
+}
+
+/// Checks a deployed machine that called back, over SSH with its pinned key: its hypervisor
+/// answers (`xl info`, or QEMU's version and accelerators) and its Open vSwitch bridge holds
+/// its address. Then it is ready, or failed with what the check saw.
+async fn check_deployed(app: Arc<App>, m: MachineRow) {
+    let cfg = app.config();
+    let Some(p) = cfg.provisioning.as_ref() else {
+        return;
+    };
+    let name = m.name.clone().unwrap_or_default();
+    let profile = m.profile.as_deref().and_then(|n| p.profile(n));
+    let host = enrolled_host(p, profile);
+    match deployed_check(p, &m, profile).await {
+        Ok(says) => match app.state.machine_ready(m.mac.clone(), host).await {
+            Ok(_) => {
+                let _ = app
+                    .state
+                    .record(
+                        NewEvent::info(
+                            "provision.ready",
+                            format!("{name} ({}) is ready: {says}", m.mac),
+                        )
+                        .about(&name),
+                    )
+                    .await;
+                became_host(&app, name).await;
+            }
+            Err(e) => tracing::warn!(machine = %m.mac, "a checked machine: {e}"),
+        },
+        Err(why) => {
+            if let Ok(Some(f)) = app
+                .state
+                .machine_failed(m.mac.clone(), format!("its check: {why}"))
+                .await
+            {
+                failed_event(&app, &f).await;
+            }
+        }
+    }
+}
+
+/// The check itself: what it saw, or why the host is not one.
+async fn deployed_check(
+    p: &ProvisioningConfig,
+    m: &MachineRow,
+    profile: Option<&crate::config::Profile>,
+) -> Result<String, String> {
+    use crate::inventory::ssh::{Conn, KeyCheck};
+    let key = m.host_key.clone().ok_or("no host key was pinned")?;
+    let ip = m.ip.clone().ok_or("it has no address")?;
+    let h = HostConfig {
+        name: m.name.clone().unwrap_or_default(),
+        address: ip.parse().map_err(|e| format!("address {ip}: {e}"))?,
+        host_key: Some(key.clone()),
+        hypervisor: profile.map_or(p.host.hypervisor, |pr| pr.hypervisor),
+        ..p.host.clone()
+    };
+    // sshd came up before the call back; a few tries for a slow first connection.
+    let mut tries = 0;
+    let conn = loop {
+        match Conn::connect(&h, KeyCheck::Pinned(key.clone()), h.connect_timeout).await {
+            Ok(c) => break c,
+            Err(e) if tries >= 4 => return Err(format!("SSH to {ip}: {e}")),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+        }
+    };
+    let bridge = crate::shell::quote(&h.bridge);
+    let hypervisor = match h.hypervisor {
+        crate::config::HypervisorKind::Qemu => {
+            r#"v=$(qemu-system-x86_64 --version | head -n 1) || exit 2
+a=$(qemu-system-x86_64 -accel help | tail -n +2 | tr '\n' ' ')
+[ -e /dev/kvm ] || a="$a(no /dev/kvm)"
+echo "$v, accelerators: $a""#
+        }
+        _ => {
+            r#"v=$(xl info | sed -n 's/^xen_version *: *//p') || exit 2
+[ -n "$v" ] || { echo 'xl info says no xen_version' >&2; exit 2; }
+echo "Xen $v, $(xl info | sed -n 's/^free_memory *: *//p') MiB free""#
+        }
+    };
+    let script = format!(
+        r#"{hypervisor}
+ovs-vsctl br-exists {bridge} || {{ echo 'no Open vSwitch bridge {bridge}' >&2; exit 3; }}
+ip -4 -o addr show dev {bridge} | grep -q ' {ip}/' || {{ echo '{bridge} does not hold {ip}' >&2; exit 4; }}
+echo "Open vSwitch bridge {bridge} with {ip}""#
+    );
+    let out = conn
+        .exec(&script, std::time::Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status != Some(0) {
+        return Err(format!(
+            "{} (exit {})",
+            out.stderr.trim(),
+            out.status.map_or("none".into(), |s| s.to_string())
+        ));
+    }
+    Ok(out.stdout.trim().replace('\n', "; "))
+}
+
+/// Deploying and rebooting machines silent for longer than `deploy_timeout` have failed.
+async fn sweep_overdue(app: &App) {
+    let cfg = app.config();
+    let Some(p) = cfg.provisioning.as_ref() else {
+        return;
+    };
+    let since = crate::state::now_ms() - p.deploy_timeout.as_millis() as i64;
+    fn why(stage: &str) -> String {
+        if stage == "deploying" {
+            "its installer did not report within provisioning.deploy_timeout".into()
+        } else {
+            "the deployed system did not call back (or pass its check) within provisioning.deploy_timeout".into()
+        }
+    }
+    match app.state.machines_overdue(since, why).await {
+        Ok(failed) => {
+            for m in failed {
+                failed_event(app, &m).await;
+            }
+        }
+        Err(e) => tracing::warn!("provisioning: overdue machines: {e}"),
     }
 }
 
@@ -568,6 +993,9 @@ mod tests {
             }),
             commissioned_ms: None,
             bmc: None,
+            profile: None,
+            stage_ms: None,
+            failed_why: None,
             waits: None,
         }
     }

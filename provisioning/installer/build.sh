@@ -5,7 +5,9 @@
 # SSH host key and calls the appliance back with its one-time token and that key. It leaves
 # nothing behind: it runs from memory. Booted with nm_mode=commission, it reports the
 # machine's hardware instead (CPUs, memory, disks, NICs, firmware, from /proc and /sys) and
-# boots again.
+# boots again. Booted with nm_mode=deploy, it writes a host image to the machine's disk
+# (deploy.sh), checked against its SHA-256, with the host's own config beside it
+# (config-area.sh), and reboots into it.
 #
 # usage: build.sh OUT_DIR KERNEL MODULES_DIR
 #   KERNEL       a Debian vmlinuz
@@ -66,9 +68,13 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
   insmod /lib/modules/$m.ko 2>/dev/null; done
 say() { echo "NM-INSTALLER: $*" > /dev/console; }
 NAME=host; TOKEN=; CB=; KEY=; MODE=install
+IMAGE=; SIZE=; SHA256=; DISK=; IP=; GW=; DNS=; DOMAIN=; BRIDGE=
 for w in $(cat /proc/cmdline); do case "$w" in
   nm_name=*) NAME=${w#nm_name=};; nm_token=*) TOKEN=${w#nm_token=};;
-  nm_callback=*) CB=${w#nm_callback=};; nm_key=*) KEY=${w#nm_key=};; nm_mode=*) MODE=${w#nm_mode=};; esac; done
+  nm_callback=*) CB=${w#nm_callback=};; nm_key=*) KEY=${w#nm_key=};; nm_mode=*) MODE=${w#nm_mode=};;
+  nm_image=*) IMAGE=${w#nm_image=};; nm_size=*) SIZE=${w#nm_size=};; nm_sha256=*) SHA256=${w#nm_sha256=};;
+  nm_disk=*) DISK=${w#nm_disk=};; nm_ip=*) IP=${w#nm_ip=};; nm_gw=*) GW=${w#nm_gw=};;
+  nm_dns=*) DNS=${w#nm_dns=};; nm_domain=*) DOMAIN=${w#nm_domain=};; nm_bridge=*) BRIDGE=${w#nm_bridge=};; esac; done
 hostname "$NAME"
 ip link set lo up
 i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
@@ -95,6 +101,11 @@ if [ "$MODE" = commission ]; then
   call_back COMMISSIONED "{\"token\":\"$TOKEN\",\"hardware\":$(cat /tmp/hardware.json)}"
   sync; sleep 1; reboot -f
 fi
+if [ "$MODE" = deploy ]; then
+  . /etc/nm/config-area.sh
+  . /etc/nm/deploy.sh
+  deploy
+fi
 echo "$KEY" | tr ',' ' ' > /root/.ssh/authorized_keys; chmod 700 /root/.ssh; chmod 600 /root/.ssh/authorized_keys
 ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 /usr/sbin/sshd -E /var/log/sshd.log
@@ -107,7 +118,7 @@ call_back ENROLLED "{\"token\":\"$TOKEN\",\"host_key\":\"$HK\"}"
 exec setsid cttyhack sh
 I
 mkdir -p "$R/etc/nm"
-cp "$(dirname "$0")/hardware.sh" "$R/etc/nm/hardware.sh"
+for f in hardware.sh deploy.sh config-area.sh; do cp "$(dirname "$0")/$f" "$R/etc/nm/$f"; done
 chmod +x "$R/init" "$R/usr/share/udhcpc/default.script"
 mkdir -p "$OUT"
 cp "$KERNEL" "$OUT/vmlinuz.part" && mv "$OUT/vmlinuz.part" "$OUT/vmlinuz"

@@ -27,6 +27,37 @@ pub trait Enrolment: Send + Sync + 'static {
     async fn enrol(&self, call: Callback, from: Ipv4Addr) -> Result<Enrolled, Refused>;
     /// The installer, sent to commission, reports the machine's hardware with its token.
     async fn commission(&self, report: Report, from: Ipv4Addr) -> Result<Commissioned, Refused>;
+    /// The installer, sent to deploy, wrote and checked the image (or says why it could
+    /// not); the answer is the deployed system's first-boot token.
+    async fn deployed(&self, report: Deployment, from: Ipv4Addr) -> Result<String, Refused>;
+}
+
+/// A deploying installer's report: the image written and checked, or why not.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    pub token: String,
+    /// The SHA-256 of what it wrote, as it computed it while writing.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The disk it wrote ("vda").
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// The deployed system's SSH host key, made by the installer ("ssh-ed25519 AAAA...").
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Why it gave up (no such disk, disk too small, download, checksum); the disk is left
+    /// unbootable.
+    #[serde(default)]
+    pub failed: Option<String>,
+}
+
+/// What a deploying installer is told once its report is taken: the one-time token the
+/// deployed system calls back with at its first boot, and where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Written {
+    pub token: String,
+    pub callback: String,
 }
 
 /// A commissioning installer's report.
@@ -83,6 +114,7 @@ pub fn router(root: PathBuf, base: String, enrolment: Option<Arc<dyn Enrolment>>
         .route("/boot/{*path}", get(file))
         .route("/ipxe", get(script))
         .route("/enrol", post(enrol))
+        .route("/deployed", post(deployed))
         .route(
             "/commission",
             post(commission).layer(axum::extract::DefaultBodyLimit::max(
@@ -170,26 +202,68 @@ async fn script(
     ([(header::CONTENT_TYPE, "text/plain")], text).into_response()
 }
 
+/// A call's enrolment, caller and body.
+type Caller<T> = (Arc<dyn Enrolment>, std::net::SocketAddrV4, T);
+
+/// What every call of the installer's needs: enrolment served here, an IPv4 caller, a body
+/// that parses. Else the status and text that say which is missing.
+fn caller<T>(
+    b: &Boot,
+    peer: SocketAddr,
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<Caller<T>, (StatusCode, String)> {
+    let Some(e) = &b.enrolment else {
+        return Err((StatusCode::NOT_FOUND, "no enrolment here\n".into()));
+    };
+    let SocketAddr::V4(peer) = peer else {
+        return Err((StatusCode::BAD_REQUEST, "IPv4 only\n".into()));
+    };
+    match body {
+        Ok(Json(t)) => Ok((e.clone(), peer, t)),
+        Err(r) => Err((StatusCode::BAD_REQUEST, format!("{}\n", r.body_text()))),
+    }
+}
+
 async fn commission(
     State(b): State<Boot>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     report: Result<Json<Report>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Some(e) = &b.enrolment else {
-        return (StatusCode::NOT_FOUND, "no enrolment here\n").into_response();
-    };
-    let SocketAddr::V4(peer) = peer else {
-        return (StatusCode::BAD_REQUEST, "IPv4 only\n").into_response();
-    };
-    let Json(report) = match report {
-        Ok(r) => r,
-        Err(r) => return (StatusCode::BAD_REQUEST, format!("{}\n", r.body_text())).into_response(),
+    let (e, peer, report) = match caller(&b, peer, report) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
     };
     if let Err(why) = report.hardware.check() {
         return (StatusCode::BAD_REQUEST, format!("hardware: {why}\n")).into_response();
     }
     match e.commission(report, *peer.ip()).await {
         Ok(done) => Json(done).into_response(),
+        Err(r) => refused(peer, r),
+    }
+}
+
+async fn deployed(
+    State(b): State<Boot>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    report: Result<Json<Deployment>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let (e, peer, report) = match caller(&b, peer, report) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    if report.failed.is_none() && (report.sha256.is_none() || report.host_key.is_none()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a deployment report has sha256 and host_key, or failed\n",
+        )
+            .into_response();
+    }
+    match e.deployed(report, *peer.ip()).await {
+        Ok(token) => Json(Written {
+            token,
+            callback: format!("{}/enrol", b.base),
+        })
+        .into_response(),
         Err(r) => refused(peer, r),
     }
 }
@@ -210,15 +284,9 @@ async fn enrol(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     call: Result<Json<Callback>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Some(e) = &b.enrolment else {
-        return (StatusCode::NOT_FOUND, "no enrolment here\n").into_response();
-    };
-    let SocketAddr::V4(peer) = peer else {
-        return (StatusCode::BAD_REQUEST, "IPv4 only\n").into_response();
-    };
-    let Json(call) = match call {
+    let (e, peer, call) = match caller(&b, peer, call) {
         Ok(c) => c,
-        Err(r) => return (StatusCode::BAD_REQUEST, format!("{}\n", r.body_text())).into_response(),
+        Err(r) => return r.into_response(),
     };
     match e.enrol(call, *peer.ip()).await {
         Ok(done) => Json(done).into_response(),
@@ -259,6 +327,12 @@ mod tests {
             Ok(Commissioned {
                 says: format!("{} MiB", report.hardware.memory_mib),
             })
+        }
+        async fn deployed(&self, report: Deployment, _from: Ipv4Addr) -> Result<String, Refused> {
+            match report.failed {
+                None => Ok(format!("first-boot-of-{}", report.token)),
+                Some(why) => Err(Refused::Bad(why)),
+            }
         }
     }
 
@@ -357,6 +431,31 @@ mod tests {
         assert!(
             s.is_client_error() && body.contains("length limit"),
             "a report is bounded: {s} {body}"
+        );
+
+        let deployed = |body: &str| {
+            Request::post("/deployed")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        assert_eq!(
+            call(
+                &r,
+                deployed(
+                    r#"{"token":"t","sha256":"ab","disk":"vda","host_key":"ssh-ed25519 AAAA"}"#
+                )
+            )
+            .await,
+            (
+                StatusCode::OK,
+                r#"{"token":"first-boot-of-t","callback":"http://10.0.0.1:8067/enrol"}"#.into()
+            )
+        );
+        assert_eq!(
+            call(&r, deployed(r#"{"token":"t","disk":"vda"}"#)).await.0,
+            StatusCode::BAD_REQUEST,
+            "neither written nor failed"
         );
     }
 }

@@ -19,48 +19,121 @@ pub const WAIT_S: u32 = 10;
 /// For a machine nobody accepted yet: say so (and `why`, when a rule's requirements keep it
 /// waiting) on its console and ask again later, so that accepting it needs no power cycle.
 pub fn wait(base: &str, mac: &str, why: Option<&str>) -> String {
-    let why = why.map_or(String::new(), |w| format!("echo netmigrate: {w}\n"));
-    format!(
-        "#!ipxe\necho netmigrate: {mac} is discovered and waits to be accepted (netmigrate hosts accept {mac})\n\
-         {why}sleep {WAIT_S}\nchain --replace --autofree {base}/ipxe?mac={mac}\n"
-    )
+    let mut says = vec![format!(
+        "{mac} is discovered and waits to be accepted (netmigrate hosts accept {mac})"
+    )];
+    says.extend(why.map(str::to_string));
+    waiting(base, mac, &says)
 }
 
-/// For an accepted machine: the installer, with its name, one-time token and where to call.
-pub fn install(base: &str, name: &str, token: &str, i: &Installer) -> String {
-    // Spaces inside a kernel argument cannot be quoted: the key's type and body are joined
-    // with a comma, and its comment is left out.
-    let mut key = i.ssh_key.split_whitespace();
-    let key = format!(
+/// Says each line of `says` on the machine's console and asks for its script again in
+/// `WAIT_S` seconds.
+pub fn waiting(base: &str, mac: &str, says: &[String]) -> String {
+    let says: String = says
+        .iter()
+        .map(|l| format!("echo netmigrate: {}\n", l.replace('\n', " ")))
+        .collect();
+    format!("#!ipxe\n{says}sleep {WAIT_S}\nchain --replace --autofree {base}/ipxe?mac={mac}\n")
+}
+
+/// The installer's kernel arguments with the appliance's key: spaces inside a kernel
+/// argument cannot be quoted, so the key's type and body are joined with a comma and its
+/// comment is left out.
+fn key_arg(ssh_key: &str) -> String {
+    let mut key = ssh_key.split_whitespace();
+    format!(
         "{},{}",
         key.next().unwrap_or_default(),
         key.next().unwrap_or_default()
-    );
+    )
+}
+
+/// The script that boots the installer with `args` on its kernel command line.
+fn installer(base: &str, i: &Installer, says: &str, args: &str) -> String {
     let initrd_name = i.initrd.rsplit('/').next().unwrap_or(&i.initrd);
     format!(
-        "#!ipxe\necho netmigrate: installing {name}\n\
-         kernel {base}/boot/{kernel} initrd={initrd_name} {cmdline} nm_name={name} nm_token={token} nm_callback={base}/enrol nm_key={key}\n\
+        "#!ipxe\necho netmigrate: {says}\n\
+         kernel {base}/boot/{kernel} initrd={initrd_name} {cmdline} {args}\n\
          initrd {base}/boot/{initrd}\nboot\n",
         kernel = i.kernel,
         initrd = i.initrd,
         cmdline = i.cmdline,
     )
     .replace("  ", " ")
+}
+
+/// For an accepted machine: the installer, with its name, one-time token and where to call.
+pub fn install(base: &str, name: &str, token: &str, i: &Installer) -> String {
+    installer(
+        base,
+        i,
+        &format!("installing {name}"),
+        &format!(
+            "nm_name={name} nm_token={token} nm_callback={base}/enrol nm_key={}",
+            key_arg(&i.ssh_key)
+        ),
+    )
 }
 
 /// For a machine to commission: the installer, told to report the machine's hardware with
 /// its one-time token and boot again.
 pub fn commission(base: &str, mac: &str, token: &str, i: &Installer) -> String {
-    let initrd_name = i.initrd.rsplit('/').next().unwrap_or(&i.initrd);
-    format!(
-        "#!ipxe\necho netmigrate: commissioning {mac}\n\
-         kernel {base}/boot/{kernel} initrd={initrd_name} {cmdline} nm_mode=commission nm_token={token} nm_callback={base}/commission\n\
-         initrd {base}/boot/{initrd}\nboot\n",
-        kernel = i.kernel,
-        initrd = i.initrd,
-        cmdline = i.cmdline,
+    installer(
+        base,
+        i,
+        &format!("commissioning {mac}"),
+        &format!("nm_mode=commission nm_token={token} nm_callback={base}/commission"),
     )
-    .replace("  ", " ")
+}
+
+/// What a machine deployed to its disk is given, beside its name and token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deploy {
+    /// The image's path under the boot directory, its size and SHA-256 (hex).
+    pub image: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// The disk to write (a name like "sda", or a serial); empty: the first that fits.
+    pub disk: String,
+    /// The host's network: its address with the prefix ("10.0.0.50/24"), the router, the
+    /// name server and the domain ("" when none).
+    pub address: String,
+    pub gateway: String,
+    pub dns: String,
+    pub domain: String,
+    /// The Open vSwitch bridge the deployed host puts its address on.
+    pub bridge: String,
+}
+
+/// For a machine to deploy: the installer, told to write the image to the disk, check it,
+/// report with its one-time token and reboot into it.
+pub fn deploy(base: &str, name: &str, token: &str, i: &Installer, d: &Deploy) -> String {
+    let opt = |k: &str, v: &str| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!(" {k}={v}")
+        }
+    };
+    installer(
+        base,
+        i,
+        &format!("deploying {name}"),
+        &format!(
+            "nm_mode=deploy nm_name={name} nm_token={token} nm_callback={base}/deployed nm_key={key} \
+             nm_image={base}/boot/{image} nm_size={bytes} nm_sha256={sha}{disk} nm_ip={ip}{gw}{dns}{domain} nm_bridge={bridge}",
+            key = key_arg(&i.ssh_key),
+            image = d.image,
+            bytes = d.bytes,
+            sha = d.sha256,
+            disk = opt("nm_disk", &d.disk),
+            ip = d.address,
+            gw = opt("nm_gw", &d.gateway),
+            dns = opt("nm_dns", &d.dns),
+            domain = opt("nm_domain", &d.domain),
+            bridge = d.bridge,
+        ),
+    )
 }
 
 /// For a machine whose boot this appliance does not serve (refused, or not enrolling here):

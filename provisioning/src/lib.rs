@@ -3,11 +3,15 @@
 //!
 //! A machine's life: **discovered** (it network-booted with a MAC nobody knows) ->
 //! **commissioning** (the installer reports its hardware, then it boots again; discovered
-//! with its hardware known) -> **accepted** (by a rule of the config or by the operator: it gets a name and a reserved
-//! address) -> **booting** (its iPXE script sent it the installer with a one-time token) ->
-//! **ready** (the installer called back with the token and its SSH host key; the appliance
-//! pinned the key and collected the host's facts). This crate holds the rules, the scripts and
-//! the HTTP side; the appliance keeps the machines in its state (`Enrolment`).
+//! with its hardware known) -> **accepted** (by a rule of the config or by the operator: it
+//! gets a name, a reserved address and perhaps a profile). Without a profile: **booting**
+//! (its iPXE script sent it the installer with a one-time token) -> **ready** (the installer
+//! called back with the token and its SSH host key; the appliance pinned the key). With a
+//! profile: **deploying** (the installer writes the profile's host image to its disk, checked
+//! against the image's SHA-256) -> **rebooting** (into the deployed system, which calls back
+//! at its first boot and is checked) -> **ready**; or **failed**, with the reason. This crate
+//! holds the rules, the scripts and the HTTP side; the appliance keeps the machines in its
+//! state (`Enrolment`).
 
 pub mod hardware;
 pub mod http;
@@ -16,7 +20,7 @@ pub mod rules;
 pub mod token;
 
 pub use hardware::{Hardware, Requirements};
-pub use http::{Commissioned, Enrolled, Enrolment, Refused};
+pub use http::{Commissioned, Deployment, Enrolled, Enrolment, Refused, Written};
 pub use rules::{MacPrefix, Rules};
 
 /// Where a machine is in its enrolment.
@@ -27,7 +31,10 @@ pub enum Stage {
     Commissioning,
     Accepted,
     Booting,
+    Deploying,
+    Rebooting,
     Ready,
+    Failed,
 }
 
 impl Stage {
@@ -37,7 +44,10 @@ impl Stage {
             Stage::Commissioning => "commissioning",
             Stage::Accepted => "accepted",
             Stage::Booting => "booting",
+            Stage::Deploying => "deploying",
+            Stage::Rebooting => "rebooting",
             Stage::Ready => "ready",
+            Stage::Failed => "failed",
         }
     }
 
@@ -47,7 +57,10 @@ impl Stage {
             "commissioning" => Stage::Commissioning,
             "accepted" => Stage::Accepted,
             "booting" => Stage::Booting,
+            "deploying" => Stage::Deploying,
+            "rebooting" => Stage::Rebooting,
             "ready" => Stage::Ready,
+            "failed" => Stage::Failed,
             _ => return None,
         })
     }

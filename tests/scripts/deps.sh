@@ -12,7 +12,7 @@ PKGS=(
   vsftpd iperf3 isc-dhcp-client kea-dhcp4-server kea-admin dnsmasq-base isc-dhcp-relay
   dhcpcd-base ipxe-qemu bind9-dnsutils knot dnsperf libnftables1 chromium
   debootstrap kmod zstd xz-utils tftp-hpa nftables
-  qemu-utils grub-pc-bin grub-common xorriso mtools e2fsprogs openipmi ipmitool ovmf ipxe
+  qemu-utils grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools e2fsprogs openipmi ipmitool ovmf ipxe
 )
 
 missing_pkgs() {

@@ -56,12 +56,22 @@ pub async fn machines(
     Ok(Json(app::hosts::machines(&app).await?))
 }
 
-/// The operator accepts a discovered machine.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptRequest {
+    /// The `[[provisioning.profile]]` it is deployed with; none: `[provisioning] profile`.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// The operator accepts a discovered machine (the body, if any, names its profile).
 pub async fn accept(
     State(app): State<Arc<App>>,
     Path(mac): Path<String>,
+    body: Option<Body<AcceptRequest>>,
 ) -> Result<Json<crate::state::machines::MachineRow>, ApiError> {
-    Ok(Json(app::hosts::accept(&app, &mac).await?))
+    let req = body.map(|b| b.0).unwrap_or_default();
+    Ok(Json(app::hosts::accept(&app, &mac, req.profile).await?))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

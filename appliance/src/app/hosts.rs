@@ -233,11 +233,36 @@ pub async fn machines(app: &App) -> Result<Vec<MachineRow>> {
 }
 
 /// The operator accepts the discovered machine with `mac`.
-pub async fn accept(app: &App, mac: &str) -> Result<MachineRow> {
+pub async fn accept(app: &App, mac: &str, profile: Option<String>) -> Result<MachineRow> {
     let mac: crate::config::Mac = mac
         .parse()
         .map_err(|e: String| Error::invalid("bad_mac", e))?;
-    Ok(crate::provision::accept(app, &mac.to_string(), "accepted by the operator".into()).await?)
+    if let Some(name) = &profile {
+        let cfg = app.config();
+        let known: Vec<String> = cfg
+            .provisioning
+            .iter()
+            .flat_map(|p| p.profiles.iter().map(|pr| pr.name.clone()))
+            .collect();
+        if !known.contains(name) {
+            return Err(Error::invalid(
+                "no_profile",
+                format!(
+                    "no [[provisioning.profile]] is named `{name}`; there {}",
+                    if known.is_empty() {
+                        "are none in the config".to_string()
+                    } else {
+                        format!("are: {}", known.join(", "))
+                    }
+                ),
+            ));
+        }
+    }
+    let why = match &profile {
+        Some(p) => format!("accepted by the operator, profile {p}"),
+        None => "accepted by the operator".into(),
+    };
+    Ok(crate::provision::accept(app, &mac.to_string(), why, profile).await?)
 }
 
 /// The machine `target` (a MAC, or the name it was given), or why not.

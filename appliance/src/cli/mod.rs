@@ -444,10 +444,14 @@ enum HostsCmd {
         hosts: Vec<String>,
     },
     /// Accept a discovered machine: it gets a name and a reserved address, and boots the
-    /// installer; it becomes a host when the installer calls back.
+    /// installer; it becomes a host when the installer calls back, or, with a profile, when
+    /// the host image the installer writes to its disk boots and calls back.
     Accept {
         /// Its MAC, as `hosts --discovered` shows it.
         mac: String,
+        /// The [[provisioning.profile]] it is deployed with (default: [provisioning] profile).
+        #[arg(long)]
+        profile: Option<String>,
     },
     /// Power a network-booted machine on, off or through a cycle by its BMC, or ask it.
     Power {
@@ -734,18 +738,22 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                         );
                     }
                 }
-                Some(HostsCmd::Accept { mac }) => {
+                Some(HostsCmd::Accept { mac, profile }) => {
+                    let body = serde_json::json!({ "profile": profile });
                     let m: crate::state::machines::MachineRow = client
-                        .post(&format!("/v1/machines/{mac}/accept"), None)
+                        .post(&format!("/v1/machines/{mac}/accept"), Some(body))
                         .await?;
                     if *json {
                         println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
                     } else {
                         println!(
-                            "{}: accepted as {} at {}; it installs at its next network boot",
+                            "{}: accepted as {} at {}; it {} at its next network boot",
                             m.mac,
                             m.name.as_deref().unwrap_or("?"),
-                            m.ip.as_deref().unwrap_or("?")
+                            m.ip.as_deref().unwrap_or("?"),
+                            m.profile.as_deref().map_or("installs".into(), |p| format!(
+                                "is deployed with profile {p}"
+                            ))
                         );
                     }
                 }

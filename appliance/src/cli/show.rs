@@ -653,17 +653,22 @@ pub fn enrolling(ms: &[crate::state::machines::MachineRow]) -> String {
     if pending.is_empty() {
         return String::new();
     }
-    let mut o =
-        String::from("\nENROLLING  ADDRESS          MAC                STAGE       SINCE\n");
+    let mut o = String::from(
+        "\nENROLLING  ADDRESS          MAC                STAGE       PROFILE  SINCE\n",
+    );
     for m in pending {
         o.push_str(&format!(
-            "{:<10} {:<16} {:<18} {:<11} {}\n",
+            "{:<10} {:<16} {:<18} {:<11} {:<8} {}\n",
             m.name.as_deref().unwrap_or("-"),
             m.ip.as_deref().unwrap_or("-"),
             m.mac,
             m.stage,
-            ago(m.last_seen_ms)
+            m.profile.as_deref().unwrap_or("-"),
+            ago(m.stage_ms.unwrap_or(m.last_seen_ms))
         ));
+        if let Some(why) = &m.failed_why {
+            o.push_str(&format!("    failed: {why}\n"));
+        }
     }
     o
 }

@@ -1179,6 +1179,52 @@ impl Cx<'_> {
                 Ok(d)
             })
             .map_or(Duration::from_secs(3600), |(d, _)| d);
+        let deploy_timeout = t
+            .parse(&mut self.p, "deploy_timeout", |s| {
+                let d = values::parse_duration(s)?;
+                if d < Duration::from_secs(60) {
+                    return Err(format!(
+                        "`{s}` is shorter than a machine takes to write an image and boot it; use at least \"1m\""
+                    ));
+                }
+                Ok(d)
+            })
+            .map_or(Duration::from_secs(30 * 60), |(d, _)| d);
+        let mut profiles: Vec<Profile> = Vec::new();
+        for pt in t.tables(&mut self.p, "profile") {
+            if let Some(pr) = self.profile(pt, &boot_path) {
+                if profiles.iter().any(|o| o.name == pr.value.name) {
+                    self.p.at(
+                        &pr.span,
+                        "provisioning.profile.name",
+                        format!("`{}` names two profiles", pr.value.name),
+                    );
+                } else {
+                    profiles.push(pr.value);
+                }
+            }
+        }
+        let profile = t.string(&mut self.p, "profile").and_then(|pr| {
+            if profiles.iter().any(|o| o.name == pr.value) {
+                Some(pr.value)
+            } else {
+                let known: Vec<&str> = profiles.iter().map(|o| o.name.as_str()).collect();
+                self.p.at(
+                    &pr.span,
+                    "provisioning.profile",
+                    format!(
+                        "no [[provisioning.profile]] is named `{}`{}",
+                        pr.value,
+                        if known.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (there are: {})", known.join(", "))
+                        }
+                    ),
+                );
+                None
+            }
+        });
         let host = match t.table(&mut self.p, "host") {
             Some(h) => self.host(h, true),
             None => {
@@ -1203,6 +1249,8 @@ impl Cx<'_> {
                 "cmdline",
                 "token_ttl",
                 "host",
+                "profile",
+                "deploy_timeout",
             ],
         );
         let network = network?;
@@ -1218,9 +1266,66 @@ impl Cx<'_> {
                 cmdline,
                 token_ttl,
                 host: host?.value,
+                profiles,
+                profile,
+                deploy_timeout,
             },
             span: network.span,
             key: "provisioning.network".into(),
+        })
+    }
+
+    /// `[[provisioning.profile]]`: a name, an image under the boot directory, the hypervisor.
+    fn profile(
+        &mut self,
+        t: Table,
+        boot_path: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Option<Item<Profile>> {
+        let name = t.required_string(&mut self.p, "name", "name the profile, like name = \"xen\"");
+        let name = check(&mut self.p, name, |s| {
+            values::check_hostname(s).map(|_| s.to_string())
+        });
+        let image = match t.get("image") {
+            Some(_) => t.parse(&mut self.p, "image", boot_path).map(|(i, _)| i),
+            None => {
+                self.p.at(&t.span, &t.key_path("image"), "missing; the host image under the boot directory, like image = \"images/xen/host.img\" (make host-image builds it)");
+                None
+            }
+        };
+        let hypervisor = t.required_string(
+            &mut self.p,
+            "hypervisor",
+            "say what the deployed host runs: hypervisor = \"xen\" or \"qemu\"",
+        );
+        let hypervisor = check(&mut self.p, hypervisor, |s| match s {
+            "xen" => Ok(HypervisorKind::Xen),
+            "qemu" | "kvm" => Ok(HypervisorKind::Qemu),
+            _ => Err(format!(
+                "`{s}` is not a hypervisor netmigrate drives; use \"xen\" or \"qemu\""
+            )),
+        });
+        if let Some(d) = t.string(&mut self.p, "deploy") {
+            match d.value.as_str() {
+                "disk" => {}
+                "ram" => self.p.at(&d.span, &d.key, "\"ram\" (booting the image from the network at every boot) is not built yet; use \"disk\""),
+                other => self.p.at(&d.span, &d.key, format!("`{other}` is not a way to deploy; use \"disk\"")),
+            }
+        }
+        let disk = t.string(&mut self.p, "disk").map(|d| d.value);
+        t.finish(
+            &mut self.p,
+            &["name", "image", "hypervisor", "deploy", "disk"],
+        );
+        let (name, span) = name?;
+        Some(Item {
+            value: Profile {
+                name,
+                image: image?,
+                hypervisor: hypervisor?.0,
+                disk,
+            },
+            span,
+            fields: HashMap::new(),
         })
     }
 

@@ -71,6 +71,35 @@ pub struct ProvisioningConfig {
     /// What an enrolled host becomes: `[provisioning.host]`, the keys of a `[[host]]` but its
     /// name and address (those come from the template and the pool).
     pub host: HostConfig,
+    /// Host images machines are deployed with (`[[provisioning.profile]]`).
+    pub profiles: Vec<Profile>,
+    /// The profile a rule's machines are deployed with; None: they run the installer from
+    /// RAM and are enrolled as it runs.
+    pub profile: Option<String>,
+    /// How long a deployment may take from the installer's start to the deployed system's
+    /// call back (each of its two stages); a machine that is silent longer has failed.
+    #[serde(serialize_with = "ser_duration")]
+    pub deploy_timeout: Duration,
+}
+
+impl ProvisioningConfig {
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.iter().find(|p| p.name == name)
+    }
+}
+
+/// `[[provisioning.profile]]`: a host image (`make host-image`) and what a machine deployed
+/// with it becomes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    pub name: String,
+    /// The image under the boot directory ("images/xen/host.img"); its SHA-256 in the file
+    /// beside it with `.sha256` added, as `make host-image` writes it.
+    pub image: String,
+    /// The hypervisor the deployed host runs (the `[provisioning.host]` template's otherwise).
+    pub hypervisor: HypervisorKind,
+    /// The disk it is written to, by name ("sda") or serial; None: the first that holds it.
+    pub disk: Option<String>,
 }
 
 /// The DHCP server's settings beyond each network's range.

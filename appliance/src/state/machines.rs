@@ -34,6 +34,12 @@ pub struct MachineRow {
     pub commissioned_ms: Option<i64>,
     /// Its BMC, when the operator gave one.
     pub bmc: Option<crate::power::Bmc>,
+    /// The `[[provisioning.profile]]` it is deployed with; None: it runs the installer.
+    pub profile: Option<String>,
+    /// When it entered its stage.
+    pub stage_ms: Option<i64>,
+    /// Why its deployment failed (stage failed).
+    pub failed_why: Option<String>,
     /// Why a discovered machine waits, as the rules see it now (not stored: the listing
     /// fills it in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,7 +47,8 @@ pub struct MachineRow {
 }
 
 const COLUMNS: &str = "mac, network, stage, vendor_class, arch, first_seen_ms, last_seen_ms, \
-                       name, ip, accepted_why, host_key, ready_ms, hardware, commissioned_ms, bmc";
+                       name, ip, accepted_why, host_key, ready_ms, hardware, commissioned_ms, bmc, \
+                       profile, stage_ms, failed_why";
 
 impl MachineRow {
     fn from_row(r: &Row) -> rusqlite::Result<MachineRow> {
@@ -67,6 +74,9 @@ impl MachineRow {
             bmc: r
                 .get::<_, Option<String>>(14)?
                 .and_then(|j| serde_json::from_str(&j).ok()),
+            profile: r.get(15)?,
+            stage_ms: r.get(16)?,
+            failed_why: r.get(17)?,
             waits: None,
         })
     }
@@ -90,6 +100,8 @@ pub struct Acceptance {
     pub pool: (Ipv4Addr, Ipv4Addr),
     pub names_taken: Vec<String>,
     pub ips_taken: Vec<Ipv4Addr>,
+    /// The profile it is deployed with (None: it runs the installer from RAM).
+    pub profile: Option<String>,
 }
 
 /// What an enrolled host becomes: its row in `hosts`.
@@ -200,6 +212,11 @@ impl State {
             // One commissioning may be accepted too: it keeps its stage's token, and the
             // report it sends finds it accepted.
             if m.stage != Stage::Discovered.as_str() && m.stage != Stage::Commissioning.as_str() {
+                // Accepted again with a profile: deployed with that one from now on.
+                if a.profile.is_some() && a.profile != m.profile {
+                    tx.execute("UPDATE machines SET profile = ?2 WHERE mac = ?1", params![mac, a.profile])?;
+                    return Ok(get(tx, &mac)?.expect("just written"));
+                }
                 return Ok(m);
             }
             let strings = |sql: &str| -> rusqlite::Result<HashSet<String>> {
@@ -230,8 +247,9 @@ impl State {
                 params![m.network, ip.to_string(), mac, name, now_ms()],
             )?;
             tx.execute(
-                "UPDATE machines SET stage = 'accepted', name = ?2, ip = ?3, accepted_why = ?4 WHERE mac = ?1",
-                params![mac, name, ip.to_string(), a.why],
+                "UPDATE machines SET stage = 'accepted', name = ?2, ip = ?3, accepted_why = ?4,
+                   profile = ?5, stage_ms = ?6 WHERE mac = ?1",
+                params![mac, name, ip.to_string(), a.why, a.profile, now_ms()],
             )?;
             Ok(get(tx, &mac)?.expect("just written"))
         })
@@ -282,27 +300,116 @@ impl State {
         .await
     }
 
-    /// An accepted (or ready, booting again) machine was sent the installer with a new
-    /// one-time token; an older token stops working.
-    pub async fn machine_booting(
+    /// A machine was sent the installer with a new one-time token (an older one stops
+    /// working): to run it and enrol (`to` booting: an accepted machine, or a ready one
+    /// booting again) or to deploy its profile (`to` deploying: accepted, or deploying
+    /// again after a reboot).
+    pub async fn machine_sent_installer(
         &self,
         mac: String,
+        to: Stage,
         token_hash: String,
         expires_ms: i64,
     ) -> Result<(), StateError> {
         self.write(move |tx| {
             tx.execute(
-                "UPDATE machines SET stage = 'booting', token_hash = ?2, token_expires_ms = ?3
-                 WHERE mac = ?1 AND stage != 'discovered'",
-                params![mac, token_hash, expires_ms],
+                "UPDATE machines SET stage = ?2, token_hash = ?3, token_expires_ms = ?4,
+                   stage_ms = ?5, failed_why = NULL
+                 WHERE mac = ?1 AND stage NOT IN ('discovered', 'commissioning')",
+                params![mac, to.as_str(), token_hash, expires_ms, now_ms()],
             )?;
             Ok(())
         })
         .await
     }
 
-    /// The installer called back with a token: its machine becomes ready and a host, its
-    /// SSH host key pinned. The token is used up; unknown, used or expired: refused.
+    /// A deploying installer wrote its image and checked it: the machine reboots into it,
+    /// whose first call back holds the new token (`first_boot_hash`). The installer's token
+    /// is used up; unknown, used or expired ones are refused.
+    pub async fn machine_written(
+        &self,
+        token_hash: String,
+        first_boot_hash: String,
+        expires_ms: i64,
+    ) -> Result<MachineRow, StateError> {
+        self.write(move |tx| {
+            let mac = token_holder(tx, &token_hash, "deployment")?;
+            tx.execute(
+                "UPDATE machines SET stage = 'rebooting', token_hash = ?2, token_expires_ms = ?3,
+                   stage_ms = ?4 WHERE mac = ?1",
+                params![mac, first_boot_hash, expires_ms, now_ms()],
+            )?;
+            Ok(get(tx, &mac)?.expect("just written"))
+        })
+        .await
+    }
+
+    /// A deploying installer gave up, with its token and why.
+    pub async fn machine_deploy_failed(
+        &self,
+        token_hash: String,
+        why: String,
+    ) -> Result<MachineRow, StateError> {
+        self.write(move |tx| {
+            let mac = token_holder(tx, &token_hash, "deployment")?;
+            fail(tx, &mac, &why)?;
+            Ok(get(tx, &mac)?.expect("just written"))
+        })
+        .await
+    }
+
+    /// Machine `mac`, on its way to ready, failed (nothing to write, its check, or the
+    /// appliance gave up waiting). One that is not (discovered, ready, failed) is left as
+    /// it is: None.
+    pub async fn machine_failed(
+        &self,
+        mac: String,
+        why: String,
+    ) -> Result<Option<MachineRow>, StateError> {
+        self.write(move |tx| {
+            let stage = get(tx, &mac)?.map(|m| m.stage);
+            if !matches!(
+                stage.as_deref(),
+                Some("accepted" | "booting" | "deploying" | "rebooting")
+            ) {
+                return Ok(None);
+            }
+            fail(tx, &mac, &why)?;
+            Ok(get(tx, &mac)?)
+        })
+        .await
+    }
+
+    /// Deploying and rebooting machines that entered their stage before `since_ms` have
+    /// failed: each row with `why(stage)`.
+    pub async fn machines_overdue(
+        &self,
+        since_ms: i64,
+        why: fn(&str) -> String,
+    ) -> Result<Vec<MachineRow>, StateError> {
+        self.write(move |tx| {
+            let late: Vec<(String, String)> = {
+                let mut st = tx.prepare(
+                    "SELECT mac, stage FROM machines WHERE stage IN ('deploying', 'rebooting')
+                       AND COALESCE(stage_ms, 0) < ?1",
+                )?;
+                let rows = st.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut failed = Vec::new();
+            for (mac, stage) in late {
+                fail(tx, &mac, &why(&stage))?;
+                failed.extend(get(tx, &mac)?);
+            }
+            Ok(failed)
+        })
+        .await
+    }
+
+    /// A machine called back with a token and its SSH host key, the token used up. One that
+    /// ran the installer (booting) becomes ready and a host at once; a deployed one
+    /// (rebooting) has its key pinned and stays rebooting until `machine_ready` says it
+    /// passed its check. Unknown, used or expired tokens are refused.
     pub async fn enrol_machine(
         &self,
         token_hash: String,
@@ -311,28 +418,82 @@ impl State {
     ) -> Result<MachineRow, StateError> {
         self.write(move |tx| {
             let mac = token_holder(tx, &token_hash, "enrolment")?;
-            let now = now_ms();
             tx.execute(
-                "UPDATE machines SET stage = 'ready', token_hash = NULL, token_expires_ms = NULL,
-                   host_key = ?2, ready_ms = ?3 WHERE mac = ?1",
-                params![mac, host_key, now],
+                "UPDATE machines SET token_hash = NULL, token_expires_ms = NULL, host_key = ?2,
+                   stage_ms = ?3 WHERE mac = ?1",
+                params![mac, host_key, now_ms()],
             )?;
             let m = get(tx, &mac)?.expect("just read");
-            let (name, ip) = (m.name.clone().expect("named"), m.ip.clone().expect("addressed"));
-            tx.execute(
-                "INSERT INTO hosts (name, address, hypervisor, ssh_user, ssh_port, bridge, host_key,
-                   in_config, updated_ms, enrolled)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, 1)
-                 ON CONFLICT (name) DO UPDATE SET address = excluded.address,
-                   hypervisor = excluded.hypervisor, ssh_user = excluded.ssh_user,
-                   ssh_port = excluded.ssh_port, bridge = excluded.bridge,
-                   host_key = excluded.host_key, updated_ms = excluded.updated_ms, enrolled = 1",
-                params![name, ip, host.hypervisor, host.ssh_user, host.ssh_port, host.bridge, host_key, now],
-            )?;
-            Ok(m)
+            if m.stage == Stage::Rebooting.as_str() {
+                return Ok(m);
+            }
+            ready(tx, &m, &host)
         })
         .await
     }
+
+    /// A deployed machine that called back passed its check: ready, and a host.
+    pub async fn machine_ready(
+        &self,
+        mac: String,
+        host: EnrolledHost,
+    ) -> Result<MachineRow, StateError> {
+        self.write(move |tx| {
+            let m =
+                get(tx, &mac)?.ok_or_else(|| StateError::NotFound(format!("no machine {mac}")))?;
+            if m.stage != Stage::Rebooting.as_str() || m.host_key.is_none() {
+                return Err(StateError::Conflict(format!(
+                    "{mac} is {}, not a deployed machine that called back",
+                    m.stage
+                )));
+            }
+            ready(tx, &m, &host)
+        })
+        .await
+    }
+}
+
+/// Machine `m` (its host key pinned) becomes ready and the host `host` describes.
+fn ready(tx: &Connection, m: &MachineRow, host: &EnrolledHost) -> Result<MachineRow, StateError> {
+    let now = now_ms();
+    tx.execute(
+        "UPDATE machines SET stage = 'ready', ready_ms = ?2, stage_ms = ?2 WHERE mac = ?1",
+        params![m.mac, now],
+    )?;
+    let (name, ip) = (
+        m.name.clone().expect("named"),
+        m.ip.clone().expect("addressed"),
+    );
+    tx.execute(
+        "INSERT INTO hosts (name, address, hypervisor, ssh_user, ssh_port, bridge, host_key,
+           in_config, updated_ms, enrolled)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, 1)
+         ON CONFLICT (name) DO UPDATE SET address = excluded.address,
+           hypervisor = excluded.hypervisor, ssh_user = excluded.ssh_user,
+           ssh_port = excluded.ssh_port, bridge = excluded.bridge,
+           host_key = excluded.host_key, updated_ms = excluded.updated_ms, enrolled = 1",
+        params![
+            name,
+            ip,
+            host.hypervisor,
+            host.ssh_user,
+            host.ssh_port,
+            host.bridge,
+            m.host_key,
+            now
+        ],
+    )?;
+    Ok(get(tx, &m.mac)?.expect("just written"))
+}
+
+/// Machine `mac` failed, and why; its token stops working.
+fn fail(tx: &Connection, mac: &str, why: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE machines SET stage = 'failed', failed_why = ?2, token_hash = NULL,
+           token_expires_ms = NULL, stage_ms = ?3 WHERE mac = ?1",
+        params![mac, why, now_ms()],
+    )?;
+    Ok(())
 }
 
 /// The machine holding the one-time token `token_hash` (a `what` token: "enrolment",
@@ -357,11 +518,16 @@ fn token_holder(tx: &Connection, token_hash: &str, what: &str) -> Result<String,
             "unknown or already used {what} token"
         )));
     };
-    // A commissioning token is not an enrolment's, nor the other way round: the first is
-    // held in stage commissioning (or accepted, when the operator accepted the machine as it
-    // commissioned), the second in booting.
-    let commissioning = matches!(stage.as_str(), "commissioning" | "accepted");
-    if commissioning != (what == "commissioning") {
+    // Each token is good for its one call: a commissioning token is held in stage
+    // commissioning (or accepted, when the operator accepted the machine as it
+    // commissioned), a deployment's in deploying, an enrolment's in booting (the installer)
+    // or rebooting (a deployed system's first boot).
+    let kind = match stage.as_str() {
+        "commissioning" | "accepted" => "commissioning",
+        "deploying" => "deployment",
+        _ => "enrolment",
+    };
+    if kind != what {
         let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
             "an"
         } else {
@@ -394,6 +560,7 @@ mod tests {
             pool: (Ipv4Addr::new(10, 0, 0, 50), Ipv4Addr::new(10, 0, 0, 51)),
             names_taken: vec!["hv1".into()],
             ips_taken: vec![Ipv4Addr::new(10, 0, 0, 50)],
+            profile: None,
         }
     }
 
@@ -438,7 +605,7 @@ mod tests {
             .unwrap();
         assert!(!new);
         // Not accepted yet: a token cannot be issued.
-        s.machine_booting(mac.clone(), "h".into(), i64::MAX)
+        s.machine_sent_installer(mac.clone(), Stage::Booting, "h".into(), i64::MAX)
             .await
             .unwrap();
         assert_eq!(
@@ -466,7 +633,7 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("widen provisioning.pool"), "{e}");
 
-        s.machine_booting(mac.clone(), "h1".into(), i64::MAX)
+        s.machine_sent_installer(mac.clone(), Stage::Booting, "h1".into(), i64::MAX)
             .await
             .unwrap();
         let m = s
@@ -489,7 +656,7 @@ mod tests {
             .unwrap_err();
         assert!(replay.to_string().contains("already used"), "{replay}");
 
-        s.machine_booting(mac.clone(), "h2".into(), 1)
+        s.machine_sent_installer(mac.clone(), Stage::Booting, "h2".into(), 1)
             .await
             .unwrap();
         let late = s
@@ -558,7 +725,7 @@ mod tests {
             ("accepted", 4096)
         );
         // A booting machine's enrolment token is no commissioning token.
-        s.machine_booting(mac.clone(), "e1".into(), i64::MAX)
+        s.machine_sent_installer(mac.clone(), Stage::Booting, "e1".into(), i64::MAX)
             .await
             .unwrap();
         let e = s
