@@ -3,7 +3,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp bench-disk bench-disk-xen installer
+.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp bench-disk bench-disk-xen installer host-image
 
 all: build
 
@@ -98,6 +98,13 @@ appliance-image: deps
 installer: deps
 	sh provisioning/installer/build.sh target/installer $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/vmlinuz \
 	  $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/root/lib/modules/$$(cat $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/version)
+
+## host-image: deployable host images from Debian's packages, PROFILES (default: xen qemu), each
+## into BOOT_DIR/images/PROFILE (default BOOT_DIR: target/boot; the appliance's is STATE_DIR/boot) (root)
+BOOT_DIR ?= target/boot
+PROFILES ?= xen qemu
+host-image: deps
+	for p in $(PROFILES); do bash provisioning/images/build.sh $$p $(BOOT_DIR)/images/$$p || exit 1; done
 
 ## fuzz: every fuzz target under libFuzzer, FUZZ_SECS each (default 300); FUZZ_TARGETS picks
 FUZZ_SECS ?= 300

@@ -156,7 +156,7 @@ async fn reserved_elsewhere(app: &App, cfg: &Config, mac: &str) -> Result<bool, 
 }
 
 /// Accepts machine `mac`: a name, a reserved address, the profile it is deployed with
-/// (`profile`, else `[provisioning] profile`); DHCP and DNS take them up at once.
+/// (`profile`, else `provisioning.default_profile`); DHCP and DNS take them up at once.
 pub async fn accept(
     app: &App,
     mac: &str,
@@ -864,28 +864,8 @@ async fn deployed_check(
     m: &MachineRow,
     profile: Option<&crate::config::Profile>,
 ) -> Result<String, String> {
-    use crate::inventory::ssh::{Conn, KeyCheck};
-    let key = m.host_key.clone().ok_or("no host key was pinned")?;
-    let ip = m.ip.clone().ok_or("it has no address")?;
-    let h = HostConfig {
-        name: m.name.clone().unwrap_or_default(),
-        address: ip.parse().map_err(|e| format!("address {ip}: {e}"))?,
-        host_key: Some(key.clone()),
-        hypervisor: profile.map_or(p.host.hypervisor, |pr| pr.hypervisor),
-        ..p.host.clone()
-    };
-    // sshd came up before the call back; a few tries for a slow first connection.
-    let mut tries = 0;
-    let conn = loop {
-        match Conn::connect(&h, KeyCheck::Pinned(key.clone()), h.connect_timeout).await {
-            Ok(c) => break c,
-            Err(e) if tries >= 4 => return Err(format!("SSH to {ip}: {e}")),
-            Err(_) => {
-                tries += 1;
-                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-            }
-        }
-    };
+    let (conn, h) = connect(p, m, profile).await?;
+    let ip = h.address;
     let bridge = crate::shell::quote(&h.bridge);
     let hypervisor = match h.hypervisor {
         crate::config::HypervisorKind::Qemu => {
@@ -918,6 +898,78 @@ echo "Open vSwitch bridge {bridge} with {ip}""#
         ));
     }
     Ok(out.stdout.trim().replace('\n', "; "))
+}
+
+/// An SSH connection to deployed machine `m` with its pinned key (a few tries: its sshd may
+/// have just come up), and the host it is.
+async fn connect(
+    p: &ProvisioningConfig,
+    m: &MachineRow,
+    profile: Option<&crate::config::Profile>,
+) -> Result<(crate::inventory::ssh::Conn, HostConfig), String> {
+    use crate::inventory::ssh::{Conn, KeyCheck};
+    let key = m.host_key.clone().ok_or("no host key was pinned")?;
+    let ip = m.ip.clone().ok_or("it has no address")?;
+    let h = HostConfig {
+        name: m.name.clone().unwrap_or_default(),
+        address: ip.parse().map_err(|e| format!("address {ip}: {e}"))?,
+        host_key: Some(key.clone()),
+        hypervisor: profile.map_or(p.host.hypervisor, |pr| pr.hypervisor),
+        ..p.host.clone()
+    };
+    let mut tries = 0;
+    loop {
+        match Conn::connect(&h, KeyCheck::Pinned(key.clone()), h.connect_timeout).await {
+            Ok(c) => return Ok((c, h)),
+            Err(e) if tries >= 4 => return Err(format!("SSH to {ip}: {e}")),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+        }
+    }
+}
+
+/// What a deployed machine's disk loses when it is deployed again or released: the first
+/// MiB (so its firmware no longer boots it) and the config area (its keys and address).
+/// The disk is the one its system read its config from (rc.sh keeps its name).
+const WIPE: &str = r#"d=$(cat /run/nm/disk) || exit 2
+s=$(cat /sys/block/$d/size) || exit 2
+dd if=/dev/zero of=/dev/$d bs=1M count=1 conv=fsync 2>/dev/null || exit 3
+dd if=/dev/zero of=/dev/$d bs=512 seek=$((s - 2048)) count=2048 conv=fsync 2>/dev/null || exit 3
+echo "/dev/$d"
+"#;
+
+/// Makes deployed machine `m`'s disk unbootable over SSH, then (with `then`, a command such
+/// as `reboot -f`) runs that in the background. The disk wiped, or why not.
+pub async fn wipe_deployed(
+    app: &App,
+    m: &MachineRow,
+    then: Option<&str>,
+) -> Result<String, String> {
+    let cfg = app.config();
+    let p = cfg.provisioning.as_ref().ok_or("provisioning is off")?;
+    let profile = m.profile.as_deref().and_then(|n| p.profile(n));
+    let (conn, _) = connect(p, m, profile).await?;
+    let script = match then {
+        Some(cmd) => format!(
+            "{WIPE}( sleep 1; {cmd} ) >/dev/null 2>&1 </dev/null &
+"
+        ),
+        None => WIPE.to_string(),
+    };
+    let out = conn
+        .exec(&script, std::time::Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status != Some(0) {
+        return Err(format!(
+            "wiping its disk: {} (exit {:?})",
+            out.stderr.trim(),
+            out.status
+        ));
+    }
+    Ok(out.stdout.trim().to_string())
 }
 
 /// Deploying and rebooting machines silent for longer than `deploy_timeout` have failed.

@@ -795,3 +795,74 @@ fn provisioning_is_checked() {
     let (text, line) = required("min_disk = \"lots\"\n");
     assert_one(&c, &text, line(9), "provisioning.min_disk", &["not a size"]);
 }
+
+/// A Xen host image profile after PROVISIONING: its section starts at line 12.
+const PROFILE: &str = "\n[[provisioning.profile]]\nname = \"xen\"\nimage = \"images/xen/host.img\"\nhypervisor = \"xen\"\n";
+
+#[test]
+fn deployment_profiles_are_checked() {
+    let c = Case::new();
+    let both = |p: &str, extra: &str| {
+        with(&format!(
+            "{}{p}",
+            PROVISIONING.replace(
+                "[provisioning.host]",
+                &format!("{extra}[provisioning.host]")
+            )
+        ))
+    };
+    let (text, _) = both(
+        PROFILE,
+        "default_profile = \"xen\"\ndeploy_timeout = \"45m\"\n",
+    );
+    let (code, _, err) = c.check(&text);
+    assert_eq!(code, 0, "{err}");
+    let (text, line) = both(PROFILE, "default_profile = \"kvm\"\n");
+    assert_one(
+        &c,
+        &text,
+        line(7),
+        "provisioning.default_profile",
+        &["no [[provisioning.profile]] is named `kvm`", "xen"],
+    );
+    let (text, line) = both(PROFILE, "deploy_timeout = \"10s\"\n");
+    assert_one(
+        &c,
+        &text,
+        line(7),
+        "provisioning.deploy_timeout",
+        &["at least \"1m\""],
+    );
+    let (text, line) = both(&format!("{PROFILE}deploy = \"ram\"\n"), "");
+    assert_one(
+        &c,
+        &text,
+        line(16),
+        "provisioning.profile[0].deploy",
+        &["not built yet"],
+    );
+    let (text, line) = both(&PROFILE.replace("images/xen", "/srv/xen"), "");
+    assert_one(
+        &c,
+        &text,
+        line(14),
+        "provisioning.profile[0].image",
+        &["not a path under the boot directory"],
+    );
+    let (text, line) = both(&PROFILE.replace("\"xen\"\n", "\"esx\"\n"), "");
+    assert_one(
+        &c,
+        &text,
+        line(15),
+        "provisioning.profile[0].hypervisor",
+        &["not a hypervisor netmigrate drives"],
+    );
+    let (text, line) = both(&format!("{PROFILE}{PROFILE}"), "");
+    assert_one(
+        &c,
+        &text,
+        line(18),
+        "provisioning.profile[1].name",
+        &["names two profiles"],
+    );
+}

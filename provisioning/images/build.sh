@@ -105,19 +105,25 @@ fi
 log "modules and configuration"
 rm -rf "$ROOT/lib/modules"; M=$ROOT/lib/modules/$KVER; mkdir -p "$M"
 KM=$KROOT/lib/modules/$KVER
-# A server's storage, Ethernet, USB keyboards and sticks, Xen's and KVM's, the network stack
-# (Open vSwitch, netfilter), file systems a host uses; no graphics, sound, radio or media.
+# A server's storage, network devices (Ethernet, Xen's netback, tun, veth, bonds), USB
+# keyboards and sticks, Xen's and KVM's, the network stack (Open vSwitch, netfilter), file
+# systems a host uses; no graphics, sound, radio or media.
 (cd "$KM"
- { for d in drivers/net/ethernet drivers/net/phy drivers/net/mdio drivers/block drivers/nvme \
-     drivers/ata drivers/scsi drivers/virtio drivers/xen drivers/md drivers/char/ipmi drivers/usb/storage \
-     drivers/usb/host drivers/hid/usbhid drivers/pci drivers/acpi net arch crypto lib virt \
-     fs/ext4 fs/jbd2 fs/fat fs/nls fs/isofs fs/xfs fs/fuse; do
+ { for d in drivers/net drivers/block drivers/nvme drivers/ata drivers/scsi drivers/virtio \
+     drivers/xen drivers/md drivers/char/ipmi drivers/usb/storage drivers/usb/host drivers/hid/usbhid \
+     drivers/pci drivers/acpi net arch crypto lib virt fs/ext4 fs/jbd2 fs/fat fs/nls fs/isofs fs/xfs \
+     fs/fuse; do
      if [ -d "kernel/$d" ]; then find "kernel/$d" -name '*.ko*'; fi
    done
-   find kernel/drivers/net kernel/drivers/hid kernel/fs -maxdepth 1 -name '*.ko*'
- } | grep -vE '^kernel/net/(wireless|mac80211|bluetooth)/' | cpio -pdm --quiet "$M")
+   find kernel/drivers/hid kernel/fs -maxdepth 1 -name '*.ko*'
+ } | grep -vE '^kernel/(net/(wireless|mac80211|bluetooth)|drivers/net/(wireless|wwan|can|ieee802154|hamradio|wan|usb))/' \
+   | cpio -pdm --quiet "$M")
 cp "$KM"/modules.{order,builtin,builtin.modinfo} "$M/"
 depmod -b "$ROOT" "$KVER"
+# What the bring-up loads by name must be there.
+for m in xen-netback xen-blkback openvswitch tun sch_htb kvm-intel kvm-amd; do
+  modprobe -d "$ROOT" -S "$KVER" -n "$m" 2>/dev/null || { echo "build.sh: module $m is missing from the image" >&2; exit 1; }
+done
 
 # ---- configuration: sshd, Xen's, init ---------------------------------------------------
 rm -f "$ROOT"/etc/ssh/ssh_host_*

@@ -15,6 +15,10 @@ mkdir -p /dev/pts /dev/shm /run; mount -t devpts devpts /dev/pts; mount -t tmpfs
 # What udev makes on a full system: Xen's block hotplug script locks through /dev/stdin.
 ln -sfn /proc/self/fd /dev/fd; for i in 0:stdin 1:stdout 2:stderr; do ln -sfn /proc/self/fd/${i%%:*} /dev/${i#*:}; done
 mkdir -p /run/sshd /run/nm /var/run/openvswitch /etc/openvswitch /var/log
+# Where VMs' saved states and disks go (the Xen and the QEMU driver's defaults): the root is
+# in RAM, whose file system reports no free space, so each is a tmpfs with its own room.
+for d in /var/lib/xen/save /var/lib/xen/images /var/lib/netmigrate; do
+  mkdir -p $d; mount -t tmpfs -o size=60%,mode=0755 tmpfs $d; done
 # Drivers for what this machine has (there is no udev): every device's modalias.
 cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u | while read -r a; do modprobe -q "$a" 2>/dev/null; done
 for m in openvswitch tun loop sch_htb virtio_blk virtio_net; do modprobe -q $m 2>/dev/null; done
@@ -42,11 +46,12 @@ hostname "$NAME"; echo "$NAME" > /etc/hostname; echo "127.0.1.1 $NAME${DOMAIN:+ 
 install -m 600 $CONF/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key
 install -m 644 $CONF/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.pub
 mkdir -p /root/.ssh; chmod 700 /root/.ssh; install -m 600 $CONF/authorized_keys /root/.ssh/authorized_keys
+echo "$DISK" > /run/nm/disk
 say "config from /dev/$DISK: $NAME $IP"
 
 # ---- the hypervisor -------------------------------------------------------------------
 if [ "$PROFILE" = xen ]; then
-  mkdir -p /run/xen /var/run/xen-hotplug /var/log/xen /var/lib/xen/save
+  mkdir -p /run/xen /var/run/xen-hotplug /var/log/xen
   for m in xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-netback xen-blkback; do modprobe -q $m; done
   mount -t xenfs xenfs /proc/xen
   XB=$(ls -d /usr/lib/xen-*/bin | head -n 1)

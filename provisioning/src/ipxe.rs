@@ -182,5 +182,32 @@ mod tests {
             "{c}"
         );
         assert!(!c.contains("nm_key"), "{c}");
+
+        let d = Deploy {
+            image: "images/xen/host.img".into(),
+            bytes: 115_343_360,
+            sha256: "ab".repeat(32),
+            disk: String::new(),
+            address: "10.0.0.50/24".into(),
+            gateway: "10.0.0.1".into(),
+            dns: "10.0.0.1".into(),
+            domain: String::new(),
+            bridge: "br0".into(),
+        };
+        let s = deploy("http://10.0.0.1:8067", "hv1", "tok", &i, &d);
+        assert!(
+            s.contains(&format!(
+                " nm_mode=deploy nm_name=hv1 nm_token=tok nm_callback=http://10.0.0.1:8067/deployed \
+                 nm_key=ssh-ed25519,AAAAC3Nza nm_image=http://10.0.0.1:8067/boot/images/xen/host.img \
+                 nm_size=115343360 nm_sha256={} nm_ip=10.0.0.50/24 nm_gw=10.0.0.1 nm_dns=10.0.0.1 nm_bridge=br0\n",
+                "ab".repeat(32)
+            )),
+            "empty values are left out: {s}"
+        );
+        let w = waiting("http://a", "m", &["deploying hv1 failed:\nno disk".into()]);
+        assert!(
+            w.contains("echo netmigrate: deploying hv1 failed: no disk\n"),
+            "{w}"
+        );
     }
 }

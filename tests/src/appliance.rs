@@ -282,9 +282,14 @@ impl Lab {
             if up {
                 Ok(())
             } else {
+                // The lab's directory goes with the lab: what it said is kept here.
+                let log = self.dir.join("appliance.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
                 bail!(
-                    "netmigrate serve exited at start; see {}",
-                    self.dir.join("appliance.log").display()
+                    "netmigrate serve exited at start; {} ends:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
             }
         })

@@ -15,6 +15,13 @@ use crate::netns;
 
 const BUILD: &str = include_str!("../../provisioning/installer/build.sh");
 const HARDWARE: &str = include_str!("../../provisioning/installer/hardware.sh");
+const DEPLOY: &str = include_str!("../../provisioning/installer/deploy.sh");
+const CONFIG_AREA: &str = include_str!("../../provisioning/installer/config-area.sh");
+const IMAGE_BUILD: &str = include_str!("../../provisioning/images/build.sh");
+const IMAGE_RC: &str = include_str!("../../provisioning/images/rc.sh");
+/// Xen's command line in the lab's host image: nested under TCG, dom0 crashes at once with
+/// SMAP on (../shared/lab/xen/DISK-BOOT.md).
+pub const LAB_XEN_ARGS: &str = "smap=0";
 /// QEMU's iPXE ROM for the e1000, from Debian's ipxe-qemu (QEMU's own data directory lacks
 /// the ROMs here, and Debian's virtio ROMs are built for the modern device ID only).
 pub const ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
@@ -29,7 +36,7 @@ pub fn installer() -> Result<PathBuf> {
             .len()
             .hash(&mut h);
     }
-    (BUILD, HARDWARE, &kver).hash(&mut h);
+    (BUILD, HARDWARE, DEPLOY, CONFIG_AREA, &kver).hash(&mut h);
     let out = cache_dir().join(format!("installer-{:016x}", h.finish()));
     // One build at a time: a test binary's tests run as threads, and two building into the
     // same directory took each other's files (a fresh machine, both tests missing the cache).
@@ -49,6 +56,36 @@ pub fn installer() -> Result<PathBuf> {
     if !st.success() {
         bail!(
             "building the installer with {} failed ({st})",
+            script.display()
+        );
+    }
+    Ok(out)
+}
+
+/// The host image of `profile` ("xen", "qemu") as `make host-image` builds it (Xen told
+/// [`LAB_XEN_ARGS`]), built into the cache if it lacks it: the directory with host.img and
+/// host.img.sha256. The unpacked roots are kept in the cache between builds.
+pub fn host_image(profile: &str) -> Result<PathBuf> {
+    let mut h = DefaultHasher::new();
+    (IMAGE_BUILD, IMAGE_RC, CONFIG_AREA, LAB_XEN_ARGS, profile).hash(&mut h);
+    let out = cache_dir().join(format!("host-image-{profile}-{:016x}", h.finish()));
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    if out.join("host.img.sha256").exists() {
+        return Ok(out);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../provisioning/images/build.sh");
+    let st = Command::new("bash")
+        .arg(&script)
+        .arg(profile)
+        .arg(&out)
+        .env("XEN_ARGS", LAB_XEN_ARGS)
+        .env("WORK", cache_dir().join("host-image-work"))
+        .status()?;
+    if !st.success() {
+        let _ = std::fs::remove_dir_all(&out);
+        bail!(
+            "building the {profile} host image with {} failed ({st})",
             script.display()
         );
     }
@@ -85,7 +122,27 @@ impl Lab {
         mem_mib: u32,
         disk_gib: Option<u32>,
     ) -> Result<Machine> {
-        self.start_machine(role, mac, mem_mib, disk_gib, Firmware::Bios)
+        self.start_machine(role, mac, mem_mib, disk_gib, Firmware::Bios, &[])
+    }
+
+    /// A bare machine to deploy a host image to: [`Lab::pxe_machine_with_disk`] with the
+    /// CPU the nested Xen hosts have (`-cpu max,-xsave`, see `xen::XenOpts`), booting from
+    /// the network first and from its disk when iPXE sends it there.
+    pub fn deploy_machine(
+        &self,
+        role: &str,
+        mac: &str,
+        mem_mib: u32,
+        disk_gib: u32,
+    ) -> Result<Machine> {
+        self.start_machine(
+            role,
+            mac,
+            mem_mib,
+            Some(disk_gib),
+            Firmware::Bios,
+            &["-cpu", "max,-xsave"],
+        )
     }
 
     /// A network-booting machine behind a real BMC: OpenIPMI's `ipmi_sim` (IPMI 2.0 over
@@ -154,7 +211,7 @@ impl Lab {
     /// booting from the network by the firmware's own stack (no iPXE ROM in its NIC): UEFI
     /// PXE, then UEFI HTTP boot, as ../shared/lab/uefi does it.
     pub fn uefi_machine(&self, role: &str, mac: &str, mem_mib: u32) -> Result<Machine> {
-        self.start_machine(role, mac, mem_mib, None, Firmware::Uefi)
+        self.start_machine(role, mac, mem_mib, None, Firmware::Uefi, &[])
     }
 
     fn start_machine(
@@ -164,11 +221,12 @@ impl Lab {
         mem_mib: u32,
         disk_gib: Option<u32>,
         firmware: Firmware,
+        extra: &[&str],
     ) -> Result<Machine> {
         let (node, args, serial_log) =
             self.machine_parts(role, mac, mem_mib, disk_gib, firmware)?;
         let mut cmd = netns::exec(&node.ns, "qemu-system-x86_64");
-        cmd.args(&args);
+        cmd.args(&args).args(extra);
         let pid = self.track(role, &mut cmd)?;
         Ok(Machine {
             node,
@@ -212,7 +270,8 @@ impl Lab {
             "-display",
             "none",
             "-boot",
-            "n",
+            // The network first; the disk when iPXE exits (a deployed machine).
+            "order=nc",
             "-serial",
             &format!("file:{}", serial_log.display()),
             "-netdev",

@@ -59,7 +59,7 @@ pub async fn machines(
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptRequest {
-    /// The `[[provisioning.profile]]` it is deployed with; none: `[provisioning] profile`.
+    /// The `[[provisioning.profile]]` it is deployed with; none: `default_profile`.
     #[serde(default)]
     pub profile: Option<String>,
 }
@@ -72,6 +72,24 @@ pub async fn accept(
 ) -> Result<Json<crate::state::machines::MachineRow>, ApiError> {
     let req = body.map(|b| b.0).unwrap_or_default();
     Ok(Json(app::hosts::accept(&app, &mac, req.profile).await?))
+}
+
+/// The operator deploys a machine again (the body, if any, names another profile).
+pub async fn deploy(
+    State(app): State<Arc<App>>,
+    Path(target): Path<String>,
+    body: Option<Body<AcceptRequest>>,
+) -> Result<Json<app::hosts::MachineReply>, ApiError> {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    Ok(Json(app::hosts::deploy(&app, &target, req.profile).await?))
+}
+
+/// The operator releases a machine: back to discovered.
+pub async fn release(
+    State(app): State<Arc<App>>,
+    Path(target): Path<String>,
+) -> Result<Json<app::hosts::MachineReply>, ApiError> {
+    Ok(Json(app::hosts::release(&app, &target).await?))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

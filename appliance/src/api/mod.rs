@@ -159,6 +159,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/machines/{mac}/accept", post(hosts::accept))
         .route("/v1/machines/{target}/power", post(hosts::power))
         .route("/v1/machines/{target}/bmc", post(hosts::set_bmc))
+        .route("/v1/machines/{target}/deploy", post(hosts::deploy))
+        .route("/v1/machines/{target}/release", post(hosts::release))
         .route("/v1/vms", get(hosts::vms))
         .route("/v1/plan", post(plan::plan))
         .route("/v1/images", get(images::list))

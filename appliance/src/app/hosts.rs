@@ -238,25 +238,7 @@ pub async fn accept(app: &App, mac: &str, profile: Option<String>) -> Result<Mac
         .parse()
         .map_err(|e: String| Error::invalid("bad_mac", e))?;
     if let Some(name) = &profile {
-        let cfg = app.config();
-        let known: Vec<String> = cfg
-            .provisioning
-            .iter()
-            .flat_map(|p| p.profiles.iter().map(|pr| pr.name.clone()))
-            .collect();
-        if !known.contains(name) {
-            return Err(Error::invalid(
-                "no_profile",
-                format!(
-                    "no [[provisioning.profile]] is named `{name}`; there {}",
-                    if known.is_empty() {
-                        "are none in the config".to_string()
-                    } else {
-                        format!("are: {}", known.join(", "))
-                    }
-                ),
-            ));
-        }
+        known_profile(app, name)?;
     }
     let why = match &profile {
         Some(p) => format!("accepted by the operator, profile {p}"),
@@ -374,6 +356,186 @@ pub async fn power(app: &App, target: &str, action: crate::power::Action) -> Res
         action,
         state,
     })
+}
+
+/// What `hosts deploy` and `hosts release` did, and how the machine goes on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineReply {
+    pub machine: MachineRow,
+    /// "its disk /dev/vda wiped; power cycled by its BMC", ...
+    pub says: String,
+}
+
+/// Refuses when VMs run on the host machine `m` became.
+async fn no_vms_on(app: &App, m: &MachineRow, what: &str) -> Result<()> {
+    let Some(name) = &m.name else {
+        return Ok(());
+    };
+    let on: Vec<String> = app
+        .state
+        .vms()
+        .await?
+        .into_iter()
+        .filter(|v| v.host.as_deref() == Some(name) && v.state != "stopped" && v.state != "defined")
+        .map(|v| v.name)
+        .collect();
+    if on.is_empty() {
+        return Ok(());
+    }
+    Err(Error::conflict(
+        "host_in_use",
+        format!(
+            "{name} runs {}; move {} elsewhere before it is {what} (netmigrate migrate VM --to HOST)",
+            on.join(", "),
+            if on.len() == 1 { "it" } else { "them" }
+        ),
+    ))
+}
+
+/// Whether a machine's deployed system runs (a host to reach over SSH).
+fn deployed_and_up(m: &MachineRow) -> bool {
+    m.host_key.is_some() && matches!(m.stage.as_str(), "ready" | "rebooting")
+}
+
+/// The operator deploys machine `target` again (with `profile`, else its own): its disk is
+/// made unbootable, and it is restarted into the installer by its BMC, or by its own system
+/// over SSH; a failed machine waiting at its network boot takes it up at its next try.
+pub async fn deploy(app: &App, target: &str, profile: Option<String>) -> Result<MachineReply> {
+    let m = machine_named(app, target).await?;
+    no_vms_on(app, &m, "deployed again").await?;
+    if let Some(name) = &profile {
+        known_profile(app, name)?;
+    }
+    let mut says = Vec::new();
+    let mut restarted = false;
+    if deployed_and_up(&m) {
+        // Its own system reboots when there is no BMC to do it.
+        let then = m.bmc.is_none().then_some("reboot -f");
+        match crate::provision::wipe_deployed(app, &m, then).await {
+            Ok(disk) => {
+                says.push(format!("its disk {disk} made unbootable"));
+                restarted = then.is_some();
+                if restarted {
+                    says.push("rebooted by its own system".into());
+                }
+            }
+            Err(e) if m.bmc.is_some() => says.push(format!("its disk left as it is ({e})")),
+            Err(e) => {
+                return Err(Error::conflict(
+                    "unreachable",
+                    format!(
+                        "{} cannot be reached to restart it, and it has no BMC: {e}; power-cycle it by hand, then run this again",
+                        label(&m)
+                    ),
+                ))
+            }
+        }
+    }
+    let r = app.state.machine_redeploy(m.mac.clone(), profile).await?;
+    app.add_enrolled().await;
+    if let Some(bmc) = &r.bmc {
+        match crate::power::act(bmc, crate::power::Action::Cycle).await {
+            Ok(_) => says.push(format!("power cycled by its BMC {}", bmc.describe())),
+            Err(e) => says.push(format!("its BMC did not power-cycle it: {e}")),
+        }
+    } else if !restarted {
+        says.push(if m.stage == "failed" {
+            "it takes the deployment up at its next network boot try (within a minute)".into()
+        } else {
+            "it deploys at its next network boot".into()
+        });
+    }
+    let says = says.join("; ");
+    app.state
+        .record(
+            NewEvent::info(
+                "provision.redeploy",
+                format!(
+                    "{} is deployed again with profile {}: {says}",
+                    label(&r),
+                    r.profile.as_deref().unwrap_or("?")
+                ),
+            )
+            .about(label(&r)),
+        )
+        .await?;
+    Ok(MachineReply { machine: r, says })
+}
+
+/// The operator releases machine `target`: its disk made unbootable, powered off by its BMC
+/// (or rebooted by its own system, to wait at its network boot), and back to discovered with
+/// its hardware kept; its name, address and host given up.
+pub async fn release(app: &App, target: &str) -> Result<MachineReply> {
+    let m = machine_named(app, target).await?;
+    no_vms_on(app, &m, "released").await?;
+    let mut says = Vec::new();
+    if deployed_and_up(&m) {
+        let then = m.bmc.is_none().then_some("reboot -f");
+        match crate::provision::wipe_deployed(app, &m, then).await {
+            Ok(disk) => says.push(format!("its disk {disk} made unbootable")),
+            Err(e) => says.push(format!("its disk could not be wiped ({e})")),
+        }
+    }
+    let before = m.clone();
+    let r = app.state.machine_release(m.mac.clone()).await?;
+    app.add_enrolled().await;
+    if let Some(ip) = &before.ip {
+        let res = crate::state::ReservationRow {
+            network: before.network.clone(),
+            ip: ip.clone(),
+            mac: Some(before.mac.clone()),
+            client_id: None,
+            hostname: before.name.clone(),
+        };
+        crate::app::reservations::changed(app, "removed", &res).await;
+    }
+    if let Some(bmc) = &r.bmc {
+        match crate::power::act(bmc, crate::power::Action::Off).await {
+            Ok(_) => says.push(format!("powered off by its BMC {}", bmc.describe())),
+            Err(e) => says.push(format!("its BMC did not power it off: {e}")),
+        }
+    } else if deployed_and_up(&before) {
+        says.push("rebooted by its own system: it waits at its network boot".into());
+    }
+    let says = if says.is_empty() {
+        "nothing was running on it".to_string()
+    } else {
+        says.join("; ")
+    };
+    app.state
+        .record(
+            NewEvent::info(
+                "provision.released",
+                format!("{} ({}) released: {says}", label(&before), r.mac),
+            )
+            .about(label(&before)),
+        )
+        .await?;
+    Ok(MachineReply { machine: r, says })
+}
+
+/// Refuses a profile the config does not have.
+fn known_profile(app: &App, name: &str) -> Result<()> {
+    let cfg = app.config();
+    let known: Vec<String> = cfg
+        .provisioning
+        .iter()
+        .flat_map(|p| p.profiles.iter().map(|pr| pr.name.clone()))
+        .collect();
+    if known.iter().any(|k| k == name) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "no_profile",
+        format!(
+            "no [[provisioning.profile]] is named `{name}`; there {}",
+            if known.is_empty() {
+                "are none in the config".to_string()
+            } else {
+                format!("are: {}", known.join(", "))
+            }
+        ),
+    ))
 }
 
 /// How a machine is named in events: its name once it has one.

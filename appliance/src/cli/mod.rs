@@ -449,7 +449,7 @@ enum HostsCmd {
     Accept {
         /// Its MAC, as `hosts --discovered` shows it.
         mac: String,
-        /// The [[provisioning.profile]] it is deployed with (default: [provisioning] profile).
+        /// The [[provisioning.profile]] it is deployed with (default: provisioning.default_profile).
         #[arg(long)]
         profile: Option<String>,
     },
@@ -459,6 +459,21 @@ enum HostsCmd {
         machine: String,
         /// on, off, cycle or status.
         action: crate::power::Action,
+    },
+    /// Deploy a machine again: its disk made unbootable, restarted (by its BMC, or by its
+    /// own system) into the installer, which writes its profile's host image anew.
+    Deploy {
+        /// The machine: its MAC or the name it was given.
+        machine: String,
+        /// Another [[provisioning.profile]] than the one it has.
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Release a machine: its disk made unbootable, powered off by its BMC (or rebooted to
+    /// wait at its network boot), and back to discovered, its name and address given up.
+    Release {
+        /// The machine: its MAC or the name it was given.
+        machine: String,
     },
     /// Give a network-booted machine its BMC (IPMI over LAN), or take it away.
     Bmc {
@@ -666,6 +681,21 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
                             client.get("/v1/machines").await?;
                         print!("{}", show::enrolling(&m));
                     }
+                }
+                Some(HostsCmd::Deploy { machine, profile }) => {
+                    let r: crate::app::hosts::MachineReply = client
+                        .post(
+                            &format!("/v1/machines/{machine}/deploy"),
+                            Some(serde_json::json!({ "profile": profile })),
+                        )
+                        .await?;
+                    machine_reply(&r, *json, "is deployed again");
+                }
+                Some(HostsCmd::Release { machine }) => {
+                    let r: crate::app::hosts::MachineReply = client
+                        .post(&format!("/v1/machines/{machine}/release"), None)
+                        .await?;
+                    machine_reply(&r, *json, "is released");
                 }
                 Some(HostsCmd::Power { machine, action }) => {
                     let r: crate::app::hosts::PowerReply = client
@@ -1049,4 +1079,18 @@ fn run_client(cli: &Cli) -> Result<(), Error> {
         }
         Ok(())
     })
+}
+
+/// What `hosts deploy` and `hosts release` print.
+fn machine_reply(r: &crate::app::hosts::MachineReply, json: bool, what: &str) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+    } else {
+        println!(
+            "{} ({}) {what}: {}",
+            r.machine.name.as_deref().unwrap_or(&r.machine.mac),
+            r.machine.mac,
+            r.says
+        );
+    }
 }

@@ -1191,12 +1191,12 @@ impl Cx<'_> {
             })
             .map_or(Duration::from_secs(30 * 60), |(d, _)| d);
         let mut profiles: Vec<Profile> = Vec::new();
-        for pt in t.tables(&mut self.p, "profile") {
+        for (i, pt) in t.tables(&mut self.p, "profile").into_iter().enumerate() {
             if let Some(pr) = self.profile(pt, &boot_path) {
                 if profiles.iter().any(|o| o.name == pr.value.name) {
                     self.p.at(
                         &pr.span,
-                        "provisioning.profile.name",
+                        &format!("provisioning.profile[{i}].name"),
                         format!("`{}` names two profiles", pr.value.name),
                     );
                 } else {
@@ -1204,14 +1204,14 @@ impl Cx<'_> {
                 }
             }
         }
-        let profile = t.string(&mut self.p, "profile").and_then(|pr| {
+        let profile = t.string(&mut self.p, "default_profile").and_then(|pr| {
             if profiles.iter().any(|o| o.name == pr.value) {
                 Some(pr.value)
             } else {
                 let known: Vec<&str> = profiles.iter().map(|o| o.name.as_str()).collect();
                 self.p.at(
                     &pr.span,
-                    "provisioning.profile",
+                    &pr.key,
                     format!(
                         "no [[provisioning.profile]] is named `{}`{}",
                         pr.value,
@@ -1250,6 +1250,7 @@ impl Cx<'_> {
                 "token_ttl",
                 "host",
                 "profile",
+                "default_profile",
                 "deploy_timeout",
             ],
         );

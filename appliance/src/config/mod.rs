@@ -73,8 +73,9 @@ pub struct ProvisioningConfig {
     pub host: HostConfig,
     /// Host images machines are deployed with (`[[provisioning.profile]]`).
     pub profiles: Vec<Profile>,
-    /// The profile a rule's machines are deployed with; None: they run the installer from
-    /// RAM and are enrolled as it runs.
+    /// The profile machines are deployed with when neither the operator (`hosts accept
+    /// --profile`) nor anything else says (`default_profile`); None: they run the installer
+    /// from RAM and are enrolled as it runs.
     pub profile: Option<String>,
     /// How long a deployment may take from the installer's start to the deployed system's
     /// call back (each of its two stages); a machine that is silent longer has failed.

@@ -453,6 +453,70 @@ impl State {
     }
 }
 
+impl State {
+    /// The operator deploys machine `mac` again (with `profile`, else the one it has): it is
+    /// accepted once more, its host (if it was one) forgotten, its key unpinned; the next
+    /// time it network-boots it is sent the installer to deploy.
+    pub async fn machine_redeploy(
+        &self,
+        mac: String,
+        profile: Option<String>,
+    ) -> Result<MachineRow, StateError> {
+        self.write(move |tx| {
+            let m =
+                get(tx, &mac)?.ok_or_else(|| StateError::NotFound(format!("no machine {mac}")))?;
+            if matches!(m.stage.as_str(), "discovered" | "commissioning") {
+                return Err(StateError::Conflict(format!(
+                    "{mac} is {}: accept it first (netmigrate hosts accept {mac} --profile NAME)",
+                    m.stage
+                )));
+            }
+            let profile = profile.or(m.profile.clone()).ok_or_else(|| {
+                StateError::Conflict(format!(
+                    "{} has no profile to deploy; name one with --profile",
+                    m.name.as_deref().unwrap_or(&mac)
+                ))
+            })?;
+            if let Some(name) = &m.name {
+                tx.execute("DELETE FROM hosts WHERE name = ?1 AND enrolled = 1", [name])?;
+            }
+            tx.execute(
+                "UPDATE machines SET stage = 'accepted', profile = ?2, failed_why = NULL,
+                   token_hash = NULL, token_expires_ms = NULL, host_key = NULL, ready_ms = NULL,
+                   stage_ms = ?3 WHERE mac = ?1",
+                params![mac, profile, now_ms()],
+            )?;
+            Ok(get(tx, &mac)?.expect("just written"))
+        })
+        .await
+    }
+
+    /// The operator releases machine `mac`: back to discovered (its hardware kept), its
+    /// name, address, reservation, profile and host given up.
+    pub async fn machine_release(&self, mac: String) -> Result<MachineRow, StateError> {
+        self.write(move |tx| {
+            let m = get(tx, &mac)?.ok_or_else(|| StateError::NotFound(format!("no machine {mac}")))?;
+            if let Some(name) = &m.name {
+                tx.execute("DELETE FROM hosts WHERE name = ?1 AND enrolled = 1", [name])?;
+            }
+            if let Some(ip) = &m.ip {
+                tx.execute(
+                    "DELETE FROM reservations WHERE network = ?1 AND ip = ?2 AND mac = ?3",
+                    params![m.network, ip, mac],
+                )?;
+            }
+            tx.execute(
+                "UPDATE machines SET stage = 'discovered', name = NULL, ip = NULL, accepted_why = NULL,
+                   profile = NULL, failed_why = NULL, token_hash = NULL, token_expires_ms = NULL,
+                   host_key = NULL, ready_ms = NULL, stage_ms = ?2 WHERE mac = ?1",
+                params![mac, now_ms()],
+            )?;
+            Ok(get(tx, &mac)?.expect("just written"))
+        })
+        .await
+    }
+}
+
 /// Machine `m` (its host key pinned) becomes ready and the host `host` describes.
 fn ready(tx: &Connection, m: &MachineRow, host: &EnrolledHost) -> Result<MachineRow, StateError> {
     let now = now_ms();
@@ -571,6 +635,136 @@ mod tests {
             ssh_port: 22,
             bridge: "br0".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_deployed_machine_is_ready_only_once_its_first_boot_passed_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(&dir.path().join("s.db")).unwrap();
+        let mac = "52:54:00:00:00:0d".to_string();
+        s.machine_seen("lab".into(), mac.clone(), None, None)
+            .await
+            .unwrap();
+        let a = Acceptance {
+            profile: Some("xen".into()),
+            ..acceptance()
+        };
+        let m = s.accept_machine(mac.clone(), a).await.unwrap();
+        assert_eq!(m.profile.as_deref(), Some("xen"));
+        s.machine_sent_installer(mac.clone(), Stage::Deploying, "d1".into(), i64::MAX)
+            .await
+            .unwrap();
+        // A deployment's token is good for its report only.
+        let e = s
+            .enrol_machine("d1".into(), "ssh-ed25519 AAAA".into(), host())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not an enrolment token"), "{e}");
+        let m = s
+            .machine_written("d1".into(), "f1".into(), i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(m.stage, "rebooting");
+        assert!(s
+            .machine_written("d1".into(), "f2".into(), i64::MAX)
+            .await
+            .is_err());
+        // The first boot's call back pins the key; no host yet.
+        let m = s
+            .enrol_machine("f1".into(), "ssh-ed25519 AAAA".into(), host())
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.stage.as_str(), m.host_key.as_deref()),
+            ("rebooting", Some("ssh-ed25519 AAAA"))
+        );
+        assert!(s.hosts().await.unwrap().is_empty());
+        let xen = EnrolledHost {
+            hypervisor: "xen".into(),
+            ..host()
+        };
+        let m = s.machine_ready(mac.clone(), xen.clone()).await.unwrap();
+        assert_eq!(m.stage, "ready");
+        let h = s.hosts().await.unwrap();
+        assert_eq!(
+            (
+                h[0].name.as_str(),
+                h[0].hypervisor.as_str(),
+                h[0].host_key.as_deref()
+            ),
+            ("hv2", "xen", Some("ssh-ed25519 AAAA"))
+        );
+        assert!(s.machine_ready(mac.clone(), xen).await.is_err(), "once");
+        // Nothing more to fail: a ready machine is left as it is.
+        assert!(s
+            .machine_failed(mac.clone(), "late".into())
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_deployment_fails_with_its_reason_and_the_silent_ones_time_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(&dir.path().join("s.db")).unwrap();
+        let a = Acceptance {
+            profile: Some("xen".into()),
+            pool: (Ipv4Addr::new(10, 0, 0, 50), Ipv4Addr::new(10, 0, 0, 59)),
+            ..acceptance()
+        };
+        for (i, t) in ["t1", "t2", "t3"].iter().enumerate() {
+            let mac = format!("52:54:00:00:01:0{i}");
+            s.machine_seen("lab".into(), mac.clone(), None, None)
+                .await
+                .unwrap();
+            s.accept_machine(mac.clone(), a.clone()).await.unwrap();
+            s.machine_sent_installer(mac, Stage::Deploying, t.to_string(), i64::MAX)
+                .await
+                .unwrap();
+        }
+        let m = s
+            .machine_deploy_failed("t1".into(), "image checksum: ...".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.stage.as_str(), m.failed_why.as_deref()),
+            ("failed", Some("image checksum: ..."))
+        );
+        assert!(
+            s.machine_deploy_failed("t1".into(), "again".into())
+                .await
+                .is_err(),
+            "its token is used up"
+        );
+        s.machine_written("t2".into(), "f2".into(), i64::MAX)
+            .await
+            .unwrap();
+        fn why(stage: &str) -> String {
+            format!("silent while {stage}")
+        }
+        assert!(
+            s.machines_overdue(0, why).await.unwrap().is_empty(),
+            "not yet"
+        );
+        let late = s.machines_overdue(now_ms() + 1, why).await.unwrap();
+        let mut got: Vec<_> = late
+            .iter()
+            .map(|m| (m.mac.as_str(), m.failed_why.as_deref().unwrap_or("")))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("52:54:00:00:01:01", "silent while rebooting"),
+                ("52:54:00:00:01:02", "silent while deploying")
+            ]
+        );
+        assert!(
+            s.enrol_machine("f2".into(), "ssh-ed25519 AAAA".into(), host())
+                .await
+                .is_err(),
+            "a failed machine's token stops working"
+        );
     }
 
     #[tokio::test]
