@@ -32,10 +32,12 @@ paper-xen: deps
 	$(CARGO) build --release --workspace
 	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab paper-xen --out results/xen
 
-## test-xen: every Xen lab test (the smoke test is also in `make test`), one at a time (root)
+## test-xen: every Xen lab test (the smoke test is also in `make test`), one at a time, and a
+## bare machine deployed with the Xen host image (root)
 test-xen: deps
 	$(CARGO) build --workspace
 	$(CARGO) test -p netmigrate-lab --test xen -- --include-ignored --test-threads=1
+	$(CARGO) test -p netmigrate-lab --test deploy -- --ignored --test-threads=1
 
 ## test: format check, clippy -D warnings, cargo deny, unit tests, 30 s per fuzz target, lab tests (root)
 test: deps fmt-check lint deny unit-test fuzz-ci lab-test

@@ -1,17 +1,20 @@
 //! Auto-deployment end to end, with real parts: a bare lab machine (QEMU, iPXE ROM, an empty
-//! disk) network-boots, is commissioned, accepted by a rule and deployed with the Xen host
-//! image `make host-image` builds: the installer writes it to the disk and checks it, the
-//! machine reboots from that disk into Xen (nested under TCG like the Xen lab's hosts), its
-//! dom0 calls back, passes its check and is ready; a VM moved onto it with `netmigrate
-//! migrate` answers the client, and DNS names the new host.
+//! disk) network-boots, is commissioned, accepted by a rule and deployed with a host image
+//! `make host-image` builds: the installer writes it to the disk and checks it, the machine
+//! reboots from that disk into the deployed system (Xen and its dom0 nested under TCG like
+//! the Xen lab's hosts, or Linux with QEMU), which calls back, passes its check and is ready;
+//! a VM moved onto it with `netmigrate migrate` answers the client's prober, and DNS names
+//! the new host. Then the ways a deployment fails.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netmigrate_lab::prober::Prober;
+use netmigrate_lab::pxe::Machine;
 use netmigrate_lab::sys::wait_for;
 use netmigrate_lab::xen::{XenHost, XenOpts};
-use netmigrate_lab::{require_lab, Lab};
+use netmigrate_lab::{require_lab, Appliance, Lab};
 
 const MAC: &str = "52:54:00:aa:00:21";
 /// The deployed machine's name and address: the first of the provisioning pool.
@@ -22,31 +25,30 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()
 }
 
-/// The Xen lab's appliance config (host xenA) with network boot and provisioning: machines
-/// with QEMU's MAC prefix 52:54:00:aa and 1.5 GiB are deployed with profile `xen`; deployed
-/// hosts let the Xen lab's key in, as its dom0s do.
-fn config(lab: &Lab, hosts: &[XenHost]) -> String {
-    let key = hosts[0].art.ctl_key();
+/// Network boot and provisioning for `base` (the lab's network and hosts): machines with
+/// QEMU's MAC prefix 52:54:00:aa and 1.5 GiB are deployed with `profile` (hypervisor the
+/// same), letting `key` in.
+fn config(base: &str, profile: &str, key: &Path, template: &str) -> String {
     format!(
-        "{}\n[dhcp.pxe]\nipxe_script = \"tftp://10.213.0.1/netmigrate.ipxe\"\n\n\
+        "{base}\n[dhcp.pxe]\nipxe_script = \"tftp://10.213.0.1/netmigrate.ipxe\"\n\n\
          [provisioning]\nnetwork = \"lab\"\npool = [\"10.213.0.60\", \"10.213.0.69\"]\n\
          hostname = \"hv{{n}}\"\nauto_accept_mac = [\"52:54:00:aa\"]\nmin_memory = \"1536M\"\n\
-         cmdline = \"console=ttyS0\"\ndefault_profile = \"xen\"\ndeploy_timeout = \"20m\"\n\n\
-         [[provisioning.profile]]\nname = \"xen\"\nimage = \"images/xen/host.img\"\nhypervisor = \"xen\"\n\n\
-         [provisioning.host]\nssh_key = \"{}\"\nhypervisor = \"xen\"\nbridge = \"br0\"\nconnect_timeout = \"30s\"\n",
-        netmigrate_lab::paper_xen::config(lab, hosts).unwrap(),
+         cmdline = \"console=ttyS0\"\ndefault_profile = \"{profile}\"\ndeploy_timeout = \"20m\"\n\n\
+         [[provisioning.profile]]\nname = \"{profile}\"\nimage = \"images/{profile}/host.img\"\nhypervisor = \"{profile}\"\n\n\
+         [provisioning.host]\nssh_key = \"{}\"\nhypervisor = \"{profile}\"\nbridge = \"br0\"\nconnect_timeout = \"30s\"\n{template}",
         key.display()
     )
 }
 
-/// The installer and the Xen host image where the config says, under the boot directory.
-fn boot_files(lab: &Lab) {
+/// The installer and `profile`'s host image where the config says, under the boot directory.
+fn boot_files(lab: &Lab, profile: &str) {
     let boot = lab.appliance_state_dir().unwrap().join("boot");
     let installer = netmigrate_lab::pxe::installer().unwrap();
-    let image = netmigrate_lab::pxe::host_image("xen").unwrap();
+    let image = netmigrate_lab::pxe::host_image(profile).unwrap();
+    let images = format!("images/{profile}");
     for (src, dir, files) in [
         (installer, "installer", &["vmlinuz", "initrd.img"][..]),
-        (image, "images/xen", &["host.img", "host.img.sha256"][..]),
+        (image, images.as_str(), &["host.img", "host.img.sha256"][..]),
     ] {
         std::fs::create_dir_all(boot.join(dir)).unwrap();
         for f in files {
@@ -55,19 +57,13 @@ fn boot_files(lab: &Lab) {
     }
 }
 
-#[test]
-fn a_bare_machine_is_deployed_with_the_xen_profile_and_receives_a_vm() {
-    require_lab!();
-    let lab = Lab::new().unwrap();
-    let hosts = lab.xen_hosts(&["A"], &XenOpts::default()).unwrap();
-    let client = lab.client().unwrap();
-    boot_files(&lab);
-    let app = lab.appliance_with(&config(&lab, &hosts)).unwrap();
+/// Boots a bare machine and waits until `hosts` shows it ready, each stage it passed through
+/// on the way printed with when it was first seen; then checks what its console and the
+/// events say of it.
+fn deployed(lab: &Lab, app: &Appliance, profile: &str, says: &str) -> Machine {
     let started = Instant::now();
     let m = lab.deploy_machine("m1", MAC, 2048, 1).unwrap();
-
-    // Its stages, each seen as `hosts` shows them, until it is ready.
-    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     wait_for(
         "the deployed machine to be ready",
         Duration::from_secs(20 * 60),
@@ -84,9 +80,9 @@ fn a_bare_machine_is_deployed_with_the_xen_profile_and_receives_a_vm() {
                         .then(|| "ready".to_string())
                 });
             if let Some(s) = &stage {
-                if seen.last().map(|(l, _)| l) != Some(s) {
-                    eprintln!("{s} after {} s", started.elapsed().as_secs());
-                    seen.push((s.clone(), started.elapsed().as_secs()));
+                if seen.last() != Some(s) {
+                    eprintln!("{profile}: {s} after {} s", started.elapsed().as_secs());
+                    seen.push(s.clone());
                 }
                 assert_ne!(s, "failed", "{listing}\n{}", m.serial());
             }
@@ -100,21 +96,17 @@ fn a_bare_machine_is_deployed_with_the_xen_profile_and_receives_a_vm() {
             m.serial()
         )
     });
-    let stages: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
     assert!(
-        stages.contains(&"deploying") && stages.contains(&"rebooting"),
-        "{stages:?}"
+        seen.iter().any(|s| s == "deploying") && seen.iter().any(|s| s == "rebooting"),
+        "{seen:?}"
     );
     let serial = m.serial();
     assert!(serial.contains("image written and verified"), "{serial}");
     assert!(
-        serial.contains("Xen version"),
-        "it booted Xen from its disk:\n{serial}"
+        serial.contains(&format!("NM-HOST: READY name=hv1 ip={IP}/24 profile={profile}")),
+        "{serial}"
     );
-    assert!(serial.contains("NM-HOST: READY name=hv1"), "{serial}");
-
     let events = app.cli_ok(&["events", "--limit", "500"]).unwrap();
-    eprintln!("{events}");
     for e in [
         "provision.deploying",
         "provision.written",
@@ -123,124 +115,210 @@ fn a_bare_machine_is_deployed_with_the_xen_profile_and_receives_a_vm() {
     ] {
         assert!(events.contains(e), "{e}: {events}");
     }
-    assert!(events.contains("is ready: Xen 4.17"), "{events}");
+    assert!(events.contains(says), "{says}: {events}");
+    m
+}
 
-    // A host like the others: facts collected over SSH with its pinned key.
-    let inv = json(&app.cli_ok(&["hosts", "collect", NAME, "--json"]).unwrap());
-    assert_eq!(inv[0]["facts"]["hypervisor"], "xen", "{inv:#}");
-    // Its name in DNS.
-    let a = lab
-        .exec(
-            &client.ns,
-            "dig",
-            &["+short", "@10.213.0.1", "hv1.lab.internal"],
-        )
-        .unwrap();
-    assert_eq!(a.trim(), IP);
+/// Runs `cmd` on the deployed host over SSH from the appliance's namespace with `key`.
+fn on_hv1(lab: &Lab, app: &Appliance, key: &Path, cmd: &str) -> anyhow::Result<String> {
+    let at = format!("root@{IP}");
+    let mut a = SSH_OPTS.to_vec();
+    a.extend([key.to_str().unwrap(), at.as_str(), cmd]);
+    lab.exec(&app.node.ns, "ssh", &a)
+}
 
-    // The guest's kernel and initramfs are files on every host its domains are restored on,
-    // as an operator copies them: here with scp and the appliance's key, which the deployed
-    // host lets in.
-    let key = hosts[0].art.ctl_key();
-    let opts = [
-        "-i",
-        key.to_str().unwrap(),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-    ];
-    let art = &hosts[0].art.dir;
-    let on_hv1 = |cmd: &str| {
-        let mut a = opts.to_vec();
-        let at = format!("root@{IP}");
-        a.extend([at.as_str(), cmd]);
-        lab.exec(&app.node.ns, "ssh", &a)
-    };
-    on_hv1("mkdir -p /usr/share/nm").unwrap();
-    let mut a = opts.to_vec();
-    let (k, i) = (art.join("vmlinuz"), art.join("domu-initrd.img"));
-    let (k2, i2) = (
-        format!("root@{IP}:{}", netmigrate_lab::xen::GUEST_KERNEL),
-        format!("root@{IP}:{}", netmigrate_lab::xen::GUEST_INITRD),
-    );
-    a.extend([k.to_str().unwrap(), k2.as_str()]);
-    lab.exec(&app.node.ns, "scp", &a).unwrap();
-    let mut a = opts.to_vec();
-    a.extend([i.to_str().unwrap(), i2.as_str()]);
-    lab.exec(&app.node.ns, "scp", &a).unwrap();
+/// ssh's and scp's options for the deployed host (its key is new), before `-i KEY`.
+const SSH_OPTS: [&str; 7] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-i",
+];
 
-    // A VM started on the Xen lab's host moves onto it, cold through the image store,
-    // under the client's prober.
-    let ip = Ipv4Addr::new(10, 213, 0, 45);
-    netmigrate_lab::xen::define_guest(&app, "web", ip, 1, "pvh", &[]).unwrap();
-    app.cli_ok(&["vm", "start", "web", "--on", &hosts[0].config_name()])
-        .unwrap();
-    let url = format!("http://{ip}/");
-    wait_for("the guest to answer", Duration::from_secs(240), || {
-        lab.exec(
-            &client.ns,
-            "curl",
-            &["-sS", "--fail", "--max-time", "2", &url],
-        )
-        .ok()
-    })
-    .unwrap();
+/// Moves `vm` to hv1 (`mode` --cold or --live) under the client's prober at `ip`: the
+/// migration's record, the prober's report; `diagnose` runs when it did not complete.
+fn move_onto_hv1(
+    app: &Appliance,
+    client_ns: &str,
+    vm: &str,
+    ip: Ipv4Addr,
+    mode: &str,
+    diagnose: &dyn Fn(),
+) -> serde_json::Value {
     let probe = Prober::start(
-        &client.ns,
+        client_ns,
         SocketAddr::new(ip.into(), 80),
         netmigrate_lab::paper_xen::PROBE_EVERY,
         netmigrate_lab::paper_xen::PROBE_TIMEOUT,
     )
     .unwrap();
     let out = app
-        .cli(&["migrate", "web", "--to", NAME, "--cold", "--json"])
+        .cli(&["migrate", vm, "--to", NAME, mode, "--json"])
         .unwrap();
     let report = probe.finish();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
     let rec = json(&text)["migrations"]
         .as_array()
-        .unwrap()
-        .last()
-        .cloned()
-        .unwrap();
+        .and_then(|a| a.last().cloned())
+        .unwrap_or_default();
     if rec["state"] != "done" {
-        eprintln!(
-            "{}",
-            on_hv1("cat /run/netmigrate/web/restore.log; xl info | grep -E 'caps|xen_commandline'; xl dmesg | tail -n 20; xl list")
-                .unwrap_or_else(|e| e.to_string())
-        );
-        if std::env::var_os("NETMIGRATE_HOLD").is_some() {
-            eprintln!("HOLDING: appliance namespace {}", app.node.ns);
-            std::thread::sleep(Duration::from_secs(1800));
-        }
+        diagnose();
     }
     assert_eq!(rec["state"], "done", "{rec:#}");
-    let body = lab
-        .exec(
-            &client.ns,
-            "curl",
-            &["-sS", "--fail", "--max-time", "5", &url],
-        )
-        .unwrap();
-    assert!(body.contains("hello from web"), "{body}");
     assert!(report.successes > 0, "{report:?}");
     eprintln!(
-        "onto the deployed host, cold: the client's prober saw a {} ms break",
-        report.break_time.as_millis()
+        "onto the deployed host, {mode}: the client's prober saw a {} ms break, the built-in one {} ms",
+        report.break_time.as_millis(),
+        rec["break_ms"]
     );
     let vms = json(&app.cli_ok(&["vm", "list", "--json"]).unwrap());
-    let web = vms
+    let row = vms
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == "web")
+        .find(|v| v["name"] == vm)
         .cloned()
         .unwrap();
-    assert_eq!(web["host"], NAME, "{web:#}");
+    assert_eq!(row["host"], NAME, "{row:#}");
+    rec
+}
+
+/// The deployed host is a host like the others: facts collected over SSH with its pinned
+/// key, its name in DNS.
+fn a_host_like_the_others(lab: &Lab, app: &Appliance, client_ns: &str, hypervisor: &str) {
+    let inv = json(&app.cli_ok(&["hosts", "collect", NAME, "--json"]).unwrap());
+    assert_eq!(inv[0]["facts"]["hypervisor"], hypervisor, "{inv:#}");
+    let a = lab
+        .exec(client_ns, "dig", &["+short", "@10.213.0.1", "hv1.lab.internal"])
+        .unwrap();
+    assert_eq!(a.trim(), IP);
+}
+
+#[test]
+#[ignore = "nested Xen from a deployed disk, about 10 minutes: make test-xen"]
+fn a_bare_machine_is_deployed_with_the_xen_profile_and_receives_a_vm() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let hosts: Vec<XenHost> = lab.xen_hosts(&["A"], &XenOpts::default()).unwrap();
+    let client = lab.client().unwrap();
+    boot_files(&lab, "xen");
+    let key = hosts[0].art.ctl_key();
+    let base = netmigrate_lab::paper_xen::config(&lab, &hosts).unwrap();
+    let app = lab.appliance_with(&config(&base, "xen", &key, "")).unwrap();
+    let m = deployed(&lab, &app, "xen", "is ready: Xen 4.17");
+    assert!(m.serial().contains("Xen version"), "it booted Xen from its disk");
+    a_host_like_the_others(&lab, &app, &client.ns, "xen");
+
+    let art = &hosts[0].art.dir;
+    let (k, i) = (art.join("vmlinuz"), art.join("domu-initrd.img"));
+    // The lab's dom0s have the guest's files at GUEST_KERNEL and GUEST_INITRD; so must this one.
+    scp_to(&lab, &app, &key, &k, netmigrate_lab::xen::GUEST_KERNEL);
+    scp_to(&lab, &app, &key, &i, netmigrate_lab::xen::GUEST_INITRD);
+
+    // A VM started on the Xen lab's host moves onto it, cold through the image store.
+    let ip = Ipv4Addr::new(10, 213, 0, 45);
+    netmigrate_lab::xen::define_guest(&app, "web", ip, 1, "pvh", &[]).unwrap();
+    app.cli_ok(&["vm", "start", "web", "--on", &hosts[0].config_name()])
+        .unwrap();
+    let url = format!("http://{ip}/");
+    wait_for("the guest to answer", Duration::from_secs(240), || {
+        lab.exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "2", &url])
+            .ok()
+    })
+    .unwrap();
+    move_onto_hv1(&app, &client.ns, "web", ip, "--cold", &|| {
+        eprintln!(
+            "{}",
+            on_hv1(&lab, &app, &key, "cat /run/netmigrate/web.restore.log; xl dmesg | tail -n 20; xl list")
+                .unwrap_or_else(|e| e.to_string())
+        );
+    });
+    let body = lab
+        .exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "5", &url])
+        .unwrap();
+    assert!(body.contains("hello from web"), "{body}");
+}
+
+/// Copies local file `from` to `to` on the deployed host, as an operator would.
+fn scp_to(lab: &Lab, app: &Appliance, key: &Path, from: &Path, to: &str) {
+    let dir = Path::new(to).parent().unwrap().display().to_string();
+    on_hv1(lab, app, key, &format!("mkdir -p {dir}")).unwrap();
+    let at = format!("root@{IP}:{to}");
+    let mut a = SSH_OPTS.to_vec();
+    a.extend([key.to_str().unwrap(), from.to_str().unwrap(), at.as_str()]);
+    lab.exec(&app.node.ns, "scp", &a).unwrap();
+}
+
+#[test]
+fn a_bare_machine_is_deployed_with_the_qemu_profile_and_receives_a_vm_live() {
+    require_lab!();
+    let lab = Lab::new().unwrap();
+    let a = lab.host("A").unwrap();
+    let client = lab.client().unwrap();
+    boot_files(&lab, "qemu");
+    let key = lab.client_key().unwrap().private;
+    let base =
+        netmigrate_lab::appliance::lab_config(&lab, &lab.appliance_state_dir().unwrap(), &[&a])
+            .unwrap();
+    let app = lab
+        .appliance_with(&config(&base, "qemu", &key, "qemu_accel = \"tcg\"\n"))
+        .unwrap();
+    deployed(&lab, &app, "qemu", "is ready: QEMU emulator version 7.2");
+    a_host_like_the_others(&lab, &app, &client.ns, "qemu");
+
+    // A VM started on the lab's QEMU host moves onto it live; its kernel and initramfs are
+    // where they are on the lab's hosts.
+    let (k, i) = (
+        netmigrate_lab::guest::kernel().unwrap(),
+        netmigrate_lab::guest::initramfs().unwrap(),
+    );
+    scp_to(&lab, &app, &key, &k, k.to_str().unwrap());
+    scp_to(&lab, &app, &key, &i, i.to_str().unwrap());
+    let ip = Ipv4Addr::new(10, 213, 0, 46);
+    app.cli_ok(&[
+        "vm",
+        "define",
+        "web",
+        "--mem",
+        "128",
+        "--mac",
+        "52:54:00:d5:00:2e",
+        "--ip",
+        &ip.to_string(),
+        "--kernel",
+        &k.display().to_string(),
+        "--initrd",
+        &i.display().to_string(),
+        "--append",
+        &format!("console=ttyS0 quiet nm_ip={ip}/24 nm_name=web"),
+    ])
+    .unwrap();
+    app.cli_ok(&["vm", "start", "web", "--on", &a.config_name()])
+        .unwrap();
+    let url = format!("http://{ip}/");
+    wait_for("the guest to answer", Duration::from_secs(240), || {
+        lab.exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "2", &url])
+            .ok()
+    })
+    .unwrap();
+    move_onto_hv1(&app, &client.ns, "web", ip, "--live", &|| {
+        eprintln!(
+            "{}",
+            on_hv1(&lab, &app, &key, "tail -n 30 /run/netmigrate/*.log; ps ax | grep [q]emu")
+                .unwrap_or_else(|e| e.to_string())
+        );
+    });
+    // It runs there, under QEMU started by the appliance over SSH.
+    let ps = on_hv1(&lab, &app, &key, "ps ax -o args | grep [q]emu-system").unwrap();
+    assert!(ps.contains("web"), "{ps}");
+    let body = lab
+        .exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "5", &url])
+        .unwrap();
+    assert!(body.contains("hello from web"), "{body}");
 }
 
 /// The listing's line for a machine in the ENROLLING table, and the `failed:` line under it.
