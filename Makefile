@@ -3,7 +3,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 LAB_BIN := target/debug/netmigrate-lab
 
-.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp bench-disk bench-disk-xen installer host-image
+.PHONY: fuzz fuzz-ci deny all deps build demo demo-hold paper paper-xen test-xen bench-dhcp bench-dns appliance-image test fmt-check lint unit-test lab-test cleanup clean bench-placement bench-inventory bench-ftp bench-disk bench-disk-xen installer host-image bench-deploy
 
 all: build
 
@@ -100,6 +100,11 @@ appliance-image: deps
 installer: deps
 	sh provisioning/installer/build.sh target/installer $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/vmlinuz \
 	  $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/root/lib/modules/$$(cat $${NETMIGRATE_LAB_CACHE:-/var/cache/netmigrate-lab}/kernel/version)
+
+## bench-deploy: a bare machine to a Xen host running a VM, by netmigrate and by hand (dd over ssh) (root)
+bench-deploy: deps
+	$(CARGO) build --release --workspace
+	NETMIGRATE_BIN=$(CURDIR)/target/release/netmigrate target/release/netmigrate-lab bench-deploy --runs 1
 
 ## host-image: deployable host images from Debian's packages, PROFILES (default: xen qemu), each
 ## into BOOT_DIR/images/PROFILE (default BOOT_DIR: target/boot; the appliance's is STATE_DIR/boot) (root)

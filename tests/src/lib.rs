@@ -13,6 +13,7 @@
 
 pub mod appliance;
 pub mod appliance_image;
+pub mod bench_deploy;
 pub mod bench_dhcp;
 pub mod bench_disk;
 pub mod bench_disk_xen;

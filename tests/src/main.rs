@@ -58,6 +58,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
+    /// Benchmark auto-deployment: a bare machine to a Xen host running a VM, stage by stage,
+    /// deployed by netmigrate and by hand (the installer, dd over ssh, a power cycle) in one run.
+    BenchDeploy {
+        /// Rounds, each a deployment by each.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
     /// The paper's five scenarios, cold and live, next to the hand-driven QEMU baseline run in
     /// the same invocation: a table, JSON and one SVG chart per run in the results directory.
     Paper {
@@ -153,6 +160,9 @@ fn main() -> std::process::ExitCode {
         Cmd::BenchDisk { runs } => netmigrate_lab::bench_disk::run_all(runs).map(|t| println!("{t}")),
         Cmd::BenchDiskXen { runs } => {
             netmigrate_lab::bench_disk_xen::run_all(runs).map(|t| println!("{t}"))
+        }
+        Cmd::BenchDeploy { runs } => {
+            netmigrate_lab::bench_deploy::run_all(runs).map(|t| println!("{t}"))
         }
         Cmd::Cleanup { all } => {
             let removed = cleanup::cleanup(all);

@@ -89,6 +89,14 @@ pub fn host_image(profile: &str) -> Result<PathBuf> {
             script.display()
         );
     }
+    // Older builds of this profile (other scripts) are not used any more.
+    let prefix = format!("host-image-{profile}-");
+    for e in std::fs::read_dir(cache_dir())?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(&prefix) && e.path() != out {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     Ok(out)
 }
 
@@ -98,6 +106,8 @@ pub struct Machine {
     pub mac: String,
     pub pid: u32,
     pub serial_log: PathBuf,
+    /// Its QEMU's arguments, to start it again.
+    args: Vec<String>,
 }
 
 impl Machine {
@@ -225,14 +235,42 @@ impl Lab {
     ) -> Result<Machine> {
         let (node, args, serial_log) =
             self.machine_parts(role, mac, mem_mib, disk_gib, firmware)?;
+        let mut args = args;
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = netns::exec(&node.ns, "qemu-system-x86_64");
-        cmd.args(&args).args(extra);
+        cmd.args(&args);
         let pid = self.track(role, &mut cmd)?;
         Ok(Machine {
             node,
             mac: mac.to_string(),
             pid,
             serial_log,
+            args,
+        })
+    }
+
+    /// Powers machine `m` off and on again booting from `boot` (QEMU's `-boot`: "order=c" for
+    /// its disk, as an operator sets a BMC's boot device), its disk and serial log kept.
+    pub fn restart_machine(&self, m: &Machine, boot: &str) -> Result<Machine> {
+        let _ = Command::new("kill").arg("-9").arg(m.pid.to_string()).status();
+        let gone = crate::sys::wait_for("the machine's QEMU to exit", std::time::Duration::from_secs(10), || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", m.pid)).unwrap_or_default();
+            (stat.is_empty() || stat.contains(") Z ")).then_some(())
+        });
+        gone?;
+        let mut args = m.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "-boot") {
+            args[i + 1] = boot.to_string();
+        }
+        let mut cmd = netns::exec(&m.node.ns, "qemu-system-x86_64");
+        cmd.args(&args);
+        let pid = self.track(&format!("{}-again", m.node.role), &mut cmd)?;
+        Ok(Machine {
+            node: m.node.clone(),
+            mac: m.mac.clone(),
+            pid,
+            serial_log: m.serial_log.clone(),
+            args,
         })
     }
 
