@@ -749,7 +749,11 @@ impl Enrolment for AppEnrolment {
         Ok(Enrolled { name, address })
     }
 
-    async fn deployed(&self, report: Deployment, from: Ipv4Addr) -> Result<String, Refused> {
+    async fn deployed(
+        &self,
+        report: Deployment,
+        from: Ipv4Addr,
+    ) -> Result<Option<String>, Refused> {
         let app = &self.app;
         let cfg = app.config();
         let p = cfg
@@ -761,10 +765,7 @@ impl Enrolment for AppEnrolment {
             let m = app.state.machine_deploy_failed(hash, why).await;
             let m = refused_call(app, m, &format!("deployment report from {from}")).await?;
             failed_event(app, &m).await;
-            return Err(Refused::Bad(format!(
-                "recorded: {}",
-                m.failed_why.unwrap_or_default()
-            )));
+            return Ok(None);
         }
         let (t, first_boot) =
             token::new().map_err(|e| Refused::Internal(format!("a token: {e}")))?;
@@ -788,7 +789,7 @@ impl Enrolment for AppEnrolment {
                 .about(&name),
             )
             .await;
-        Ok(t)
+        Ok(Some(t))
     }
 }
 
@@ -886,18 +887,8 @@ ovs-vsctl br-exists {bridge} || {{ echo 'no Open vSwitch bridge {bridge}' >&2; e
 ip -4 -o addr show dev {bridge} | grep -q ' {ip}/' || {{ echo '{bridge} does not hold {ip}' >&2; exit 4; }}
 echo "Open vSwitch bridge {bridge} with {ip}""#
     );
-    let out = conn
-        .exec(&script, std::time::Duration::from_secs(60))
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status != Some(0) {
-        return Err(format!(
-            "{} (exit {})",
-            out.stderr.trim(),
-            out.status.map_or("none".into(), |s| s.to_string())
-        ));
-    }
-    Ok(out.stdout.trim().replace('\n', "; "))
+    let out = run(&conn, &script).await?;
+    Ok(out.replace('\n', "; "))
 }
 
 /// An SSH connection to deployed machine `m` with its pinned key (a few tries: its sshd may
@@ -930,6 +921,23 @@ async fn connect(
     }
 }
 
+/// Runs `script` on a deployed machine: what it printed, or what it said on stderr and how
+/// it ended.
+async fn run(conn: &crate::inventory::ssh::Conn, script: &str) -> Result<String, String> {
+    let out = conn
+        .exec(script, std::time::Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status != Some(0) {
+        return Err(format!(
+            "{} (exit {})",
+            out.stderr.trim(),
+            out.status.map_or("none".into(), |s| s.to_string())
+        ));
+    }
+    Ok(out.stdout.trim().to_string())
+}
+
 /// What a deployed machine's disk loses when it is deployed again or released: the first
 /// MiB (so its firmware no longer boots it) and the config area (its keys and address).
 /// The disk is the one its system read its config from (rc.sh keeps its name).
@@ -958,18 +966,9 @@ pub async fn wipe_deployed(
         ),
         None => WIPE.to_string(),
     };
-    let out = conn
-        .exec(&script, std::time::Duration::from_secs(60))
+    run(&conn, &script)
         .await
-        .map_err(|e| e.to_string())?;
-    if out.status != Some(0) {
-        return Err(format!(
-            "wiping its disk: {} (exit {:?})",
-            out.stderr.trim(),
-            out.status
-        ));
-    }
-    Ok(out.stdout.trim().to_string())
+        .map_err(|e| format!("wiping its disk: {e}"))
 }
 
 /// Deploying and rebooting machines silent for longer than `deploy_timeout` have failed.

@@ -6,12 +6,13 @@
 # is written last. Every failure is reported to the appliance with the reason.
 # Needs say, call_back (the installer's init) and config-area.sh.
 
-# deploy_fail WHY: reported, said, and the installer stays (the disk unbootable).
+# deploy_fail WHY: said and reported; then the machine boots again (its disk unbootable) and
+# waits at its network boot, where the appliance tells it why until `hosts deploy`.
 deploy_fail() {
   say "FAILED: $*"
   why=$(echo "$*" | tr -d '"\\\000-\037')
   call_back FAILED "{\"token\":\"$TOKEN\",\"failed\":\"$why\"}"
-  exec setsid cttyhack sh
+  sync; sleep 3; reboot -f
 }
 
 # The disk named by name or serial; with none named, the first that holds $1 bytes.

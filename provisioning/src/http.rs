@@ -27,9 +27,11 @@ pub trait Enrolment: Send + Sync + 'static {
     async fn enrol(&self, call: Callback, from: Ipv4Addr) -> Result<Enrolled, Refused>;
     /// The installer, sent to commission, reports the machine's hardware with its token.
     async fn commission(&self, report: Report, from: Ipv4Addr) -> Result<Commissioned, Refused>;
-    /// The installer, sent to deploy, wrote and checked the image (or says why it could
-    /// not); the answer is the deployed system's first-boot token.
-    async fn deployed(&self, report: Deployment, from: Ipv4Addr) -> Result<String, Refused>;
+    /// The installer, sent to deploy, wrote and checked the image, or says why it could
+    /// not; the answer is the deployed system's first-boot token, or None for a failure
+    /// recorded.
+    async fn deployed(&self, report: Deployment, from: Ipv4Addr)
+        -> Result<Option<String>, Refused>;
 }
 
 /// A deploying installer's report: the image written and checked, or why not.
@@ -53,11 +55,11 @@ pub struct Deployment {
 }
 
 /// What a deploying installer is told once its report is taken: the one-time token the
-/// deployed system calls back with at its first boot, and where.
+/// deployed system calls back with at its first boot, and where; neither after a failure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Written {
-    pub token: String,
-    pub callback: String,
+    pub token: Option<String>,
+    pub callback: Option<String>,
 }
 
 /// A commissioning installer's report.
@@ -260,8 +262,8 @@ async fn deployed(
     }
     match e.deployed(report, *peer.ip()).await {
         Ok(token) => Json(Written {
+            callback: token.as_ref().map(|_| format!("{}/enrol", b.base)),
             token,
-            callback: format!("{}/enrol", b.base),
         })
         .into_response(),
         Err(r) => refused(peer, r),
@@ -328,10 +330,14 @@ mod tests {
                 says: format!("{} MiB", report.hardware.memory_mib),
             })
         }
-        async fn deployed(&self, report: Deployment, _from: Ipv4Addr) -> Result<String, Refused> {
+        async fn deployed(
+            &self,
+            report: Deployment,
+            _from: Ipv4Addr,
+        ) -> Result<Option<String>, Refused> {
             match report.failed {
-                None => Ok(format!("first-boot-of-{}", report.token)),
-                Some(why) => Err(Refused::Bad(why)),
+                None => Ok(Some(format!("first-boot-of-{}", report.token))),
+                Some(_) => Ok(None),
             }
         }
     }
@@ -456,6 +462,10 @@ mod tests {
             call(&r, deployed(r#"{"token":"t","disk":"vda"}"#)).await.0,
             StatusCode::BAD_REQUEST,
             "neither written nor failed"
+        );
+        assert_eq!(
+            call(&r, deployed(r#"{"token":"t","failed":"disk too small"}"#)).await,
+            (StatusCode::OK, r#"{"token":null,"callback":null}"#.into())
         );
     }
 }

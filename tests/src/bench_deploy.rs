@@ -87,16 +87,7 @@ fn one(image: &Path, installer: &Path, art: &Path, by_appliance: bool) -> Result
     // The stages as `hosts` shows them, polled each second, until it is ready.
     wait_for(&format!("{NAME} to be ready"), READY, || {
         let listing = app.cli_ok(&["hosts"]).ok()?;
-        let stage = listing
-            .lines()
-            .find(|l| l.contains(MAC))
-            .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
-            .or_else(|| {
-                listing
-                    .lines()
-                    .any(|l| l.starts_with(NAME) && l.contains(IP))
-                    .then(|| "ready".to_string())
-            })?;
+        let stage = crate::pxe::stage_in(&listing, MAC, NAME, IP)?;
         if stages.last().map(|(s, _)| s) != Some(&stage) {
             stages.push((stage.clone(), at(Instant::now())));
         }
@@ -135,7 +126,10 @@ fn one(image: &Path, installer: &Path, art: &Path, by_appliance: bool) -> Result
         wait_for("the hand-deployed host's sshd", READY, || {
             ssh("xl info >/dev/null && ovs-vsctl br-exists br0 && echo up").ok()
         })?;
-        stages.push(("rebooted: xl and its bridge answer".into(), at(Instant::now())));
+        stages.push((
+            "rebooted: xl and its bridge answer".into(),
+            at(Instant::now()),
+        ));
         m
     };
     // A guest on it answering HTTP.
@@ -157,8 +151,12 @@ fn one(image: &Path, installer: &Path, art: &Path, by_appliance: bool) -> Result
     app.cli_ok(&["vm", "start", "web", "--on", NAME])?;
     let url = format!("http://{GUEST_IP}/");
     wait_for("the guest to answer", READY, || {
-        lab.exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "2", &url])
-            .ok()
+        lab.exec(
+            &client.ns,
+            "curl",
+            &["-sS", "--fail", "--max-time", "2", &url],
+        )
+        .ok()
     })?;
     stages.push(("a VM on it answers".into(), at(Instant::now())));
     drop(m);

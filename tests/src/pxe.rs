@@ -100,6 +100,21 @@ pub fn host_image(profile: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The stage `hosts` shows for the machine with `mac` (its ENROLLING line), or "ready" once
+/// it is listed as host `name` at `ip`.
+pub fn stage_in(listing: &str, mac: &str, name: &str, ip: &str) -> Option<String> {
+    listing
+        .lines()
+        .find(|l| l.contains(mac))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .or_else(|| {
+            listing
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(ip))
+                .then(|| "ready".to_string())
+        })
+}
+
 /// A network-booting machine.
 pub struct Machine {
     pub node: Node,
@@ -252,11 +267,19 @@ impl Lab {
     /// Powers machine `m` off and on again booting from `boot` (QEMU's `-boot`: "order=c" for
     /// its disk, as an operator sets a BMC's boot device), its disk and serial log kept.
     pub fn restart_machine(&self, m: &Machine, boot: &str) -> Result<Machine> {
-        let _ = Command::new("kill").arg("-9").arg(m.pid.to_string()).status();
-        let gone = crate::sys::wait_for("the machine's QEMU to exit", std::time::Duration::from_secs(10), || {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", m.pid)).unwrap_or_default();
-            (stat.is_empty() || stat.contains(") Z ")).then_some(())
-        });
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(m.pid.to_string())
+            .status();
+        let gone = crate::sys::wait_for(
+            "the machine's QEMU to exit",
+            std::time::Duration::from_secs(10),
+            || {
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{}/stat", m.pid)).unwrap_or_default();
+                (stat.is_empty() || stat.contains(") Z ")).then_some(())
+            },
+        );
         gone?;
         let mut args = m.args.clone();
         if let Some(i) = args.iter().position(|a| a == "-boot") {

@@ -69,16 +69,7 @@ fn deployed(lab: &Lab, app: &Appliance, profile: &str, says: &str) -> Machine {
         Duration::from_secs(20 * 60),
         || {
             let listing = app.cli_ok(&["hosts"]).ok()?;
-            let stage = listing
-                .lines()
-                .find(|l| l.contains(MAC))
-                .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
-                .or_else(|| {
-                    listing
-                        .lines()
-                        .any(|l| l.starts_with(NAME) && l.contains(IP))
-                        .then(|| "ready".to_string())
-                });
+            let stage = netmigrate_lab::pxe::stage_in(&listing, MAC, NAME, IP);
             if let Some(s) = &stage {
                 if seen.last() != Some(s) {
                     eprintln!("{profile}: {s} after {} s", started.elapsed().as_secs());
@@ -103,7 +94,9 @@ fn deployed(lab: &Lab, app: &Appliance, profile: &str, says: &str) -> Machine {
     let serial = m.serial();
     assert!(serial.contains("image written and verified"), "{serial}");
     assert!(
-        serial.contains(&format!("NM-HOST: READY name=hv1 ip={IP}/24 profile={profile}")),
+        serial.contains(&format!(
+            "NM-HOST: READY name=hv1 ip={IP}/24 profile={profile}"
+        )),
         "{serial}"
     );
     let events = app.cli_ok(&["events", "--limit", "500"]).unwrap();
@@ -193,7 +186,11 @@ fn a_host_like_the_others(lab: &Lab, app: &Appliance, client_ns: &str, hyperviso
     let inv = json(&app.cli_ok(&["hosts", "collect", NAME, "--json"]).unwrap());
     assert_eq!(inv[0]["facts"]["hypervisor"], hypervisor, "{inv:#}");
     let a = lab
-        .exec(client_ns, "dig", &["+short", "@10.213.0.1", "hv1.lab.internal"])
+        .exec(
+            client_ns,
+            "dig",
+            &["+short", "@10.213.0.1", "hv1.lab.internal"],
+        )
         .unwrap();
     assert_eq!(a.trim(), IP);
 }
@@ -210,7 +207,10 @@ fn a_bare_machine_is_deployed_with_the_xen_profile_and_receives_a_vm() {
     let base = netmigrate_lab::paper_xen::config(&lab, &hosts).unwrap();
     let app = lab.appliance_with(&config(&base, "xen", &key, "")).unwrap();
     let m = deployed(&lab, &app, "xen", "is ready: Xen 4.17");
-    assert!(m.serial().contains("Xen version"), "it booted Xen from its disk");
+    assert!(
+        m.serial().contains("Xen version"),
+        "it booted Xen from its disk"
+    );
     a_host_like_the_others(&lab, &app, &client.ns, "xen");
 
     let art = &hosts[0].art.dir;
@@ -222,25 +222,50 @@ fn a_bare_machine_is_deployed_with_the_xen_profile_and_receives_a_vm() {
     // A VM started on the Xen lab's host moves onto it, cold through the image store.
     let ip = Ipv4Addr::new(10, 213, 0, 45);
     netmigrate_lab::xen::define_guest(&app, "web", ip, 1, "pvh", &[]).unwrap();
-    app.cli_ok(&["vm", "start", "web", "--on", &hosts[0].config_name()])
-        .unwrap();
-    let url = format!("http://{ip}/");
-    wait_for("the guest to answer", Duration::from_secs(240), || {
-        lab.exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "2", &url])
-            .ok()
-    })
-    .unwrap();
+    let url = started_on(&lab, &app, &client.ns, "web", &hosts[0].config_name(), ip);
     move_onto_hv1(&app, &client.ns, "web", ip, "--cold", &|| {
         eprintln!(
             "{}",
-            on_hv1(&lab, &app, &key, "cat /run/netmigrate/web.restore.log; xl dmesg | tail -n 20; xl list")
-                .unwrap_or_else(|e| e.to_string())
+            on_hv1(
+                &lab,
+                &app,
+                &key,
+                "cat /run/netmigrate/web.restore.log; xl dmesg | tail -n 20; xl list"
+            )
+            .unwrap_or_else(|e| e.to_string())
         );
     });
     let body = lab
-        .exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "5", &url])
+        .exec(
+            &client.ns,
+            "curl",
+            &["-sS", "--fail", "--max-time", "5", &url],
+        )
         .unwrap();
     assert!(body.contains("hello from web"), "{body}");
+}
+
+/// Starts `vm` on `host` and waits until it answers HTTP at `ip`; its URL.
+fn started_on(
+    lab: &Lab,
+    app: &Appliance,
+    client_ns: &str,
+    vm: &str,
+    host: &str,
+    ip: Ipv4Addr,
+) -> String {
+    app.cli_ok(&["vm", "start", vm, "--on", host]).unwrap();
+    let url = format!("http://{ip}/");
+    wait_for("the guest to answer", Duration::from_secs(240), || {
+        lab.exec(
+            client_ns,
+            "curl",
+            &["-sS", "--fail", "--max-time", "2", &url],
+        )
+        .ok()
+    })
+    .unwrap();
+    url
 }
 
 /// Copies local file `from` to `to` on the deployed host, as an operator would.
@@ -278,47 +303,31 @@ fn a_bare_machine_is_deployed_with_the_qemu_profile_and_receives_a_vm_live() {
     );
     scp_to(&lab, &app, &key, &k, k.to_str().unwrap());
     scp_to(&lab, &app, &key, &i, i.to_str().unwrap());
-    let ip = Ipv4Addr::new(10, 213, 0, 46);
-    app.cli_ok(&[
-        "vm",
-        "define",
-        "web",
-        "--mem",
-        "128",
-        "--mac",
-        "52:54:00:d5:00:2e",
-        "--ip",
-        &ip.to_string(),
-        "--kernel",
-        &k.display().to_string(),
-        "--initrd",
-        &i.display().to_string(),
-        "--append",
-        &format!("console=ttyS0 quiet nm_ip={ip}/24 nm_name=web"),
-    ])
-    .unwrap();
-    app.cli_ok(&["vm", "start", "web", "--on", &a.config_name()])
-        .unwrap();
-    let url = format!("http://{ip}/");
-    wait_for("the guest to answer", Duration::from_secs(240), || {
-        lab.exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "2", &url])
-            .ok()
-    })
-    .unwrap();
-    move_onto_hv1(&app, &client.ns, "web", ip, "--live", &|| {
+    let (vm, ip) = app.define_guest(26, 128, 1).unwrap();
+    let url = started_on(&lab, &app, &client.ns, &vm, &a.config_name(), ip);
+    move_onto_hv1(&app, &client.ns, &vm, ip, "--live", &|| {
         eprintln!(
             "{}",
-            on_hv1(&lab, &app, &key, "tail -n 30 /run/netmigrate/*.log; ps ax | grep [q]emu")
-                .unwrap_or_else(|e| e.to_string())
+            on_hv1(
+                &lab,
+                &app,
+                &key,
+                "tail -n 30 /run/netmigrate/*.log; ps ax | grep [q]emu"
+            )
+            .unwrap_or_else(|e| e.to_string())
         );
     });
     // It runs there, under QEMU started by the appliance over SSH.
     let ps = on_hv1(&lab, &app, &key, "ps ax -o args | grep [q]emu-system").unwrap();
-    assert!(ps.contains("web"), "{ps}");
+    assert!(ps.contains(&vm), "{ps}");
     let body = lab
-        .exec(&client.ns, "curl", &["-sS", "--fail", "--max-time", "5", &url])
+        .exec(
+            &client.ns,
+            "curl",
+            &["-sS", "--fail", "--max-time", "5", &url],
+        )
         .unwrap();
-    assert!(body.contains("hello from web"), "{body}");
+    assert!(body.contains(&format!("hello from {vm}")), "{body}");
 }
 
 /// The listing's line for a machine in the ENROLLING table, and the `failed:` line under it.
@@ -360,7 +369,6 @@ fn a_damaged_image_or_a_small_disk_stops_the_deployment_with_the_reason() {
     require_lab!();
     let lab = Lab::new().unwrap();
     let client = lab.client().unwrap();
-    let _ = client;
     let boot = lab.appliance_state_dir().unwrap().join("boot/installer");
     std::fs::create_dir_all(&boot).unwrap();
     let installer = netmigrate_lab::pxe::installer().unwrap();
@@ -468,15 +476,22 @@ fn a_damaged_image_or_a_small_disk_stops_the_deployment_with_the_reason() {
     );
     let events = app.cli_ok(&["events", "--limit", "200"]).unwrap();
     assert!(events.contains("provision.failed"), "{events}");
-    // Waiting for the operator, it says why on its console at each try.
-    wait_for(
-        "the failed machine to say why",
-        Duration::from_secs(60),
-        || {
-            m1.serial()
-                .contains("netmigrate hosts deploy hv")
-                .then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", m1.serial()));
+    // Waiting for the operator at its network boot: the script it is given says why.
+    let script = lab
+        .exec(
+            &client.ns,
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                &format!("http://10.213.0.1:8067/ipxe?mac={DAMAGED}"),
+            ],
+        )
+        .unwrap();
+    assert!(
+        script.contains(" failed: image checksum: the image's SHA-256 is 0123")
+            && script.contains("tries again")
+            && script.contains("chain --replace"),
+        "{script}"
+    );
 }
