@@ -502,6 +502,37 @@ impl AppEnrolment {
     }
 }
 
+impl AppEnrolment {
+    /// Why a deployment report's SHA-256 is not the one of the image its machine's profile
+    /// names now, if it is not (None when it is, or when the token is not a deployment's:
+    /// that is refused after).
+    async fn written_elsewhere(
+        &self,
+        p: &ProvisioningConfig,
+        token_hash: &str,
+        sha256: Option<&str>,
+    ) -> Option<String> {
+        let m = self
+            .app
+            .state
+            .machine_with_token(token_hash.to_string())
+            .await
+            .ok()??;
+        if m.stage != Stage::Deploying.as_str() {
+            return None;
+        }
+        let pr = p.profile(m.profile.as_deref()?)?;
+        let (_, want) = image_of(&self.root, &pr.image).ok()?;
+        let got = sha256?.trim().to_ascii_lowercase();
+        (got != want).then(|| {
+            format!(
+                "the installer wrote an image with SHA-256 {got}, but profile {}'s image has {want} now (replaced while it was written?)",
+                pr.name
+            )
+        })
+    }
+}
+
 /// A failed machine's script: why, and how to try again, until the operator does.
 fn failed_script(base: &str, m: &MachineRow) -> String {
     let name = m.name.as_deref().unwrap_or(&m.mac);
@@ -587,6 +618,13 @@ pub fn verdict(p: &ProvisioningConfig, m: &MachineRow) -> Verdict {
     let Some(why) = p.rules.accepts(&mac.0, m.vendor_class.as_deref()) else {
         return Verdict::Wait(None);
     };
+    // Released by the operator: taken again by the operator only.
+    if let Some(released) = &m.accepted_why {
+        return Verdict::Wait(Some(format!(
+            "{released}; the rules leave it to `netmigrate hosts accept {}`",
+            m.mac
+        )));
+    }
     if p.rules.require.is_empty() {
         return Verdict::Accept(why);
     }
@@ -762,6 +800,16 @@ impl Enrolment for AppEnrolment {
             .ok_or_else(|| Refused::Bad("provisioning is off".into()))?;
         let hash = token::hash(report.token.trim());
         if let Some(why) = report.failed {
+            let m = app.state.machine_deploy_failed(hash, why).await;
+            let m = refused_call(app, m, &format!("deployment report from {from}")).await?;
+            failed_event(app, &m).await;
+            return Ok(None);
+        }
+        // What it wrote is the image the appliance serves now (not one replaced meanwhile).
+        if let Some(why) = self
+            .written_elsewhere(p, &hash, report.sha256.as_deref())
+            .await
+        {
             let m = app.state.machine_deploy_failed(hash, why).await;
             let m = refused_call(app, m, &format!("deployment report from {from}")).await?;
             failed_event(app, &m).await;
@@ -1081,6 +1129,15 @@ mod tests {
         assert!(matches!(
             verdict(&strict, &machine("52:54:00:aa:00:01", None)),
             Verdict::Wait(Some(why)) if why.contains("not known yet")
+        ));
+        // Released by the operator: no rule takes it again.
+        let released = MachineRow {
+            accepted_why: Some("released by the operator".into()),
+            ..machine("52:54:00:aa:00:01", Some(8192))
+        };
+        assert!(matches!(
+            verdict(&plain, &released),
+            Verdict::Wait(Some(why)) if why.contains("released by the operator; the rules leave it to")
         ));
     }
 }

@@ -1,4 +1,4 @@
-//! Diskless machines that boot from the network: QEMU with its iPXE ROM (`-boot n`) in a
+//! Diskless machines that boot from the network: QEMU with its iPXE ROM (`-boot order=nc`) in a
 //! namespace on the lab switch, and the installer the appliance boots them into (built once
 //! by provisioning/installer/build.sh from the lab's guest kernel, cached by content).
 

@@ -63,6 +63,31 @@ fn boot_files(lab: &Lab, profile: &str) {
 fn deployed(lab: &Lab, app: &Appliance, profile: &str, says: &str) -> Machine {
     let started = Instant::now();
     let m = lab.deploy_machine("m1", MAC, 2048, 1).unwrap();
+    ready(app, &m, profile, started);
+    let serial = m.serial();
+    assert!(serial.contains("image written and verified"), "{serial}");
+    assert!(
+        serial.contains(&format!(
+            "NM-HOST: READY name=hv1 ip={IP}/24 profile={profile}"
+        )),
+        "{serial}"
+    );
+    let events = app.cli_ok(&["events", "--limit", "500"]).unwrap();
+    for e in [
+        "provision.deploying",
+        "provision.written",
+        "provision.called_back",
+        "provision.ready",
+    ] {
+        assert!(events.contains(e), "{e}: {events}");
+    }
+    assert!(events.contains(says), "{says}: {events}");
+    m
+}
+
+/// Waits until `hosts` shows machine `m` ready, each stage it passes through printed with
+/// when it was first seen; it must pass through deploying and rebooting.
+fn ready(app: &Appliance, m: &Machine, profile: &str, started: Instant) {
     let mut seen: Vec<String> = Vec::new();
     wait_for(
         "the deployed machine to be ready",
@@ -91,25 +116,6 @@ fn deployed(lab: &Lab, app: &Appliance, profile: &str, says: &str) -> Machine {
         seen.iter().any(|s| s == "deploying") && seen.iter().any(|s| s == "rebooting"),
         "{seen:?}"
     );
-    let serial = m.serial();
-    assert!(serial.contains("image written and verified"), "{serial}");
-    assert!(
-        serial.contains(&format!(
-            "NM-HOST: READY name=hv1 ip={IP}/24 profile={profile}"
-        )),
-        "{serial}"
-    );
-    let events = app.cli_ok(&["events", "--limit", "500"]).unwrap();
-    for e in [
-        "provision.deploying",
-        "provision.written",
-        "provision.called_back",
-        "provision.ready",
-    ] {
-        assert!(events.contains(e), "{e}: {events}");
-    }
-    assert!(events.contains(says), "{says}: {events}");
-    m
 }
 
 /// Runs `cmd` on the deployed host over SSH from the appliance's namespace with `key`.
@@ -292,7 +298,7 @@ fn a_bare_machine_is_deployed_with_the_qemu_profile_and_receives_a_vm_live() {
     let app = lab
         .appliance_with(&config(&base, "qemu", &key, "qemu_accel = \"tcg\"\n"))
         .unwrap();
-    deployed(&lab, &app, "qemu", "is ready: QEMU emulator version 7.2");
+    let m = deployed(&lab, &app, "qemu", "is ready: QEMU emulator version 7.2");
     a_host_like_the_others(&lab, &app, &client.ns, "qemu");
 
     // A VM started on the lab's QEMU host moves onto it live; its kernel and initramfs are
@@ -328,6 +334,60 @@ fn a_bare_machine_is_deployed_with_the_qemu_profile_and_receives_a_vm_live() {
         )
         .unwrap();
     assert!(body.contains(&format!("hello from {vm}")), "{body}");
+
+    // Deployed again: refused while its VM runs; once it is stopped, its disk is made
+    // unbootable over SSH, its own system reboots it (no BMC), and it goes through the
+    // stages again.
+    let refused = app.cli(&["hosts", "deploy", NAME]).unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains(&format!("hv1 runs {vm}")),
+        "{err}"
+    );
+    app.cli_ok(&["vm", "stop", &vm]).unwrap();
+    let said = app.cli_ok(&["hosts", "deploy", NAME]).unwrap();
+    assert!(
+        said.contains("its disk /dev/vda made unbootable")
+            && said.contains("rebooted by its own system"),
+        "{said}"
+    );
+    ready(&app, &m, "qemu again", Instant::now());
+    let events = app.cli_ok(&["events", "--limit", "500"]).unwrap();
+    assert!(events.contains("provision.redeploy"), "{events}");
+
+    // Released: its disk unbootable again, back to discovered with its hardware, no host, no
+    // name in DNS.
+    let said = app.cli_ok(&["hosts", "release", NAME]).unwrap();
+    assert!(said.contains("made unbootable"), "{said}");
+    let hosts = json(&app.cli_ok(&["hosts", "--json"]).unwrap());
+    assert!(!hosts.to_string().contains("hv1"), "{hosts:#}");
+    let d = json(&app.cli_ok(&["hosts", "--discovered", "--json"]).unwrap());
+    let row = d
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["mac"] == MAC)
+        .cloned()
+        .unwrap();
+    assert!(
+        row["name"].is_null() && !row["hardware"].is_null(),
+        "{row:#}"
+    );
+    // Its rule does not take it again: it waits for the operator, and says so.
+    assert!(
+        row["waits"]
+            .as_str()
+            .is_some_and(|w| w.contains("released by the operator")),
+        "{row:#}"
+    );
+    let a = lab
+        .exec(
+            &client.ns,
+            "dig",
+            &["+short", "@10.213.0.1", "hv1.lab.internal"],
+        )
+        .unwrap();
+    assert_eq!(a.trim(), "", "no name any more");
 }
 
 /// The listing's line for a machine in the ENROLLING table, and the `failed:` line under it.

@@ -145,6 +145,22 @@ impl State {
         .await
     }
 
+    /// The machine holding the one-time token `token_hash`, whatever its kind and state.
+    pub async fn machine_with_token(
+        &self,
+        token_hash: String,
+    ) -> Result<Option<MachineRow>, StateError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {COLUMNS} FROM machines WHERE token_hash = ?1"),
+                [&token_hash],
+                MachineRow::from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     /// Keeps (or, with None, forgets) machine `mac`'s BMC.
     pub async fn set_machine_bmc(
         &self,
@@ -212,8 +228,10 @@ impl State {
             // One commissioning may be accepted too: it keeps its stage's token, and the
             // report it sends finds it accepted.
             if m.stage != Stage::Discovered.as_str() && m.stage != Stage::Commissioning.as_str() {
-                // Accepted again with a profile: deployed with that one from now on.
-                if a.profile.is_some() && a.profile != m.profile {
+                // Accepted again with a profile before it is deployed: deployed with that one.
+                // (A deployed machine changes profile by `hosts deploy --profile`.)
+                let undeployed = matches!(m.stage.as_str(), "accepted" | "failed");
+                if undeployed && a.profile.is_some() && a.profile != m.profile {
                     tx.execute("UPDATE machines SET profile = ?2 WHERE mac = ?1", params![mac, a.profile])?;
                     return Ok(get(tx, &mac)?.expect("just written"));
                 }
@@ -387,15 +405,20 @@ impl State {
         since_ms: i64,
         why: fn(&str) -> String,
     ) -> Result<Vec<MachineRow>, StateError> {
+        fn late(c: &Connection, since_ms: i64) -> rusqlite::Result<Vec<(String, String)>> {
+            let mut st = c.prepare(
+                "SELECT mac, stage FROM machines WHERE stage IN ('deploying', 'rebooting')
+                   AND COALESCE(stage_ms, 0) < ?1",
+            )?;
+            let rows = st.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        }
+        // Asked every few seconds: a write only when one is late.
+        if self.read(move |c| Ok(late(c, since_ms)?)).await?.is_empty() {
+            return Ok(Vec::new());
+        }
         self.write(move |tx| {
-            let late: Vec<(String, String)> = {
-                let mut st = tx.prepare(
-                    "SELECT mac, stage FROM machines WHERE stage IN ('deploying', 'rebooting')
-                       AND COALESCE(stage_ms, 0) < ?1",
-                )?;
-                let rows = st.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+            let late = late(tx, since_ms)?;
             let mut failed = Vec::new();
             for (mac, stage) in late {
                 fail(tx, &mac, &why(&stage))?;
@@ -492,10 +515,12 @@ impl State {
     }
 
     /// The operator releases machine `mac`: back to discovered (its hardware kept), its
-    /// name, address, reservation, profile and host given up.
+    /// name, address, reservation, profile and host given up. Its `accepted_why` says it was
+    /// released: the rules leave it to the operator from now on.
     pub async fn machine_release(&self, mac: String) -> Result<MachineRow, StateError> {
         self.write(move |tx| {
-            let m = get(tx, &mac)?.ok_or_else(|| StateError::NotFound(format!("no machine {mac}")))?;
+            let m =
+                get(tx, &mac)?.ok_or_else(|| StateError::NotFound(format!("no machine {mac}")))?;
             if let Some(name) = &m.name {
                 tx.execute("DELETE FROM hosts WHERE name = ?1 AND enrolled = 1", [name])?;
             }
@@ -506,7 +531,8 @@ impl State {
                 )?;
             }
             tx.execute(
-                "UPDATE machines SET stage = 'discovered', name = NULL, ip = NULL, accepted_why = NULL,
+                "UPDATE machines SET stage = 'discovered', name = NULL, ip = NULL,
+                   accepted_why = 'released by the operator',
                    profile = NULL, failed_why = NULL, token_hash = NULL, token_expires_ms = NULL,
                    host_key = NULL, ready_ms = NULL, stage_ms = ?2 WHERE mac = ?1",
                 params![mac, now_ms()],
@@ -701,6 +727,59 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_machine_is_deployed_again_and_released_back_to_discovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(&dir.path().join("s.db")).unwrap();
+        let mac = "52:54:00:00:00:0e".to_string();
+        s.machine_seen("lab".into(), mac.clone(), None, None)
+            .await
+            .unwrap();
+        assert!(
+            s.machine_redeploy(mac.clone(), Some("xen".into()))
+                .await
+                .is_err(),
+            "a discovered machine is accepted first"
+        );
+        s.accept_machine(mac.clone(), acceptance()).await.unwrap();
+        assert!(
+            s.machine_redeploy(mac.clone(), None).await.is_err(),
+            "no profile to deploy"
+        );
+        // Ready as a deployed host, then deployed again: accepted, its host and key gone.
+        s.machine_sent_installer(mac.clone(), Stage::Deploying, "d".into(), i64::MAX)
+            .await
+            .unwrap();
+        s.machine_written("d".into(), "f".into(), i64::MAX)
+            .await
+            .unwrap();
+        s.enrol_machine("f".into(), "ssh-ed25519 AAAA".into(), host())
+            .await
+            .unwrap();
+        s.machine_ready(mac.clone(), host()).await.unwrap();
+        let m = s
+            .machine_redeploy(mac.clone(), Some("qemu".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                m.stage.as_str(),
+                m.profile.as_deref(),
+                m.host_key.as_deref()
+            ),
+            ("accepted", Some("qemu"), None)
+        );
+        assert!(s.hosts().await.unwrap().is_empty());
+        // Released: discovered, no name, address or reservation; marked as released.
+        let m = s.machine_release(mac.clone()).await.unwrap();
+        assert_eq!(
+            (m.stage.as_str(), m.name.as_deref(), m.ip.as_deref()),
+            ("discovered", None, None)
+        );
+        assert_eq!(m.accepted_why.as_deref(), Some("released by the operator"));
+        assert!(s.reservations().await.unwrap().is_empty());
     }
 
     #[tokio::test]
