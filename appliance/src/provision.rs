@@ -1008,9 +1008,10 @@ pub async fn wipe_deployed(
     let profile = m.profile.as_deref().and_then(|n| p.profile(n));
     let (conn, _) = connect(p, m, profile).await?;
     let script = match then {
+        // In a session of its own: it outlives this SSH session.
         Some(cmd) => format!(
-            "{WIPE}( sleep 1; {cmd} ) >/dev/null 2>&1 </dev/null &
-"
+            "{WIPE}setsid sh -c {} >/dev/null 2>&1 </dev/null &\n",
+            crate::shell::quote(&format!("sleep 1; {cmd}"))
         ),
         None => WIPE.to_string(),
     };

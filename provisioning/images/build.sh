@@ -145,6 +145,8 @@ echo "$VERSIONS" > "$ROOT/etc/nm/versions"
 cp "$HERE/rc.sh" "$ROOT/etc/nm/rc.sh"; chmod +x "$ROOT/etc/nm/rc.sh"
 cp "$HERE/../installer/config-area.sh" "$ROOT/etc/nm/config-area.sh"
 printf '::sysinit:/etc/nm/rc.sh\n::ctrlaltdel:/sbin/reboot\n' > "$ROOT/etc/inittab"
+# busybox's init is PID 1: its reboot, poweroff and halt (minbase has no init system's).
+for c in reboot poweroff halt; do [ -e "$ROOT/sbin/$c" ] || ln -s /bin/busybox "$ROOT/sbin/$c"; done
 printf '#!/bin/sh\nexec /bin/busybox init\n' > "$ROOT/init"; chmod +x "$ROOT/init"
 
 log "initramfs"
