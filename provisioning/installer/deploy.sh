@@ -61,6 +61,12 @@ deploy() {
     || { say "FAILED: the appliance did not take the report; /dev/$D is left unbootable"; exec setsid cttyhack sh; }
   first=$(sed -n 's/.*"token":"\([^"]*\)".*/\1/p' /tmp/answer)
   enrol=$(sed -n 's/.*"callback":"\([^"]*\)".*/\1/p' /tmp/answer)
+  # No first boot's token: the appliance recorded a failure instead (an image replaced while
+  # this one was written). Back to the network boot, which says why.
+  if [ -z "$first" ]; then
+    say "FAILED: the appliance did not accept what was written; /dev/$D is left unbootable"
+    sync; sleep 3; reboot -f
+  fi
   MAC=$(cat /sys/class/net/eth0/address)
   cat > /tmp/host/host.conf <<C
 NAME=$NAME

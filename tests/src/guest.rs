@@ -234,8 +234,11 @@ pub fn boot_disk(
         .arg(&data)
         .arg(&fs))?;
     let img = tmp.path().join("disk.img");
+    // BIOS only: with grub-efi-amd64-bin installed too (the host images boot by UEFI as well)
+    // grub-mkrescue would write a GPT with its EFI partition, and the data partition would
+    // no longer be vda2.
     run(Command::new("grub-mkrescue")
-        .arg("-o")
+        .args(["-d", "/usr/lib/grub/i386-pc", "-o"])
         .arg(&img)
         .arg(&iso)
         .args(["--", "-append_partition", "2", "0x83"])
