@@ -226,11 +226,8 @@ pub async fn enrolled_hosts(
                 address: r.address.parse().ok()?,
                 host_key: r.host_key,
                 // A profile's hosts run its hypervisor, whatever the template says.
-                hypervisor: match r.hypervisor.as_str() {
-                    "xen" => crate::config::HypervisorKind::Xen,
-                    "qemu" => crate::config::HypervisorKind::Qemu,
-                    _ => p.host.hypervisor,
-                },
+                hypervisor: crate::config::HypervisorKind::parse(&r.hypervisor)
+                    .unwrap_or(p.host.hypervisor),
                 ..p.host.clone()
             })
         })

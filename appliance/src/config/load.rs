@@ -1298,13 +1298,7 @@ impl Cx<'_> {
             "hypervisor",
             "say what the deployed host runs: hypervisor = \"xen\" or \"qemu\"",
         );
-        let hypervisor = check(&mut self.p, hypervisor, |s| match s {
-            "xen" => Ok(HypervisorKind::Xen),
-            "qemu" | "kvm" => Ok(HypervisorKind::Qemu),
-            _ => Err(format!(
-                "`{s}` is not a hypervisor netmigrate drives; use \"xen\" or \"qemu\""
-            )),
-        });
+        let hypervisor = check(&mut self.p, hypervisor, HypervisorKind::parse);
         if let Some(d) = t.string(&mut self.p, "deploy") {
             match d.value.as_str() {
                 "disk" => {}
@@ -1435,16 +1429,7 @@ impl Cx<'_> {
                 values::check_public_key(s).map(|_| s.trim().to_string())
             })
             .map(|(k, _)| k);
-        let hv = t.parse(&mut self.p, "hypervisor", |s| match s {
-            "xen" => Ok(HypervisorKind::Xen),
-            "qemu" | "kvm" => Ok(HypervisorKind::Qemu),
-            // The engine's unit tests drive fake hosts through the same factory.
-            #[cfg(test)]
-            "fake" => Ok(HypervisorKind::Fake),
-            _ => Err(format!(
-                "`{s}` is not a hypervisor netmigrate drives; use \"xen\" or \"qemu\""
-            )),
-        });
+        let hv = t.parse(&mut self.p, "hypervisor", HypervisorKind::parse);
         let bridge = t
             .parse(&mut self.p, "bridge", |s| {
                 values::check_interface_name(s).map(|_| s.to_string())

@@ -353,6 +353,20 @@ pub enum HypervisorKind {
 }
 
 impl HypervisorKind {
+    /// The hypervisor a config (or a host's row) names: xen, qemu or kvm.
+    pub fn parse(s: &str) -> Result<HypervisorKind, String> {
+        match s {
+            "xen" => Ok(HypervisorKind::Xen),
+            "qemu" | "kvm" => Ok(HypervisorKind::Qemu),
+            // The engine's unit tests drive fake hosts through the same factory.
+            #[cfg(test)]
+            "fake" => Ok(HypervisorKind::Fake),
+            _ => Err(format!(
+                "`{s}` is not a hypervisor netmigrate drives; use \"xen\" or \"qemu\""
+            )),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             HypervisorKind::Xen => "xen",
