@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use crate::lab::SUBNET_PREFIX;
 use crate::sys::wait_for;
 use crate::xen::{GUEST_INITRD, GUEST_KERNEL};
-use crate::{Appliance, Lab};
+use crate::Lab;
 
 const MAC: &str = "52:54:00:aa:00:51";
 const NAME: &str = "hv1";
@@ -103,11 +103,11 @@ fn one(image: &Path, installer: &Path, art: &Path, by_appliance: bool) -> Result
         // By hand, from the installer's shell over SSH: the image onto the disk, the host's
         // own config area (the installer's host key, the appliance's key, its address), a
         // power cycle into the disk, its sshd answering.
-        let ssh = |cmd: &str| on(&lab, &app, &key, cmd);
+        let ssh = |cmd: &str| crate::pxe::ssh_deployed(&lab, &app.node.ns, &key, IP, cmd);
         let t = Instant::now();
         let sh = format!(
             "ssh {} -i {} root@{IP} 'dd of=/dev/vda bs=1M conv=fsync 2>/dev/null' < {}",
-            OPTS.join(" "),
+            crate::pxe::DEPLOYED_SSH.join(" "),
             key.display(),
             image.join("host.img").display()
         );
@@ -137,14 +137,7 @@ fn one(image: &Path, installer: &Path, art: &Path, by_appliance: bool) -> Result
         (art.join("vmlinuz"), GUEST_KERNEL),
         (art.join("domu-initrd.img"), GUEST_INITRD),
     ] {
-        on(&lab, &app, &key, "mkdir -p /usr/share/nm")?;
-        let sh = format!(
-            "scp {} -i {} {} root@{IP}:{to}",
-            OPTS.join(" "),
-            key.display(),
-            from.display()
-        );
-        crate::sys::run(crate::netns::exec(&app.node.ns, "sh").args(["-c", &sh]))
+        crate::pxe::scp_deployed(&lab, &app.node.ns, &key, IP, &from, to)
             .context("the guest's files")?;
     }
     crate::xen::define_guest(&app, "web", GUEST_IP, 1, "pvh", &[])?;
@@ -170,24 +163,6 @@ fn one(image: &Path, installer: &Path, art: &Path, by_appliance: bool) -> Result
     };
     eprintln!("{how}: {stages:?}");
     Ok(Run { how, stages })
-}
-
-const OPTS: [&str; 6] = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-];
-
-/// `cmd` on the machine over SSH from the appliance's namespace.
-fn on(lab: &Lab, app: &Appliance, key: &Path, cmd: &str) -> Result<String> {
-    let k = key.to_str().unwrap_or_default();
-    let at = format!("root@{IP}");
-    let mut a = OPTS.to_vec();
-    a.extend(["-i", k, at.as_str(), cmd]);
-    lab.exec(&app.node.ns, "ssh", &a)
 }
 
 fn table(runs: &[Run]) -> String {

@@ -115,6 +115,50 @@ pub fn stage_in(listing: &str, mac: &str, name: &str, ip: &str) -> Option<String
         })
 }
 
+/// ssh's options for a deployed host, whose host key is new to the lab: neither checked nor
+/// kept.
+pub const DEPLOYED_SSH: [&str; 6] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+];
+
+/// Runs `cmd` as root on the deployed host at `ip` over SSH from namespace `from`, with `key`
+/// (the appliance's, which the host lets in).
+pub fn ssh_deployed(lab: &Lab, from: &str, key: &Path, ip: &str, cmd: &str) -> Result<String> {
+    let at = format!("root@{ip}");
+    let mut a = DEPLOYED_SSH.to_vec();
+    a.extend(["-i", key.to_str().unwrap_or_default(), at.as_str(), cmd]);
+    lab.exec(from, "ssh", &a)
+}
+
+/// Copies `src` to `to` on the deployed host at `ip` (its directory made first), as an
+/// operator would.
+pub fn scp_deployed(
+    lab: &Lab,
+    from: &str,
+    key: &Path,
+    ip: &str,
+    src: &Path,
+    to: &str,
+) -> Result<()> {
+    let dir = Path::new(to).parent().unwrap_or(Path::new("/"));
+    ssh_deployed(lab, from, key, ip, &format!("mkdir -p {}", dir.display()))?;
+    let at = format!("root@{ip}:{to}");
+    let mut a = DEPLOYED_SSH.to_vec();
+    a.extend([
+        "-i",
+        key.to_str().unwrap_or_default(),
+        src.to_str().unwrap_or_default(),
+        at.as_str(),
+    ]);
+    lab.exec(from, "scp", &a)?;
+    Ok(())
+}
+
 /// A network-booting machine.
 pub struct Machine {
     pub node: Node,

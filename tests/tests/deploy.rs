@@ -120,22 +120,13 @@ fn ready(app: &Appliance, m: &Machine, profile: &str, started: Instant) {
 
 /// Runs `cmd` on the deployed host over SSH from the appliance's namespace with `key`.
 fn on_hv1(lab: &Lab, app: &Appliance, key: &Path, cmd: &str) -> anyhow::Result<String> {
-    let at = format!("root@{IP}");
-    let mut a = SSH_OPTS.to_vec();
-    a.extend([key.to_str().unwrap(), at.as_str(), cmd]);
-    lab.exec(&app.node.ns, "ssh", &a)
+    netmigrate_lab::pxe::ssh_deployed(lab, &app.node.ns, key, IP, cmd)
 }
 
-/// ssh's and scp's options for the deployed host (its key is new), before `-i KEY`.
-const SSH_OPTS: [&str; 7] = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-i",
-];
+/// Copies local file `from` to `to` on the deployed host.
+fn scp_to(lab: &Lab, app: &Appliance, key: &Path, from: &Path, to: &str) {
+    netmigrate_lab::pxe::scp_deployed(lab, &app.node.ns, key, IP, from, to).unwrap();
+}
 
 /// Moves `vm` to hv1 (`mode` --cold or --live) under the client's prober at `ip`: the
 /// migration's record, the prober's report; `diagnose` runs when it did not complete.
@@ -279,16 +270,6 @@ fn started_on(
     })
     .unwrap();
     url
-}
-
-/// Copies local file `from` to `to` on the deployed host, as an operator would.
-fn scp_to(lab: &Lab, app: &Appliance, key: &Path, from: &Path, to: &str) {
-    let dir = Path::new(to).parent().unwrap().display().to_string();
-    on_hv1(lab, app, key, &format!("mkdir -p {dir}")).unwrap();
-    let at = format!("root@{IP}:{to}");
-    let mut a = SSH_OPTS.to_vec();
-    a.extend([key.to_str().unwrap(), from.to_str().unwrap(), at.as_str()]);
-    lab.exec(&app.node.ns, "scp", &a).unwrap();
 }
 
 #[test]
@@ -489,28 +470,32 @@ fn a_damaged_image_or_a_small_disk_stops_the_deployment_with_the_reason() {
         line.contains(" failed ")
             .then(|| why.unwrap_or("").to_string())
     };
-    let why = wait_for(
-        "the damaged image's deployment to fail",
-        Duration::from_secs(400),
-        || failed(DAMAGED),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", m1.serial()));
-    assert!(
-        why.contains("image checksum: the image's SHA-256 is 0123456789abcdef")
-            && why.contains("left unbootable"),
-        "{why}"
-    );
-    let why = wait_for(
-        "the big image's deployment to fail",
-        Duration::from_secs(400),
-        || failed(SMALL),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", m2.serial()));
-    assert!(
-        why.contains("disk too small: no disk holds the image and its config area")
-            && why.contains("vda has 1073741824"),
-        "{why}"
-    );
+    for (mac, m, says) in [
+        (
+            DAMAGED,
+            &m1,
+            &[
+                "image checksum: the image's SHA-256 is 0123456789abcdef",
+                "left unbootable",
+            ],
+        ),
+        (
+            SMALL,
+            &m2,
+            &[
+                "disk too small: no disk holds the image and its config area",
+                "vda has 1073741824",
+            ],
+        ),
+    ] {
+        let why = wait_for(
+            &format!("{mac}'s deployment to fail"),
+            Duration::from_secs(400),
+            || failed(mac),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.serial()));
+        assert!(says.iter().all(|s| why.contains(s)), "{why}");
+    }
     // Neither became a host; the damaged image's disk does not boot: its first MiB is zero.
     let hosts = json(&app.cli_ok(&["hosts", "--json"]).unwrap());
     assert_eq!(hosts.as_array().map(Vec::len), Some(0), "{hosts:#}");
